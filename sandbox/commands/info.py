@@ -1,0 +1,21 @@
+"""sandbox info PLAN [--json]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "print the analytic facts of a plan (parameters, FLOPs, memory per GPU)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", help="plan TOML file")
+    p.add_argument("--json", action="store_true", help="print the JSON contract")
+
+
+def main(args: argparse.Namespace) -> int:
+    import sandbox
+
+    facts = sandbox.info(sandbox.load(args.plan))
+    print(json.dumps(facts.to_dict(), indent=2) if args.json else str(facts))
+    return 0

@@ -1,0 +1,106 @@
+"""Parameter and FLOP counts of the runtime's transformer, as pure functions.
+
+The counts follow the exact module structure of `runtime.model` (a test
+checks `sum(p.numel())` against `param_count` for every preset). For GPT
+presets the FLOPs equal Narayanan et al. (2021):
+`72 B s l h^2 (1 + s/(6h) + V/(12 l h))`; GQA and SwiGLU use the same
+per-matmul sum with their own shapes. Attention scores are counted over the
+full s x s square, as Megatron-LM does.
+"""
+
+from __future__ import annotations
+
+from sandbox.specs import Model
+
+
+def norm_params(m: Model) -> int:
+    """Weights of one normalisation layer (LayerNorm with bias has two vectors)."""
+    return m.hidden * (2 if m.norm == "layernorm" and m.bias else 1)
+
+
+def attention_params(m: Model) -> int:
+    weights = m.hidden * (m.q_dim + 2 * m.kv_dim) + m.q_dim * m.hidden
+    biases = (m.q_dim + 2 * m.kv_dim + m.hidden) if m.bias else 0
+    return weights + biases
+
+
+def mlp_params(m: Model) -> int:
+    gated = m.activation == "swiglu"
+    weights = (3 if gated else 2) * m.hidden * m.ffn_hidden
+    biases = ((2 if gated else 1) * m.ffn_hidden + m.hidden) if m.bias else 0
+    return weights + biases
+
+
+def layer_params(m: Model) -> int:
+    """One transformer block: two norms, attention and MLP."""
+    return 2 * norm_params(m) + attention_params(m) + mlp_params(m)
+
+
+def embedding_params(m: Model) -> int:
+    """Token embedding plus learned position embedding (none with RoPE)."""
+    return m.vocab * m.hidden + (m.seq_len * m.hidden if m.position == "learned" else 0)
+
+
+def head_params(m: Model) -> int:
+    """Output projection to the vocabulary (0 when tied to the embedding)."""
+    return 0 if m.tied_embeddings else m.vocab * m.hidden
+
+
+def param_count(m: Model) -> int:
+    """Total parameters of the model, counting tied weights once."""
+    return embedding_params(m) + m.layers * layer_params(m) + norm_params(m) + head_params(m)
+
+
+# ------------------------------------------------------------------- FLOPs
+def layer_matmul_flops_per_token(m: Model) -> float:
+    """Forward FLOPs of one block's weight matmuls per token (2 per multiply-add)."""
+    mlp_mats = 3 if m.activation == "swiglu" else 2
+    return 2.0 * (m.hidden * (m.q_dim + 2 * m.kv_dim) + m.q_dim * m.hidden
+                  + mlp_mats * m.hidden * m.ffn_hidden)
+
+
+def layer_attention_flops_per_token(m: Model, seq_len: int | None = None) -> float:
+    """Forward FLOPs of Q K^T and scores x V per token (full square)."""
+    s = seq_len or m.seq_len
+    return 2.0 * 2.0 * s * m.q_dim
+
+
+def logits_flops_per_token(m: Model) -> float:
+    return 2.0 * m.hidden * m.vocab
+
+
+def forward_flops_per_token(m: Model) -> float:
+    layer = layer_matmul_flops_per_token(m) + layer_attention_flops_per_token(m)
+    return m.layers * layer + logits_flops_per_token(m)
+
+
+def model_flops_per_step(m: Model, sequences: int) -> float:
+    """Model FLOPs of one optimizer step over `sequences` sequences (fwd + 2x bwd)."""
+    return 3.0 * sequences * m.seq_len * forward_flops_per_token(m)
+
+
+def recompute_flops_per_token(m: Model, recompute: str) -> float:
+    """Extra forward FLOPs per token spent re-computing activations."""
+    if recompute == "full":  # every block's forward again (not the logits)
+        return m.layers * (layer_matmul_flops_per_token(m) + layer_attention_flops_per_token(m))
+    if recompute == "selective":  # Korthikanti et al.: the attention core only
+        return m.layers * layer_attention_flops_per_token(m)
+    return 0.0
+
+
+def hardware_flops_per_step(m: Model, sequences: int, recompute: str) -> float:
+    """FLOPs the hardware executes, recomputation included.
+
+    With full recompute this equals `96 B s l h^2 (1 + s/(6h) + V/(16 l h))`.
+    """
+    extra = sequences * m.seq_len * recompute_flops_per_token(m, recompute)
+    return model_flops_per_step(m, sequences) + extra
+
+
+def narayanan_flops(sequences: int, seq_len: int, layers: int, hidden: int, vocab: int,
+                    full_recompute: bool = False) -> float:
+    """The closed forms of Narayanan et al. 2021, for checking GPT models."""
+    b, s, l_, h, v = sequences, seq_len, layers, hidden, vocab
+    if full_recompute:
+        return 96.0 * b * s * l_ * h * h * (1 + s / (6 * h) + v / (16 * l_ * h))
+    return 72.0 * b * s * l_ * h * h * (1 + s / (6 * h) + v / (12 * l_ * h))

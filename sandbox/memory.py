@@ -1,0 +1,129 @@
+"""Memory per GPU by component, as pure functions (bytes unless named _gb).
+
+- Weights, gradients and optimizer states follow Megatron-LM's mixed
+  precision: 16-bit weights, fp32 gradients, fp32 master weights plus two
+  fp32 Adam moments (2 + 4 + 12 = 18 bytes per parameter); fp32 training
+  keeps 4 + 4 + 8. ZeRO 1 shards the optimizer states over dp, ZeRO 2 also
+  the gradients, ZeRO 3 also the weights.
+- Activations per layer follow Korthikanti et al. (2022), written per tensor
+  so that GQA and SwiGLU shapes fit: for a GPT block this is exactly
+  `s b h (34 + 5 a s / h)` bytes without parallelism,
+  `s b h (10 + 24/t + 5 a s / (h t))` with tensor parallelism,
+  `s b h / t (34 + 5 a s / h)` with sequence parallelism as well; selective
+  recompute drops the `5 a s^2 b` attention-core term, full recompute keeps
+  only each layer's input (`2 s b h`, divided by t with SP). The paper's
+  figures are for 16-bit activations; fp32 doubles them.
+- Microbatches in flight on pipeline stage i: GPipe all m, 1F1B and ZB-H1
+  min(p - i, m), interleaved 1F1B (p - i - 1) * 2 + (v - 1) * p + 1 model
+  chunks (Megatron-LM's warm-up count), each 1/v of the stage's layers.
+"""
+
+from __future__ import annotations
+
+from sandbox import counts
+from sandbox.specs import Model, Plan
+
+GB = 1e9
+
+
+def weight_bytes_per_param(precision: str) -> int:
+    return 4 if precision == "fp32" else 2
+
+
+def grad_bytes_per_param(precision: str) -> int:
+    """Gradients accumulate in fp32 (Megatron's main_grad) in every precision."""
+    return 4
+
+
+def optimizer_bytes_per_param(precision: str, optimizer: str = "adamw") -> int:
+    """Optimizer moments plus an fp32 master copy when weights are 16-bit."""
+    states = 8 if optimizer == "adamw" else 4
+    return states + (0 if precision == "fp32" else 4)
+
+
+def layer_params_per_gpu(m: Model, tp: int) -> float:
+    """One block's parameters held by one tensor-parallel rank.
+
+    Weight matrices and column-parallel biases are split over tp; the
+    row-parallel output biases and the norms are replicated (Megatron-LM).
+    """
+    replicated = 2 * counts.norm_params(m) + (2 * m.hidden if m.bias else 0)
+    return (counts.layer_params(m) - replicated) / tp + replicated
+
+
+def stage_params_per_gpu(m: Model, tp: int, pp: int, stage: int) -> float:
+    """Parameters held by one GPU of pipeline stage `stage` (0-based)."""
+    n = m.layers / pp * layer_params_per_gpu(m, tp)
+    position = m.seq_len * m.hidden if m.position == "learned" else 0
+    if stage == 0:
+        n += m.vocab * m.hidden / tp + position  # vocab-parallel embedding
+    if stage == pp - 1:
+        n += counts.norm_params(m)
+        if not m.tied_embeddings or pp > 1:  # tied + pp > 1: last stage keeps a copy
+            n += m.vocab * m.hidden / tp
+    return n
+
+
+def activation_bytes_per_layer(m: Model, micro_batch: int, tp: int = 1,
+                               sequence_parallel: bool = False, recompute: str = "none",
+                               precision: str = "bf16") -> float:
+    """Activation bytes one block keeps for its backward, per microbatch, per GPU."""
+    s, b, h, a, f = m.seq_len, micro_batch, m.hidden, m.heads, m.ffn_hidden
+    sp = sequence_parallel and tp > 1
+    scale = 2.0 if precision == "fp32" else 1.0
+    if recompute == "full":
+        return scale * 2 * s * b * h / (tp if sp else 1)
+    # Outside the tensor-parallel region (replicated unless SP): two norm inputs,
+    # the QKV and MLP inputs (2 bytes each) and two dropout masks (1 byte each).
+    outside = s * b * h * (2 * 2 + 2 + 2 + 1 + 1)
+    # Inside the region (split over tp): Q, K, V, the attention output projection's
+    # input, and the MLP's hidden activations.
+    mlp = 8 * s * b * f if m.activation == "swiglu" else 4 * s * b * f
+    inside = 2 * s * b * (m.q_dim + 2 * m.kv_dim) + 2 * s * b * m.q_dim + mlp
+    core = 5 * a * s * s * b if recompute == "none" else 0.0  # softmax, mask, dropout
+    return scale * ((outside / tp if sp else outside) + (inside + core) / tp)
+
+
+def layers_in_flight(plan: Plan, stage: int) -> float:
+    """Layer-microbatches of activations stage `stage` holds at its peak."""
+    p, v, m = plan.parallel.pp, plan.parallel.vpp, plan.parallel.microbatches
+    layers_per_stage = plan.model.layers / p
+    sched = plan.parallel.schedule
+    if p == 1:
+        return layers_per_stage  # gradient accumulation frees each microbatch
+    if sched == "gpipe":
+        return layers_per_stage * m
+    if sched == "interleaved-1f1b":
+        chunks = min(m * v, (p - stage - 1) * 2 + (v - 1) * p + 1)
+        return chunks * layers_per_stage / v
+    return layers_per_stage * min(p - stage, m)  # 1f1b, zero-bubble (ZB-H1)
+
+
+def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
+    """Memory of one GPU in GB by component, for `stage` or the most loaded one.
+
+    Returns `{params, grads, optimizer, activations, other, total, stage}`;
+    `other` is the last stage's fp32 logits of one microbatch.
+    """
+    if stage is None:
+        stages = range(plan.parallel.pp)
+        return max((memory_per_gpu(plan, s) for s in stages), key=lambda d: d["total"])
+    m, p, t = plan.model, plan.parallel, plan.train
+    n = stage_params_per_gpu(m, p.tp, p.pp, stage)
+    params = n * weight_bytes_per_param(t.precision) / (p.dp if p.zero >= 3 else 1)
+    grads = n * grad_bytes_per_param(t.precision) / (p.dp if p.zero >= 2 else 1)
+    optim = n * optimizer_bytes_per_param(t.precision, t.optimizer) / (p.dp if p.zero >= 1 else 1)
+    per_layer = activation_bytes_per_layer(m, p.micro_batch, p.tp, p.sequence_parallel,
+                                           p.recompute, t.precision)
+    acts = per_layer * layers_in_flight(plan, stage)
+    other = 4.0 * m.seq_len * p.micro_batch * m.vocab / p.tp if stage == p.pp - 1 else 0.0
+    parts = {"params": params, "grads": grads, "optimizer": optim, "activations": acts,
+             "other": other}
+    out = {k: v / GB for k, v in parts.items()}
+    out["total"] = sum(out.values())
+    out["stage"] = stage
+    return out
+
+
+def fits(plan: Plan) -> bool:
+    return memory_per_gpu(plan)["total"] <= plan.cluster.gpu.hbm_gb

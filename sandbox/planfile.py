@@ -1,0 +1,296 @@
+"""Plans from TOML files or dicts, back to TOML, and edited copies.
+
+Each section (`[model]`, `[cluster]`, `[parallel]`, `[train]`) may name a
+`preset`, override single fields, or give every field. Missing sections take
+the defaults below. Every problem becomes one line naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from sandbox import presets
+from sandbox.errors import PlanError
+from sandbox.specs import GPU, Cluster, Model, Parallel, Plan, Train
+from sandbox.validate import validate
+
+DEFAULT_MODEL = "gpt-mini"
+DEFAULT_CLUSTER = "localhost"
+SECTIONS = ("model", "cluster", "parallel", "train")
+_SPEC = {"model": Model, "cluster": Cluster, "parallel": Parallel, "train": Train,
+         "gpu": GPU}
+
+
+def did_you_mean(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _check_type(where: str, value: Any, kind: Any, problems: list[str]) -> Any:
+    """Coerce `value` to the field's type or record a problem; returns the value."""
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{where}: expected true or false, got {value!r}")
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        problems.append(f"{where}: expected an integer, got {value!r}")
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{where}: expected a number, got {value!r}")
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+        problems.append(f"{where}: expected a string, got {value!r}")
+    else:
+        return value
+    return None
+
+
+def _build(section: str, cls: type, given: dict, base: dict, problems: list[str]) -> dict:
+    """Merge `given` over `base`, checking names and types. Returns field values."""
+    fields = _fields(cls)
+    values = dict(base)
+    for key, value in given.items():
+        if key == "preset":
+            continue
+        if key not in fields:
+            problems.append(f"{section}.{key}: unknown key{did_you_mean(key, fields)}")
+            continue
+        if key == "gpu" and cls is Cluster:
+            continue  # handled by the caller
+        checked = _check_type(f"{section}.{key}", value, fields[key].type, problems)
+        if checked is not None:
+            values[key] = checked
+    return values
+
+
+def _preset(section: str, given: dict, table: dict, problems: list[str]) -> tuple[str, dict]:
+    name = given.get("preset")
+    if name is None:
+        return "", {}
+    if not isinstance(name, str):
+        problems.append(f"{section}.preset: expected a string, got {name!r}")
+        return "", {}
+    if name not in table:
+        problems.append(f"{section}.preset: unknown preset '{name}'{did_you_mean(name, table)}"
+                        f"; known: {', '.join(table)}")
+        return "", {}
+    return name, dict(table[name])
+
+
+def _missing(section: str, cls: type, values: dict, problems: list[str]) -> bool:
+    need = [f.name for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            and f.name not in values and f.name != "gpu"]
+    for name in need:
+        problems.append(f"{section}.{name}: missing (give it, or name a preset)")
+    return bool(need)
+
+
+def _model(given: dict, problems: list[str]) -> Model | None:
+    if not given:
+        given = {"preset": DEFAULT_MODEL}
+    name, base = _preset("model", given, presets.MODELS, problems)
+    values = _build("model", Model, given, base, problems)
+    values.setdefault("name", name or "custom")
+    if _missing("model", Model, values, problems):
+        return None
+    if not values.get("kv_heads"):
+        values["kv_heads"] = values["heads"]
+    if not values.get("ffn_hidden") and isinstance(values.get("hidden"), int):
+        h = values["hidden"]
+        if values.get("activation") == "swiglu":  # Llama: 2/3 of 4h, rounded up to 256
+            values["ffn_hidden"] = 256 * ((int(8 * h / 3) + 255) // 256)
+        else:
+            values["ffn_hidden"] = 4 * h
+    return Model(**values)
+
+
+def _gpu(given: Any, problems: list[str]) -> GPU | None:
+    if isinstance(given, GPU):
+        return given
+    if isinstance(given, str):
+        given = {"preset": given}
+    if not isinstance(given, dict):
+        problems.append(f"cluster.gpu: expected a GPU preset name or a table, got {given!r}")
+        return None
+    if "preset" in given:
+        name, base = _preset("cluster.gpu", given, presets.GPUS, problems)
+    else:
+        name, base = given.get("name", "custom"), {}
+    values = _build("cluster.gpu", GPU, given, base, problems)
+    values.setdefault("name", name or "custom")
+    if _missing("cluster.gpu", GPU, values, problems):
+        return None
+    return GPU(**values)
+
+
+def _cluster(given: dict, processes: int, problems: list[str]) -> Cluster | None:
+    if not given:
+        given = {"preset": DEFAULT_CLUSTER}
+    if given.get("preset") == "localhost":
+        n = given.get("gpus_per_node") if isinstance(given.get("gpus_per_node"), int) else None
+        name, base = "localhost", presets.localhost_cluster(n or processes)
+    else:
+        name, base = _preset("cluster", given, {**presets.CLUSTERS, "localhost": {}}, problems)
+    values = _build("cluster", Cluster, given, base, problems)
+    values.setdefault("name", name or "custom")
+    gpu_given = given.get("gpu", base.get("gpu"))
+    if isinstance(gpu_given, dict) and isinstance(base.get("gpu"), dict) and "gpu" in given:
+        gpu_given = {**base["gpu"], **gpu_given}
+    if gpu_given is None:
+        problems.append("cluster.gpu: missing (give a GPU preset name or a [cluster.gpu] table)")
+        return None
+    gpu = _gpu(gpu_given, problems)
+    if gpu is None:
+        return None
+    values["gpu"] = gpu
+    return Cluster(**values)
+
+
+def plan_from_dict(data: dict) -> Plan:
+    """Build and validate a plan from nested dicts (the TOML's structure)."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise PlanError(f"plan: expected a table of sections, got {type(data).__name__}")
+    for key in data:
+        if key not in SECTIONS:
+            problems.append(f"{key}: unknown section{did_you_mean(key, SECTIONS)}; "
+                            f"sections are {', '.join(SECTIONS)}")
+    sections = {}
+    for s in SECTIONS:
+        v = data.get(s, {})
+        if not isinstance(v, dict):
+            problems.append(f"{s}: expected a table, got {v!r}")
+            v = {}
+        sections[s] = dict(v)
+    parallel = _build("parallel", Parallel, sections["parallel"], {}, problems)
+    train = _build("train", Train, sections["train"], {}, problems)
+    tp, pp = parallel.get("tp", 1), parallel.get("pp", 1)
+    # localhost grows to as many processes as the plan needs unless sized explicitly.
+    processes = parallel.get("dp", 1) * tp * pp
+    model = _model(sections["model"], problems)
+    cluster = _cluster(sections["cluster"], processes, problems)
+    if cluster is not None and "dp" not in parallel and tp > 0 and pp > 0:
+        if cluster.world_size % (tp * pp) == 0:
+            parallel["dp"] = cluster.world_size // (tp * pp)
+    if cluster is not None and cluster.gpu.name == "cpu" and "precision" not in train:
+        train["precision"] = "fp32"  # CPU processes train in fp32
+    if problems or model is None or cluster is None:
+        raise PlanError(problems or ["plan: incomplete"])
+    plan = Plan(model=model, cluster=cluster, parallel=Parallel(**parallel), train=Train(**train))
+    validate(plan)
+    return plan
+
+
+def load(source: Any) -> Plan:
+    """A plan from a TOML path, a TOML string, a dict or a Plan (validated)."""
+    if isinstance(source, Plan):
+        validate(source)
+        return source
+    if isinstance(source, dict):
+        return plan_from_dict(source)
+    if isinstance(source, (str, Path)):
+        text_source = isinstance(source, str) and ("\n" in source or "[" in source)
+        if text_source:
+            return plan_from_dict(_parse_toml(source, "plan"))
+        path = Path(source)
+        if not path.exists():
+            raise PlanError(f"{path}: no such plan file")
+        if path.is_dir():
+            raise PlanError(f"{path}: is a directory, not a plan file")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise PlanError(f"{path}: cannot read ({e.__class__.__name__})") from None
+        return plan_from_dict(_parse_toml(text, str(path)))
+    raise PlanError(f"plan: cannot load a {type(source).__name__}")
+
+
+def _parse_toml(text: str, where: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PlanError(f"{where}: malformed TOML: {e}") from None
+
+
+# ------------------------------------------------------------------ dumping
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def dump_toml(plan: Plan) -> str:
+    """The whole plan with every field explicit; loads back to an equal plan."""
+    d = plan.to_dict()
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        sub = {}
+        for k, v in d[section].items():
+            if isinstance(v, dict):
+                sub[k] = v
+            else:
+                lines.append(f"{k} = {_toml_value(v)}")
+        for k, v in sub.items():
+            lines.append(f"\n[{section}.{k}]")
+            lines.extend(f"{kk} = {_toml_value(vv)}" for kk, vv in v.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ editing
+_SECTION_OF: dict[str, str] = {}
+for _s in ("parallel", "train", "cluster", "model"):
+    for _f in dataclasses.fields(_SPEC[_s]):
+        _SECTION_OF.setdefault(_f.name, _s)  # 'name' resolves to parallel/train first: none
+
+
+def replace_plan(plan: Plan, changes: dict[str, Any]) -> Plan:
+    """See `Plan.replace`."""
+    d = plan.to_dict()
+    for key, value in changes.items():
+        if key in ("model", "cluster") and isinstance(value, str):
+            d[key] = {"preset": value}
+            continue
+        if key in SECTIONS and isinstance(value, dict):
+            d[key] = {**d[key], **value}
+            continue
+        path = key.split(".")
+        if len(path) == 1:
+            if key not in _SECTION_OF:
+                raise PlanError(f"{key}: unknown field{did_you_mean(key, _SECTION_OF)}")
+            path = [_SECTION_OF[key], key]
+        target = d
+        for p in path[:-1]:
+            if not isinstance(target.get(p), dict):
+                raise PlanError(f"{key}: unknown field")
+            target = target[p]
+        target[path[-1]] = value
+    keys = {k.split(".")[-1] for k in changes}
+    local = d["cluster"].get("name") == "localhost"
+    if local and "gpus_per_node" in keys:
+        d["cluster"] = {"preset": "localhost", "gpus_per_node": d["cluster"]["gpus_per_node"]}
+    elif local and keys & {"dp", "tp", "pp"} and "nodes" not in keys:
+        d["cluster"] = {"preset": "localhost"}  # one process per dp*tp*pp rank
+    elif not local and keys & {"tp", "pp", "nodes", "gpus_per_node"} and "dp" not in keys:
+        d["parallel"].pop("dp", None)  # re-derived from the world size
+    return plan_from_dict(d)

@@ -1,0 +1,209 @@
+"""Named models, GPUs and clusters. Every figure is a public spec; the source
+is in the comment beside it. Values are plain dicts of spec fields so that a
+plan file can name a preset and override single fields.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+
+# --------------------------------------------------------------------- models
+_GPT = {"activation": "gelu", "norm": "layernorm", "position": "learned",
+        "bias": True, "tied_embeddings": True}
+_LLAMA3 = {"activation": "swiglu", "norm": "rmsnorm", "position": "rope",
+           "bias": False, "tied_embeddings": False, "rope_theta": 500000.0,
+           "norm_eps": 1e-5, "vocab": 128256, "seq_len": 8192}
+
+MODELS: dict[str, dict] = {
+    # Test-sized models with the byte-level vocabulary of the builtin corpus.
+    "tiny": {**_GPT, "layers": 4, "hidden": 64, "heads": 4, "vocab": 256, "seq_len": 64},
+    "gpt-mini": {**_GPT, "layers": 6, "hidden": 384, "heads": 6, "vocab": 256,
+                 "seq_len": 256},  # ~10.8M parameters, trains on CPU in minutes
+    "tiny-llama": {**_LLAMA3, "layers": 4, "hidden": 64, "heads": 4, "kv_heads": 2,
+                   "ffn_hidden": 192, "vocab": 256, "seq_len": 64, "rope_theta": 10000.0},
+    # GPT-2: Radford et al. 2019, Table 2, and the released configs (n_ctx 1024, V 50257).
+    "gpt2-124m": {**_GPT, "layers": 12, "hidden": 768, "heads": 12, "vocab": 50257,
+                  "seq_len": 1024},
+    "gpt2-350m": {**_GPT, "layers": 24, "hidden": 1024, "heads": 16, "vocab": 50257,
+                  "seq_len": 1024},
+    # GPT-3: Brown et al. 2020, Table 2.1 (1.3B with 16 heads of 128 as in
+    # Megatron-LM's examples); V = 51,200 padded vocabulary, Narayanan et al. 2021.
+    "gpt3-1.3b": {**_GPT, "layers": 24, "hidden": 2048, "heads": 16, "vocab": 51200,
+                  "seq_len": 2048},
+    "gpt3-175b": {**_GPT, "layers": 96, "hidden": 12288, "heads": 96, "vocab": 51200,
+                  "seq_len": 2048},
+    # Narayanan et al. 2021 (SC21), Table 1, 1008B row.
+    "megatron-1t": {**_GPT, "layers": 128, "hidden": 25600, "heads": 160,
+                    "vocab": 51200, "seq_len": 2048},
+    # Llama 3: Dubey et al. 2024 ("The Llama 3 Herd of Models"), Table 3, and
+    # the released params.json (ffn 14336 / 28672 / 53248, 8 KV heads, V 128256).
+    "llama3-8b": {**_LLAMA3, "layers": 32, "hidden": 4096, "heads": 32, "kv_heads": 8,
+                  "ffn_hidden": 14336},
+    "llama3-70b": {**_LLAMA3, "layers": 80, "hidden": 8192, "heads": 64, "kv_heads": 8,
+                   "ffn_hidden": 28672},
+    "llama3-405b": {**_LLAMA3, "layers": 126, "hidden": 16384, "heads": 128,
+                    "kv_heads": 8, "ffn_hidden": 53248},
+}
+
+# ----------------------------------------------------------------------- GPUs
+GPUS: dict[str, dict] = {
+    # NVIDIA A100 datasheet (2021), SXM4 80GB: FP32 19.5, TF32 156, FP16/BF16 312
+    # dense TFLOP/s; 80 GiB HBM2e = 85.9e9 bytes at 2,039 GB/s.
+    "a100-80g": {"tflops_fp32": 19.5, "tflops_tf32": 156.0, "tflops_fp16": 312.0,
+                 "tflops_bf16": 312.0, "tflops_fp8": 0.0, "hbm_gb": 85.9,
+                 "hbm_gb_per_s": 2039.0},
+    # Same datasheet, SXM4 40GB: 40 GiB HBM2 at 1,555 GB/s.
+    "a100-40g": {"tflops_fp32": 19.5, "tflops_tf32": 156.0, "tflops_fp16": 312.0,
+                 "tflops_bf16": 312.0, "tflops_fp8": 0.0, "hbm_gb": 42.9,
+                 "hbm_gb_per_s": 1555.0},
+    # NVIDIA H100 datasheet (2023), SXM5: FP32 67, TF32 494.7, BF16/FP16 989.4,
+    # FP8 1,978.9 dense TFLOP/s; 80 GiB HBM3 at 3.35 TB/s.
+    "h100-sxm": {"tflops_fp32": 67.0, "tflops_tf32": 494.7, "tflops_fp16": 989.4,
+                 "tflops_bf16": 989.4, "tflops_fp8": 1978.9, "hbm_gb": 85.9,
+                 "hbm_gb_per_s": 3350.0},
+    # NVIDIA H200 datasheet (2024), SXM: compute as H100 SXM; 141 GB HBM3e at 4.8 TB/s.
+    "h200-sxm": {"tflops_fp32": 67.0, "tflops_tf32": 494.7, "tflops_fp16": 989.4,
+                 "tflops_bf16": 989.4, "tflops_fp8": 1978.9, "hbm_gb": 141.0,
+                 "hbm_gb_per_s": 4800.0},
+}
+
+# Llama 3 (Dubey et al. 2024, Table 5): 419 unexpected interruptions in 54 days
+# on 16,384 H100s (2,048 nodes). GPU faults (58.7%, 246 events) give a per-GPU
+# MTBF of 16384*1296 h / 246 = 86,300 h; network switch/cable and NIC faults
+# (42 events over 16,384 links) 505,600 h per link; the remaining host-side
+# interruptions (131 events over 2,048 nodes) 20,300 h per node.
+_LLAMA3_FAILURES = {"gpu_mtbf_h": 86300.0, "node_mtbf_h": 20300.0,
+                    "link_mtbf_h": 505600.0, "switch_mtbf_h": 0.0}
+
+# ------------------------------------------------------------------- clusters
+CLUSTERS: dict[str, dict] = {
+    # Selene-like DGX A100 SuperPOD (NVIDIA DGX A100 user guide; Narayanan et al.
+    # 2021): 8 x A100 80GB, NVLink 3 / NVSwitch 600 GB/s bidirectional = 300 GB/s
+    # per direction per GPU, 8 x ConnectX-6 HDR 200 Gb/s compute NICs, fat tree.
+    # Latencies: NVSwitch hop ~1 us, HDR switch ~0.13 us per hop plus NIC ~1 us
+    # (Mellanox Quantum / ConnectX-6 product briefs), 3 hops in a fat tree.
+    "dgx-a100-80g": {"gpu": "a100-80g", "nodes": 4, "gpus_per_node": 8,
+                     "intra_node_link": "nvlink3", "intra_node_gb_per_s": 300.0,
+                     "intra_node_latency_us": 1.0, "topology": "fat-tree",
+                     "nics_per_node": 8, "nic_gbit_per_s": 200.0,
+                     "inter_node_latency_us": 2.5, **_LLAMA3_FAILURES,
+                     # DGX A100: 2 x 200 Gb/s storage NICs = 50 GB/s per node.
+                     "storage_gb_per_s": 50.0, "restart_s": 600.0,
+                     # Lambda on-demand list price, 8x A100 80GB SXM (2024).
+                     "usd_per_gpu_hour": 1.79},
+    # DGX H100 (NVIDIA DGX H100 user guide): NVLink 4 900 GB/s bidirectional =
+    # 450 GB/s per direction per GPU, 8 x ConnectX-7 NDR 400 Gb/s, fat tree;
+    # failure rates from Llama 3 (above), which trained on such nodes.
+    "dgx-h100": {"gpu": "h100-sxm", "nodes": 4, "gpus_per_node": 8,
+                 "intra_node_link": "nvlink4", "intra_node_gb_per_s": 450.0,
+                 "intra_node_latency_us": 1.0, "topology": "fat-tree",
+                 "nics_per_node": 8, "nic_gbit_per_s": 400.0,
+                 "inter_node_latency_us": 2.5, **_LLAMA3_FAILURES,
+                 # DGX H100: 2 x 400 Gb/s storage ports = 100 GB/s per node.
+                 "storage_gb_per_s": 100.0, "restart_s": 600.0,
+                 # Lambda on-demand list price, 8x H100 SXM (2024).
+                 "usd_per_gpu_hour": 2.99},
+    # The vTrain validation cluster (shared/validation/README.md): A100s, 8 per
+    # node, 150 GB/s intra-node, 800 Gb/s per node inter-node (4 x 200 Gb/s HDR).
+    # The README does not state the A100 memory size; 80 GB assumed.
+    "vtrain-a100": {"gpu": "a100-80g", "nodes": 8, "gpus_per_node": 8,
+                    "intra_node_link": "nvlink3", "intra_node_gb_per_s": 150.0,
+                    "intra_node_latency_us": 1.0, "topology": "fat-tree",
+                    "nics_per_node": 4, "nic_gbit_per_s": 200.0,
+                    "inter_node_latency_us": 2.5, **_LLAMA3_FAILURES,
+                    "storage_gb_per_s": 50.0, "restart_s": 600.0,
+                    "usd_per_gpu_hour": 1.79},
+}
+# `localhost` is built from this machine when asked for: see localhost_cluster().
+CLUSTER_NAMES = (*CLUSTERS, "localhost")
+
+
+def _cpu_gpu_spec(processes: int) -> dict:
+    """One CPU process as a 'GPU': its share of the cores and of the memory.
+
+    Peak FLOP/s = cores x clock x FLOPs/cycle (SIMD width x 2 FMA units x 2),
+    read from /proc/cpuinfo; memory bandwidth is a nominal DDR4 figure until
+    `sandbox calibrate` measures it.
+    """
+    cores = os.cpu_count() or 1
+    mhz, flags = 2500.0, ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        m = re.search(r"cpu MHz\s*:\s*([\d.]+)", text)
+        mhz = float(m.group(1)) if m else mhz
+        m = re.search(r"^flags\s*:(.*)$", text, re.M)
+        flags = m.group(1) if m else ""
+    except OSError:
+        pass
+    lanes = 16 if " avx512f" in flags else 8 if " avx2" in flags else 4
+    fp32_tflops = max(1, cores // max(1, processes)) * mhz * 1e6 * lanes * 2 * 2 / 1e12
+    mem_gb = 16.0
+    try:
+        with open("/proc/meminfo") as f:
+            m = re.search(r"MemTotal:\s*(\d+) kB", f.read())
+        mem_gb = int(m.group(1)) * 1024 / 1e9 if m else mem_gb
+    except OSError:
+        pass
+    return {"name": "cpu", "tflops_fp32": round(fp32_tflops, 4), "tflops_tf32": 0.0,
+            "tflops_fp16": round(fp32_tflops, 4), "tflops_bf16": round(fp32_tflops, 4),
+            "tflops_fp8": 0.0, "hbm_gb": round(mem_gb / max(1, processes), 2),
+            "hbm_gb_per_s": 20.0}
+
+
+@lru_cache(maxsize=1)
+def _local_gpus() -> tuple[str, ...]:
+    """Names of this machine's NVIDIA GPUs (empty without nvidia-smi)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return ()
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(line.strip() for line in out.splitlines() if line.strip())
+
+
+def _match_gpu(name: str) -> str:
+    n = name.lower()
+    if "h200" in n:
+        return "h200-sxm"
+    if "h100" in n:
+        return "h100-sxm"
+    if "a100" in n:
+        return "a100-80g" if "80" in n else "a100-40g"
+    return "a100-80g"
+
+
+def localhost_cluster(processes: int | None = None) -> dict:
+    """This machine: its GPUs, or `processes` CPU processes talking over gloo.
+
+    Without GPUs the cluster is one node of `processes` CPU 'devices' joined by
+    shared memory (gloo over loopback); the link figures are nominal until
+    `sandbox calibrate` measures them.
+    """
+    gpus = _local_gpus()
+    if gpus:
+        return {"gpu": _match_gpu(gpus[0]), "nodes": 1,
+                "gpus_per_node": processes or len(gpus),
+                "intra_node_link": "nvlink", "intra_node_gb_per_s": 450.0,
+                "intra_node_latency_us": 1.0, "topology": "fat-tree",
+                "nics_per_node": 1, "nic_gbit_per_s": 100.0,
+                "inter_node_latency_us": 5.0, "storage_gb_per_s": 2.0,
+                "restart_s": 30.0}
+    n = processes or 1
+    return {"gpu": _cpu_gpu_spec(n), "nodes": 1, "gpus_per_node": n,
+            "intra_node_link": "loopback", "intra_node_gb_per_s": 2.0,
+            "intra_node_latency_us": 50.0, "topology": "fat-tree",
+            "nics_per_node": 1, "nic_gbit_per_s": 10.0,
+            "inter_node_latency_us": 100.0, "storage_gb_per_s": 1.0,
+            "restart_s": 10.0}
+
+
+def has_local_gpu() -> bool:
+    return bool(_local_gpus())

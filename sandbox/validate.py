@@ -1,0 +1,120 @@
+"""The rules a plan must satisfy to run; each broken rule is one line naming
+the field. Memory fit is not checked here (`run` checks it, `simulate`
+reports it)."""
+
+from __future__ import annotations
+
+import re
+
+from sandbox import specs
+from sandbox.errors import PlanError
+from sandbox.specs import Plan
+
+_COMPRESSION = re.compile(r"^(none|fp16|bf16|int8|topk:(0?\.\d+|1(\.0*)?)|powersgd:[1-9]\d*)$")
+
+
+def _positive(problems: list[str], section: str, obj: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            problems.append(f"{section}.{name}: must be positive, got {value}")
+
+
+def _non_negative(problems: list[str], section: str, obj: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < 0:
+            problems.append(f"{section}.{name}: must not be negative, got {value}")
+
+
+def _choice(problems: list[str], where: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        from sandbox.planfile import did_you_mean
+
+        problems.append(f"{where}: unknown value '{value}'{did_you_mean(value, options)}; "
+                        f"choose one of {', '.join(options)}")
+
+
+def plan_problems(plan: Plan) -> list[str]:
+    """Every rule the plan breaks, one readable line each (empty: valid)."""
+    m, c, p, t = plan.model, plan.cluster, plan.parallel, plan.train
+    problems: list[str] = []
+    _positive(problems, "model", m, ("layers", "hidden", "heads", "kv_heads", "vocab",
+                                     "seq_len", "ffn_hidden"))
+    _positive(problems, "cluster", c, ("nodes", "gpus_per_node", "intra_node_gb_per_s",
+                                       "nics_per_node", "nic_gbit_per_s", "oversubscription",
+                                       "storage_gb_per_s", "weibull_shape"))
+    _non_negative(problems, "cluster", c, ("intra_node_latency_us", "inter_node_latency_us",
+                                           "gpu_mtbf_h", "node_mtbf_h", "link_mtbf_h",
+                                           "switch_mtbf_h", "restart_s", "usd_per_gpu_hour"))
+    _positive(problems, "cluster.gpu", c.gpu, ("tflops_fp32", "hbm_gb", "hbm_gb_per_s"))
+    _non_negative(problems, "cluster.gpu", c.gpu, ("tflops_tf32", "tflops_fp16", "tflops_bf16",
+                                                   "tflops_fp8"))
+    _positive(problems, "parallel", p, ("dp", "tp", "pp", "vpp", "micro_batch",
+                                        "global_batch", "sync_every"))
+    _positive(problems, "train", t, ("lr", "steps"))
+    _non_negative(problems, "train", t, ("warmup_steps", "min_lr_ratio", "weight_decay",
+                                         "grad_clip", "checkpoint_every", "eval_every"))
+    _choice(problems, "model.activation", m.activation, specs.ACTIVATIONS)
+    _choice(problems, "model.norm", m.norm, specs.NORMS)
+    _choice(problems, "model.position", m.position, specs.POSITIONS)
+    _choice(problems, "cluster.topology", c.topology, specs.TOPOLOGIES)
+    _choice(problems, "cluster.failure_distribution", c.failure_distribution,
+            specs.FAILURE_DISTRIBUTIONS)
+    _choice(problems, "parallel.schedule", p.schedule, specs.SCHEDULES)
+    _choice(problems, "parallel.recompute", p.recompute, specs.RECOMPUTE)
+    _choice(problems, "parallel.dp_mode", p.dp_mode, specs.DP_MODES)
+    _choice(problems, "train.precision", t.precision, specs.PRECISIONS)
+    _choice(problems, "train.optimizer", t.optimizer, specs.OPTIMIZERS)
+    _choice(problems, "train.lr_schedule", t.lr_schedule, specs.LR_SCHEDULES)
+    if p.zero not in (0, 1, 2, 3):
+        problems.append(f"parallel.zero: must be 0, 1, 2 or 3, got {p.zero}")
+    if not _COMPRESSION.match(p.grad_compression):
+        problems.append(f"parallel.grad_compression: unknown value '{p.grad_compression}'; "
+                        "choose none, fp16, bf16, int8, topk:FRACTION or powersgd:RANK")
+    if problems:  # the divisibility rules below assume positive sizes
+        return problems
+
+    if m.hidden % m.heads:
+        problems.append(f"model.hidden: {m.hidden} is not divisible by model.heads = {m.heads}")
+    if m.heads % m.kv_heads:
+        problems.append(f"model.kv_heads: {m.kv_heads} does not divide model.heads = {m.heads}")
+    if m.position == "rope" and m.head_dim % 2:
+        problems.append(f"model.heads: rope needs an even head size, got {m.head_dim}")
+    if p.dp * p.tp * p.pp != c.world_size:
+        problems.append(f"parallel: dp*tp*pp = {p.dp}*{p.tp}*{p.pp} = {p.dp * p.tp * p.pp} "
+                        f"!= world size {c.world_size} (cluster.nodes*gpus_per_node = "
+                        f"{c.nodes}*{c.gpus_per_node})")
+    if m.heads % p.tp:
+        problems.append(f"parallel.tp: {p.tp} does not divide model.heads = {m.heads}")
+    elif m.kv_heads % p.tp:
+        problems.append(f"parallel.tp: {p.tp} does not divide model.kv_heads = {m.kv_heads}")
+    if m.ffn_hidden % p.tp:
+        problems.append(f"parallel.tp: {p.tp} does not divide model.ffn_hidden = {m.ffn_hidden}")
+    if m.layers % (p.pp * p.vpp):
+        problems.append(f"parallel.pp: pp*vpp = {p.pp * p.vpp} does not divide "
+                        f"model.layers = {m.layers}")
+    if p.global_batch % (p.dp * p.micro_batch):
+        problems.append(f"parallel.global_batch: {p.global_batch} is not divisible by "
+                        f"dp*micro_batch = {p.dp}*{p.micro_batch}")
+    elif p.schedule == "interleaved-1f1b" and p.microbatches % p.pp:
+        problems.append(f"parallel.schedule: interleaved-1f1b needs microbatches per replica "
+                        f"({p.microbatches}) divisible by pp = {p.pp}")
+    if p.vpp > 1 and p.schedule != "interleaved-1f1b":
+        problems.append(f"parallel.vpp: vpp = {p.vpp} needs schedule = 'interleaved-1f1b'")
+    if p.schedule == "interleaved-1f1b" and (p.vpp < 2 or p.pp < 2):
+        problems.append("parallel.schedule: interleaved-1f1b needs pp >= 2 and vpp >= 2")
+    if p.zero > 0 and p.dp_mode != "allreduce":
+        problems.append(f"parallel.zero: ZeRO sharding needs dp_mode = 'allreduce', "
+                        f"got '{p.dp_mode}'")
+    if t.precision == "fp8" and c.gpu.tflops_fp8 <= 0:
+        problems.append(f"train.precision: {c.gpu.name} has no fp8 support")
+    return problems
+
+
+def validate(plan: Plan) -> Plan:
+    """Raise PlanError listing every broken rule; return the plan if valid."""
+    problems = plan_problems(plan)
+    if problems:
+        raise PlanError(problems)
+    return plan
