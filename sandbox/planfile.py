@@ -104,8 +104,11 @@ def _missing(section: str, cls: type, values: dict, problems: list[str]) -> bool
 def _model(given: dict, problems: list[str]) -> Model | None:
     if not given:
         given = {"preset": DEFAULT_MODEL}
+    before = len(problems)
     name, base = _preset("model", given, presets.MODELS, problems)
     values = _build("model", Model, given, base, problems)
+    if len(problems) > before and given.get("preset") and not name:
+        return None  # unknown preset: the missing fields would only add noise
     values.setdefault("name", name or "custom")
     if _missing("model", Model, values, problems):
         return None
@@ -130,6 +133,8 @@ def _gpu(given: Any, problems: list[str]) -> GPU | None:
         return None
     if "preset" in given:
         name, base = _preset("cluster.gpu", given, presets.GPUS, problems)
+        if not name:
+            return None
     else:
         name, base = given.get("name", "custom"), {}
     values = _build("cluster.gpu", GPU, given, base, problems)
@@ -147,11 +152,16 @@ def _cluster(given: dict, processes: int, problems: list[str]) -> Cluster | None
         name, base = "localhost", presets.localhost_cluster(n or processes)
     else:
         name, base = _preset("cluster", given, {**presets.CLUSTERS, "localhost": {}}, problems)
+        if given.get("preset") and not name:
+            return None
     values = _build("cluster", Cluster, given, base, problems)
     values.setdefault("name", name or "custom")
     gpu_given = given.get("gpu", base.get("gpu"))
-    if isinstance(gpu_given, dict) and isinstance(base.get("gpu"), dict) and "gpu" in given:
-        gpu_given = {**base["gpu"], **gpu_given}
+    if isinstance(gpu_given, dict) and "gpu" in given and "preset" not in gpu_given:
+        if isinstance(base.get("gpu"), dict):  # override fields of the preset's GPU
+            gpu_given = {**base["gpu"], **gpu_given}
+        elif isinstance(base.get("gpu"), str):
+            gpu_given = {"preset": base["gpu"], **gpu_given}
     if gpu_given is None:
         problems.append("cluster.gpu: missing (give a GPU preset name or a [cluster.gpu] table)")
         return None

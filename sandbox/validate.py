@@ -89,7 +89,7 @@ def plan_problems(plan: Plan) -> list[str]:
         problems.append(f"parallel.tp: {p.tp} does not divide model.heads = {m.heads}")
     elif m.kv_heads % p.tp:
         problems.append(f"parallel.tp: {p.tp} does not divide model.kv_heads = {m.kv_heads}")
-    if m.ffn_hidden % p.tp:
+    elif m.ffn_hidden % p.tp:
         problems.append(f"parallel.tp: {p.tp} does not divide model.ffn_hidden = {m.ffn_hidden}")
     if m.layers % (p.pp * p.vpp):
         problems.append(f"parallel.pp: pp*vpp = {p.pp * p.vpp} does not divide "
