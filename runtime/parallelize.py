@@ -1,12 +1,15 @@
 """Apply a plan's parallelism to the model: the contract the training loop uses.
 
 `parallelize(plan, mesh, device)` builds the model from the plan's spec
-(deterministic weights for the plan's seed), applies tensor parallelism,
-activation recompute, data parallelism / ZeRO and pipeline parallelism, and
-returns a `Parallelized` that runs one optimizer step's forward and backward.
+(deterministic weights for the plan's seed, identical on every rank), then,
+in torchtitan's order, for each model chunk this rank owns:
 
-This first version is the single-process path (world size 1); the parallel
-modes compose small `apply_*` functions from the sibling modules.
+    pipeline split -> tensor parallel -> activation recompute
+    -> (torch.compile, by the training loop) -> DDP / FSDP2 -> pipeline stages
+
+and returns a `Parallelized` that runs one optimizer step's forward and
+backward, evaluates, clips gradients and builds the optimizer. `mesh` is the
+(pp, dp, tp) DeviceMesh from `runtime.mesh.build_mesh` (None for one process).
 """
 
 from __future__ import annotations
@@ -14,11 +17,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
+from runtime.data_parallel import apply_dp, grad_sync
 from runtime.model import build_model
+from runtime.pipeline_parallel import (
+    build_schedule,
+    split_model,
+    sync_tied_grads,
+    tied_copies,
+    tied_group,
+)
+from runtime.recompute import apply_recompute
+from runtime.tensor_parallel import apply_tp
 from sandbox.specs import Plan
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of (b, s, V) logits against (b, s) ids."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 @dataclass
@@ -27,6 +47,9 @@ class Parallelized:
 
     parts: model chunks on this rank (one, or vpp chunks with interleaving).
     mesh: the (pp, dp, tp) DeviceMesh, or None in a single process.
+    extra: pipeline state: "schedule", "first"/"last" (this rank holds the
+        first/last stage), "tied" (copies of a tied embedding), "tied_group",
+        "norm_skip" (ids of copies left out of the gradient norm).
     """
 
     plan: Plan
@@ -50,6 +73,32 @@ class Parallelized:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def _group(self, dim: str) -> dist.ProcessGroup | None:
+        if self.mesh is None or self.mesh[dim].size() == 1:
+            return None
+        return self.mesh[dim].get_group()
+
+    def _global_mean(self, local: torch.Tensor) -> float:
+        """This replica's mean loss (held by the last stage) -> the global mean."""
+        if (pp := self._group("pp")) is not None:
+            dist.all_reduce(local, group=pp)  # only the last stage holds a non-zero loss
+        if (dp := self._group("dp")) is not None:
+            dist.all_reduce(local, group=dp)
+            local = local / self.plan.parallel.dp
+        return local.item()
+
+    def _pipeline(self, tokens: torch.Tensor, targets: torch.Tensor, train: bool) -> torch.Tensor:
+        """Run the schedule over this replica's batch; the mean microbatch loss
+        on the rank holding the last stage, zero elsewhere."""
+        sched, losses = self.extra["schedule"], []
+        args = (tokens,) if self.extra["first"] else ()
+        kwargs = {"target": targets, "losses": losses} if self.extra["last"] else {}
+        with self._autocast():
+            sched.step(*args, **kwargs) if train else sched.eval(*args, **kwargs)
+        if not self.extra["last"]:
+            return torch.zeros((), device=self.device)
+        return torch.stack([loss.detach().float() for loss in losses]).mean()
+
     def step(self, tokens: torch.Tensor, targets: torch.Tensor) -> float:
         """Forward + backward over this replica's share of the global batch.
 
@@ -58,55 +107,115 @@ class Parallelized:
         gradients scaled so they equal the gradient of the mean loss over the
         whole global batch, and returns that mean loss (same on every rank).
         """
-        model = self.parts[0]
+        tokens, targets = tokens.to(self.device), targets.to(self.device)
+        if "schedule" in self.extra:
+            local = self._pipeline(tokens, targets, train=True)
+            sync_tied_grads(self.extra["tied"], self.extra["tied_group"])
+            return self._global_mean(local)
+        model, zero = self.parts[0], self.plan.parallel.zero
         chunks = tokens.split(self.plan.parallel.micro_batch)
         tchunks = targets.split(self.plan.parallel.micro_batch)
         total = torch.zeros((), device=self.device)
-        for x, y in zip(chunks, tchunks, strict=True):
-            with self._autocast():
-                logits = model(x.to(self.device))
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten())
-            (loss / len(chunks)).backward()
+        for i, (x, y) in enumerate(zip(chunks, tchunks, strict=True)):
+            with grad_sync(model, zero, last_microbatch=i == len(chunks) - 1):
+                with self._autocast():
+                    logits = model(x)
+                loss = cross_entropy(logits, y)
+                (loss / len(chunks)).backward()
             total += loss.detach()
-        return (total / len(chunks)).item()
+        return self._global_mean(total / len(chunks))
 
     @torch.no_grad()
     def evaluate(self, tokens: torch.Tensor, targets: torch.Tensor) -> float:
-        """Mean loss over the batch without gradients (same on every rank)."""
-        model = self.parts[0]
+        """Mean loss without gradients, averaged over the dp ranks (same on
+        every rank). Each dp rank passes its share (or all ranks the same
+        batch). With pp the batch is a multiple of the training share."""
+        tokens, targets = tokens.to(self.device), targets.to(self.device)
+        if "schedule" in self.extra:
+            n = self.plan.parallel.microbatches * self.plan.parallel.micro_batch
+            if len(tokens) % n:
+                raise ValueError(f"evaluate: with pp > 1 the batch ({len(tokens)} sequences) "
+                                 f"must be a multiple of {n} (microbatches x micro_batch)")
+            local = torch.stack([self._pipeline(x, y, train=False) for x, y in
+                                 zip(tokens.split(n), targets.split(n), strict=True)]).mean()
+            return self._global_mean(local)
         losses = []
         for x, y in zip(tokens.split(self.plan.parallel.micro_batch),
                         targets.split(self.plan.parallel.micro_batch), strict=True):
             with self._autocast():
-                logits = model(x.to(self.device))
-            losses.append(F.cross_entropy(logits.float().flatten(0, 1),
-                                          y.to(self.device).flatten()))
-        return torch.stack(losses).mean().item()
+                losses.append(cross_entropy(self.parts[0](x), y))
+        return self._global_mean(torch.stack(losses).mean())
 
     def clip_grad_norm_(self, max_norm: float) -> float:
-        """Clip the global gradient norm over all ranks' shards; returns the norm."""
-        return torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm).item()
+        """Clip the global gradient norm over all ranks' shards and stages
+        (a tied embedding counted once); returns the norm before clipping."""
+        skip = self.extra.get("norm_skip", set())
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        by_mesh: dict[object, list[torch.Tensor]] = {}
+        for p in self.parameters():
+            if p.grad is not None and id(p) not in skip:
+                key = p.grad.device_mesh if isinstance(p.grad, DTensor) else None
+                by_mesh.setdefault(key, []).append(p.grad)
+        total_sq = torch.zeros((), device=self.device)
+        for group in by_mesh.values():
+            norm = torch.nn.utils.get_total_norm(group, 2.0)
+            total_sq += (norm.full_tensor() if isinstance(norm, DTensor) else norm) ** 2
+        if (pp := self._group("pp")) is not None:
+            dist.all_reduce(total_sq, group=pp)
+        total = total_sq.sqrt()
+        coef = max_norm / (total + 1e-6)
+        if max_norm > 0 and coef < 1:
+            for g in grads:
+                g.mul_(coef.item())
+        return total.item()
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW (or SGD) over this rank's parameters, sharded as ZeRO says."""
-        t = self.plan.train
+        """AdamW (or SGD) over this rank's parameters. With ZeRO >= 1 they are
+        FSDP2 shards, so the optimizer states are sharded over dp too."""
+        t, params = self.plan.train, self.parameters()
+        is_dt = {isinstance(p, DTensor) for p in params}
+        foreach = len(is_dt) == 1  # foreach kernels cannot mix DTensor and Tensor
         if t.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=t.lr, momentum=0.9,
-                                   weight_decay=t.weight_decay)
-        return torch.optim.AdamW(self.parameters(), lr=t.lr, betas=(0.9, 0.95),
-                                 weight_decay=t.weight_decay)
+            return torch.optim.SGD(params, lr=t.lr, momentum=0.9,
+                                   weight_decay=t.weight_decay, foreach=foreach)
+        return torch.optim.AdamW(params, lr=t.lr, betas=(0.9, 0.95),
+                                 weight_decay=t.weight_decay, foreach=foreach)
 
 
 def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parallelized:
     """Build the model for this rank and apply the plan's parallelism."""
     p = plan.parallel
-    if plan.world_size != 1:
-        raise NotImplementedError("parallel modes are applied by the parallel modules")
-    model = build_model(plan.model, seed=plan.train.seed).to(device)
-    for block in model.layers.values():
-        block.attention.recompute_core = p.recompute == "selective"
+    if mesh is None and plan.world_size != 1:
+        raise ValueError(f"parallelize: a world of {plan.world_size} ranks needs a DeviceMesh")
+    if p.dp_mode != "allreduce" or p.grad_compression != "none":
+        raise NotImplementedError(f"parallel.dp_mode = {p.dp_mode!r} with grad_compression = "
+                                  f"{p.grad_compression!r} is not supported by parallelize")
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.train.precision)
     if device.type == "cpu":
         autocast = None  # CPU runs train in fp32
-    return Parallelized(plan=plan, parts=[model], device=device, mesh=mesh,
-                        autocast_dtype=autocast)
+    model = build_model(plan.model, seed=plan.train.seed).to(device)
+    if p.pp > 1:
+        chunks = split_model(model, mesh["pp"].get_local_rank(), p.pp, p.vpp)
+    else:
+        chunks = [(0, model)]
+    parts = []
+    for _, chunk in chunks:
+        if p.tp > 1:
+            apply_tp(chunk, mesh["tp"], p.sequence_parallel)
+        apply_recompute(chunk, p.recompute)
+        if p.dp > 1:
+            chunk = apply_dp(chunk, mesh["dp"], p.zero)
+        parts.append(chunk)
+    par = Parallelized(plan=plan, parts=parts, device=device, mesh=mesh, autocast_dtype=autocast)
+    if p.pp > 1:
+        n_stages = p.pp * p.vpp
+        stages = [s for s, _ in chunks]
+        par.extra.update(first=0 in stages, last=n_stages - 1 in stages, tied=[], tied_group=None)
+        if plan.model.tied_embeddings:
+            par.extra["tied"] = tied_copies(chunks, n_stages)
+            if par.extra["last"]:  # the head's copy is counted once, as the embedding
+                par.extra["norm_skip"] = {id(par.extra["tied"][-1])}
+            par.extra["tied_group"] = tied_group(mesh)
+        par.extra["schedule"] = build_schedule(plan, list(zip(stages, parts, strict=True)),
+                                               mesh["pp"], device, cross_entropy)
+    return par
