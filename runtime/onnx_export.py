@@ -148,7 +148,16 @@ def _past_names(n_layers: int, prefix: str) -> list[str]:
 
 
 def _save(program, path: Path) -> None:
+    """Save without the exporter's per-node debug metadata (stack traces, FX
+    names: about 1 KB per node, which a deployed file does not need)."""
+    import onnx
+
     program.save(str(path), external_data=False)
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.save(model, str(path))
 
 
 def _check(path: Path) -> None:

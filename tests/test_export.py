@@ -1,0 +1,216 @@
+"""Export to ONNX: correctness against PyTorch, the KV-cache decoder, quantized
+files, structured pruning, and the CLI's behaviour on bad input.
+
+Runs on the `tiny` and `tiny-llama` (GQA + RoPE + SwiGLU) presets, trained
+for a few seconds in-process and saved as run directories. The size, speed
+and quality targets at a realistic scale are in experiments/bench_export.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from runtime.distill import train_run  # noqa: E402
+from runtime.export import export  # noqa: E402
+from runtime.export_source import heldout_batches, load_run, train_batches  # noqa: E402
+from runtime.onnx_export import decoder_path, empty_past  # noqa: E402
+from runtime.quantize import session  # noqa: E402
+from sandbox.errors import SandboxError  # noqa: E402
+
+FAST = {"eval_batches": 2, "latency_repeats": 3, "decode_tokens": 12}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for preset in ("tiny", "tiny-llama"):
+        train_run(root / preset, preset, steps=60, batch=8, lr=2e-3)
+        out[preset] = root / preset
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    """Lazily exported files, cached per (preset, mode)."""
+    root = tmp_path_factory.mktemp("onnx")
+    cache: dict[tuple, tuple[Path, dict]] = {}
+
+    def get(preset: str, quantize: str, prune: float = 0.0, distill: int = 0):
+        key = (preset, quantize, prune, distill)
+        if key not in cache:
+            path = root / "-".join(map(str, key)) / "model.onnx"
+            rep = export(runs[preset], path, quantize=quantize, prune=prune,
+                         distill_steps=distill, **FAST)
+            cache[key] = (path, rep.to_dict())
+        return cache[key]
+
+    return get
+
+
+def _check_shapes(path: Path, model, tol: float | None) -> None:
+    """onnxruntime runs batch 1 and 3, lengths 5 and 17; fp32 matches torch."""
+    sess = session(path)
+    for b in (1, 3):
+        for s in (5, 17):
+            ids = torch.randint(0, 256, (b, s))
+            out = sess.run(["logits"], {"input_ids": ids.numpy()})[0]
+            assert out.shape == (b, s, 256)
+            if tol is not None:
+                with torch.no_grad():
+                    ref = model(ids).numpy()
+                assert np.abs(out - ref).max() <= tol
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_fp32_export_matches_torch(preset, runs, exported):
+    path, rep = exported(preset, "none")
+    assert rep["max_abs_diff"] <= 1e-4 and rep["top1_agreement"] == 1.0
+    assert rep["size_bytes"] == rep["baseline_size_bytes"] == path.stat().st_size
+    assert abs(rep["ppl_onnx"] / rep["ppl_torch"] - 1) < 1e-4
+    assert rep["opset"] >= 17 and rep["graphs"]["model"]["inputs"]["input_ids"] == [
+        "batch", "seq"]
+    assert decoder_path(path).is_file() and path.with_suffix(".report.json").is_file()
+    assert not [p for p in path.parent.iterdir() if ".tmp-" in p.name]
+    model = load_run(runs[preset]).model
+    _check_shapes(path, model, tol=1e-4)
+    dc = rep["decode_check"]
+    assert dc["cache_matches_no_cache"] and dc["cache_matches_torch"], dc
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_decoder_graph_logits_match_torch_step_by_step(preset, runs, exported):
+    """Prefill with an empty past, then 1- and 3-token steps: RoPE and learned
+    position offsets and the causal mask over the cache must be right."""
+    path, _ = exported(preset, "none")
+    model = load_run(runs[preset]).model
+    dec = session(decoder_path(path))
+    names = [o.name for o in dec.get_outputs()]
+    ids = heldout_batches(3, 20, 1)[0]
+    with torch.no_grad():
+        ref = model(ids).numpy()
+    feeds = {"input_ids": ids[:, :6].numpy()}
+    feeds.update({i.name: p.numpy() for i, p in zip(dec.get_inputs()[1:], empty_past(model, 3),
+                                                    strict=True)})
+    start = 0
+    for stop in (6, 7, 10, 11, 20):
+        feeds["input_ids"] = ids[:, start:stop].numpy()
+        res = dec.run(names, feeds)
+        assert np.abs(res[0] - ref[:, start:stop]).max() <= 1e-4, (start, stop)
+        assert res[1].shape[2] == stop
+        feeds = {n.replace("present", "past"): r for n, r in zip(names[1:], res[1:], strict=True)}
+        start = stop
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_int8_quality_and_cached_decoding(preset, runs, exported):
+    path, rep = exported(preset, "int8")
+    assert rep["size_ratio"] < 0.6  # tiny's embeddings are a large share; gpt-mini: bench
+    assert rep["top1_agreement"] >= 0.95
+    assert rep["ppl_onnx"] <= 1.03 * rep["baseline_ppl_onnx"]
+    dc = rep["decode_check"]
+    assert dc["cache_matches_no_cache"] and dc["cache_matches_torch"], dc
+    _check_shapes(path, None, tol=None)
+
+
+@pytest.mark.parametrize("mode", ["int8-static", "int4"])
+def test_other_quantizers_run(mode, exported):
+    path, rep = exported("tiny", mode)
+    assert rep["size_bytes"] < rep["baseline_size_bytes"]
+    assert rep["top1_agreement"] >= 0.9 and rep["ppl_onnx"] <= 1.1 * rep["baseline_ppl_onnx"]
+    assert rep["decode_check"]["cache_matches_no_cache"], rep["decode_check"]
+    _check_shapes(path, None, tol=None)
+
+
+def test_structured_pruning_really_shrinks(runs):
+    from runtime.prune import n_params, prune
+
+    for preset, heads, kv, ffn in (("tiny", 3, 3, 192), ("tiny-llama", 2, 2, 144)):
+        model = load_run(runs[preset]).model
+        cal = [next(train_batches(2, 64, 0))[:, :-1] for _ in range(2)]
+        student, res = prune(model, 0.25, cal)
+        att = student.layers["0"].attention
+        assert att.wq.out_features == heads * att.head_dim and att.wo.in_features == heads * 16
+        assert att.wk.out_features == kv * att.head_dim == att.wv.out_features
+        ff = student.layers["0"].feed_forward
+        assert (ff.w1 if ff.gated else ff.fc1).out_features == ffn
+        assert (res.heads_after, res.kv_heads_after, res.ffn_after) == (heads, kv, ffn)
+        assert n_params(student) == res.params_after < 0.8 * res.params_before
+        assert n_params(model) == res.params_before  # the teacher is untouched
+        ids = torch.randint(0, 256, (2, 9))
+        assert student(ids).shape == (2, 9, 256)
+
+
+def test_pruned_distilled_export(runs, exported):
+    path, rep = exported("tiny", "none", 0.25, 20)
+    assert rep["shape"]["heads"] == 3 and rep["shape"]["ffn_hidden"] == 192
+    assert rep["baseline_shape"]["heads"] == 4
+    assert rep["size_ratio"] <= 0.8 and rep["max_abs_diff"] <= 1e-4
+    assert rep["distill_log"]["steps"] == 20
+    assert rep["decode_check"]["cache_matches_torch"]
+    _check_shapes(path, None, tol=None)
+
+
+def test_no_partial_file_on_failure(runs, tmp_path, monkeypatch):
+    import runtime.export as ex
+
+    def broken(model, path):
+        Path(path).write_bytes(b"partial")
+        raise SandboxError("boom")
+
+    monkeypatch.setattr(ex, "export_full", broken)
+    out = tmp_path / "m" / "model.onnx"
+    with pytest.raises(SandboxError):
+        export(runs["tiny"], out, quantize="none")
+    assert list(out.parent.iterdir()) == []
+
+
+def _one_line_error(r, *words):
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_cli_bad_input(cli, runs, tmp_path):
+    out = tmp_path / "o" / "model.onnx"
+    _one_line_error(cli("export", str(tmp_path / "nope"), "--out", str(out)), "no such")
+    _one_line_error(cli("export", str(runs["tiny"]), "--out", str(out), "--quantize", "int3"),
+                    "int3")
+    bad = tmp_path / "bad"
+    ck = bad / "checkpoints" / "step_00000001"
+    ck.mkdir(parents=True)
+    (bad / "plan.toml").write_text((runs["tiny"] / "plan.toml").read_text())
+    (ck / "COMPLETE").write_text("1\n")
+    (ck / ".metadata").write_bytes(b"not a checkpoint")
+    _one_line_error(cli("export", str(bad), "--out", str(out)), "corrupt checkpoint")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(cli("export", str(tmp_path / "empty"), "--out", str(out)), "plan.toml")
+    assert not out.exists() and not list(tmp_path.glob("o/*"))
+    _one_line_error(cli("generate", str(out), "--prompt", "x"), "no such")
+
+
+def test_cli_export_and_generate(cli, runs, tmp_path):
+    out = tmp_path / "model.onnx"
+    r = cli("export", str(runs["tiny"]), "--out", str(out), "--quantize", "int8")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.with_suffix(".report.json").read_text())
+    for key in ("size_bytes", "baseline_size_bytes", "max_abs_diff", "top1_agreement",
+                "ppl_torch", "ppl_onnx", "latency_ms", "baseline_latency_ms", "opset",
+                "latency_batch", "latency_length", "shape"):
+        assert key in rep, key
+    g = cli("generate", str(out), "--prompt", "def ", "--max-new-tokens", "10")
+    assert g.returncode == 0 and g.stdout.startswith("def "), g.stderr
+    s1 = cli("generate", str(out), "--prompt", "def ", "--max-new-tokens", "10",
+             "--temperature", "1.0", "--seed", "7")
+    s2 = cli("generate", str(out), "--prompt", "def ", "--max-new-tokens", "10",
+             "--temperature", "1.0", "--seed", "7")
+    assert s1.returncode == 0 and s1.stdout == s2.stdout
