@@ -1,0 +1,88 @@
+"""sandbox search --model M --cluster C --gpus N --global-batch B [--top K]
+[--objective time|cost] [--max-memory-gb X] [--fix key=value ...] [--json|--csv]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sandbox.errors import SandboxError
+
+HELP = "rank feasible parallel plans by simulated step time or cost per token"
+
+COLUMNS = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute", "sequence_parallel",
+           "schedule", "step_time_s", "tokens_per_s", "mfu", "memory_gb",
+           "usd_per_million_tokens", "pareto_time_memory")
+_BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model preset (see `sandbox presets`)")
+    p.add_argument("--cluster", required=True, help="cluster preset")
+    p.add_argument("--gpus", required=True, type=int, help="number of GPUs (world size)")
+    p.add_argument("--global-batch", required=True, type=int, help="sequences per step")
+    p.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
+    p.add_argument("--objective", default="time", choices=("time", "cost"),
+                   help="rank by step time or by USD per token (default time)")
+    p.add_argument("--max-memory-gb", type=float, default=None,
+                   help="cap on memory per GPU, GB (default: the GPU's memory)")
+    p.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a searched field, e.g. tp=8 or pp=8,16 (repeatable)")
+    p.add_argument("--seq-len", type=int, default=None, help="override the model's sequence")
+    p.add_argument("--workers", type=int, default=None,
+                   help="simulation processes (default: cores)")
+    p.add_argument("--max-simulations", type=int, default=64, help="simulation budget")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print a JSON list of plans")
+    out.add_argument("--csv", action="store_true", help="print CSV")
+
+
+def _value(text: str):
+    low = text.lower()
+    if low in _BOOLS:
+        return _BOOLS[low]
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def parse_fix(items: list[str]) -> dict:
+    """["tp=8", "pp=8,16"] -> {"tp": 8, "pp": [8, 16]}."""
+    fix: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise SandboxError(f"--fix: expected KEY=VALUE, got '{item}'")
+        values = [_value(v.strip()) for v in value.split(",")]
+        fix[key.strip().replace("-", "_")] = values if len(values) > 1 else values[0]
+    return fix
+
+
+def main(args: argparse.Namespace) -> int:
+    import sandbox
+    from sim.search import to_records
+
+    if args.workers is not None and args.workers <= 0:
+        raise SandboxError(f"--workers: must be positive, got {args.workers}")
+    if args.max_simulations <= 0:
+        raise SandboxError(f"--max-simulations: must be positive, got {args.max_simulations}")
+    result = sandbox.search(model=args.model, cluster=args.cluster, gpus=args.gpus,
+                            global_batch=args.global_batch, top=args.top,
+                            objective=args.objective, max_memory_gb=args.max_memory_gb,
+                            fix=parse_fix(args.fix), seq_len=args.seq_len, workers=args.workers,
+                            max_simulations=args.max_simulations, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(to_records(result), indent=2))
+    elif args.csv:
+        result.to_csv(sys.stdout)
+    elif len(result) == 0:
+        print("no feasible plan: see the reasons above (or drop --quiet)")
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.width", 200, "display.max_columns", 40):
+            print(result[list(COLUMNS)].to_string(float_format=lambda v: f"{v:.4g}"))
+    return 0

@@ -1,0 +1,213 @@
+"""Matplotlib figures for reports and notebooks.
+
+Every function returns a `matplotlib.figure.Figure` built without pyplot (no
+global state, any backend; Jupyter shows a returned Figure inline). Times in
+seconds, memory in GB (1e9 bytes), throughput in tokens per second.
+matplotlib is imported inside the functions so that `import sandbox` stays
+light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+BREAKDOWN = ("compute", "tp_comm", "pp_comm", "dp_comm", "bubble", "optimizer", "other")
+MEMORY = ("params", "grads", "optimizer", "activations", "other")
+STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "legend.fontsize": 9,
+         "xtick.labelsize": 9, "ytick.labelsize": 10, "axes.grid": True, "grid.alpha": 0.3}
+KIND_COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "backward_input": "#DD8452",
+               "backward_weight": "#C44E52", "recompute": "#8172B3", "tp_comm": "#55A868",
+               "pp_comm": "#937860", "dp_comm": "#DA8BC3", "optimizer": "#8C8C8C",
+               "other": "#CCB974"}
+
+
+def _figure(width: float, height: float, ncols: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(1, ncols)
+    return fig, axes
+
+
+def plan_label(plan: Any) -> str:
+    """Short name of a plan's parallel layout: `TP8 PP16 v3 DP8 mb1 Z1 sel`."""
+    p = plan.parallel if hasattr(plan, "parallel") else plan
+    get = (lambda k: p[k]) if isinstance(p, dict) else (lambda k: getattr(p, k))
+    v = f" v{get('vpp')}" if get("vpp") > 1 else ""
+    sched = {"gpipe": " gpipe", "zero-bubble": " ZB"}.get(get("schedule"), "")
+    return (f"TP{get('tp')} PP{get('pp')}{v} DP{get('dp')} mb{get('micro_batch')} "
+            f"Z{get('zero')} {str(get('recompute'))[:3]}{sched}")
+
+
+def _wrap(label: str, width: int = 16) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width)) or label
+
+
+def breakdown_bars(names: Sequence[str], breakdowns: Sequence[dict], title: str = ""):
+    """Stacked bars of each plan's step time by component, seconds."""
+    import matplotlib
+
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(max(6.0, 1.3 * len(names) + 3), 4.8)
+        x = range(len(names))
+        bottom = [0.0] * len(names)
+        colors = matplotlib.colormaps["tab10"]
+        for i, part in enumerate(BREAKDOWN):
+            vals = [float(b.get(part, 0.0)) for b in breakdowns]
+            if not any(vals):
+                continue
+            ax.bar(x, vals, bottom=bottom, label=part.replace("_", " "), color=colors(i))
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        for xi, total in zip(x, bottom, strict=True):
+            ax.annotate(f"{total:.3g} s", (xi, total), ha="center", va="bottom", fontsize=9)
+        ax.set_xticks(list(x), [_wrap(n) for n in names])
+        ax.set_ylabel("time per step (s)")
+        ax.set_ylim(0, max(bottom + [1e-9]) * 1.12)
+        ax.set_title(title or "Where the step time goes")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return fig
+
+
+def memory_bars(names: Sequence[str], memories: Sequence[dict], capacity_gb: float,
+                title: str = ""):
+    """Stacked bars of memory per GPU by component, GB, against the GPU's capacity."""
+    import matplotlib
+
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(max(6.0, 1.3 * len(names) + 3), 4.8)
+        x = range(len(names))
+        bottom = [0.0] * len(names)
+        colors = matplotlib.colormaps["Set2"]
+        for i, part in enumerate(MEMORY):
+            vals = [float(m.get(part, 0.0)) for m in memories]
+            if not any(vals):
+                continue
+            ax.bar(x, vals, bottom=bottom, label=part, color=colors(i))
+            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+        ax.axhline(capacity_gb, color="crimson", linestyle="--", linewidth=1.5,
+                   label=f"GPU capacity {capacity_gb:.0f} GB")
+        ax.set_xticks(list(x), [_wrap(n) for n in names])
+        ax.set_ylabel("memory per GPU (GB)")
+        ax.set_ylim(0, max(bottom + [capacity_gb]) * 1.15)
+        ax.set_title(title or "Memory per GPU (most loaded stage)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return fig
+
+
+def timeline(spans: Sequence[dict], title: str = "", max_ranks: int = 16):
+    """Gantt chart of one step: spans are `{rank, stream, kind, start_s, end_s}`.
+
+    One row per (rank, stream); colours by kind. At most `max_ranks` ranks
+    are drawn (evenly spread pipeline ranks when there are more).
+    """
+    import matplotlib
+    from matplotlib.patches import Patch
+
+    ranks = sorted({s["rank"] for s in spans})
+    if len(ranks) > max_ranks:
+        step = len(ranks) / max_ranks
+        ranks = [ranks[int(i * step)] for i in range(max_ranks)]
+    keep = set(ranks)
+    rows = sorted({(s["rank"], s.get("stream", "compute")) for s in spans if s["rank"] in keep},
+                  key=lambda r: (r[0], r[1] != "compute", r[1]))
+    index = {r: i for i, r in enumerate(rows)}
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(11.0, max(3.0, 0.32 * len(rows) + 1.6))
+        by_kind: dict[str, dict[int, list]] = {}
+        for s in spans:
+            key = (s["rank"], s.get("stream", "compute"))
+            if key in index:
+                by_kind.setdefault(s["kind"], {}).setdefault(index[key], []).append(
+                    (s["start_s"], s["end_s"] - s["start_s"]))
+        other = matplotlib.colormaps["tab20"]
+        for j, (kind, per_row) in enumerate(sorted(by_kind.items())):
+            color = KIND_COLORS.get(kind, other(j % 20))
+            for y, bars in per_row.items():
+                ax.broken_barh(bars, (y - 0.4, 0.8), facecolors=color, edgecolor="white",
+                               linewidth=0.3)
+        ax.set_yticks(range(len(rows)), [f"rank {r} {st}" for r, st in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("time within the step (s)")
+        ax.set_title(title or "Pipeline timeline of one step")
+        ax.grid(axis="y", visible=False)
+        handles = [Patch(color=KIND_COLORS.get(k, other(j % 20)), label=k.replace("_", " "))
+                   for j, k in enumerate(sorted(by_kind))]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return fig
+
+
+def scaling_curves(curves: dict, title: str = ""):
+    """GPUs vs tokens/s and vs MFU; `curves` maps a plan name to a DataFrame
+    with columns gpus, tokens_per_s, mfu."""
+    import matplotlib
+
+    with matplotlib.rc_context(STYLE):
+        fig, (left, right) = _figure(12.0, 4.6, ncols=2)
+        for name, df in curves.items():
+            left.plot(df["gpus"], df["tokens_per_s"], marker="o", label=name)
+            right.plot(df["gpus"], 100 * df["mfu"], marker="o", label=name)
+        for ax in (left, right):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("GPUs (data-parallel size varied)")
+        left.set_yscale("log")
+        left.set_ylabel("throughput (tokens/s)")
+        left.set_title("Throughput")
+        right.set_ylabel("MFU (%)")
+        right.set_ylim(bottom=0)
+        right.set_title("Model FLOPs utilisation")
+        right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.suptitle(title or "Scaling with data parallelism (microbatches per replica fixed)")
+        return fig
+
+
+def predicted_vs_measured(labels: Sequence[str], predicted: Sequence[float],
+                          measured: Sequence[float], unit: str = "s",
+                          what: str = "step time", title: str = ""):
+    """Grouped bars of predicted and measured values with the relative error."""
+    import matplotlib
+
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(max(6.0, 1.4 * len(labels) + 3), 4.6)
+        x = list(range(len(labels)))
+        w = 0.38
+        ax.bar([i - w / 2 for i in x], predicted, w, label="predicted (simulator)")
+        ax.bar([i + w / 2 for i in x], measured, w, label="measured (runtime)")
+        for i, (p, m) in enumerate(zip(predicted, measured, strict=True)):
+            if m:
+                ax.annotate(f"{(p - m) / m:+.0%}", (i, max(p, m)), ha="center", va="bottom",
+                            fontsize=9)
+        ax.set_xticks(x, [_wrap(lbl, 22) for lbl in labels])
+        ax.set_ylabel(f"{what} ({unit})")
+        ax.set_ylim(0, max(list(predicted) + list(measured) + [1e-12]) * 1.15)
+        ax.set_title(title or f"Predicted vs measured {what}")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return fig
+
+
+def search_scatter(result, title: str = ""):
+    """A search result: step time vs memory per GPU, Pareto front highlighted.
+
+    Draws every simulated plan (`result.attrs["all_simulated"]`) when present.
+    """
+    import matplotlib
+
+    result = result.attrs.get("all_simulated", result)
+
+    with matplotlib.rc_context(STYLE):
+        fig, ax = _figure(8.5, 5.0)
+        front = result[result["pareto_time_memory"]].sort_values("memory_gb")
+        ax.scatter(result["memory_gb"], result["step_time_s"], s=28, alpha=0.7,
+                   label="simulated plans")
+        ax.step(front["memory_gb"], front["step_time_s"], where="post", color="crimson",
+                marker="o", label="Pareto front (time vs memory)")
+        best = result.iloc[0]
+        ax.annotate(f"best: {plan_label(best)}", (best["memory_gb"], best["step_time_s"]),
+                    xytext=(10, -14), textcoords="offset points", fontsize=9)
+        ax.set_xlabel("memory per GPU (GB)")
+        ax.set_ylabel("predicted step time (s)")
+        ax.set_title(title or "Search: step time vs memory")
+        ax.legend(loc="upper right")
+        return fig

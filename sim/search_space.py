@@ -1,0 +1,242 @@
+"""The strategy search's space and its analytic screen, as pure functions.
+
+- `base_plan` builds the plan every candidate starts from (model, cluster of
+  `gpus` GPUs, training options); `candidates` enumerates the parallel
+  settings (tp within a node, pp up to the number of layers, dp from the
+  world size; vpp, micro-batch, ZeRO stage, recompute, sequence parallelism,
+  schedule), restricted by `fix`.
+- `screen` keeps what can run (`sandbox.validate.plan_problems`) and fits
+  (`sandbox.memory.memory_per_gpu`), and gives every rejected candidate its
+  reason.
+- `step_time_lower_bound` is a cheap bound on the step time, in seconds:
+  model + recompute FLOPs at the GPU's dense peak, the tensor-parallel
+  collectives that sit on the critical path at full link bandwidth, the
+  pipeline bubble of the schedule, the data-parallel gradient traffic that
+  cannot hide behind the last microbatch, and the optimizer's HBM traffic.
+  It is used only to order and prune candidates, never reported as a
+  prediction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sandbox import counts, memory, presets
+from sandbox.errors import SandboxError
+from sandbox.planfile import did_you_mean, load
+from sandbox.specs import Parallel, Plan
+from sandbox.validate import plan_problems
+
+SEARCHED = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute",
+            "sequence_parallel", "schedule")
+MICRO_BATCHES = (1, 2, 4, 8)
+VPPS = (2, 3, 4, 6, 8)  # virtual stages tried with the interleaved schedule
+ZEROS = (0, 1, 2, 3)
+RECOMPUTES = ("none", "selective", "full")
+PIPELINE_SCHEDULES = ("gpipe", "1f1b", "zero-bubble")
+BOUND_SLACK = 0.95  # the bound is scaled down so that modelling detail never prunes a winner
+GRAD_BYTES = 2  # bytes per gradient element on the wire (the least any precision sends)
+OPTIMIZER_BYTES = 16  # HBM bytes per parameter the optimizer at least reads (m, v, master, grad)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def base_plan(model: Any, cluster: Any, gpus: int, global_batch: int,
+              seq_len: int | None = None, **overrides: Any) -> Plan:
+    """The plan every candidate starts from: dp = gpus, tp = pp = 1.
+
+    `model` and `cluster` are preset names or section dicts; `overrides` are
+    plan fields (`precision="fp8"`, `nic_gbit_per_s=100.0`, ...). The global
+    batch is set without validation: each candidate is validated on its own.
+    """
+    if not isinstance(gpus, int) or gpus <= 0:
+        raise SandboxError(f"gpus: must be a positive integer, got {gpus!r}")
+    if not isinstance(global_batch, int) or global_batch <= 0:
+        raise SandboxError(f"global_batch: must be a positive integer, got {global_batch!r}")
+    msec = {"preset": model} if isinstance(model, str) else dict(model)
+    if seq_len:
+        msec["seq_len"] = seq_len
+    csec = {"preset": cluster} if isinstance(cluster, str) else dict(cluster)
+    if csec.get("preset") == "localhost" and "gpus_per_node" not in csec:
+        csec = {"preset": "localhost", "gpus_per_node": gpus}  # one process per rank
+    else:
+        preset = presets.CLUSTERS.get(csec.get("preset", ""), {})
+        per_node = csec.get("gpus_per_node") or preset.get("gpus_per_node", 8)
+        if gpus < per_node:
+            csec = {**csec, "nodes": 1, "gpus_per_node": gpus}
+        elif gpus % per_node:
+            raise SandboxError(f"gpus: {gpus} is not a multiple of the cluster's "
+                               f"{per_node} GPUs per node")
+        else:
+            csec = {**csec, "nodes": gpus // per_node}
+    plan = load({"model": msec, "cluster": csec,
+                 "parallel": {"dp": gpus, "tp": 1, "pp": 1, "global_batch": gpus}})
+    if overrides:
+        plan = plan.replace(**overrides)
+    return dataclasses.replace(plan, parallel=dataclasses.replace(
+        plan.parallel, global_batch=global_batch))
+
+
+def _options(name: str, default: Iterable, fix: dict) -> list:
+    if name not in fix:
+        return list(default)
+    v = fix[name]
+    return list(v) if isinstance(v, (list, tuple, set)) else [v]
+
+
+def check_fix(fix: dict | None) -> dict:
+    """Validate the keys of `fix` (searched parallel fields) -> a plain dict."""
+    fix = dict(fix or {})
+    choices = {"recompute": RECOMPUTES, "schedule": (*PIPELINE_SCHEDULES, "interleaved-1f1b"),
+               "sequence_parallel": (True, False), "zero": ZEROS}
+    for key, value in fix.items():
+        if key not in SEARCHED:
+            raise SandboxError(f"fix: unknown field '{key}'{did_you_mean(key, SEARCHED)}; "
+                               f"fixable: {', '.join(SEARCHED)}")
+        for v in value if isinstance(value, (list, tuple, set)) else [value]:
+            if key in choices:
+                ok = v in choices[key] and type(v) is type(choices[key][0])
+                if not ok:
+                    raise SandboxError(f"fix: {key} = {v!r} is not one of "
+                                       f"{', '.join(map(str, choices[key]))}")
+            elif not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise SandboxError(f"fix: {key} must be a positive integer, got {v!r}")
+    return fix
+
+
+def candidates(base: Plan, fix: dict | None = None) -> Iterator[Parallel]:
+    """Every parallel setting the search considers for `base`'s world size.
+
+    tp divides the GPUs of one node; pp runs up to the number of layers; dp is
+    what is left of the world size. Settings that do not run (heads % tp,
+    layers % (pp*vpp), batch divisibility, ...) are still yielded: `screen`
+    rejects them with the validator's reason. With tp = 1 sequence
+    parallelism is off (it has no effect); with pp = 1 the schedule is 1f1b.
+    """
+    fix = check_fix(fix)
+    world, per_node = base.world_size, base.cluster.gpus_per_node
+    tps = _options("tp", [t for t in divisors(world) if t <= per_node], fix)
+    for tp in tps:
+        pps = _options("pp", [p for p in divisors(max(1, world // tp))
+                              if p <= base.model.layers], fix)
+        for pp in pps:
+            dp = world // (tp * pp) if world % (tp * pp) == 0 else 0
+            if "dp" in fix and dp not in _options("dp", [], fix):
+                continue
+            if pp == 1:
+                scheds = [("1f1b", 1)]
+            else:
+                scheds = [(s, 1) for s in PIPELINE_SCHEDULES]
+                scheds += [("interleaved-1f1b", v) for v in VPPS]
+            scheds = [(s, v) for s, v in scheds
+                      if s in _options("schedule", [s], fix) and v in _options("vpp", [v], fix)]
+            sps = _options("sequence_parallel", [True, False] if tp > 1 else [False], fix)
+            for (sched, vpp), mb, zero, rc, sp in itertools.product(
+                    scheds, _options("micro_batch", MICRO_BATCHES, fix),
+                    _options("zero", ZEROS, fix), _options("recompute", RECOMPUTES, fix), sps):
+                yield dataclasses.replace(base.parallel, dp=dp or 1, tp=tp, pp=pp, vpp=vpp,
+                                          micro_batch=mb, zero=zero, recompute=rc,
+                                          sequence_parallel=sp, schedule=sched)
+
+
+def reason_kind(reason: str) -> str:
+    """A reason with its numbers blanked, for counting rejections by kind."""
+    return re.sub(r"\d+(\.\d+)?", "N", reason)
+
+
+def peak_memory_gb(plan: Plan) -> dict:
+    """Memory of the most loaded GPU (`sandbox.memory`), GB by component.
+
+    Only the first and last pipeline stages are evaluated: activations in
+    flight never grow with the stage index, and only the end stages hold the
+    embedding and the logits, so the maximum is at one of them.
+    """
+    stages = {0, plan.parallel.pp - 1}
+    return max((memory.memory_per_gpu(plan, s) for s in stages), key=lambda d: d["total"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Screened:
+    """A candidate that can run and fits, with its memory (GB) and bound (s)."""
+
+    plan: Plan
+    memory_gb: float
+    lower_bound_s: float
+
+
+def screen(base: Plan, settings: Iterable[Parallel], max_memory_gb: float | None = None
+           ) -> tuple[list[Screened], list[tuple[Parallel, str, str]]]:
+    """Split candidates into (feasible, rejected).
+
+    Rejected entries are `(parallel, stage, reason)` with stage "invalid"
+    (the validator's first reason) or "memory" (does not fit the GPU or
+    `max_memory_gb`).
+    """
+    cap = base.cluster.gpu.hbm_gb
+    limit = min(cap, max_memory_gb) if max_memory_gb else cap
+    feasible: list[Screened] = []
+    rejected: list[tuple[Parallel, str, str]] = []
+    for par in settings:
+        plan = dataclasses.replace(base, parallel=par)
+        problems = plan_problems(plan)
+        if problems:
+            rejected.append((par, "invalid", problems[0]))
+            continue
+        mem = peak_memory_gb(plan)["total"]
+        if mem > limit:
+            what = (f"GPU memory {cap:.1f} GB" if limit == cap
+                    else f"max_memory_gb {limit:.1f} GB")
+            rejected.append((par, "memory", f"memory: needs {mem:.1f} GB per GPU > {what}"))
+            continue
+        feasible.append(Screened(plan, mem, step_time_lower_bound(plan)))
+    return feasible, rejected
+
+
+def _dp_comm_s(plan: Plan) -> float:
+    """Least time to reduce one replica's gradients over the data-parallel group."""
+    m, c, p = plan.model, plan.cluster, plan.parallel
+    if p.dp <= 1:
+        return 0.0
+    grads = memory.stage_params_per_gpu(m, p.tp, p.pp, 0) * GRAD_BYTES
+    per_node = c.gpus_per_node
+    stride = p.tp * p.pp  # ranks of one DP group are tp*pp apart
+    if stride * p.dp <= per_node:  # the whole group inside one node
+        return 2 * (p.dp - 1) / p.dp * grads / (c.intra_node_gb_per_s * 1e9)
+    members = max(1, per_node // stride)  # members of one group per node
+    groups = per_node // members  # groups sharing one node's NICs
+    k = p.dp // members  # nodes one group spans
+    node_bytes = groups * 2 * (k - 1) / k * grads  # after reducing inside the node
+    return node_bytes / (c.node_nic_gb_per_s * 1e9)
+
+
+def step_time_lower_bound(plan: Plan) -> float:
+    """A lower bound on one optimizer step's time, seconds (see module doc)."""
+    m, c, p, t = plan.model, plan.cluster, plan.parallel, plan.train
+    world, mbs = plan.world_size, p.microbatches
+    peak = c.gpu.peak_flops(t.precision)
+    compute = counts.hardware_flops_per_step(m, p.global_batch, p.recompute) / (world * peak)
+    tp_comm = 0.0
+    if p.tp > 1:  # 2 collectives forward + 2 backward per layer (all-reduce or AG+RS)
+        act = m.seq_len * p.micro_batch * m.hidden * memory.weight_bytes_per_param(t.precision)
+        one = 2 * (p.tp - 1) / p.tp * act / (c.intra_node_gb_per_s * 1e9)
+        tp_comm = 4 * one * m.layers / p.pp * mbs
+    work = compute + tp_comm  # per GPU, all microbatches
+    if p.pp > 1:
+        slots = {"interleaved-1f1b": (p.pp - 1) / p.vpp,
+                 "zero-bubble": (p.pp - 1) / 3}.get(p.schedule, p.pp - 1)
+        work *= 1 + slots / mbs
+    grads_s = _dp_comm_s(plan)  # reduce-scatter + all-gather volume = one all-reduce
+    # ZeRO-3 gathers the parameters at least once more per step; that traffic may
+    # overlap compute, so it only bounds the step from below as a whole.
+    traffic = grads_s * (1.5 if p.zero >= 3 else 1.0)
+    exposed = max(0.0, grads_s - work / mbs)  # the last microbatch hides at most its own time
+    shard = p.dp if p.zero >= 1 else 1
+    optim = (memory.stage_params_per_gpu(m, p.tp, p.pp, 0) / shard * OPTIMIZER_BYTES
+             / (c.gpu.hbm_gb_per_s * 1e9))
+    return BOUND_SLACK * (max(work + exposed, traffic) + optim)
