@@ -1,0 +1,250 @@
+"""Checkpoints with torch.distributed.checkpoint (DCP), safe against half writes.
+
+Layout of a run directory's checkpoints:
+
+    DIR/checkpoints/step_00000012/      a complete checkpoint after 12 steps
+        .metadata, __0_0.distcp, ...    DCP files: {"model": ..., "optim": ...}
+        rng_rank0.pt, rng_rank1.pt ...  each rank's RNG states (torch.save)
+        meta.json                       step, scheduler state, world size, plan name
+        COMPLETE                        written last, by rank 0, after a barrier
+    DIR/checkpoints/.tmp_step_00000018/ being written (never taken for complete)
+
+All ranks write into `.tmp_step_N`; after a barrier rank 0 writes meta.json
+and COMPLETE and renames the folder to `step_N`, so a folder named `step_*`
+with a COMPLETE file is always whole. Model keys are the unsharded GPT FQNs
+(`layers.3.attention.wq.weight`), whatever the layout: DCP reshards on load,
+and `load_full_model_state` reads any layout back in one process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from sandbox.errors import SandboxError
+
+COMPLETE = "COMPLETE"
+META = "meta.json"
+
+
+def step_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name.split("_")[-1])
+    except ValueError:
+        return -1
+
+
+def latest_complete(run_dir: str | Path) -> Path | None:
+    """The newest `checkpoints/step_*` folder with a COMPLETE marker, or None."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = [p for p in root.glob("step_*") if p.is_dir() and (p / COMPLETE).is_file()
+            and _step_of(p) >= 0]
+    return max(done, key=_step_of) if done else None
+
+
+def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
+    """meta.json of a complete checkpoint (step, scheduler, world_size, ...)."""
+    path = Path(ckpt_dir) / META
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SandboxError(f"{path}: corrupt checkpoint ({e.__class__.__name__})") from None
+
+
+@contextmanager
+def _quiet():
+    """DCP logs whole tracebacks of a bad file before raising; keep one line."""
+    logs = [logging.getLogger(), logging.getLogger("torch.distributed")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
+
+
+def verify(ckpt_dir: str | Path) -> dict[str, Any]:
+    """Check a checkpoint's files without loading tensors: meta.json, DCP
+    metadata, and every .distcp file at least as long as the data it indexes.
+    Returns meta.json; raises SandboxError (one line) on any problem."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    ckpt_dir = Path(ckpt_dir)
+    meta = read_meta(ckpt_dir)
+    try:
+        with _quiet():
+            md = FileSystemReader(str(ckpt_dir)).read_metadata()
+    except Exception as e:  # noqa: BLE001 - any unreadable metadata is a corrupt checkpoint
+        raise SandboxError(f"{ckpt_dir}: corrupt checkpoint (unreadable .metadata: "
+                           f"{e.__class__.__name__})") from None
+    ends: dict[str, int] = {}
+    for info in (md.storage_data or {}).values():
+        name = info.relative_path
+        ends[name] = max(ends.get(name, 0), info.offset + info.length)
+    for name, end in ends.items():
+        path = ckpt_dir / name
+        size = path.stat().st_size if path.is_file() else -1
+        if size < end:
+            what = "missing" if size < 0 else f"truncated ({size} of {end} bytes)"
+            raise SandboxError(f"{path}: corrupt checkpoint ({what})")
+    return meta
+
+
+def _module_view(parts: list[nn.Module]) -> nn.Module:
+    """One module whose parameter names are the GPT FQNs of all parts this rank
+    owns (unwrapping DDP), so state dicts do not depend on the layout."""
+    mods = [p.module if isinstance(p, nn.parallel.DistributedDataParallel) else p
+            for p in parts]
+    if len(mods) == 1:
+        return mods[0]
+    view = nn.Module()
+    layers = nn.ModuleDict()
+    for m in mods:
+        for name, child in m.named_children():
+            if name == "layers":
+                for k, block in child.items():
+                    layers[k] = block
+            elif child is not None:
+                setattr(view, name, child)
+    view.layers = layers
+    return view
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "random": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["random"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save(run_dir: str | Path, step: int, parts: list[nn.Module],
+         optimizer: torch.optim.Optimizer, scheduler: Any = None,
+         extra: dict[str, Any] | None = None) -> Path:
+    """Collectively save model, optimizer, scheduler, step and RNG after `step`
+    steps; returns the complete checkpoint folder. Every rank must call it."""
+    final = step_dir(run_dir, step)
+    tmp = final.with_name(f".tmp_{final.name}")
+    rank = _rank()
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed save
+        tmp.mkdir(parents=True)
+    _barrier()
+    model_sd, optim_sd = get_state_dict(_module_view(parts), optimizer)
+    with _quiet():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
+    _barrier()
+    if rank == 0:
+        meta = {"step": step, "world_size": dist.get_world_size() if dist.is_initialized()
+                else 1, "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "torch": torch.__version__, **(extra or {})}
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+        with open(tmp / COMPLETE, "w") as f:
+            f.write(f"{step}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():  # an older save of the same step (e.g. before a restart)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    _barrier()
+    return final
+
+
+def load(ckpt_dir: str | Path, parts: list[nn.Module], optimizer: torch.optim.Optimizer,
+         scheduler: Any = None) -> dict[str, Any]:
+    """Collectively restore what `save` wrote (resharding to this layout).
+    Returns meta.json (its "step" is where training continues). A corrupt or
+    mismatching checkpoint raises SandboxError; nothing is deleted."""
+    ckpt_dir = Path(ckpt_dir)
+    meta = verify(ckpt_dir)
+    view = _module_view(parts)
+    model_sd, optim_sd = get_state_dict(view, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    try:
+        with _quiet():
+            dcp.load(state, checkpoint_id=str(ckpt_dir))
+        set_state_dict(view, optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        first = (str(e).strip().splitlines() or [""])[-1][:160]
+        raise SandboxError(f"{ckpt_dir}: cannot load checkpoint ({e.__class__.__name__}: "
+                           f"{first})") from None
+    if scheduler is not None and meta.get("scheduler"):
+        scheduler.load_state_dict(meta["scheduler"])
+    rng = ckpt_dir / f"rng_rank{_rank()}.pt"
+    if rng.is_file() and meta.get("world_size") == (dist.get_world_size()
+                                                    if dist.is_initialized() else 1):
+        _set_rng_state(torch.load(rng, weights_only=False))
+    return meta
+
+
+def load_full_model_state(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint of any layout as one unsharded state
+    dict (GPT FQNs -> CPU tensors), in a single process with no process group.
+    Raises SandboxError (one line) on a corrupt checkpoint."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    ckpt_dir = Path(ckpt_dir)
+    if not (ckpt_dir / ".metadata").is_file():
+        raise SandboxError(f"{ckpt_dir}: corrupt checkpoint (no .metadata)")
+    try:
+        with _quiet():
+            md = FileSystemReader(str(ckpt_dir)).read_metadata()
+            keys = {k for k in md.state_dict_metadata if k.startswith("model.")}
+            if not keys:
+                raise SandboxError(f"{ckpt_dir}: checkpoint holds no model weights")
+            state = _load_state_dict_from_keys(keys, checkpoint_id=str(ckpt_dir))
+    except SandboxError:
+        raise
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        first = (str(e).strip().splitlines() or [""])[-1][:160]
+        raise SandboxError(f"{ckpt_dir}: corrupt checkpoint ({e.__class__.__name__}: "
+                           f"{first})") from None
+    model = state.get("model", state)
+    if not isinstance(model, dict) or not model:
+        raise SandboxError(f"{ckpt_dir}: checkpoint holds no model weights")
+    return {k.removeprefix("model."): v for k, v in model.items()}

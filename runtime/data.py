@@ -1,0 +1,198 @@
+"""Training data: a local corpus, a byte-level tokenizer and layout-free batches.
+
+Sources (`train.data`):
+
+- `"builtin"`: this Python's standard-library `.py` sources (made locally,
+  never downloaded), files in sorted path order, capped at `BUILTIN_BYTES`;
+- a `.txt` file, a `.jsonl` file (each line an object with a `"text"` field),
+  or a directory searched recursively for both (sorted paths).
+
+Tokenizer: one token per byte (ids 0..255), so any model with vocab >= 256
+can train on any text. The last `HELDOUT_FRACTION` of the token stream (at
+least one sequence) is held out for evaluation.
+
+Batches depend on (seed, step) alone, never on the parallel layout:
+`global_batch(step)` returns the whole step's (global_batch, seq_len) tokens
+and targets, and data-parallel rank r takes rows `[r*B/dp, (r+1)*B/dp)`
+(`dp_slice`), so every layout trains on the same sequences.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sysconfig
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from sandbox.errors import SandboxError
+from sandbox.specs import Plan
+
+BUILTIN_BYTES = 4_000_000  # size cap of the builtin corpus, bytes
+HELDOUT_FRACTION = 0.05  # the last 5% of the token stream is held out
+BYTE_VOCAB = 256  # byte-level tokenizer: ids 0..255
+EVAL_BATCHES = 4  # global batches of held-out windows per evaluation
+
+
+def encode(text: str) -> torch.Tensor:
+    """Text -> 1-D int64 byte ids (UTF-8)."""
+    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
+
+
+def decode(ids: torch.Tensor | list[int]) -> str:
+    """Byte ids -> text (invalid UTF-8 sequences become U+FFFD)."""
+    values = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    return bytes(int(i) & 0xFF for i in values).decode("utf-8", errors="replace")
+
+
+def _builtin_bytes(limit: int = BUILTIN_BYTES) -> bytes:
+    """Deterministic bytes of the standard library's .py sources (no tests)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "site-packages", "dist-packages", "idle_test", "__pycache__"}
+    paths = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in skip]  # prune before descending
+        paths += [Path(folder) / f for f in files if f.endswith(".py")]
+    chunks, total = [], 0
+    for path in sorted(paths):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        chunks.append(data)
+        total += len(data)
+        if total >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+def _jsonl_bytes(path: Path) -> bytes:
+    texts = []
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise SandboxError(f"{path}:{n}: not valid JSON") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise SandboxError(f"{path}:{n}: expected an object with a \"text\" string")
+            texts.append(obj["text"])
+    return "\n".join(texts).encode("utf-8")
+
+
+def _file_bytes(path: Path) -> bytes:
+    try:
+        return _jsonl_bytes(path) if path.suffix == ".jsonl" else path.read_bytes()
+    except OSError as e:
+        raise SandboxError(f"{path}: cannot read data ({e.strerror or e.__class__.__name__})") \
+            from None
+
+
+def _source_bytes(source: str) -> bytes:
+    if source == "builtin":
+        return _builtin_bytes()
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise SandboxError(f"{path}: no such data file or directory (train.data)")
+    if path.is_dir():
+        try:
+            files = sorted(p for p in path.rglob("*")
+                           if p.suffix in (".txt", ".jsonl") and p.is_file())
+        except OSError as e:
+            raise SandboxError(f"{path}: cannot list data directory ({e.strerror})") from None
+        if not files:
+            raise SandboxError(f"{path}: no .txt or .jsonl files in the data directory")
+        return b"\n".join(_file_bytes(p) for p in files)
+    if path.suffix not in (".txt", ".jsonl"):
+        raise SandboxError(f"{path}: data must be a .txt or .jsonl file or a directory of them")
+    return _file_bytes(path)
+
+
+@lru_cache(maxsize=4)
+def load_tokens(source: str = "builtin") -> torch.Tensor:
+    """The whole token stream of a data source, 1-D int64 byte ids."""
+    raw = _source_bytes(source)
+    if not raw:
+        raise SandboxError(f"{source}: the data is empty")
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
+
+
+def split_point(n_tokens: int, seq_len: int) -> int:
+    """Index where the held-out part of an n-token stream begins."""
+    return n_tokens - max(int(n_tokens * HELDOUT_FRACTION), seq_len + 1)
+
+
+def token_split(split: str, source: str = "builtin", seq_len: int = 0) -> torch.Tensor:
+    """The "train" or "heldout" part of a source's token stream."""
+    toks = load_tokens(source)
+    cut = split_point(len(toks), seq_len)
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    return toks[:cut] if split == "train" else toks[cut:]
+
+
+def check_data(source: str, seq_len: int, vocab: int) -> int:
+    """Raise SandboxError (one line naming the path) unless the source is
+    readable and long enough for seq_len-token training and held-out windows.
+    Returns the number of tokens."""
+    if vocab < BYTE_VOCAB:
+        raise SandboxError(f"model.vocab: {vocab} < {BYTE_VOCAB}; the byte-level tokenizer "
+                           f"needs at least {BYTE_VOCAB} ids")
+    toks = load_tokens(source)
+    need = 2 * (seq_len + 1)
+    if len(toks) < need:
+        raise SandboxError(f"{source}: too little data ({len(toks)} bytes; seq_len {seq_len} "
+                           f"needs at least {need})")
+    return len(toks)
+
+
+@dataclass(frozen=True)
+class DataLoader:
+    """Global batches of one plan: a function of (seed, step) alone."""
+
+    source: str
+    global_batch: int  # sequences per step
+    seq_len: int  # tokens per sequence
+    seed: int
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> DataLoader:
+        return cls(plan.train.data, plan.parallel.global_batch, plan.model.seq_len,
+                   plan.train.seed)
+
+    def _windows(self, toks: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor,
+                                                                           torch.Tensor]:
+        idx = starts[:, None] + torch.arange(self.seq_len + 1)[None, :]
+        rows = toks[idx]
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    def global_batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, targets), each (global_batch, seq_len) int64, for 0-based `step`:
+        random windows of the training split from a generator seeded by (seed, step)."""
+        toks = token_split("train", self.source, self.seq_len)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        starts = torch.randint(0, len(toks) - self.seq_len, (self.global_batch,), generator=gen)
+        return self._windows(toks, starts)
+
+    def eval_batches(self, n: int = EVAL_BATCHES) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`n` fixed global batches of held-out windows, evenly spaced over the split."""
+        toks = token_split("heldout", self.source, self.seq_len)
+        count = n * self.global_batch
+        starts = torch.linspace(0, len(toks) - self.seq_len - 1, count).long()
+        return [self._windows(toks, s) for s in starts.split(self.global_batch)]
+
+
+def global_batch(plan: Plan, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plan's global batch of 0-based `step` (see `DataLoader.global_batch_at`)."""
+    return DataLoader.from_plan(plan).global_batch_at(step)
+
+
+def dp_slice(batch: torch.Tensor, dp_rank: int, dp: int) -> torch.Tensor:
+    """Rows `[r*B/dp, (r+1)*B/dp)` of a global batch: data-parallel rank r's share."""
+    share = batch.shape[0] // dp
+    return batch[dp_rank * share:(dp_rank + 1) * share]

@@ -1,0 +1,205 @@
+"""`sandbox run`: check a plan on this machine, then launch it with torchrun.
+
+    run(plan, out, steps=None, resume=False) -> RunResult
+
+Before anything starts (and before anything in `out` changes) it checks: the
+plan fits in memory (`sandbox.memory.fits`), this machine can give its world
+size (GPUs: at most `torch.cuda.device_count()`; CPU: at most 4 processes
+per core), the data is readable, `out` holds no earlier run unless resuming,
+and the checkpoint to resume from is complete and intact. Each problem is a
+`SandboxError` (one line). Then it writes `out/plan.toml` and runs
+
+    python -m torch.distributed.run --standalone --nproc-per-node N
+        [--max-restarts K] -m runtime.train --plan out/plan.toml --out out
+
+streaming the workers' output to `out/train.log` and their `@@progress`
+lines into a progress bar on the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from runtime.result import RunResult
+from sandbox.errors import SandboxError
+from sandbox.specs import Plan
+
+CPU_OVERSUBSCRIPTION = 4  # at most this many CPU processes per core
+ROOT = Path(__file__).resolve().parents[1]
+PROGRESS, ERROR = "@@progress", "@@error"  # must match runtime.train
+
+
+def device_capacity() -> tuple[str, int]:
+    """("cuda", GPUs) on a GPU machine, else ("cpu", cores)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda.device_count()
+    return "cpu", os.cpu_count() or 1
+
+
+def check_world_size(plan: Plan) -> str | None:
+    """Raise unless this machine can run the plan's world size; returns a note
+    to show (or None)."""
+    world = plan.world_size
+    if plan.cluster.nodes > 1:
+        raise SandboxError(f"the plan spans {plan.cluster.nodes} nodes; `sandbox run` uses this "
+                           f"machine only (see README 'Running on a cluster' for torchrun)")
+    kind, n = device_capacity()
+    if kind == "cuda" and world > n:
+        raise SandboxError(f"the plan needs {world} GPUs (dp*tp*pp) but this machine has {n}")
+    if kind == "cpu":
+        if world > CPU_OVERSUBSCRIPTION * n:
+            raise SandboxError(f"the plan needs {world} processes (dp*tp*pp) but this machine has "
+                               f"{n} CPU cores (at most {CPU_OVERSUBSCRIPTION * n} processes)")
+        if world > n:
+            return (f"note: {world} CPU processes on {n} cores (oversubscribed: slower, "
+                    "same results)")
+    return None
+
+
+def check_memory(plan: Plan) -> None:
+    from sandbox.memory import fits, memory_per_gpu
+
+    if not fits(plan):
+        need = memory_per_gpu(plan)["total"]
+        raise SandboxError(f"the plan does not fit in memory: {need:.3g} GB per device > "
+                           f"{plan.cluster.gpu.hbm_gb:g} GB ({plan.cluster.gpu.name})")
+
+
+def check_out_dir(plan: Plan, out: Path, resume: bool) -> Path | None:
+    """Refuse to overwrite a run; when resuming, return the intact checkpoint."""
+    from runtime import checkpoint as ckpt
+
+    if out.exists() and not out.is_dir():
+        raise SandboxError(f"{out}: exists and is not a directory")
+    has_run = (out / "metrics.jsonl").exists() or (out / "checkpoints").exists()
+    if not resume:
+        if has_run:
+            raise SandboxError(f"{out}: already holds a run; use --resume to continue it "
+                               f"or choose another --out")
+        return None
+    found = ckpt.latest_complete(out)
+    if found is None:
+        return None
+    ckpt.verify(found)
+    if (out / "plan.toml").is_file():
+        import sandbox
+
+        before = sandbox.load(out / "plan.toml")
+        if before.model != plan.model:
+            raise SandboxError(f"{out}: --resume with a different model than the run's "
+                               f"plan.toml ({before.model.name} vs {plan.model.name})")
+    return found
+
+
+def _last_error(log_lines: list[str]) -> str | None:
+    """The workers' one-line error, or the last exception line in the log."""
+    for line in reversed(log_lines):
+        if ERROR in line:
+            return line.split(ERROR, 1)[1].strip()
+    pattern = re.compile(r"\b([A-Za-z_.]*(Error|Exception)): (.+)$")
+    for line in reversed(log_lines):
+        m = pattern.search(line)
+        if m and "ChildFailedError" not in m.group(1):
+            return f"{m.group(1)}: {m.group(3).strip()}"[:300]
+    return None
+
+
+def torchrun_command(plan: Plan, out: Path, resume: bool = False, fail_at_step: int = 0,
+                     fail_rank: int = 0, max_restarts: int = 0,
+                     no_final_checkpoint: bool = False) -> list[str]:
+    """The torchrun command line that trains `out/plan.toml` on this machine."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", str(plan.world_size), "--max-restarts", str(max_restarts),
+           "-m", "runtime.train", "--plan", str(out / "plan.toml"), "--out", str(out)]
+    if resume:
+        cmd.append("--resume")
+    if fail_at_step:
+        cmd += ["--fail-at-step", str(fail_at_step), "--fail-rank", str(fail_rank)]
+    if no_final_checkpoint:
+        cmd.append("--no-final-checkpoint")
+    return cmd
+
+
+def _stream(cmd: list[str], out: Path, steps: int, progress: bool) -> tuple[int, list[str]]:
+    """Run the workers; log their output, draw the bar; returns (exit code, log lines)."""
+    import json
+
+    from tqdm import tqdm
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                       os.environ.get("PYTHONPATH")]))}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    lines: list[str] = []
+    bar = tqdm(total=steps, unit="step", disable=not progress or None, file=sys.stderr,
+               dynamic_ncols=True, leave=True)
+    with open(out / "train.log", "a") as log, subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            env=env, cwd=ROOT) as proc:
+        try:
+            for line in proc.stdout:
+                if PROGRESS in line:
+                    info = json.loads(line.split(PROGRESS, 1)[1])
+                    bar.n = info["step"]
+                    bar.set_postfix(loss=info["loss"], refresh=False)
+                    bar.refresh()
+                    continue
+                lines.append(line.rstrip("\n"))
+                log.write(line)
+                log.flush()
+            code = proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            raise
+        finally:
+            bar.close()
+    return code, lines
+
+
+def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = False,
+        fail_at_step: int = 0, fail_rank: int = 0, max_restarts: int = 0,
+        progress: bool = True, no_final_checkpoint: bool = False) -> RunResult:
+    """Train `plan` on this machine into `out`; returns the RunResult.
+
+    steps: override train.steps. resume: continue from the newest complete
+    checkpoint in `out` (appending to metrics.jsonl). fail_at_step / fail_rank:
+    make that rank exit at that step once (failure injection); max_restarts:
+    torchrun elastic restarts, each resuming from the newest checkpoint.
+    Raises SandboxError (one line) on bad input or a failed run; never
+    deletes checkpoints or metrics.
+    """
+    from runtime.data import check_data
+
+    out = Path(out)
+    if steps is not None:
+        if steps <= 0:
+            raise SandboxError(f"--steps: must be positive, got {steps}")
+        plan = plan.replace(steps=steps)
+    if fail_at_step and not 0 <= fail_rank < plan.world_size:
+        raise SandboxError(f"--fail-rank: {fail_rank} is not a rank of a world of "
+                           f"{plan.world_size}")
+    if max_restarts < 0:
+        raise SandboxError(f"--max-restarts: must not be negative, got {max_restarts}")
+    check_memory(plan)
+    note = check_world_size(plan)
+    check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)
+    check_out_dir(plan, out, resume)
+    if note and progress:
+        print(note, file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.toml").write_text(plan.to_toml())
+    cmd = torchrun_command(plan, out, resume, fail_at_step, fail_rank, max_restarts,
+                           no_final_checkpoint)
+    code, lines = _stream(cmd, out, plan.train.steps, progress)
+    if code != 0:
+        why = _last_error(lines) or f"the workers exited with code {code}"
+        raise SandboxError(f"run failed: {why} (log: {out / 'train.log'})")
+    return RunResult.load(out)

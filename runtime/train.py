@@ -1,0 +1,324 @@
+"""The per-process training loop, run by torchrun (one process per device).
+
+    torchrun --standalone --nproc-per-node N -m runtime.train --plan DIR/plan.toml --out DIR
+
+Each process: init the process group (NCCL on GPUs, gloo on CPU), build the
+(pp, dp, tp) mesh, `parallelize` the plan, then per step: this dp rank's
+slice of the layout-free global batch -> `par.step` -> clip -> optimizer ->
+LR schedule. Rank 0 appends one JSON line per step to DIR/metrics.jsonl
+(`step, loss, step_time_s, tokens_per_s, mem_gb, lr, grad_norm`, plus
+`eval_loss` when evaluated), prints `@@progress {...}` lines for the
+launcher's progress bar, and at the end writes DIR/summary.json. A problem
+with the input prints `@@error <one line>` and exits 1.
+
+Resuming (`--resume`, or any elastic restart by torchrun): load the newest
+complete checkpoint and drop metrics lines after its step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from runtime import checkpoint as ckpt
+from runtime.data import DataLoader, check_data, dp_slice
+from runtime.lr import build_scheduler, lr_at
+from sandbox.errors import SandboxError
+from sandbox.specs import GPU, Plan
+
+WARMUP_STEPS = 2  # steps left out of the median step time
+PROGRESS, ERROR = "@@progress", "@@error"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="runtime.train", description=__doc__.splitlines()[0])
+    p.add_argument("--plan", required=True, help="plan TOML (e.g. DIR/plan.toml)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--fail-at-step", type=int, default=0, help="inject a failure at this step")
+    p.add_argument("--fail-rank", type=int, default=0, help="rank that fails")
+    p.add_argument("--no-final-checkpoint", action="store_true",
+                   help="do not checkpoint after the last step")
+    return p.parse_args(argv)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The metrics.jsonl lines that parse (a torn last line is skipped)."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Keep only metrics lines with step <= last_step (atomic rewrite)."""
+    rows = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def setup_device() -> tuple[torch.device, str]:
+    """This process's device and the process-group backend for it."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank), "nccl"
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    return torch.device("cpu"), "gloo"
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process in GB: allocated device memory on GPU,
+    resident set size (ru_maxrss, KiB on Linux) on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def peak_flops(plan: Plan, device: torch.device, world: int) -> tuple[float, str]:
+    """Dense peak FLOP/s of one device for MFU, and the name of that device
+    spec: the plan's GPU, or this machine's CPU spec when a GPU plan runs on CPU."""
+    gpu, precision = plan.cluster.gpu, plan.train.precision
+    if device.type == "cpu":
+        precision = "fp32"  # CPU runs train in fp32
+        if gpu.name != "cpu":
+            from sandbox.presets import localhost_cluster
+
+            gpu = GPU(**localhost_cluster(world)["gpu"])
+    return gpu.peak_flops(precision), gpu.name
+
+
+def _max_over_ranks(value: float, device: torch.device) -> float:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def _compile_blocks(parts: list[torch.nn.Module]) -> None:
+    """torch.compile each transformer block in place (GPU only)."""
+    for part in parts:
+        model = getattr(part, "module", part)  # DDP wraps the GPT
+        for block in model.layers.values():
+            block.compile()
+
+
+class Trainer:
+    """State of one training process; `run()` trains and writes the outputs."""
+
+    def __init__(self, args: argparse.Namespace):
+        import sandbox
+        from runtime.parallelize import parallelize
+
+        self.args, self.out = args, Path(args.out)
+        plan = sandbox.load(args.plan)
+        if args.steps:
+            plan = plan.replace(steps=args.steps)
+        self.plan = plan
+        self.device, backend = setup_device()
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        if self.world != plan.world_size:
+            raise SandboxError(f"this job has {self.world} processes but the plan needs "
+                               f"dp*tp*pp = {plan.world_size}")
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend, device_id=self.device
+                                    if self.device.type == "cuda" else None)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.backend = backend
+        _seed_everything(plan.train.seed)
+        check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)
+        self.data = DataLoader.from_plan(plan)
+        mesh = None
+        if self.world > 1:
+            from runtime.mesh import build_mesh
+
+            mesh = build_mesh(plan, self.device.type)
+        self.par = parallelize(plan, mesh, self.device)
+        self.dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
+        if plan.train.compile and self.device.type == "cuda":
+            _compile_blocks(self.par.parts)
+        self.optimizer = self.par.build_optimizer()
+        self.scheduler = build_scheduler(self.optimizer, plan.train)
+        self.metrics_path = self.out / "metrics.jsonl"
+
+    def _restore(self) -> int:
+        """Load the newest complete checkpoint if resuming; returns the first step."""
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+        if not (self.args.resume or restarts > 0):
+            if self.rank == 0:
+                self.metrics_path.write_text("")
+            return 0
+        found = ckpt.latest_complete(self.out)
+        start = 0
+        if found is not None:
+            meta = ckpt.load(found, self.par.parts, self.optimizer, self.scheduler)
+            start = int(meta["step"])
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(start, self.plan.train)
+        if self.rank == 0:
+            trim_metrics(self.metrics_path, start)
+        return start
+
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data.global_batch_at(step)
+        dp = self.plan.parallel.dp
+        return dp_slice(x, self.dp_rank, dp), dp_slice(y, self.dp_rank, dp)
+
+    def evaluate(self) -> float:
+        """Mean held-out loss over the fixed evaluation batches."""
+        dp, losses = self.plan.parallel.dp, []
+        for x, y in self.data.eval_batches():
+            losses.append(self.par.evaluate(dp_slice(x, self.dp_rank, dp),
+                                            dp_slice(y, self.dp_rank, dp)))
+        return sum(losses) / len(losses)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _maybe_fail(self, step: int) -> None:
+        a = self.args
+        if a.fail_at_step != step or self.rank != a.fail_rank:
+            return
+        marker = self.out / f".failed_at_step_{step}"
+        if marker.exists():
+            return
+        marker.write_text(f"rank {self.rank}\n")
+        print(f"{ERROR} injected failure at step {step} on rank {self.rank}", flush=True)
+        os._exit(17)
+
+    def run(self) -> dict[str, Any]:
+        plan, t = self.plan, self.plan.train
+        start = self._restore()
+        if self.world > 1:
+            dist.barrier()
+        tokens = plan.tokens_per_step
+        times: list[float] = []
+        row: dict[str, Any] = {}
+        saved = -1
+        with open(self.metrics_path, "a") if self.rank == 0 else open(os.devnull, "w") as log:
+            for step in range(start + 1, t.steps + 1):  # `step` = steps done after this one
+                self._sync()
+                t0 = time.perf_counter()
+                x, y = self._batch(step - 1)
+                loss = self.par.step(x, y)
+                self._maybe_fail(step)
+                norm = self.par.clip_grad_norm_(t.grad_clip)
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self._sync()
+                dt = time.perf_counter() - t0
+                times.append(dt)
+                row = {"step": step, "loss": loss, "step_time_s": dt,
+                       "tokens_per_s": tokens / dt,
+                       "mem_gb": _max_over_ranks(peak_memory_gb(self.device), self.device),
+                       "lr": lr, "grad_norm": norm}
+                if t.eval_every and step % t.eval_every == 0 and step != t.steps:
+                    row["eval_loss"] = self.evaluate()
+                if step == t.steps:
+                    row["eval_loss"] = self.evaluate()
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                if self.rank == 0:
+                    print(f"{PROGRESS} " + json.dumps({"step": step, "steps": t.steps,
+                                                       "loss": round(loss, 4)}), flush=True)
+                if t.checkpoint_every and step % t.checkpoint_every == 0:
+                    ckpt.save(self.out, step, self.par.parts, self.optimizer, self.scheduler,
+                              {"plan": plan.model.name})
+                    saved = step
+        if saved != t.steps and not self.args.no_final_checkpoint and start < t.steps:
+            ckpt.save(self.out, t.steps, self.par.parts, self.optimizer, self.scheduler,
+                      {"plan": plan.model.name})
+        summary = self.summary(times, row, start)
+        if self.rank == 0:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def summary(self, times: list[float], last: dict[str, Any], start: int) -> dict[str, Any]:
+        """summary.json: DESIGN.md fields plus provenance."""
+        from sandbox.counts import model_flops_per_step
+
+        plan = self.plan
+        if not times:  # nothing left to train: take the logged steps
+            rows = read_metrics(self.metrics_path)
+            times = [r["step_time_s"] for r in rows]
+            last = rows[-1] if rows else {}
+        steady = times[WARMUP_STEPS:] if len(times) > WARMUP_STEPS else times
+        step_time = statistics.median(steady) if steady else float("nan")
+        peak, peak_name = peak_flops(plan, self.device, self.world)
+        flops = model_flops_per_step(plan.model, plan.parallel.global_batch)
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+        else:
+            name = "cpu"
+        return {
+            "world_size": self.world,
+            "step_time_s": step_time,
+            "tokens_per_s": plan.tokens_per_step / step_time,
+            "mfu": flops / (step_time * self.world * peak),
+            "peak_mem_gb": _max_over_ranks(peak_memory_gb(self.device), self.device),
+            "final_loss": last.get("loss"),
+            "eval_loss": last.get("eval_loss"),
+            "device": f"{name} ({self.backend}) x{self.world}",
+            "steps": plan.train.steps,
+            "resumed_from_step": start,
+            "precision": "fp32" if self.device.type == "cpu" else plan.train.precision,
+            "compiled": bool(plan.train.compile and self.device.type == "cuda"),
+            "flops_per_step": flops,
+            "peak_flops_per_device": peak,
+            "peak_flops_source": peak_name,
+            "torch": torch.__version__,
+            "plan": plan.model.name,
+            "parallel": {k: getattr(plan.parallel, k) for k in
+                         ("dp", "tp", "pp", "vpp", "zero", "schedule", "micro_batch",
+                          "global_batch")},
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        Trainer(args).run()
+        code = 0
+    except SandboxError as e:
+        print(f"{ERROR} {str(e).splitlines()[0]}", flush=True)
+        code = 1
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
