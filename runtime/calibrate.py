@@ -1,0 +1,249 @@
+"""Calibrate the simulator on this machine: kernels and collectives, measured.
+
+`calibrate(device="cpu"|"cuda", quick=False)` runs `runtime.microbench` (the
+model's GEMM shapes, attention, memory-bound ops, a large copy, AdamW) for
+each process count a plan may use on this machine (on CPU every process gets
+`cores // processes` threads, as one process per rank would), then
+`runtime.collective_bench` (gloo on CPU, NCCL on GPU) for each group size.
+It returns a `Calibration` holding every measurement with its spread (median,
+quartiles, min, max over repeats); `Calibration.to_profile()` turns it into
+the simulator's profile (`sandbox.profile`), and `write(path)` writes that as
+TOML plus, in a `[measurements]` table the profile loader ignores, the raw
+points so nothing measured is lost.
+
+Units: seconds, bytes, FLOP/s, bytes/s; efficiencies are achieved / peak
+of `sandbox.presets` (the CPU "GPU" peak from /proc/cpuinfo, or the GPU
+datasheet figure).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runtime import microbench as mb
+from runtime.collective_bench import CollectiveResult, bench_collectives, default_sizes
+from sandbox import presets
+from sandbox.planfile import load
+from sandbox.specs import GPU, Model
+
+MODELS = ("tiny", "gpt-mini")  # whose GEMM / attention shapes are measured
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much to measure: repeats per point, the time one repeat should last
+    (s), the micro-batches, tp degrees and collective sizes (bytes)."""
+
+    repeats: int = 7
+    min_time_s: float = 0.004
+    micro_batches: tuple[int, ...] = (1, 4)
+    tps: tuple[int, ...] = (1, 2)
+    squares: tuple[int, ...] = (256, 512, 1024, 2048)
+    collective_sizes: tuple[int, ...] = tuple(default_sizes())
+    copy_bytes: int = 256 << 20
+    adamw_params: int = 4_000_000
+
+    @staticmethod
+    def quick() -> Budget:
+        """A few seconds: for tests and smoke checks, not for a real profile."""
+        return Budget(repeats=5, min_time_s=0.002, micro_batches=(1,), tps=(1,),
+                      squares=(256,), collective_sizes=tuple(default_sizes(quick=True)),
+                      copy_bytes=32 << 20, adamw_params=500_000)
+
+
+@dataclass
+class ProcessKernels:
+    """Kernel results measured with the threads one of `processes` ranks gets."""
+
+    processes: int
+    threads: int
+    peak_flops: float  # FLOP/s of one rank (sandbox.presets), fp32 on CPU
+    kernels: list[mb.KernelResult] = field(default_factory=list)
+
+    def efficiency(self, k: mb.KernelResult) -> float:
+        return k.rate / self.peak_flops if k.flops > 0 else 0.0
+
+
+@dataclass
+class Calibration:
+    """Everything one calibration measured, and where and how."""
+
+    device: str
+    machine: dict[str, Any]
+    kernels: list[ProcessKernels]
+    collectives: list[CollectiveResult]
+    wall_s: float
+    budget: Budget
+
+    def to_dict(self) -> dict:
+        return {
+            "device": self.device, "machine": self.machine, "wall_s": self.wall_s,
+            "kernels": [{"processes": pk.processes, "threads": pk.threads,
+                         "peak_flops": pk.peak_flops,
+                         "results": [{**k.to_dict(), "efficiency": pk.efficiency(k)}
+                                     for k in pk.kernels]} for pk in self.kernels],
+            "collectives": [c.to_dict() for c in self.collectives],
+        }
+
+    def to_profile(self) -> Any:
+        """The simulator's profile (`sandbox.profile`) from these measurements."""
+        from runtime.calibration_profile import to_profile
+
+        return to_profile(self)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the profile TOML (see `runtime.calibration_profile`)."""
+        from runtime.calibration_profile import write_profile
+
+        return write_profile(self, Path(path))
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """Host, CPU, cores, torch and (on GPU) the device name, for provenance."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count() or 1,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+        info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+    return info
+
+
+def rank_gpu(device: str, processes: int) -> GPU:
+    """The `GPU` spec one rank has on this machine (as `localhost` builds it)."""
+    if device == "cpu":
+        return load({"cluster": {"preset": "localhost", "gpus_per_node": processes}}).cluster.gpu
+    name = presets._match_gpu(torch.cuda.get_device_name(0))
+    return GPU(name=name, **presets.GPUS[name])
+
+
+def model_specs() -> list[Model]:
+    return [load({"model": {"preset": name}}).model for name in MODELS]
+
+
+def kernel_plan(budget: Budget) -> list[tuple]:
+    """The kernel measurements to take, as (kind, args) tuples (deduplicated)."""
+    jobs: list[tuple] = []
+    seen: set = set()
+    for spec in model_specs():
+        for b in budget.micro_batches:
+            for tp in budget.tps:
+                if spec.heads % tp:
+                    continue
+                for name, t, k, n in mb.gemm_shapes(spec, b, tp):
+                    for bwd in (False, True):
+                        key = ("gemm", t, k, n, bwd)
+                        if key not in seen:
+                            seen.add(key)
+                            jobs.append((*key, name))
+                for bwd in (False, True):
+                    jobs.append(("attention", spec, b, tp, bwd))
+            jobs.append(("memory", spec, b))
+    for h in budget.squares:
+        for bwd in (False, True):
+            key = ("gemm", 1024, h, h, bwd)
+            if key not in seen:
+                seen.add(key)
+                jobs.append((*key, f"square{h}"))
+    jobs.append(("copy",))
+    jobs.append(("adamw",))
+    return jobs
+
+
+def _run_job(job: tuple, device: torch.device, dtype: str, b: Budget) -> list[mb.KernelResult]:
+    kind = job[0]
+    if kind == "gemm":
+        _, t, k, n, bwd, name = job
+        return [mb.bench_linear(t, k, n, device, dtype, bwd, b.repeats, b.min_time_s, name)]
+    if kind == "attention":
+        _, spec, mbatch, tp, bwd = job
+        return [mb.bench_attention(spec, mbatch, device, dtype, bwd, tp, b.repeats, b.min_time_s)]
+    if kind == "memory":
+        _, spec, mbatch = job
+        return mb.bench_memory_ops(spec, mbatch, device, dtype, b.repeats, b.min_time_s)
+    if kind == "copy":
+        return [mb.bench_copy(b.copy_bytes, device, b.repeats, b.min_time_s)]
+    return [mb.bench_adamw(b.adamw_params, device, max(3, b.repeats // 2), b.min_time_s)]
+
+
+def calibrate(device: str = "cpu", quick: bool = False, budget: Budget | None = None,
+              processes: tuple[int, ...] | None = None,
+              group_sizes: tuple[int, ...] | None = None,
+              dtypes: tuple[str, ...] | None = None, progress: bool = True) -> Calibration:
+    """Measure this machine. See the module docstring.
+
+    processes: rank counts to measure kernels for (CPU default: 1 and 2,
+    each with cores // processes threads; GPU: 1). group_sizes: collective
+    group sizes (CPU default: 2, plus 4 when there are at least 4 cores;
+    GPU: every visible GPU count >= 2, or none with one GPU). dtypes: fp32 on
+    CPU; bf16 and fp32 on GPU.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    budget = budget or (Budget.quick() if quick else Budget())
+    cores = os.cpu_count() or 1
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("calibrate --device cuda: no CUDA device visible")
+        processes = processes or (1,)
+        n_gpu = torch.cuda.device_count()
+        group_sizes = group_sizes if group_sizes is not None else tuple(
+            g for g in (2, 4, 8) if g <= n_gpu)
+        dtypes = dtypes or ("bf16", "fp32")
+    else:
+        processes = processes or (1, 2)
+        group_sizes = group_sizes if group_sizes is not None else tuple(
+            g for g in (2, 4) if g == 2 or g <= cores)
+        dtypes = dtypes or ("fp32",)
+    jobs = kernel_plan(budget)
+    ops = 4
+    total = len(processes) * len(dtypes) * len(jobs) + len(group_sizes) * ops * len(
+        budget.collective_sizes)
+    bar = tqdm(total=total, desc="calibrate", unit="pt", disable=not progress, leave=False)
+    dev = torch.device(device if device == "cpu" else "cuda:0")
+    threads_before = torch.get_num_threads()
+    kernels = []
+    try:
+        for p in processes:
+            threads = max(1, cores // p) if device == "cpu" else threads_before
+            torch.set_num_threads(threads)
+            gpu = rank_gpu(device, p)
+            for dtype in dtypes:
+                peak = gpu.peak_flops(dtype)
+                pk = ProcessKernels(p, threads, peak)
+                for job in jobs:
+                    bar.set_postfix_str(f"p{p} {job[0]}")
+                    pk.kernels.extend(_run_job(job, dev, dtype, budget))
+                    bar.update()
+                kernels.append(pk)
+    finally:
+        torch.set_num_threads(threads_before)
+    collectives = []
+    for g in group_sizes:
+        bar.set_postfix_str(f"collectives x{g}")
+        collectives.append(bench_collectives(g, list(budget.collective_sizes), device,
+                                             repeats=budget.repeats + 2,
+                                             min_time_s=budget.min_time_s,
+                                             on_point=bar.update))
+    bar.close()
+    return Calibration(device, machine_info(device), kernels, collectives,
+                       time.perf_counter() - t0, budget)
