@@ -92,6 +92,30 @@ class Calibration:
             "collectives": [c.to_dict() for c in self.collectives],
         }
 
+    def summary(self) -> str:
+        """A few lines: headline rates with their spread (IQR / median)."""
+        lines = [f"calibration on {self.machine.get('cpu') or self.device} "
+                 f"({self.machine.get('cores')} cores, torch {self.machine.get('torch')}, "
+                 f"load {self.machine.get('loadavg_1m')}), {self.wall_s:.1f} s"]
+        for pk in self.kernels:
+            gemms = [k for k in pk.kernels if k.kind == "gemm" and k.pass_ == "fwd+bwd"]
+            best = max(gemms, key=lambda k: k.flops, default=None)
+            copy = next((k for k in pk.kernels if k.kind == "copy"), None)
+            head = f"  {pk.processes} process(es) x {pk.threads} thread(s):"
+            if best is not None:
+                head += (f" GEMM {best.shape} fwd+bwd {best.rate / 1e9:.1f} GFLOP/s "
+                         f"(eff {pk.efficiency(best):.2f}, spread {best.time.iqr_rel:.0%})")
+            if copy is not None:
+                head += f"; copy {copy.rate / 1e9:.1f} GB/s (spread {copy.time.iqr_rel:.0%})"
+            lines.append(head)
+        for c in self.collectives:
+            for op in sorted({q.op for q in c.points}):
+                f = c.fit(op)
+                lines.append(f"  {c.backend} x{c.group_size} {op}: latency "
+                             f"{f.latency_s * 1e6:.0f} us, bus bandwidth "
+                             f"{f.busbw_bytes_per_s / 1e9:.2f} GB/s")
+        return "\n".join(lines)
+
     def to_profile(self) -> Any:
         """The simulator's profile (`sandbox.profile`) from these measurements."""
         from runtime.calibration_profile import to_profile

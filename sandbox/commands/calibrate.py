@@ -1,0 +1,44 @@
+"""sandbox calibrate --out profile.toml [--device cpu|cuda] [--quick] [--json FILE]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = ("measure this machine's kernels and collectives and write a calibration profile "
+        "(TOML) that a cluster can name with profile = \"...\"")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="profile TOML to write")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="benchmark CPU processes with gloo, or the GPU(s) with NCCL")
+    p.add_argument("--quick", action="store_true",
+                   help="a few seconds on a tiny budget (smoke test, not a real profile)")
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help="also write every measurement (medians, quartiles, min/max) as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sandbox.errors import SandboxError
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise SandboxError(f"{out}: is a directory; give the profile's file name")
+    if not out.parent.exists():
+        raise SandboxError(f"{out.parent}: no such directory")
+    from runtime.calibrate import calibrate
+
+    try:
+        cal = calibrate(args.device, quick=args.quick)
+    except RuntimeError as e:
+        raise SandboxError(str(e)) from None
+    path = cal.write(out)
+    if args.json:
+        Path(args.json).write_text(json.dumps(cal.to_dict(), indent=1) + "\n")
+    print(f"wrote {path} ({cal.device}, {cal.wall_s:.0f} s of measurement)", file=sys.stderr)
+    print(cal.summary())
+    return 0
