@@ -39,7 +39,9 @@ MODELS = ("tiny", "gpt-mini")  # whose GEMM / attention shapes are measured
 @dataclass(frozen=True)
 class Budget:
     """How much to measure: repeats per point, the time one repeat should last
-    (s), the micro-batches, tp degrees and collective sizes (bytes)."""
+    (s), the micro-batches, tp degrees, square GEMM sizes, collective sizes
+    (bytes), copy size (bytes), AdamW parameters and the models whose shapes
+    are measured."""
 
     repeats: int = 7
     min_time_s: float = 0.004
@@ -49,12 +51,13 @@ class Budget:
     collective_sizes: tuple[int, ...] = tuple(default_sizes())
     copy_bytes: int = 256 << 20
     adamw_params: int = 4_000_000
+    models: tuple[str, ...] = MODELS
 
     @staticmethod
     def quick() -> Budget:
         """A few seconds: for tests and smoke checks, not for a real profile."""
         return Budget(repeats=5, min_time_s=0.002, micro_batches=(1,), tps=(1,),
-                      squares=(256,), collective_sizes=tuple(default_sizes(quick=True)),
+                      squares=(), collective_sizes=tuple(default_sizes(quick=True)),
                       copy_bytes=32 << 20, adamw_params=500_000)
 
 
@@ -159,15 +162,15 @@ def rank_gpu(device: str, processes: int) -> GPU:
     return GPU(name=name, **presets.GPUS[name])
 
 
-def model_specs() -> list[Model]:
-    return [load({"model": {"preset": name}}).model for name in MODELS]
+def model_specs(names: tuple[str, ...] = MODELS) -> list[Model]:
+    return [load({"model": {"preset": name}}).model for name in names]
 
 
 def kernel_plan(budget: Budget) -> list[tuple]:
     """The kernel measurements to take, as (kind, args) tuples (deduplicated)."""
     jobs: list[tuple] = []
     seen: set = set()
-    for spec in model_specs():
+    for spec in model_specs(budget.models):
         for b in budget.micro_batches:
             for tp in budget.tps:
                 if spec.heads % tp:

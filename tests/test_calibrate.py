@@ -1,0 +1,105 @@
+"""Calibration on a tiny budget: a loadable profile with sane values that the
+simulator uses, reproducible within the measured spread."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from runtime.calibrate import Budget, calibrate
+from runtime.collective_bench import CollectiveFit, bus_factor, fit_alpha_beta
+from runtime.microbench import summarize
+
+# One process x 1 thread: a single-threaded rank (stable on a loaded 2-core box);
+# the tiny model's shapes; two collective sizes. About 10 s per calibration.
+TINY = Budget(repeats=5, min_time_s=0.002, micro_batches=(1,), tps=(1,), squares=(),
+              collective_sizes=(4096, 1 << 20), copy_bytes=16 << 20, adamw_params=200_000,
+              models=("tiny",))
+# Two calibrations agree on a point when their medians differ by at most the sum
+# of their inter-quartile ranges plus this fraction of the larger median, on at
+# least AGREE of the points (a shared 2-core machine: other jobs come and go).
+TOLERANCE, AGREE = 0.5, 0.8
+
+
+def _calibrate():
+    return calibrate("cpu", budget=TINY, processes=(2,), progress=False)
+
+
+@pytest.fixture(scope="module")
+def cal():
+    return _calibrate()
+
+
+@pytest.fixture(scope="module")
+def profile_path(cal, tmp_path_factory):
+    return cal.write(tmp_path_factory.mktemp("cal") / "profile.toml")
+
+
+def test_profile_is_loadable_toml_with_sane_values(profile_path):
+    data = tomllib.loads(profile_path.read_text())
+    m = data["measurements"]
+    assert m["machine"]["cores"] >= 1 and m["machine"]["torch"]
+    kernels = m["kernel"]
+    kinds = {k["kind"] for k in kernels}
+    assert {"gemm", "attention", "memory", "copy", "optimizer"} <= kinds
+    for k in kernels:
+        assert k["time_s"] > 0 and k["time_min_s"] <= k["time_s"] <= k["time_max_s"]
+        assert k["rate"] > 0
+        if k["flops"] > 0:
+            assert 0 < k["efficiency"] <= 1.5, k
+    copy = next(k for k in kernels if k["kind"] == "copy")
+    assert 1e8 < copy["rate"] < 1e13  # bytes/s: between 0.1 GB/s and 10 TB/s
+    ops = {c["op"] for c in m["collective"]}
+    assert ops == {"all_reduce", "all_gather", "reduce_scatter", "send_recv"}
+    for c in m["collective"]:
+        assert c["latency_s"] > 0 and c["busbw_bytes_per_s"] > 0
+        assert c["bytes"] == sorted(c["bytes"]) and all(t > 0 for t in c["time_s"])
+
+
+def test_more_work_takes_longer(cal):
+    """Forward+backward of a linear (3x the FLOPs) takes longer than its forward."""
+    ks = cal.kernels[0].kernels
+    for k in ks:
+        if k.pass_ == "fwd" and k.kind in ("gemm", "attention"):
+            both = next(b for b in ks if b.name == k.name and b.shape == k.shape
+                        and b.pass_ == "fwd+bwd")
+            assert both.time.median > k.time.median, (k.name, k.shape)
+
+
+def _agree(a, b) -> bool:
+    spread = (a.q3 - a.q1) + (b.q3 - b.q1)
+    return abs(a.median - b.median) <= spread + TOLERANCE * max(a.median, b.median)
+
+
+def test_two_calibrations_agree_within_spread(cal):
+    again = _calibrate()
+    pairs = list(zip(cal.kernels[0].kernels, again.kernels[0].kernels, strict=True))
+    pairs = [(x.time, y.time) for x, y in pairs]
+    pairs += [(x.time, y.time) for x, y in zip(cal.collectives[0].points,
+                                                again.collectives[0].points, strict=True)]
+    agreed = [_agree(x, y) for x, y in pairs]
+    assert sum(agreed) >= AGREE * len(agreed), agreed
+
+
+def test_alpha_beta_fit_recovers_latency_and_bandwidth():
+    sizes = [1 << k for k in range(10, 25, 2)]
+    for op in ("all_reduce", "all_gather", "send_recv"):
+        truth = CollectiveFit(op, 50e-6, 2e9)
+        times = [truth.predict(s, 4) for s in sizes]
+        fit = fit_alpha_beta(op, sizes, times, 4)
+        assert fit.latency_s == pytest.approx(50e-6, rel=1e-3)
+        assert fit.busbw_bytes_per_s == pytest.approx(2e9, rel=1e-3)
+    assert bus_factor("all_reduce", 2) == 1.0 and bus_factor("all_gather", 4) == 0.75
+
+
+def test_summarize_quartiles():
+    s = summarize([5, 1, 3, 2, 4])
+    assert (s.median, s.min, s.max, s.n) == (3, 1, 5, 5)
+    assert s.q1 == 2 and s.q3 == 4 and s.iqr_rel == pytest.approx(2 / 3)
+
+
+def test_cli_calibrate_rejects_missing_directory(cli, tmp_path):
+    r = cli("calibrate", "--out", str(tmp_path / "nope" / "p.toml"), "--quick")
+    assert r.returncode == 1
+    assert "no such directory" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,70 @@
+"""compare: the step-profile analysis on known events, the relative errors, and
+`sandbox compare` end to end on the tiny model (compare.json contract, plot)."""
+
+from __future__ import annotations
+
+import pytest
+
+import sandbox
+from runtime.compare import errors, noise, predicted_fields, rel_error
+from runtime.step_profile import analyse
+
+
+def _ev(name, start, end, thread=1, parent=""):
+    return {"name": name, "thread": thread, "start_us": start, "end_us": end, "depth": 0,
+            "parent": parent}
+
+
+def test_analyse_splits_compute_exposed_comm_and_optimizer():
+    plan = sandbox.load({"model": {"preset": "tiny"}, "parallel": {"dp": 2, "global_batch": 8}})
+    events = [
+        _ev("fwd_bwd", 0, 1000), _ev("clip", 1000, 1050), _ev("optimizer", 1050, 1250),
+        _ev("aten::mm", 0, 300, parent="fwd_bwd"), _ev("aten::add", 300, 400),
+        _ev("aten::mm", 10, 20, parent="aten::linear"),  # nested: not counted twice
+        _ev("aten::mm", 600, 900),
+        # a gradient all-reduce on gloo's thread from 350 to 700: exposed 400..600
+        _ev("gloo:all_reduce", 350, 700, thread=7),
+        # the main thread waits from 400 to 600 inside an aten op: not compute
+        _ev("aten::wait_op", 400, 600), _ev("_c10d_functional::wait_tensor", 400, 600),
+    ]
+    r = analyse(events, plan)
+    assert r["step_s"] == pytest.approx(1250e-6)
+    assert r["compute"] == pytest.approx(700e-6)  # 0-400 and 600-900
+    assert r["dp_comm"] == pytest.approx(200e-6)  # idle and in flight: 400-600
+    assert r["dp_comm_in_flight"] == pytest.approx(350e-6)
+    assert r["optimizer"] == pytest.approx(200e-6) and r["clip"] == pytest.approx(50e-6)
+    # other: the rest of fwd_bwd (900-1000) plus clip
+    assert r["other"] == pytest.approx(150e-6)
+    assert r["intervals_s"]["dp_comm"] == [(350e-6, 700e-6)]
+
+
+def test_pipeline_recv_is_one_field():
+    plan = sandbox.load({"model": {"preset": "tiny"}, "parallel": {"pp": 2, "global_batch": 8}})
+    events = [_ev("fwd_bwd", 0, 100), _ev("optimizer", 100, 110),
+              _ev("aten::mm", 0, 40), _ev("gloo:recv", 40, 90), _ev("aten::mm", 90, 100)]
+    r = analyse(events, plan)
+    assert r["pp_comm+bubble"] == pytest.approx(50e-6)
+    assert r["compute"] == pytest.approx(50e-6)
+
+
+def test_errors_are_relative_to_measured():
+    assert rel_error(1.2, 1.0) == pytest.approx(0.2)
+    assert rel_error(None, 1.0) is None and rel_error(1.0, 0.0) is None
+    pred = predicted_fields({"step_time_s": 2.0, "tokens_per_s": 50.0,
+                             "memory_gb_per_gpu": {"total": 0.5},
+                             "breakdown_s": {"compute": 1.5, "pp_comm": 0.1, "bubble": 0.2}})
+    assert pred["breakdown_s"]["pp_comm+bubble"] == pytest.approx(0.3)
+    meas = {"step_time_s": 2.5, "tokens_per_s": 40.0, "peak_mem_gb": 1.0,
+            "breakdown_s": {"compute": 2.0, "pp_comm+bubble": 0.3}}
+    e = errors(pred, meas)
+    assert e["step_time_s"] == pytest.approx(-0.2) and e["tokens_per_s"] == pytest.approx(0.25)
+    assert e["peak_mem_gb"] == pytest.approx(-0.5)
+    assert e["breakdown_s"] == {"compute": pytest.approx(-0.25),
+                                "pp_comm+bubble": pytest.approx(0.0, abs=1e-12)}
+
+
+def test_noise_reports_spread_after_warmup():
+    rows = [{"step_time_s": t} for t in (9.0, 5.0, 1.0, 1.2, 0.8, 1.0)]
+    n = noise(rows, warmup=2)
+    assert n["steps"] == 4 and n["median_s"] == pytest.approx(1.0)
+    assert n["range_rel"] == pytest.approx(0.4)
