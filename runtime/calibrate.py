@@ -45,9 +45,9 @@ class Budget:
 
     repeats: int = 7
     min_time_s: float = 0.004
-    micro_batches: tuple[int, ...] = (1, 4)
+    micro_batches: tuple[int, ...] = (1, 4, 8)
     tps: tuple[int, ...] = (1, 2)
-    squares: tuple[int, ...] = (256, 512, 1024, 2048)
+    squares: tuple[int, ...] = (256, 1024)
     collective_sizes: tuple[int, ...] = tuple(default_sizes())
     copy_bytes: int = 256 << 20
     adamw_params: int = 4_000_000

@@ -67,12 +67,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+MAX_POINT_S = 1.5  # stop repeating a point after this long (at least 3 repeats)
+
+
 def time_fn(fn: Callable[[], object], device: torch.device, repeats: int = 7,
             min_time_s: float = 0.01, warmup: int = 2) -> Stat:
     """Seconds per call of `fn`: `repeats` timed batches of `inner` calls each.
 
     `inner` is chosen so one batch lasts about `min_time_s`, which amortises
     the timer (CUDA events on a GPU, perf_counter on CPU) for tiny kernels.
+    Repeats stop early (never below 3) once a point has taken MAX_POINT_S, so
+    a loaded machine cannot stretch a calibration without bound.
     """
     for _ in range(warmup):
         fn()
@@ -84,8 +89,11 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeats: int = 7,
         _sync(device)
         once = min(once, max(time.perf_counter() - t0, 1e-7))
     inner = max(1, min(1000, int(min_time_s / once)))
-    samples = []
+    samples: list[float] = []
+    began = time.perf_counter()
     for _ in range(repeats):
+        if len(samples) >= 3 and time.perf_counter() - began > MAX_POINT_S:
+            break
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()

@@ -7,6 +7,11 @@ per step, slowest rank), then records one more step under torch.profiler
 with three labelled regions: `fwd_bwd` (`Parallelized.step`), `clip`
 (`clip_grad_norm_`) and `optimizer` (`opt.step` + `zero_grad`).
 
+Memory: the peak resident set of each process, and that peak minus the
+resident set before the model was built (`model_mem_gb`: weights, gradients,
+optimizer states, activations and allocator slack, without the ~0.3 GB of
+Python and torch libraries).
+
 `analyse(events, plan)` turns a rank's profiler events into a breakdown of
 that step in seconds:
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import resource
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -197,6 +203,7 @@ def _worker(rank: int, world: int, rdv: str, plan_dict: dict, warmup: int, steps
         dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=300))
         mesh = build_mesh(plan, "cpu")
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes
     par = parallelize(plan, mesh, torch.device("cpu"))
     opt = par.build_optimizer()
     dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
@@ -230,7 +237,9 @@ def _worker(rank: int, world: int, rdv: str, plan_dict: dict, warmup: int, steps
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         one(warmup + steps)
-    Path(f"{out}.{rank}").write_text(json.dumps({"times": times, "events": _events(prof)}))
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    Path(f"{out}.{rank}").write_text(json.dumps({"times": times, "events": _events(prof),
+                                                 "base_rss": base_rss, "peak_rss": peak_rss}))
     if world > 1:
         dist.destroy_process_group()
 
@@ -252,6 +261,8 @@ def profile_step(plan: Plan, warmup: int = 1, steps: int = 3, threads: int | Non
     for r, d in enumerate(raw):
         a = analyse(d["events"], plan)
         a["rank"] = r
+        a["peak_rss_gb"] = d["peak_rss"] / 1e9
+        a["model_mem_gb"] = (d["peak_rss"] - d["base_rss"]) / 1e9
         if keep_events:
             a["events"] = d["events"]
         ranks.append(a)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import sandbox
@@ -68,3 +70,32 @@ def test_noise_reports_spread_after_warmup():
     n = noise(rows, warmup=2)
     assert n["steps"] == 4 and n["median_s"] == pytest.approx(1.0)
     assert n["range_rel"] == pytest.approx(0.4)
+
+
+def test_sandbox_compare_writes_the_contract(cli, tmp_path):
+    plan = tmp_path / "tiny.toml"
+    plan.write_text('[model]\npreset = "tiny"\n[parallel]\ndp = 2\nglobal_batch = 8\n'
+                    '[train]\nlr_schedule = "constant"\n')
+    out = tmp_path / "cmp"
+    r = cli("compare", str(plan), "--out", str(out), "--steps", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads((out / "compare.json").read_text())
+    for side in ("predicted", "measured"):
+        for k in ("step_time_s", "tokens_per_s", "peak_mem_gb"):
+            assert d[side][k] > 0, (side, k)
+    for k in ("step_time_s", "tokens_per_s", "peak_mem_gb"):
+        want = (d["predicted"][k] - d["measured"][k]) / d["measured"][k]
+        assert d["error"][k] == pytest.approx(want)
+    # the profiled step saw data-parallel communication and compute
+    mb = d["measured"]["breakdown_s"]
+    assert mb["compute"] > 0 and mb["dp_comm_in_flight"] > 0 and mb["optimizer"] > 0
+    assert "compute" in d["error"]["breakdown_s"]
+    assert d["noise"]["steps"] >= 1 and d["provenance"]["torch"]
+    png = out / "timeline.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_sandbox_compare_bad_plan_is_one_line(cli, tmp_path):
+    r = cli("compare", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "no such plan file" in r.stderr
+    assert "Traceback" not in r.stderr
