@@ -184,6 +184,7 @@ def kernel_plan(budget: Budget) -> list[tuple]:
                 for bwd in (False, True):
                     jobs.append(("attention", spec, b, tp, bwd))
             jobs.append(("memory", spec, b))
+            jobs.append(("block", spec, b))
     for h in budget.squares:
         for bwd in (False, True):
             key = ("gemm", 1024, h, h, bwd)
@@ -203,6 +204,9 @@ def _run_job(job: tuple, device: torch.device, dtype: str, b: Budget) -> list[mb
     if kind == "attention":
         _, spec, mbatch, tp, bwd = job
         return [mb.bench_attention(spec, mbatch, device, dtype, bwd, tp, b.repeats, b.min_time_s)]
+    if kind == "block":
+        _, spec, mbatch = job
+        return [mb.bench_block(spec, mbatch, device, dtype, b.repeats, b.min_time_s)]
     if kind == "memory":
         _, spec, mbatch = job
         return mb.bench_memory_ops(spec, mbatch, device, dtype, b.repeats, b.min_time_s)

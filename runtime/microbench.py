@@ -8,7 +8,8 @@ s x s square), bytes/s for memory-bound ops (bytes read + written once).
 
 The kernels are the ones `runtime.model` runs: `nn.Linear` layers of a
 `Block` (the model's GEMM shapes `(tokens x hidden) @ (hidden x out)`),
-`Attention.core` (`F.scaled_dot_product_attention`, causal), the model's norm
+`Attention.core` (`F.scaled_dot_product_attention`, causal), a whole `Block`
+forward + backward (kernels plus framework overhead), the model's norm
 (`make_norm`), tanh-GELU, residual add, softmax and the fp32 cross-entropy of
 the logits, a large copy for DRAM/HBM bandwidth and AdamW over a flat buffer.
 """
@@ -23,7 +24,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from runtime.model import Attention, make_norm
+from runtime.model import Attention, Block, make_norm
+from sandbox import counts
 from sandbox.specs import Model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -115,7 +117,7 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeats: int = 7,
 class KernelResult:
     """One benchmarked kernel: what, its shape, the work it does and its time.
 
-    kind: "gemm" | "attention" | "memory" | "copy" | "optimizer".
+    kind: "gemm" | "attention" | "block" | "memory" | "copy" | "optimizer".
     pass_: "fwd" (forward only) or "fwd+bwd".
     flops: FLOPs per call (0 for memory-bound ops); bytes: bytes moved per call.
     rate: flops / median seconds (FLOP/s) for compute kernels, bytes / median
@@ -215,6 +217,27 @@ def bench_attention(spec: Model, micro_batch: int, device: torch.device, dtype: 
     st = time_fn(fn, device, repeats, min_time_s)
     return KernelResult("attention", "sdpa", shape, dtype, "fwd+bwd" if backward else "fwd",
                         torch.get_num_threads(), flops, float(moved), st)
+
+
+def bench_block(spec: Model, micro_batch: int, device: torch.device, dtype: str = "fp32",
+                repeats: int = 7, min_time_s: float = 0.01) -> KernelResult:
+    """One whole transformer `Block` forward + backward (kernels plus the
+    framework's per-op overhead), FLOPs as `sandbox.counts` per layer x 3."""
+    dt = DTYPES[dtype]
+    block = Block(spec).to(device=device, dtype=dt)
+    x = torch.randn(micro_batch, spec.seq_len, spec.hidden, device=device, dtype=dt,
+                    requires_grad=True)
+    g = torch.randn_like(x)
+
+    def fn():
+        block(x).backward(g)
+
+    tokens = micro_batch * spec.seq_len
+    flops = 3.0 * tokens * (counts.layer_matmul_flops_per_token(spec)
+                            + counts.layer_attention_flops_per_token(spec))
+    st = time_fn(fn, device, repeats, min_time_s)
+    return KernelResult("block", "block", tuple(x.shape), dtype, "fwd+bwd",
+                        torch.get_num_threads(), flops, 0.0, st)
 
 
 def bench_memory_ops(spec: Model, micro_batch: int, device: torch.device, dtype: str = "fp32",
