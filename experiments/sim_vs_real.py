@@ -5,12 +5,14 @@
 
 1. Calibrate (`sandbox calibrate --out PROFILE`) unless PROFILE exists and
    --calibrate is not given (then the committed profile is reused).
-2. For each plan (CPU: `tiny` and `gpt-mini` on 1 and 2 processes: dp 1,
-   dp 2 with ZeRO 0 / 1 / 3, tp 2 with and without sequence parallelism,
-   pp 2 with GPipe / 1F1B / interleaved 1F1B) run `sandbox.compare` with the
-   cluster naming PROFILE (prediction, runtime measurement, profiled step),
-   and simulate it once more without the profile (preset defaults) for
-   reference.
+2. Measure each plan (CPU: `tiny` and `gpt-mini` on 1 and 2 processes:
+   dp 1, dp 2 with ZeRO 0 / 1 / 3, tp 2 with and without sequence
+   parallelism, pp 2 with GPipe / 1F1B / interleaved 1F1B) with
+   `runtime.compare.measure` (`sandbox run` + one profiled step); the
+   measurements are cached in `sim_vs_real_measured.json` (--remeasure runs
+   them again), then predict each with the cluster naming PROFILE and once
+   more without it (preset defaults) for reference, and combine them
+   (`runtime.compare.combine`, the same code as `sandbox compare`).
 3. Write `experiments/results/sim_vs_real.json` and `.md`: machine, versions,
    command, per-plan predicted vs measured step time, relative error, the
    spread of the measured step times, and the load average while measuring.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -70,28 +71,43 @@ def calibrate(profile: Path) -> dict:
     return {"command": " ".join(["sandbox", *cmd[3:]]), "wall_s": time.time() - t}
 
 
-def one(model: str, name: str, overrides: dict, profile: str, steps: int, work: Path) -> dict:
+def measure_one(model: str, name: str, overrides: dict, steps: int, work: Path) -> dict:
+    """Run and profile one plan (no simulator involved); a JSON-able dict."""
     import sandbox
+    from runtime.compare import measure
+
+    plan = sandbox.load(plan_dict(model, overrides, ""))
+    t = time.time()
+    m = measure(plan, work / f"{model}-{name}", steps=steps, progress=False)
+    return {**m.to_dict(), "wall_s": time.time() - t}
+
+
+def predict_one(model: str, name: str, overrides: dict, profile: str, meas: dict,
+                plots: Path | None) -> dict:
+    """Simulate with and without the profile and compare with the measurement."""
+    import sandbox
+    from runtime.compare import Measurement, combine
 
     plan = sandbox.load(plan_dict(model, overrides, profile))
+    simres = sandbox.simulate(plan)
     uncal = sandbox.simulate(sandbox.load(plan_dict(model, overrides, ""))).to_dict()
-    load_before = os.getloadavg()[0]
-    t = time.time()
-    cmp = sandbox.compare(plan, out=str(work / f"{model}-{name}"), steps=steps)
-    d = cmp.to_dict()
+    m = Measurement.from_dict({k: v for k, v in meas.items() if k != "wall_s"})
+    out = plots / f"{model}-{name}" if plots else None
+    d = combine(plan, simres, m, out).to_dict()
+    measured = d["measured"]["step_time_s"]
     return {
         "model": model, "plan": name, "parallel": overrides, "world_size": plan.world_size,
         "predicted_step_s": d["predicted"]["step_time_s"],
         "predicted_uncalibrated_step_s": uncal["step_time_s"],
-        "measured_step_s": d["measured"]["step_time_s"],
-        "error": d["error"]["step_time_s"],
-        "error_uncalibrated": (uncal["step_time_s"] - d["measured"]["step_time_s"])
-        / d["measured"]["step_time_s"],
+        "measured_step_s": measured, "error": d["error"]["step_time_s"],
+        "error_uncalibrated": (uncal["step_time_s"] - measured) / measured,
         "noise": d["noise"], "breakdown_error": d["error"]["breakdown_s"],
         "predicted_breakdown_s": d["predicted"]["breakdown_s"],
         "measured_breakdown_s": d["measured"]["breakdown_s"],
         "peak_mem_error": d["error"]["peak_mem_gb"],
-        "loadavg_1m": [load_before, os.getloadavg()[0]], "wall_s": time.time() - t,
+        "model_mem_error": d["error"].get("model_mem_gb"),
+        "loadavg_1m": meas["provenance"]["loadavg_1m"], "measured_at": meas["provenance"][
+            "date_utc"], "wall_s": meas.get("wall_s"),
     }
 
 
@@ -165,37 +181,58 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default=str(PROFILE), help="calibration profile TOML")
     ap.add_argument("--calibrate", action="store_true", help="re-calibrate even if it exists")
+    ap.add_argument("--remeasure", action="store_true",
+                    help="run the plans again even if their measurements are cached")
     ap.add_argument("--steps", type=int, default=6, help="runtime steps per plan")
     ap.add_argument("--models", default="tiny,gpt-mini")
     ap.add_argument("--only", default="", help="comma-separated plan names (default: all)")
     ap.add_argument("--out", default=str(RESULTS / "sim_vs_real"), help="results basename")
+    ap.add_argument("--plots", default="", help="directory for per-plan compare.json + PNG")
     args = ap.parse_args(argv)
     from runtime.calibrate import machine_info
 
     profile = Path(args.profile).resolve()
-    calib = {"reused": str(profile.relative_to(ROOT)) if profile.is_relative_to(ROOT)
-             else str(profile)}
+    rel = profile.relative_to(ROOT) if profile.is_relative_to(ROOT) else profile
+    calib = {"reused": str(rel)}
     if args.calibrate or not profile.exists():
         calib = calibrate(profile)
+    out = Path(args.out)
+    cache_path = out.with_name(out.name + "_measured.json")
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     names = [n for n in PLANS if not args.only or n in args.only.split(",")]
-    rows = []
+    todo = [(m, n) for m in args.models.split(",") for n in names]
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models.split(","):
-            for name in names:
-                print(f"== {model} {name}", file=sys.stderr, flush=True)
-                try:
-                    rows.append(one(model, name, PLANS[name], str(profile), args.steps,
-                                    Path(tmp)))
-                except Exception as e:  # a plan the runtime or simulator cannot do: report it
-                    rows.append({"model": model, "plan": name, "failed":
-                                 f"{e.__class__.__name__}: {str(e).splitlines()[0][:200]}"})
-    rel = profile.relative_to(ROOT) if profile.is_relative_to(ROOT) else profile
+        for model, name in todo:
+            key = f"{model}/{name}"
+            if key in cache and not args.remeasure:
+                continue
+            print(f"== measure {key}", file=sys.stderr, flush=True)
+            try:
+                cache[key] = measure_one(model, name, PLANS[name], args.steps, Path(tmp))
+            except Exception as e:  # a plan the runtime cannot do: report it
+                cache[key] = {"failed": f"{e.__class__.__name__}: "
+                                        f"{(str(e).splitlines() or [''])[0][:200]}"}
+            cache_path.write_text(json.dumps(cache, indent=1) + "\n")
+    rows = []
+    plots = Path(args.plots) if args.plots else None
+    for model, name in todo:
+        meas = cache[f"{model}/{name}"]
+        if "failed" in meas:
+            rows.append({"model": model, "plan": name, "failed": meas["failed"]})
+            continue
+        try:
+            rows.append(predict_one(model, name, PLANS[name], str(profile), meas, plots))
+        except Exception as e:  # the simulator cannot do it: report it
+            rows.append({"model": model, "plan": name, "failed": f"simulate: "
+                         f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}"})
     meta = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine_info("cpu"), "platform": platform.platform(),
-            "command": "python experiments/sim_vs_real.py " + " ".join(argv or sys.argv[1:]),
-            "profile": str(rel), "calibration": calib, "steps": args.steps}
+            "command": "python experiments/sim_vs_real.py " + " ".join(
+                sys.argv[1:] if argv is None else argv),
+            "profile": str(rel), "calibration": calib, "steps": args.steps,
+            "measurements": str(cache_path.relative_to(ROOT) if cache_path.is_relative_to(ROOT)
+                                else cache_path)}
     summ = summary(rows)
-    out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summ,
                                                     "rows": rows}, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(meta, rows, summ))

@@ -173,12 +173,34 @@ def provenance(plan: Plan, steps: int) -> dict:
             "command": " ".join(sys.argv)}
 
 
-def compare(plan: Plan, out: str | Path, steps: int | None = None, profile_steps: int = 2,
-            progress: bool = True, plot: bool = True) -> Comparison:
-    """See the module docstring. steps: runtime steps (default: train.steps,
-    at most 8); profile_steps: timed steps of the profiling run before the
-    profiled one."""
-    import sim
+@dataclass
+class Measurement:
+    """What the runtime measured for a plan (the `measure` half of compare)."""
+
+    measured: dict
+    noise: dict
+    profile: dict | None
+    not_measured: list[str]
+    steps: int
+    provenance: dict
+
+    def to_dict(self) -> dict:
+        return {"measured": self.measured, "noise": self.noise, "profile": self.profile,
+                "not_measured": self.not_measured, "steps": self.steps,
+                "provenance": self.provenance}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Measurement:
+        return cls(**d)
+
+
+def measure(plan: Plan, out: str | Path, steps: int | None = None, profile_steps: int = 2,
+            progress: bool = True) -> Measurement:
+    """Run the plan (`runtime.launch.run` into out/run) and profile one step.
+
+    steps: runtime steps (default: train.steps, at most 8); profile_steps:
+    timed steps of the profiling run before the profiled one.
+    """
     from runtime.launch import run
     from runtime.step_profile import profile_step
     from runtime.train import WARMUP_STEPS, read_metrics
@@ -186,32 +208,53 @@ def compare(plan: Plan, out: str | Path, steps: int | None = None, profile_steps
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     steps = steps or min(plan.train.steps, 8)
-    simres = sim.simulate(plan)
-    predicted = predicted_fields(simres.to_dict())
+    load_before = os.getloadavg()[0]
     result = run(plan, out / "run", steps=steps, progress=progress, no_final_checkpoint=True)
     metrics = read_metrics(out / "run" / "metrics.jsonl")
     not_measured = ["bubble and pp_comm separately (a blocked recv is both: one field)",
                     "other (framework overhead) is measured but not compared"]
+    prof = None
     if not _has_cuda():
         not_measured.append("device memory: on CPU peak_mem_gb is the resident set of the "
                             "process (Python and torch libraries included); model_mem_gb "
                             "subtracts the resident set before the model was built")
-    prof = None
-    if plan.cluster.gpu.name == "cpu" or not _has_cuda():
         prof = profile_step(plan, warmup=1, steps=profile_steps).to_dict()
+        (out / "step_profile.json").write_text(json.dumps(prof))
     else:
         not_measured.append("breakdown on GPU (the step profiler runs CPU/gloo only)")
-    measured = measured_fields(result.to_dict(), metrics, prof)
-    cmp = Comparison(plan, predicted, measured, errors(predicted, measured),
-                     noise(metrics, WARMUP_STEPS), provenance(plan, steps), not_measured)
-    if prof is not None:
-        (out / "step_profile.json").write_text(json.dumps(prof))
-    if plot:
-        from runtime.timeline_plot import plot_timelines
+    prov = provenance(plan, steps)
+    prov["loadavg_1m"] = [load_before, os.getloadavg()[0]]
+    return Measurement(measured_fields(result.to_dict(), metrics, prof),
+                       noise(metrics, WARMUP_STEPS), prof, not_measured, steps, prov)
 
-        cmp.plot = str(plot_timelines(simres, prof, out / "timeline.png", title=_title(plan)))
-    (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=2) + "\n")
+
+def combine(plan: Plan, simres: Any, m: Measurement, out: str | Path | None = None,
+            plot: bool = True) -> Comparison:
+    """A prediction (`sim.simulate(plan)`) and a `Measurement` -> Comparison;
+    with `out`, writes compare.json and timeline.png there."""
+    predicted = predicted_fields(simres.to_dict())
+    cmp = Comparison(plan, predicted, m.measured, errors(predicted, m.measured), m.noise,
+                     m.provenance, list(m.not_measured))
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if plot:
+            from runtime.timeline_plot import plot_timelines
+
+            cmp.plot = str(plot_timelines(simres, m.profile, out / "timeline.png",
+                                          title=_title(plan)))
+        (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=2) + "\n")
     return cmp
+
+
+def compare(plan: Plan, out: str | Path, steps: int | None = None, profile_steps: int = 2,
+            progress: bool = True, plot: bool = True) -> Comparison:
+    """Simulate, measure and combine; see the module docstring and `measure`."""
+    import sim
+
+    simres = sim.simulate(plan)
+    m = measure(plan, out, steps, profile_steps, progress)
+    return combine(plan, simres, m, out, plot)
 
 
 def _title(plan: Plan) -> str:
