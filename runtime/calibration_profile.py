@@ -108,3 +108,46 @@ def write_profile(cal: Any, path: Path) -> Path:
     body += "\n" + dumps_toml({"measurements": measurements(cal)})
     path.write_text(HEADER + body)
     return path
+
+
+# ------------------------------------------------------------ reproducibility
+def _points(meas: dict) -> dict[tuple, tuple[float, float, float]]:
+    """(key) -> (median, q1, q3) seconds for every kernel and collective point."""
+    out = {}
+    for k in meas.get("kernel", []):
+        key = ("kernel", k["processes"], k["kind"], k["name"], k["dtype"], k["pass"],
+               tuple(k["shape"]))
+        out[key] = (k["time_s"], k["time_q1_s"], k["time_q3_s"])
+    for c in meas.get("collective", []):
+        for i, b in enumerate(c["bytes"]):
+            key = ("collective", c["backend"], c["group_size"], c["op"], b)
+            out[key] = (c["time_s"][i], c["time_q1_s"][i], c["time_q3_s"][i])
+    return out
+
+
+def agreement(a: dict, b: dict, tolerance: float = 0.5) -> dict:
+    """How well two calibrations' `[measurements]` agree, point by point.
+
+    Two medians agree when they differ by at most the sum of the two
+    inter-quartile ranges plus `tolerance` times the larger median. Returns
+    the number of common points, the fraction that agree, and the median and
+    90th percentile of |log(median_b / median_a)| (0.1 ~ 10% apart).
+    """
+    pa, pb = _points(a), _points(b)
+    common = sorted(set(pa) & set(pb))
+    agree, logs = 0, []
+    for key in common:
+        (ma, qa1, qa3), (mb_, qb1, qb3) = pa[key], pb[key]
+        agree += abs(ma - mb_) <= (qa3 - qa1) + (qb3 - qb1) + tolerance * max(ma, mb_)
+        logs.append(abs(math.log(mb_ / ma)) if ma > 0 and mb_ > 0 else float("inf"))
+    logs.sort()
+    n = len(common)
+    return {"points": n, "agree_fraction": agree / n if n else 0.0, "tolerance": tolerance,
+            "median_abs_log_ratio": logs[n // 2] if n else None,
+            "p90_abs_log_ratio": logs[min(n - 1, int(0.9 * n))] if n else None}
+
+
+def median_spread(meas: dict) -> float:
+    """Median over all points of the inter-quartile range / median."""
+    rel = sorted((q3 - q1) / m for m, q1, q3 in _points(meas).values() if m > 0)
+    return rel[len(rel) // 2] if rel else 0.0

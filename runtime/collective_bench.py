@@ -159,7 +159,7 @@ def _measure(op: str, nbytes: int, rank: int, world: int, device: torch.device, 
     t0 = time.perf_counter()
     fn()
     _sync(device)
-    once = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    once = torch.tensor([time.perf_counter() - t0], dtype=torch.float64, device=device)
     dist.all_reduce(once, op=dist.ReduceOp.MAX)  # every rank picks the same inner
     inner = max(1, min(200, int(min_time_s / max(once.item(), 1e-6))))
     samples = []
@@ -170,7 +170,7 @@ def _measure(op: str, nbytes: int, rank: int, world: int, device: torch.device, 
             fn()
         _sync(device)
         per = (time.perf_counter() - t0) / inner / (2 if op == "send_recv" else 1)
-        el = torch.tensor([per], dtype=torch.float64)
+        el = torch.tensor([per], dtype=torch.float64, device=device)  # NCCL: device tensors
         dist.all_reduce(el, op=dist.ReduceOp.MAX)
         samples.append(el.item())
     return summarize(samples)
