@@ -18,7 +18,6 @@ say why a plan is missing and `plan_of(result, row)` rebuilds a row's plan.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -37,6 +36,7 @@ from sim.search_space import (
     check_fix,
     reason_kind,
     screen,
+    with_parallel,
 )
 
 OBJECTIVES = ("time", "cost")
@@ -211,7 +211,7 @@ def search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int = 10
         if not sim.get("fits", True):
             mem = sim.get("memory_gb_per_gpu")
             total = mem["total"] if isinstance(mem, dict) else mem
-            rejected.append((item.plan.parallel, "memory",
+            rejected.append((item.plan.parallel, "sim-memory",
                              f"memory: the simulator finds {total:.1f} GB per GPU, > "
                              f"{base.cluster.gpu.hbm_gb:.1f} GB"))
             continue
@@ -230,11 +230,12 @@ def search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int = 10
     rej = pd.DataFrame([{**{k: getattr(p, k) for k in SEARCHED}, "stage": stage,
                          "reason": reason} for p, stage, reason in rejected],
                        columns=[*SEARCHED, "stage", "reason"])
-    by_reason = Counter(reason_kind(r) for _, s, r in rejected if s in ("invalid", "memory"))
+    by_reason = Counter(reason_kind(r) for _, s, r in rejected
+                        if s in ("invalid", "memory", "sim-memory"))
     table.attrs.update({
         "considered": len(settings),
         "rejected": rej,
-        "rejected_count": int(rej["stage"].isin(["invalid", "memory"]).sum()),
+        "rejected_count": int(rej["stage"].isin(["invalid", "memory", "sim-memory"]).sum()),
         "rejected_by_reason": dict(by_reason.most_common()),
         "screened_out": int((rej["stage"] == "screened").sum()),
         "not_simulated": int((rej["stage"] == "budget").sum()),
@@ -265,9 +266,7 @@ def plan_of(result, row: Any) -> Plan:
 
     if isinstance(row, int):
         row = result.loc[row]
-    base = result.attrs["base_plan"]
-    par = dataclasses.replace(base.parallel, **{k: _py(row[k]) for k in SEARCHED})
-    return load(dataclasses.replace(base, parallel=par))
+    return load(with_parallel(result.attrs["base_plan"], **{k: _py(row[k]) for k in SEARCHED}))
 
 
 def _py(v: Any) -> Any:
@@ -278,7 +277,7 @@ def why(result, **fields: Any):
     """Rows (ranked or rejected) matching `fields`, with where they went and why.
 
     Returns a DataFrame with the parallel fields, `stage` ("ranked",
-    "invalid", "memory", "screened", "budget") and `reason`. A plan the search
+    "invalid", "memory", "screened", "budget", "sim-memory") and `reason`. A plan the search
     never enumerated is checked by the validator on the spot.
     """
     import pandas as pd
@@ -311,8 +310,9 @@ def why(result, **fields: Any):
         tp, pp = fields.get("tp", 1), fields.get("pp", 1)
         if "dp" not in fields and base.world_size % (tp * pp) == 0:
             fields = {**fields, "dp": base.world_size // (tp * pp)}
-        par = dataclasses.replace(base.parallel, **fields)
-        problems = plan_problems(dataclasses.replace(base, parallel=par))
+        plan = with_parallel(base, **fields)
+        par = plan.parallel
+        problems = plan_problems(plan)
         reason = ("not enumerated: " + (problems[0] if problems else
                                         "outside the search space (see sim.search_space)"))
         out = pd.DataFrame([{**{k: getattr(par, k) for k in SEARCHED}, "stage": "invalid"

@@ -145,6 +145,11 @@ def candidates(base: Plan, fix: dict | None = None) -> Iterator[Parallel]:
                                           sequence_parallel=sp, schedule=sched)
 
 
+def with_parallel(base: Plan, **fields: Any) -> Plan:
+    """`base` with some parallel fields changed, not validated (see `plan_problems`)."""
+    return dataclasses.replace(base, parallel=dataclasses.replace(base.parallel, **fields))
+
+
 def reason_kind(reason: str) -> str:
     """A reason with its numbers blanked, for counting rejections by kind."""
     return re.sub(r"\d+(\.\d+)?", "N", reason)

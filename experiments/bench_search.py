@@ -1,0 +1,177 @@
+"""Benchmark of `sandbox search`: GPT-3 175B on 1,024 A100s, global batch 1,536.
+
+Runs the CLI exactly as a user would, times it, and compares the best plan
+found with the plan Megatron-LM used for this model size (TP 8, PP 8 or 16,
+interleaved 1F1B; Narayanan et al. 2021), simulated on the same cluster. The
+Megatron baseline is the best of its variants (PP 8 or 16, every valid number
+of virtual stages), so the comparison is against Megatron's strongest layout.
+
+    .venv/bin/python experiments/bench_search.py [--repeats N]
+
+Writes experiments/results/search_175b.md and .json (machine, versions,
+command, wall times, counts, the top-10 table, the comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+ARGS = ["--model", "gpt3-175b", "--cluster", "dgx-a100-80g", "--gpus", "1024",
+        "--global-batch", "1536", "--top", "10"]
+TABLE = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute", "sequence_parallel",
+         "schedule", "step_time_s", "tokens_per_s", "mfu", "memory_gb_per_gpu")
+
+
+def machine() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "git_commit": commit,
+            "versions": {p: version(p) for p in ("simpy", "networkx", "pandas", "numpy")}}
+
+
+def run_search() -> tuple[float, list[dict], str, float]:
+    cmd = [sys.executable, "-m", "sandbox", "search", *ARGS, "--json"]
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode:
+        sys.exit(f"search failed: {r.stderr.strip()}")
+    return wall, json.loads(r.stdout), r.stderr, load
+
+
+def megatron_variants() -> list[dict]:
+    """Megatron-LM's 175B layouts: TP 8, PP 8 or 16, interleaved with every valid vpp."""
+    import sandbox
+
+    out = []
+    for pp in (8, 16):
+        for vpp in (2, 3, 4, 6, 12):
+            try:
+                plan = sandbox.load({
+                    "model": {"preset": "gpt3-175b"},
+                    "cluster": {"preset": "dgx-a100-80g", "nodes": 128},
+                    "parallel": {"tp": 8, "pp": pp, "vpp": vpp, "schedule": "interleaved-1f1b",
+                                 "micro_batch": 1, "global_batch": 1536, "zero": 1,
+                                 "sequence_parallel": True, "recompute": "selective"}})
+            except sandbox.SandboxError:
+                continue
+            d = sandbox.simulate(plan).to_dict()
+            out.append({"tp": 8, "pp": pp, "vpp": vpp, "dp": plan.parallel.dp,
+                        "step_time_s": d["step_time_s"], "tokens_per_s": d["tokens_per_s"],
+                        "mfu": d["mfu"], "memory_gb": d["memory_gb_per_gpu"]["total"],
+                        "fits": d["fits"]})
+    return out
+
+
+def counts_from(stderr: str) -> dict:
+    import re
+
+    m = re.search(r"search: ([\d,]+) candidates considered; ([\d,]+) rejected; ([\d,]+) "
+                  r"screened out by the lower bound; ([\d,]+) left unsimulated \(budget\); "
+                  r"([\d,]+) simulated", stderr)
+    keys = ("considered", "rejected", "screened_out", "not_simulated", "simulated")
+    return {k: int(v.replace(",", "")) for k, v in zip(keys, m.groups(), strict=True)} if m \
+        else {}
+
+
+def markdown(res: dict) -> str:
+    top = res["top"]
+    head = "| rank | " + " | ".join(TABLE) + " |"
+    lines = [head, "|" + " --- |" * (len(TABLE) + 1)]
+    for i, row in enumerate(top, 1):
+        vals = []
+        for k in TABLE:
+            v = row[k]["total"] if k == "memory_gb_per_gpu" else row[k]
+            vals.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        lines.append(f"| {i} | " + " | ".join(vals) + " |")
+    meg = res["megatron"]
+    mlines = ["| layout | dp | step_time_s | tokens_per_s | MFU | memory GB | fits |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    mlines += [f"| TP {m['tp']} PP {m['pp']} vpp {m['vpp']} | {m['dp']} | {m['step_time_s']:.4g}"
+               f" | {m['tokens_per_s']:,.0f} | {m['mfu']:.3f} | {m['memory_gb']:.1f} | "
+               f"{m['fits']} |" for m in meg]
+    c, mc = res["counts"], res["machine"]
+    walls = ", ".join(f"{w:.1f}" for w in res["wall_s_all"])
+    return "\n".join([
+        "# `sandbox search`: GPT-3 175B on 1,024 A100s, global batch 1,536",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        f"Machine: {mc['cpu']}, {mc['cores']} cores, {mc['platform']}, Python {mc['python']}, "
+        f"simpy {mc['versions']['simpy']}, networkx {mc['versions']['networkx']}, pandas "
+        f"{mc['versions']['pandas']}; commit {mc['git_commit']}; shared machine (1-minute load "
+        f"average before each run: {', '.join(f'{x:.1f}' for x in res['load_before'])}).",
+        "",
+        f"- Wall time of the command (median of {len(res['wall_s_all'])}): "
+        f"**{res['wall_s']:.1f} s** (runs: {walls} s; target < 60 s)",
+        f"- Candidates considered: **{c.get('considered', '?'):,}**; rejected (cannot run or "
+        f"does not fit): {c.get('rejected', '?'):,}; screened out by the lower bound: "
+        f"{c.get('screened_out', '?'):,}; left unsimulated by the budget: "
+        f"{c.get('not_simulated', '?'):,}; simulated: **{c.get('simulated', '?'):,}**",
+        "",
+        "## Top 10 (predicted by the simulator)",
+        "",
+        *lines,
+        "",
+        "## Against Megatron-LM's plan (TP 8, PP 8 or 16, interleaved), same cluster",
+        "",
+        *mlines,
+        "",
+        f"Best search plan: {res['best_tokens_per_s']:,.0f} tokens/s; best Megatron layout: "
+        f"{res['megatron_best_tokens_per_s']:,.0f} tokens/s; ratio "
+        f"**{res['ratio']:.3f}** ({'at least' if res['ratio'] >= 1 else 'BELOW'} Megatron).",
+        "",
+    ])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs of the CLI")
+    a = ap.parse_args()
+    walls, loads = [], []
+    for _ in range(a.repeats):
+        wall, top, stderr, load = run_search()
+        walls.append(wall)
+        loads.append(load)
+    meg = megatron_variants()
+    meg_best = max((m for m in meg if m["fits"]), key=lambda m: m["tokens_per_s"])
+    best = top[0]["tokens_per_s"]
+    walls_sorted = sorted(walls)
+    res = {"command": "sandbox search " + " ".join(ARGS),
+           "machine": machine(), "wall_s": walls_sorted[len(walls) // 2], "wall_s_all": walls,
+           "load_before": loads, "counts": counts_from(stderr), "top": top,
+           "megatron": meg, "megatron_best": meg_best, "best_tokens_per_s": best,
+           "megatron_best_tokens_per_s": meg_best["tokens_per_s"],
+           "ratio": best / meg_best["tokens_per_s"]}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "search_175b.json").write_text(json.dumps(res, indent=2) + "\n")
+    (RESULTS / "search_175b.md").write_text(markdown(res))
+    print(markdown(res))
+    return 0 if res["ratio"] >= 1 and res["wall_s"] < 60 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
