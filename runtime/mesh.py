@@ -8,6 +8,7 @@ Megatron-LM and torchtitan. The caller initialises the default process group
 
 from __future__ import annotations
 
+import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from sandbox.specs import Plan
@@ -19,3 +20,17 @@ def build_mesh(plan: Plan, device_type: str) -> DeviceMesh:
     """The (pp, dp, tp) mesh over all ranks of the default process group."""
     p = plan.parallel
     return init_device_mesh(device_type, (p.pp, p.dp, p.tp), mesh_dim_names=MESH_DIMS)
+
+
+def side_group(mesh: DeviceMesh, dim: str) -> dist.ProcessGroup | None:
+    """A second process group along mesh dimension `dim` for this rank (None
+    if the dimension has size 1): small reductions (loss, gradient norm) run
+    on it so that they never share a gloo communicator, and its tags, with
+    the pipeline's in-flight send/recv or FSDP's asynchronous collectives on
+    the mesh's own group. Collective: every rank must call it, in order."""
+    k = MESH_DIMS.index(dim)
+    if mesh.mesh.shape[k] == 1:
+        return None
+    rows = mesh.mesh.movedim(k, -1).reshape(-1, mesh.mesh.shape[k]).tolist()
+    group, _ = dist.new_subgroups_by_enumeration(rows)
+    return group

@@ -23,6 +23,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from runtime.data_parallel import apply_dp, grad_sync
+from runtime.mesh import side_group
 from runtime.model import build_model
 from runtime.pipeline_parallel import (
     build_schedule,
@@ -49,7 +50,8 @@ class Parallelized:
     mesh: the (pp, dp, tp) DeviceMesh, or None in a single process.
     extra: pipeline state: "schedule", "first"/"last" (this rank holds the
         first/last stage), "tied" (copies of a tied embedding), "tied_group",
-        "norm_skip" (ids of copies left out of the gradient norm).
+        "norm_skip" (ids of copies left out of the gradient norm),
+        "side_groups" (process groups for the loss / norm reductions).
     """
 
     plan: Plan
@@ -74,9 +76,8 @@ class Parallelized:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _group(self, dim: str) -> dist.ProcessGroup | None:
-        if self.mesh is None or self.mesh[dim].size() == 1:
-            return None
-        return self.mesh[dim].get_group()
+        """Group for this rank's loss / norm reductions along `dim` (or None)."""
+        return self.extra.get("side_groups", {}).get(dim)
 
     def _global_mean(self, local: torch.Tensor) -> float:
         """This replica's mean loss (held by the last stage) -> the global mean."""
@@ -207,6 +208,8 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
             chunk = apply_dp(chunk, mesh["dp"], p.zero)
         parts.append(chunk)
     par = Parallelized(plan=plan, parts=parts, device=device, mesh=mesh, autocast_dtype=autocast)
+    if mesh is not None:
+        par.extra["side_groups"] = {dim: side_group(mesh, dim) for dim in ("pp", "dp")}
     if p.pp > 1:
         n_stages = p.pp * p.vpp
         stages = [s for s, _ in chunks]

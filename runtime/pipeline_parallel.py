@@ -99,18 +99,13 @@ def build_schedule(plan: Plan, modules: list[tuple[int, nn.Module]], pp_mesh: De
 
 def tied_group(mesh: DeviceMesh) -> dist.ProcessGroup | None:
     """Process group of the first and last pipeline rank at this (dp, tp)
-    coordinate; None on middle stages. Every rank must call this (new_group
-    is collective)."""
-    if mesh["pp"].size() == 2:
-        return mesh["pp"].get_group()
-    grid, mine = mesh.mesh, None
-    for d in range(grid.shape[1]):
-        for t in range(grid.shape[2]):
-            ranks = [int(grid[0, d, t]), int(grid[-1, d, t])]
-            group = dist.new_group(ranks)
-            if dist.get_rank() in ranks:
-                mine = group
-    return mine
+    coordinate; None on middle stages. A group of its own, not the pp group
+    the stages' send/recv run on. Collective: every rank must call it."""
+    grid = mesh.mesh
+    pairs = [[int(grid[0, d, t]), int(grid[-1, d, t])]
+             for d in range(grid.shape[1]) for t in range(grid.shape[2])]
+    group, _ = dist.new_subgroups_by_enumeration(pairs)
+    return group
 
 
 def tied_copies(chunks: list[tuple[int, nn.Module]], n_stages: int) -> list[nn.Parameter]:
@@ -129,6 +124,9 @@ def sync_tied_grads(params: list[nn.Parameter], group: dist.ProcessGroup | None)
     """Sum the gradients of the tied copies over the first and last stage."""
     if group is None or not params:
         return
+    for p in params:  # e.g. the vocab-parallel embedding's gradient may come back Replicate
+        if isinstance(p.grad, DTensor) and p.grad.placements != p.placements:
+            p.grad = p.grad.redistribute(p.device_mesh, p.placements)
     local = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params]
     total = torch.stack(local).sum(0)
     dist.all_reduce(total, group=group)

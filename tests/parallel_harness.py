@@ -75,6 +75,8 @@ def _worker(rank: int, world: int, rdv: str, cases: dict, out: str) -> None:
     results = {}
     for name, overrides in cases.items():
         t0 = time.perf_counter()
+        if os.environ.get("HARNESS_VERBOSE"):
+            print(f"[rank {rank}] {name}", flush=True)
         try:
             plan = plan_of(**overrides)
             results[name] = train(plan, build_mesh(plan, "cpu"))
