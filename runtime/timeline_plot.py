@@ -28,34 +28,22 @@ def _category(name: str) -> str:
         return "pp_comm"
     if any(k in n for k in ("all_reduce", "allreduce", "all_gather", "reduce_scatter", "comm")):
         return "dp_comm" if "dp" in n or "grad" in n else "tp_comm"
-    if "bwd" in n or "backward" in n:
+    if "bwd" in n or "backward" in n or "recompute" in n:
         return "backward"
     return "compute"
 
 
 def sim_intervals(simres: Any) -> dict[int, dict[str, list[tuple[float, float]]]]:
-    """Per-rank {category: [(start_s, end_s)]} from a SimResult's timeline.
+    """Per-rank {category: [(start_s, end_s)]} from a SimResult's timeline
+    (read with `sandbox.report.timeline_spans`: rank, stream, kind, start_s, end_s)."""
+    from sandbox.report import timeline_spans
 
-    Accepts events as objects or dicts with rank, start, end (seconds) and a
-    name/kind/category label; ranks from one step only.
-    """
-    events = getattr(simres, "timeline", None)
-    if callable(events):
-        events = events()
-    if events is None and isinstance(simres, dict):
-        events = simres.get("timeline")
     out: dict[int, dict[str, list]] = {}
-    for e in events or []:
-        get = e.get if isinstance(e, dict) else (lambda k, d=None, e=e: getattr(e, k, d))
-        rank = get("rank", 0)
-        start = get("start", get("start_s", None))
-        end = get("end", get("end_s", None))
-        if start is None or end is None:
-            continue
-        label = str(get("category", None) or get("kind", None) or get("name", "compute"))
-        stream = str(get("stream", "") or "")
-        cat = _category(label if "comm" not in stream else f"{label} comm")
-        out.setdefault(int(rank), {}).setdefault(cat, []).append((float(start), float(end)))
+    for sp in timeline_spans(simres):
+        kind, stream = str(sp["kind"]), str(sp["stream"])
+        cat = _category(kind if "comm" not in stream or "comm" in kind else f"{kind} comm")
+        out.setdefault(int(sp["rank"]), {}).setdefault(cat, []).append(
+            (sp["start_s"], sp["end_s"]))
     return out
 
 
