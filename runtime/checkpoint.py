@@ -86,14 +86,13 @@ def _quiet():
             log.setLevel(level)
 
 
-def verify(ckpt_dir: str | Path) -> dict[str, Any]:
-    """Check a checkpoint's files without loading tensors: meta.json, DCP
-    metadata, and every .distcp file at least as long as the data it indexes.
-    Returns meta.json; raises SandboxError (one line) on any problem."""
+def _check_storage(ckpt_dir: Path) -> Any:
+    """DCP metadata, and every .distcp file at least as long as the data it
+    indexes (catches truncated and missing shards without reading tensors)."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    ckpt_dir = Path(ckpt_dir)
-    meta = read_meta(ckpt_dir)
+    if not (ckpt_dir / ".metadata").is_file():
+        raise SandboxError(f"{ckpt_dir}: corrupt checkpoint (no .metadata)")
     try:
         with _quiet():
             md = FileSystemReader(str(ckpt_dir)).read_metadata()
@@ -110,6 +109,15 @@ def verify(ckpt_dir: str | Path) -> dict[str, Any]:
         if size < end:
             what = "missing" if size < 0 else f"truncated ({size} of {end} bytes)"
             raise SandboxError(f"{path}: corrupt checkpoint ({what})")
+    return md
+
+
+def verify(ckpt_dir: str | Path) -> dict[str, Any]:
+    """Check a checkpoint without loading tensors: meta.json, DCP metadata and
+    shard sizes. Returns meta.json; raises SandboxError (one line) on a problem."""
+    ckpt_dir = Path(ckpt_dir)
+    meta = read_meta(ckpt_dir)
+    _check_storage(ckpt_dir)
     return meta
 
 
@@ -223,15 +231,12 @@ def load_full_model_state(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
     """The model weights of a checkpoint of any layout as one unsharded state
     dict (GPT FQNs -> CPU tensors), in a single process with no process group.
     Raises SandboxError (one line) on a corrupt checkpoint."""
-    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
     ckpt_dir = Path(ckpt_dir)
-    if not (ckpt_dir / ".metadata").is_file():
-        raise SandboxError(f"{ckpt_dir}: corrupt checkpoint (no .metadata)")
+    md = _check_storage(ckpt_dir)
     try:
         with _quiet():
-            md = FileSystemReader(str(ckpt_dir)).read_metadata()
             keys = {k for k in md.state_dict_metadata if k.startswith("model.")}
             if not keys:
                 raise SandboxError(f"{ckpt_dir}: checkpoint holds no model weights")

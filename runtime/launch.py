@@ -135,6 +135,8 @@ def _stream(cmd: list[str], out: Path, steps: int, progress: bool) -> tuple[int,
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
+    # one thread per CPU process unless told otherwise: OpenMP thread pools
+    # spin badly when processes share cores (10-100x slower on a loaded machine)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     lines: list[str] = []

@@ -18,10 +18,12 @@ complete checkpoint and drop metrics lines after its step.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import random
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -80,8 +82,9 @@ def setup_device() -> tuple[torch.device, str]:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank), "nccl"
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if "OMP_NUM_THREADS" not in os.environ:  # else torch already follows it
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     return torch.device("cpu"), "gloo"
 
 
@@ -104,6 +107,27 @@ def peak_flops(plan: Plan, device: torch.device, world: int) -> tuple[float, str
 
             gpu = GPU(**localhost_cluster(world)["gpu"])
     return gpu.peak_flops(precision), gpu.name
+
+
+def init_process_group(backend: str, device: torch.device) -> None:
+    """The default process group from torchrun's environment. After an elastic
+    restart its store gets a per-attempt prefix: torchrun's store outlives the
+    attempt, and groups created later (`new_group`) would otherwise find the
+    dead attempt's keys under the same names and wait for it forever."""
+    from datetime import timedelta
+
+    device_id = device if device.type == "cuda" else None
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    if restart == 0 or "MASTER_ADDR" not in os.environ:
+        dist.init_process_group(backend, device_id=device_id)
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          world_size=world, is_master=rank == 0 and not agent_store,
+                          timeout=timedelta(minutes=10), multi_tenant=not agent_store)
+    dist.init_process_group(backend, store=dist.PrefixStore(f"restart_{restart}", store),
+                            rank=rank, world_size=world, device_id=device_id)
 
 
 def _max_over_ranks(value: float, device: torch.device) -> float:
@@ -151,8 +175,7 @@ class Trainer:
             raise SandboxError(f"this job has {self.world} processes but the plan needs "
                                f"dp*tp*pp = {plan.world_size}")
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend, device_id=self.device
-                                    if self.device.type == "cuda" else None)
+            init_process_group(backend, self.device)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.backend = backend
         _seed_everything(plan.train.seed)
@@ -309,6 +332,7 @@ class Trainer:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
     try:
         Trainer(args).run()
         code = 0
