@@ -61,7 +61,9 @@ def _targets(mode: dict, r: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run-dir", default=None)
+    ap.add_argument("--run-dir", default=None, help="export this run instead of training")
+    ap.add_argument("--train-dir", default=None,
+                    help="where to save the trained run (reused if it already holds one)")
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--distill-steps", type=int, default=150)
@@ -81,13 +83,18 @@ def main() -> int:
         run_dir = Path(args.run_dir)
         trained_by = f"existing run directory {run_dir}"
     else:
-        run_dir = work / "run"
-        log = train_run(run_dir, "gpt-mini", args.train_steps, batch=args.train_batch,
-                        lr=1e-3)
-        train = log.to_dict()
-        trained_by = (f"runtime.distill.train_run (in-process AdamW loop, fp32 CPU): "
-                      f"{args.train_steps} steps x {args.train_batch} x 256 tokens, "
-                      f"{log.wall_s:.0f} s, loss {log.first_loss:.3f} -> {log.last_loss:.3f}")
+        run_dir = Path(args.train_dir) if args.train_dir else work / "run"
+        done = run_dir / "train_log.json"
+        if done.is_file():
+            train = json.loads(done.read_text())
+        else:
+            train = train_run(run_dir, "gpt-mini", args.train_steps, batch=args.train_batch,
+                              lr=1e-3).to_dict()
+            done.write_text(json.dumps(train))
+        trained_by = (f"runtime.distill.train_run (in-process AdamW loop, fp32 CPU, builtin "
+                      f"corpus): {train['steps']} steps x {args.train_batch} x 256 tokens, "
+                      f"{train['wall_s']:.0f} s, loss {train['first_loss']:.3f} -> "
+                      f"{train['last_loss']:.3f}")
     print(trained_by, flush=True)
     rows = []
     for mode in MODES:

@@ -208,19 +208,20 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.tmp-", dir=out.parent))
     try:
-        held = src.heldout_batches(eval_batch, ctx, eval_batches + calib_batches)
+        data = run.plan.train.data
+        held = src.heldout_batches(eval_batch, ctx, eval_batches + calib_batches, data)
         evals = held[:eval_batches]
         calib = [b[:2] for b in held[eval_batches:]]
         baseline = tmp / "baseline.onnx"
         base_info = export_full(teacher, baseline)
         student, pruned, dlog = teacher, None, None
         if prune > 0:
-            cal = [b[:, :-1] for b in [next(src.train_batches(4, ctx, seed + 1))
-                                        for _ in range(4)]]
+            cal_it = src.train_batches(4, ctx, seed + 1, data)
+            cal = [next(cal_it)[:, :-1] for _ in range(4)]
             student, pruned = prune_model(teacher, prune, cal)
             if distill_steps:
                 dlog = distill_mod.distill(student, teacher,
-                                           src.train_batches(distill_batch, ctx, seed + 2),
+                                           src.train_batches(distill_batch, ctx, seed + 2, data),
                                            distill_steps, lr=distill_lr)
             student.eval()
         fp32 = tmp / "fp32.onnx"

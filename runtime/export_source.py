@@ -13,6 +13,7 @@ Every problem with the user's input becomes a `SandboxError` (one line).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import sysconfig
@@ -41,7 +42,10 @@ class LoadedRun:
     model: GPT
 
 
+@functools.cache
 def _optional(name: str):
+    """The module if it exists (decided once per process, so that one export
+    never mixes the fallbacks with the real implementations)."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
@@ -154,11 +158,16 @@ def _stdlib_corpus(limit: int = CORPUS_BYTES) -> bytes:
 _CORPUS: dict[str, torch.Tensor] = {}
 
 
-def token_split(split: str) -> torch.Tensor:
-    """The corpus split ("train" or "heldout") as a 1-D int64 tensor of byte ids."""
+def token_split(split: str, source: str = "builtin", seq_len: int = 0) -> torch.Tensor:
+    """The corpus split ("train" or "heldout") as a 1-D int64 tensor of byte ids.
+
+    `source` is the plan's `train.data`; the fallback knows only "builtin".
+    """
     data = _optional("runtime.data")
     if data is not None and hasattr(data, "token_split"):
-        return data.token_split(split)
+        return data.token_split(split, source, seq_len)
+    if source != "builtin":
+        raise SandboxError(f"{source}: only the builtin corpus is available (train.data)")
     if "all" not in _CORPUS:
         _CORPUS["all"] = torch.frombuffer(bytearray(_stdlib_corpus()), dtype=torch.uint8).long()
     allt = _CORPUS["all"]
@@ -166,18 +175,20 @@ def token_split(split: str) -> torch.Tensor:
     return allt[:cut] if split == "train" else allt[cut:]
 
 
-def heldout_batches(batch: int, seq: int, n_batches: int) -> list[torch.Tensor]:
+def heldout_batches(batch: int, seq: int, n_batches: int,
+                    source: str = "builtin") -> list[torch.Tensor]:
     """`n_batches` consecutive, non-overlapping (batch, seq) windows of held-out data."""
-    toks = token_split("heldout")
+    toks = token_split("heldout", source, seq)
     need = batch * seq
     if len(toks) < need * n_batches:
         raise SandboxError(f"held-out split too small for {n_batches} batches of {batch}x{seq}")
     return [toks[i * need:(i + 1) * need].view(batch, seq) for i in range(n_batches)]
 
 
-def train_batches(batch: int, seq: int, seed: int = 0) -> Iterator[torch.Tensor]:
+def train_batches(batch: int, seq: int, seed: int = 0,
+                  source: str = "builtin") -> Iterator[torch.Tensor]:
     """Endless random (batch, seq + 1) windows of the training split."""
-    toks = token_split("train")
+    toks = token_split("train", source, seq)
     gen = torch.Generator().manual_seed(seed)
     while True:
         starts = torch.randint(0, len(toks) - seq - 1, (batch,), generator=gen)

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from runtime.onnx_export import decoder_path
 from runtime.quantize import session
 from sandbox.errors import SandboxError
+
+
+def decoder_path(model_path: str | Path) -> Path:
+    """Where the decoder graph of `model.onnx` lives: `model.decoder.onnx`."""
+    p = Path(model_path)
+    return p.with_name(p.stem + ".decoder" + p.suffix)
 
 
 def encode(text: str) -> list[int]:
@@ -114,12 +118,14 @@ class Generator:
         return np.stack(out, axis=1).tolist()
 
 
-@torch.no_grad()
 def torch_greedy(model, prompt: list[list[int]], max_new_tokens: int) -> list[list[int]]:
     """Greedy tokens from the PyTorch model (the reference for the ONNX decoders)."""
+    import torch
+
     model.eval()
     seq = torch.tensor(prompt, dtype=torch.long)
-    for _ in range(max_new_tokens):
-        nxt = model(seq)[:, -1].argmax(-1, keepdim=True)
-        seq = torch.cat([seq, nxt], dim=1)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            nxt = model(seq)[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
     return seq[:, len(prompt[0]):].tolist()

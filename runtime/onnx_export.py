@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.generate import decoder_path  # noqa: F401  (re-exported)
 from runtime.model import GPT, Attention, apply_rope, rope_cos_sin
 
 OPSET = 18  # ONNX default opset of torch.onnx's dynamo exporter in torch 2.x
@@ -214,9 +215,3 @@ def export_decoder(model: GPT, path: str | Path) -> GraphInfo:
     cache_out = {name: ["batch", "kv_heads", "past + seq", "head_dim"] for name in out_names[1:]}
     return GraphInfo(str(path), OPSET, {"input_ids": ["batch", "seq"], **cache_in},
                      {"logits": ["batch", "seq", model.spec.vocab], **cache_out})
-
-
-def decoder_path(model_path: str | Path) -> Path:
-    """Where the decoder graph of `model.onnx` lives: `model.decoder.onnx`."""
-    p = Path(model_path)
-    return p.with_name(p.stem + ".decoder" + p.suffix)
