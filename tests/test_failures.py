@@ -156,3 +156,14 @@ def test_16k_gpus_with_thousands_of_interruptions_price_fast(tmp_path):
     r.plot_interval_sweep(str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<table>" in r._repr_html_()
+
+
+def test_weibull_plan_report_shape_one_matches_exponential():
+    rates = {"gpu_mtbf_h": 3000.0, "node_mtbf_h": 800.0, "storage_gb_per_s": 0.05}
+    e = F.failure_report(_plan(steps=50000, **rates), 2.0, seed=1, runs=80)
+    w = F.failure_report(_plan(steps=50000, failure_distribution="weibull", weibull_shape=1.0,
+                               **rates), 2.0, seed=2, runs=80)
+    assert w.distribution == "weibull"
+    se = math.hypot(e.time_to_train_std_h, w.time_to_train_std_h) / math.sqrt(80)
+    assert abs(e.expected_time_to_train_h - w.expected_time_to_train_h) < 4 * se
+    assert abs(e.checkpoint_interval_s / w.checkpoint_interval_s - 1) < 0.15
