@@ -2,7 +2,7 @@
 
 `compare(plan, out, steps=None)`:
 
-1. simulates the plan (`sim.simulate`), the prediction;
+1. simulates the plan (`sandbox.simulate`), the prediction;
 2. runs it with the runtime (`runtime.launch.run` into `out/run`): step time
    (median after warm-up), tokens/s, peak memory, and the spread of the
    per-step times (metrics.jsonl);
@@ -249,10 +249,13 @@ def combine(plan: Plan, simres: Any, m: Measurement, out: str | Path | None = No
 
 def compare(plan: Plan, out: str | Path, steps: int | None = None, profile_steps: int = 2,
             progress: bool = True, plot: bool = True) -> Comparison:
-    """Simulate, measure and combine; see the module docstring and `measure`."""
-    import sim
+    """Simulate, measure and combine; see the module docstring and `measure`.
 
-    simres = sim.simulate(plan)
+    The simulator is reached through `sandbox.simulate` (runtime/ does not
+    import sim/: both speak only the sandbox specs)."""
+    from sandbox.api import simulate
+
+    simres = simulate(plan)
     m = measure(plan, out, steps, profile_steps, progress)
     return combine(plan, simres, m, out, plot)
 
