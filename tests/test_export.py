@@ -17,13 +17,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from conftest import run_cli  # noqa: E402
+
 from runtime.distill import train_run  # noqa: E402
 from runtime.export import export  # noqa: E402
 from runtime.export_source import heldout_batches, load_run, train_batches  # noqa: E402
 from runtime.onnx_export import decoder_path, empty_past  # noqa: E402
 from runtime.quantize import session  # noqa: E402
 from sandbox.errors import SandboxError  # noqa: E402
-from conftest import run_cli  # noqa: E402
 
 FAST = {"eval_batches": 2, "latency_repeats": 3, "decode_tokens": 12}
 
@@ -219,3 +220,22 @@ def test_cli_export_report_and_generate(cli, exported):
     s2 = cli("generate", str(out), "--prompt", "def ", "--max-new-tokens", "10",
              "--temperature", "1.0", "--seed", "7")
     assert s1.returncode == 0 and s1.stdout == s2.stdout
+
+
+def test_export_of_a_tensor_parallel_sandbox_run(cli, tmp_path):
+    """A run trained by `sandbox run` with tp=2 (sharded DCP checkpoint) loads
+    into one model and exports exactly."""
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[model]\npreset = "tiny"\n[cluster]\npreset = "localhost"\n'
+                    '[parallel]\ndp = 1\ntp = 2\nglobal_batch = 4\n'
+                    '[train]\nsteps = 2\ncheckpoint_every = 2\n')
+    r = cli("run", str(plan), "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    loaded = load_run(tmp_path / "run")
+    from runtime.model import build_model
+
+    init = build_model(loaded.plan.model, seed=loaded.plan.train.seed)
+    assert not torch.equal(init.layers["0"].attention.wq.weight,
+                           loaded.model.layers["0"].attention.wq.weight)  # trained weights
+    rep = export(tmp_path / "run", tmp_path / "model.onnx", quantize="none", **FAST)
+    assert rep.max_abs_diff <= 1e-4 and rep.decode_check["cache_matches_torch"]
