@@ -1,0 +1,75 @@
+"""The discrete-event simulator: `simulate(plan) -> SimResult`.
+
+Pipeline: `lowering.lower` (plan -> per-rank work with costs from
+`compute` and `collectives` over a `topology` graph) -> `engine.run` (simpy
+processes, flows in `network`) -> `SimResult` (DESIGN.md contract).
+Deterministic and pure in the plan; one data-parallel replica stands for
+all when they are identical (`replicas="all"` simulates every one).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sandbox import counts, memory
+from sandbox.profile import Profile, profile_for
+from sandbox.specs import Plan
+from sim.result import BREAKDOWN, SimResult
+
+__all__ = ["SimResult", "simulate"]
+
+
+def simulate(plan: Plan, *, profile: Profile | None = None, replicas: str = "one",
+             timeline: bool = True, dp_overlap: bool = True,
+             bucket_params: float | None = None, dp_algorithm: str = "ring",
+             topology: str | None = None) -> SimResult:
+    """Simulate one optimizer step of `plan`.
+
+    profile: efficiency constants (default: the cluster's `profile` file, or
+    `Profile()`); replicas: "one" (simulate data-parallel replica 0, exact when
+    replicas are identical) or "all"; timeline: keep per-rank spans (off is
+    faster); dp_overlap: reduce gradient buckets during the last backward
+    (False: one reduction after it, as with Megatron's no-bucketing runs);
+    bucket_params: parameters per gradient bucket; dp_algorithm: ring | tree
+    | hierarchical; topology: override `cluster.topology`.
+    """
+    from sim import engine, lowering
+    from sim import topology as topo_mod
+
+    t_start = time.perf_counter()
+    prof = profile or profile_for(plan.cluster)
+    topo = topo_mod.build(plan.cluster, topology)
+    work = lowering.lower(plan, topo, prof, dp_overlap=dp_overlap,
+                          bucket_params=bucket_params or lowering.DEFAULT_BUCKET_PARAMS,
+                          dp_algorithm=dp_algorithm)
+    reps = tuple(range(plan.parallel.dp)) if replicas == "all" else (0,)
+    res = engine.run(work, topo, reps, timeline=timeline)
+    return _result(plan, res, time.perf_counter() - t_start)
+
+
+def _result(plan: Plan, res: Any, wall: float) -> SimResult:
+    m, p = plan.model, plan.parallel
+    step = res.step_time_s
+    key = max(res.stats, key=lambda k: (res.stats[k].finish, -k[1]))
+    st = res.stats[key]
+    parts = {"compute": st.compute, "tp_comm": st.tp_comm, "pp_comm": st.pp_comm,
+             "dp_comm": st.dp_comm, "bubble": st.bubble, "optimizer": st.optimizer}
+    parts["other"] = max(0.0, step - sum(parts.values()))
+    flops = counts.model_flops_per_step(m, p.global_batch)
+    hw = counts.hardware_flops_per_step(m, p.global_batch, p.recompute)
+    n = plan.world_size
+    peak = plan.cluster.gpu.peak_flops(plan.train.precision)
+    mem = memory.memory_per_gpu(plan)
+    mem_d = {k: mem[k] for k in ("params", "grads", "optimizer", "activations", "other",
+                                 "total")}
+    from sim.lowering import rank_of
+
+    return SimResult(
+        params=counts.param_count(m), flops_per_step=flops, hw_flops_per_step=hw,
+        step_time_s=step, tokens_per_s=plan.tokens_per_step / step,
+        tflops_per_gpu=flops / step / n / 1e12, hw_tflops_per_gpu=hw / step / n / 1e12,
+        mfu=flops / (step * n * peak), hfu=hw / (step * n * peak), memory_gb_per_gpu=mem_d,
+        fits=mem["total"] <= plan.cluster.gpu.hbm_gb,
+        breakdown_s={k: parts[k] for k in BREAKDOWN}, events=res.events, sim_wall_s=wall,
+        world_size=n, critical_rank=rank_of(plan, key[0], key[1], 0), timeline=res.spans)

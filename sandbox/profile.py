@@ -1,0 +1,244 @@
+"""Calibration profiles: the efficiency constants the simulator uses.
+
+A cluster names one with `profile = "path.toml"`; without one the simulator
+uses `Profile()` (the documented defaults below). `sandbox calibrate` writes
+measured profiles (`runtime.calibration_profile`) and
+`experiments/calibrate_vtrain_a100.py` writes the A100 one. Units: seconds,
+FLOP, FLOP/s, bytes, bytes/s; efficiencies are fractions of the datasheet
+peak (dense FLOP/s of the dtype, HBM bytes/s) or of a link's bandwidth.
+
+TOML layout (every key optional; unknown tables such as `[measurements]`
+are ignored):
+
+```toml
+name = "a100"
+source = "how these numbers were obtained"
+matmul_efficiency = 0.80        # large-GEMM fraction of dense peak
+matmul_half_flops = 2.0e9       # GEMM FLOPs at which efficiency is half of that
+attention_efficiency = 0.55     # batched attention GEMMs (QK^T, PV)
+attention_half_flops = 1.0e9
+memory_efficiency = 0.80        # memory-bound kernels: fraction of HBM bandwidth
+kernel_overhead_s = 4.0e-6      # fixed cost of one kernel launch
+collective_efficiency = 0.80    # achieved bandwidth / link bandwidth
+collective_step_latency_s = 5.0e-6  # software cost per algorithm step (ring hop)
+
+[compute]                       # measured rates (replace the curves above)
+device = "A100-SXM4-80GB"
+peak_flops = 3.12e14
+matmul = [[1e8, 2.0e13], [1e10, 2.3e14]]     # [GEMM FLOPs, achieved FLOP/s]
+attention = [[1e8, 1.0e13], [1e10, 1.5e14]]  # [attention-core FLOPs, FLOP/s]
+memory_bytes_per_s = 1.6e12
+kernel_overhead_s = 5e-6
+
+[[collective]]                  # measured alpha-beta fits per op and group size
+op = "all_reduce"               # all_reduce | all_gather | reduce_scatter | send_recv
+group_size = 8
+latency_s = 2.0e-5
+busbw_bytes_per_s = 1.2e11      # time = latency_s + ring_factor * bytes / busbw
+backend = "nccl"
+```
+Without a measured curve GEMM efficiency follows the saturating curve
+`eff(f) = matmul_efficiency * f / (f + matmul_half_flops)`; a measured curve
+is interpolated in log FLOPs (and scales linearly below its first point).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox.errors import SandboxError
+
+Curve = tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class CollectivePoint:
+    """One measured collective: alpha (s) and bus bandwidth (bytes/s)."""
+
+    op: str
+    group_size: int
+    latency_s: float
+    busbw_bytes_per_s: float
+    backend: str = ""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Efficiency constants of one machine type (see the module docstring)."""
+
+    name: str = "default"
+    # Defaults: typical published A100/H100 behaviour (cuBLAS large GEMMs ~80% of
+    # peak, STREAM-like kernels ~80% of HBM, NCCL ring ~80% of link bandwidth).
+    source: str = "documented defaults (not calibrated)"
+    matmul_efficiency: float = 0.80
+    matmul_half_flops: float = 2.0e9
+    attention_efficiency: float = 0.55
+    attention_half_flops: float = 1.0e9
+    memory_efficiency: float = 0.80
+    kernel_overhead_s: float = 4.0e-6
+    collective_efficiency: float = 0.80
+    collective_step_latency_s: float = 5.0e-6
+    # measured ([compute] table); empty / 0 = use the curves above
+    device: str = ""
+    peak_flops: float = 0.0
+    matmul: Curve = ()  # (GEMM FLOPs, achieved FLOP/s)
+    attention: Curve = ()  # (attention FLOPs, achieved FLOP/s)
+    memory_bytes_per_s: float = 0.0
+    collective: tuple[CollectivePoint, ...] = ()
+
+    def matmul_seconds(self, flops: float, peak: float) -> float:
+        """Seconds of one GEMM of `flops` FLOPs on a device of dense `peak` FLOP/s."""
+        if self.matmul:
+            return flops / _interp_log(self.matmul, flops)
+        eff = self.matmul_efficiency * flops / (flops + self.matmul_half_flops)
+        return flops / (peak * max(eff, 1e-9))
+
+    def attention_seconds(self, flops: float, peak: float) -> float:
+        """Seconds of one batched attention GEMM of `flops` FLOPs."""
+        if self.attention:
+            return flops / _interp_log(self.attention, flops)
+        eff = self.attention_efficiency * flops / (flops + self.attention_half_flops)
+        return flops / (peak * max(eff, 1e-9))
+
+    def memory_rate(self, hbm_bytes_per_s: float) -> float:
+        """Achieved bytes/s of memory-bound kernels."""
+        return self.memory_bytes_per_s or hbm_bytes_per_s * self.memory_efficiency
+
+    def collective_point(self, op: str, group_size: int) -> CollectivePoint | None:
+        """The measured fit for `op` on `group_size` ranks, if any."""
+        for c in self.collective:
+            if c.op == op and c.group_size == group_size:
+                return c
+        return None
+
+    def replace(self, **changes: Any) -> Profile:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML's structure (see the module docstring)."""
+        d: dict[str, Any] = {k: getattr(self, k) for k in ("name", "source", *_FLOATS)}
+        comp = {"device": self.device, "peak_flops": self.peak_flops,
+                "matmul": [list(p) for p in self.matmul],
+                "attention": [list(p) for p in self.attention],
+                "memory_bytes_per_s": self.memory_bytes_per_s}
+        if self.matmul or self.attention or self.memory_bytes_per_s:
+            d["compute"] = comp
+        if self.collective:
+            d["collective"] = [dataclasses.asdict(c) for c in self.collective]
+        return d
+
+
+def _interp_log(points: Curve, x: float) -> float:
+    pts = sorted(points)
+    if x <= pts[0][0]:
+        return pts[0][1] * x / pts[0][0]
+    if x >= pts[-1][0]:
+        return pts[-1][1]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        if x0 <= x <= x1:
+            t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + t * (y1 - y0)
+    return pts[-1][1]
+
+
+_FLOATS = ("matmul_efficiency", "matmul_half_flops", "attention_efficiency",
+           "attention_half_flops", "memory_efficiency", "kernel_overhead_s",
+           "collective_efficiency", "collective_step_latency_s")
+
+
+def profile_from_dict(d: dict, where: str = "profile") -> Profile:
+    """A Profile from the TOML's dict; SandboxError naming the problem."""
+    kw: dict[str, Any] = {}
+    try:
+        for k in ("name", "source"):
+            if k in d:
+                kw[k] = str(d[k])
+        for k in _FLOATS:
+            if k in d:
+                kw[k] = float(d[k])
+                if kw[k] < 0:
+                    raise ValueError(f"{k} must be >= 0")
+        comp = d.get("compute", {}) or {}
+        if "device" in comp:
+            kw["device"] = str(comp["device"])
+        for k in ("peak_flops", "memory_bytes_per_s"):
+            if comp.get(k):
+                kw[k] = float(comp[k])
+        if comp.get("kernel_overhead_s"):
+            kw["kernel_overhead_s"] = float(comp["kernel_overhead_s"])
+        for k in ("matmul", "attention"):
+            if comp.get(k):
+                kw[k] = tuple((float(a), float(b)) for a, b in comp[k])
+        if d.get("collective"):
+            kw["collective"] = tuple(
+                CollectivePoint(str(c["op"]), int(c["group_size"]), float(c["latency_s"]),
+                                float(c["busbw_bytes_per_s"]), str(c.get("backend", "")))
+                for c in d["collective"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise SandboxError(f"{where}: bad calibration profile ({e})") from None
+    return Profile(**kw)
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read a profile TOML (keys in the module docstring)."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise SandboxError(f"{p}: no such calibration profile") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise SandboxError(f"{p}: cannot read calibration profile ({e})") from None
+    return profile_from_dict(data, str(p))
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return repr(v)
+
+
+def dump_profile(profile: Profile, path: str | Path | None = None) -> str:
+    """The profile as TOML text (loads back equal); also written to `path` if given."""
+    d = profile.to_dict()
+    comp, colls = d.pop("compute", None), d.pop("collective", [])
+    lines = ["# Simulator calibration profile (sandbox/profile.py); units: s, FLOP/s, bytes/s."]
+    lines += [f"{k} = {_toml(v)}" for k, v in d.items()]
+    if comp:
+        lines += ["", "[compute]"] + [f"{k} = {_toml(v)}" for k, v in comp.items()]
+    for c in colls:
+        lines += ["", "[[collective]]"] + [f"{k} = {_toml(v)}" for k, v in c.items()]
+    text = "\n".join(lines) + "\n"
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    return text
+
+
+_CACHE: dict[str, Profile] = {}
+
+
+def profile_for(cluster: Any) -> Profile:
+    """The cluster's profile (`cluster.profile`: absolute, or relative to the
+    current directory or the repository root), or `Profile()`."""
+    name = getattr(cluster, "profile", "")
+    if not name:
+        return Profile()
+    path = Path(name)
+    if not path.is_absolute():
+        for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+            if (root / path).exists():
+                path = root / path
+                break
+    key = str(path)
+    if key not in _CACHE:
+        _CACHE[key] = load_profile(path)
+    return _CACHE[key]

@@ -1,0 +1,147 @@
+"""Collectives decomposed into flows: ring, tree and hierarchical.
+
+A `Coll` is one collective on one group of GPUs (global ranks, in ring
+order). `flows(topo, coll)` lowers it to point-to-point flows (path, bytes)
+in one or more phases, each with a latency term:
+
+- ring (NCCL's default for large messages): `channels` rings, one per NIC
+  when the group spans nodes, each carrying 1/channels of the buffer; every
+  ring edge carries `2(p-1)/p * N` bytes for all-reduce and `(p-1)/p * N` for
+  all-gather / reduce-scatter; latency `2(p-1)` (or `p-1`) steps of one hop.
+  On an idle network of links of bandwidth B this gives the closed form
+  `2(p-1)/p * N / B + 2(p-1) * alpha`.
+- tree: a binary tree, `N` bytes up every edge then down; `2 log2 p` steps.
+- hierarchical: reduce-scatter inside each node, all-reduce of N/g across
+  nodes (g rings in parallel, one per local rank), all-gather inside the node.
+
+Link bandwidth is derated by the profile's `collective_efficiency`; a
+measured `[[collective]]` point in the profile replaces the link model.
+Units: bytes, seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sandbox.profile import Profile
+from sim.network import fluid_finish
+from sim.topology import Topology
+
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
+
+
+@dataclass(frozen=True)
+class Coll:
+    op: str
+    ranks: tuple[int, ...]  # global GPU ranks, in ring order
+    nbytes: float  # buffer size N (all-reduce input; all-gather output)
+    algorithm: str = "ring"
+
+
+@dataclass(frozen=True)
+class Phase:
+    paths: tuple[tuple, ...]
+    sizes: tuple[float, ...]
+    latency_s: float
+
+
+def ring_factor(op: str, p: int) -> float:
+    """Bytes each ring edge carries, as a fraction of the buffer N."""
+    if op == "all_reduce":
+        return 2.0 * (p - 1) / p
+    if op in ("all_gather", "reduce_scatter"):
+        return (p - 1) / p
+    return 1.0
+
+
+def ring_steps(op: str, p: int) -> int:
+    return 2 * (p - 1) if op == "all_reduce" else (p - 1 if op != "send_recv" else 1)
+
+
+def _ring(topo: Topology, op: str, ranks: tuple[int, ...], nbytes: float,
+          prof: Profile) -> Phase:
+    p = len(ranks)
+    nodes = {topo.node_of(r) for r in ranks}
+    channels = topo.cluster.nics_per_node if len(nodes) > 1 else 1
+    per = ring_factor(op, p) * nbytes / channels / prof.collective_efficiency
+    paths, sizes = [], []
+    for c in range(channels):
+        for i in range(p):
+            paths.append(topo.route(ranks[i], ranks[(i + 1) % p], c))
+            sizes.append(per)
+    hop = max(topo.latency(pa) for pa in paths)
+    return Phase(tuple(paths), tuple(sizes),
+                 ring_steps(op, p) * (hop + prof.collective_step_latency_s))
+
+
+def _tree(topo: Topology, op: str, ranks: tuple[int, ...], nbytes: float,
+          prof: Profile) -> list[Phase]:
+    p = len(ranks)
+    up = [(ranks[i], ranks[(i - 1) // 2]) for i in range(1, p)]
+    size = nbytes / prof.collective_efficiency
+    hop = max(topo.latency(topo.route(a, b)) for a, b in up)
+    lat = math.ceil(math.log2(p)) * (hop + prof.collective_step_latency_s)
+    phases = []
+    if op in ("all_reduce", "reduce_scatter"):
+        phases.append(Phase(tuple(topo.route(a, b) for a, b in up), (size,) * len(up), lat))
+    if op in ("all_reduce", "all_gather"):
+        phases.append(Phase(tuple(topo.route(b, a) for a, b in up), (size,) * len(up), lat))
+    return phases
+
+
+def phases(topo: Topology, coll: Coll, prof: Profile) -> list[Phase]:
+    """The collective as sequential phases of concurrent flows."""
+    ranks, op = coll.ranks, coll.op
+    if len(ranks) <= 1 or coll.nbytes <= 0:
+        return []
+    if op == "send_recv":
+        path = topo.route(ranks[0], ranks[1])
+        return [Phase((path,), (coll.nbytes / prof.collective_efficiency,),
+                      topo.latency(path) + prof.collective_step_latency_s)]
+    if coll.algorithm == "tree":
+        return _tree(topo, op, ranks, coll.nbytes, prof)
+    by_node: dict[int, list[int]] = {}
+    for r in ranks:
+        by_node.setdefault(topo.node_of(r), []).append(r)
+    local = {len(v) for v in by_node.values()}
+    if coll.algorithm == "hierarchical" and len(by_node) > 1 and local == {max(local)} \
+            and max(local) > 1 and op == "all_reduce":
+        g = max(local)
+        groups = list(by_node.values())
+        rs = [_ring(topo, "reduce_scatter", tuple(v), coll.nbytes, prof) for v in groups]
+        inter = [_ring(topo, "all_reduce", tuple(v[i] for v in groups), coll.nbytes / g, prof)
+                 for i in range(g)]
+        ag = [_ring(topo, "all_gather", tuple(v), coll.nbytes, prof) for v in groups]
+        return [_merge(rs), _merge(inter), _merge(ag)]
+    return [_ring(topo, op, ranks, coll.nbytes, prof)]
+
+
+def _merge(ps: list[Phase]) -> Phase:
+    return Phase(tuple(p for ph in ps for p in ph.paths), tuple(s for ph in ps for s in ph.sizes),
+                 max(ph.latency_s for ph in ps))
+
+
+def concurrent_time(topo: Topology, colls: list[Coll], prof: Profile) -> float:
+    """Seconds until all of `colls`, started together on an idle network, finish
+    (flows of the same phase index share links max-min fairly)."""
+    if not colls:
+        return 0.0
+    measured = [prof.collective_point(c.op, len(c.ranks)) for c in colls]
+    if all(m is not None for m in measured):
+        return max(m.latency_s + ring_factor(c.op, len(c.ranks)) * c.nbytes / m.busbw_bytes_per_s
+                   for c, m in zip(colls, measured, strict=True))
+    all_phases = [phases(topo, c, prof) for c in colls]
+    total = 0.0
+    for k in range(max((len(p) for p in all_phases), default=0)):
+        ph = [p[k] for p in all_phases if len(p) > k]
+        paths = [pa for x in ph for pa in x.paths]
+        sizes = [s for x in ph for s in x.sizes]
+        finish = fluid_finish(paths, sizes, topo.capacity)
+        total += max(finish, default=0.0) + max(x.latency_s for x in ph)
+    return total
+
+
+def collective_time(topo: Topology, coll: Coll, prof: Profile) -> float:
+    """Seconds for one collective alone on an idle network."""
+    return concurrent_time(topo, [coll], prof)

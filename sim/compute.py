@@ -1,0 +1,135 @@
+"""Compute cost model: a roofline per kernel with calibrated efficiency curves.
+
+Each kernel of a transformer block (per tensor-parallel rank, per microbatch)
+is a GEMM, a batched attention GEMM or a memory-bound op. Its time is
+
+    kernel_overhead_s + max(FLOPs / (peak * eff(FLOPs)), bytes / (HBM * mem_eff))
+
+with `eff` from the cluster's calibration profile (`sandbox.profile`). GEMM
+dimensions are padded to the tensor-core tile (128 x 128 x 32), so awkward
+shapes cost more than their FLOPs. Units: seconds, FLOP, bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sandbox.profile import Profile
+from sandbox.specs import Plan
+
+TILE = (128, 128, 32)  # M, N, K tile of tensor-core GEMM kernels
+
+
+@dataclass(frozen=True)
+class Device:
+    """What a kernel runs against: dense peak FLOP/s, HBM bytes/s, profile."""
+
+    peak_flops: float
+    hbm_bytes_per_s: float
+    profile: Profile
+
+
+def device_of(plan: Plan, profile: Profile) -> Device:
+    gpu = plan.cluster.gpu
+    return Device(gpu.peak_flops(plan.train.precision), gpu.hbm_gb_per_s * 1e9, profile)
+
+
+def _pad(x: int, tile: int) -> int:
+    return int(math.ceil(x / tile) * tile)
+
+
+def gemm_time(d: Device, m: int, n: int, k: int, batch: int = 1, bytes_per: int = 2,
+              attention: bool = False) -> float:
+    """Seconds for `batch` GEMMs of (m x k) @ (k x n)."""
+    padded = 2.0 * batch * _pad(m, TILE[0]) * _pad(n, TILE[1]) * _pad(k, TILE[2])
+    pr = d.profile
+    t_flops = (pr.attention_seconds(padded, d.peak_flops) if attention
+               else pr.matmul_seconds(padded, d.peak_flops))
+    t_bytes = bytes_per * batch * (m * k + k * n + m * n) / pr.memory_rate(d.hbm_bytes_per_s)
+    return d.profile.kernel_overhead_s + max(t_flops, t_bytes)
+
+
+def memory_time(d: Device, nbytes: float) -> float:
+    """Seconds for a memory-bound kernel moving `nbytes` bytes."""
+    return d.profile.kernel_overhead_s + nbytes / d.profile.memory_rate(d.hbm_bytes_per_s)
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """One block on one TP rank for one microbatch, seconds, no communication."""
+
+    fwd: float
+    bwd_input: float  # backward to the block's input (B of ZB-H1)
+    bwd_weight: float  # weight-gradient GEMMs (W of ZB-H1)
+    attn_core: float = 0.0  # forward of the attention core (selective recompute)
+
+    @property
+    def bwd(self) -> float:
+        return self.bwd_input + self.bwd_weight
+
+
+def layer_times(plan: Plan, d: Device) -> LayerTimes:
+    """Kernel times of one transformer block (Megatron-LM's kernels)."""
+    m, p = plan.model, plan.parallel
+    t, b, s, h = p.tp, p.micro_batch, m.seq_len, m.hidden
+    w = 4 if plan.train.precision == "fp32" else 2
+    tokens = b * s
+    sp = p.sequence_parallel and t > 1
+    tok_local = tokens // t if sp else tokens
+    heads = m.heads // t
+    qkv = (m.q_dim + 2 * m.kv_dim) // t
+    ffn_in = (2 if m.activation == "swiglu" else 1) * m.ffn_hidden // t
+    ffn = m.ffn_hidden // t
+    gemms = [(tokens, qkv, h), (tokens, h, m.q_dim // t), (tokens, ffn_in, h), (tokens, h, ffn)]
+    fwd_gemm = sum(gemm_time(d, M, N, K, bytes_per=w) for M, N, K in gemms)
+    # dgrad: (M x N) @ (N x K); wgrad: (K x M) @ (M x N)
+    dgrad = sum(gemm_time(d, M, K, N, bytes_per=w) for M, N, K in gemms)
+    wgrad = sum(gemm_time(d, K, N, M, bytes_per=w) for M, N, K in gemms)
+    hd = m.head_dim
+    score = gemm_time(d, s, s, hd, batch=b * heads, bytes_per=w, attention=True)
+    ctx = gemm_time(d, s, hd, s, batch=b * heads, bytes_per=w, attention=True)
+    attn_fwd = score + ctx
+    attn_bwd = 2 * (score + ctx)
+    # Memory-bound kernels (bytes read + written): two norms, scale-mask-softmax
+    # and dropout on the s x s scores, bias+activation, two dropout+residual adds.
+    ss = b * heads * s * s
+    norm = 2 * tok_local * h * w * 2
+    softmax = ss * w * 2 + ss * (w * 2 + 1)  # softmax (r+w), dropout (r+w + mask)
+    act = tokens * ffn * w * (3 if m.activation == "swiglu" else 2)
+    resid = 2 * tok_local * h * (3 * w + 1)
+    elem_fwd = [norm, softmax, act, resid]
+    mem_fwd = sum(memory_time(d, x) for x in elem_fwd)
+    mem_bwd = sum(memory_time(d, 2 * x) for x in elem_fwd)
+    return LayerTimes(fwd=fwd_gemm + attn_fwd + mem_fwd, bwd_input=dgrad + attn_bwd + mem_bwd,
+                      bwd_weight=wgrad,
+                      attn_core=attn_fwd + memory_time(d, softmax))
+
+
+def embedding_times(plan: Plan, d: Device) -> tuple[float, float]:
+    """(forward, backward) seconds of the token + position embedding on stage 0."""
+    m, p = plan.model, plan.parallel
+    w = 4 if plan.train.precision == "fp32" else 2
+    nbytes = 3 * p.micro_batch * m.seq_len * m.hidden * w
+    return memory_time(d, nbytes), memory_time(d, 2 * nbytes)
+
+
+def head_times(plan: Plan, d: Device) -> tuple[float, float]:
+    """(forward, backward) seconds of final norm, logits GEMM and cross-entropy."""
+    m, p = plan.model, plan.parallel
+    w = 4 if plan.train.precision == "fp32" else 2
+    tokens = p.micro_batch * m.seq_len
+    vloc = m.vocab // p.tp
+    logits = gemm_time(d, tokens, vloc, m.hidden, bytes_per=w)
+    back = gemm_time(d, tokens, m.hidden, vloc, bytes_per=w) + gemm_time(
+        d, m.hidden, vloc, tokens, bytes_per=w)
+    xent = memory_time(d, tokens * vloc * 4 * 3)  # fp32 logits: softmax, loss, grad
+    norm = memory_time(d, 2 * tokens * m.hidden * w * 2)
+    return logits + xent + norm, back + xent + 2 * norm
+
+
+def optimizer_time(d: Device, params: float, precision: str) -> float:
+    """Adam step over `params` parameters: fp32 master, two moments, the grad
+    read and the 16-bit weight written (bytes moved per parameter)."""
+    per = 4 * 2 * 3 + 4 + (0 if precision == "fp32" else 2)
+    return memory_time(d, params * per) + 10 * d.profile.kernel_overhead_s
