@@ -4,8 +4,11 @@ ZeRO stage -> PyTorch building block (and why):
 
 - 0 (plain data parallel): `DistributedDataParallel` over the dp process
   group (bucketed all-reduce overlapped with backward). DDP does not take
-  DTensor parameters, so with tensor parallelism (dp x tp) the FSDP2-based
-  `replicate` (same all-reduce semantics, DTensor-aware) is used instead.
+  DTensor parameters (tensor parallelism), and its reducer cannot follow a
+  pipeline schedule's interleaved microbatch backwards (an internal assert
+  in `_rebuild_buckets` with pp 2 x dp 2, 1F1B, torch 2.13); there the
+  FSDP2-based `replicate` is used instead: the same all-reduce of full
+  gradients, DTensor-aware, and driven by the pipeline stages like FSDP.
 - 1 (optimizer states sharded): FSDP2 `fully_shard` with
   `reshard_after_forward=False`, and gradient reduction only on the last
   microbatch (`set_requires_gradient_sync`): gradients accumulate unsharded
@@ -38,16 +41,17 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 
-def apply_dp(model: nn.Module, dp_mesh: DeviceMesh, zero: int) -> nn.Module:
+def apply_dp(model: nn.Module, dp_mesh: DeviceMesh, zero: int,
+             pipelined: bool = False) -> nn.Module:
     """Wrap or shard `model` (a GPT or a pipeline chunk) for ZeRO `zero`.
 
-    Returns the module to run: the DDP wrapper for ZeRO 0 without tensor
-    parallelism, otherwise `model` itself (FSDP2 modifies it in place).
+    Returns the module to run: the DDP wrapper for ZeRO 0 without tensor or
+    pipeline parallelism, otherwise `model` itself (FSDP2 modifies it in place).
     """
     if zero not in (0, 1, 2, 3):
         raise ValueError(f"parallel.zero: must be 0, 1, 2 or 3, got {zero}")
     if zero == 0:
-        if not any(isinstance(p, DTensor) for p in model.parameters()):
+        if not pipelined and not any(isinstance(p, DTensor) for p in model.parameters()):
             return DDP(model, process_group=dp_mesh.get_group())
         for block in model.layers.values():
             replicate(block, mesh=dp_mesh)

@@ -205,7 +205,7 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
             apply_tp(chunk, mesh["tp"], p.sequence_parallel)
         apply_recompute(chunk, p.recompute)
         if p.dp > 1:
-            chunk = apply_dp(chunk, mesh["dp"], p.zero)
+            chunk = apply_dp(chunk, mesh["dp"], p.zero, pipelined=p.pp > 1)
         parts.append(chunk)
     par = Parallelized(plan=plan, parts=parts, device=device, mesh=mesh, autocast_dtype=autocast)
     if mesh is not None:

@@ -30,7 +30,7 @@ def plan_of(model: str = "tiny", **parallel) -> sandbox.specs.Plan:
     return sandbox.load({
         "model": {"preset": model},
         "cluster": {"preset": "localhost"},
-        "parallel": {"global_batch": 8, "micro_batch": 1, **parallel},
+        "parallel": {"global_batch": 8, "micro_batch": 2, **parallel},
         "train": {"precision": "fp32", "lr": 1e-3, "lr_schedule": "constant", "seed": 0,
                   "grad_clip": 1.0, "weight_decay": 0.1},
     })
