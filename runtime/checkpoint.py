@@ -32,12 +32,20 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 
 from sandbox.errors import SandboxError
 
 COMPLETE = "COMPLETE"
 META = "meta.json"
+# optimizer state keyed by parameter FQN ("state.layers.0....exp_avg",
+# "param_groups.layers.0....lr"): the same keys in every layout, so ranks owning
+# different parameters (pipeline stages) never collide in DCP and any layout loads
+OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def step_dir(run_dir: str | Path, step: int) -> Path:
@@ -176,7 +184,7 @@ def save(run_dir: str | Path, step: int, parts: list[nn.Module],
         shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed save
         tmp.mkdir(parents=True)
     _barrier()
-    model_sd, optim_sd = get_state_dict(_module_view(parts), optimizer)
+    model_sd, optim_sd = get_state_dict(_module_view(parts), optimizer, options=OPTIONS)
     with _quiet():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
@@ -205,13 +213,13 @@ def load(ckpt_dir: str | Path, parts: list[nn.Module], optimizer: torch.optim.Op
     ckpt_dir = Path(ckpt_dir)
     meta = verify(ckpt_dir)
     view = _module_view(parts)
-    model_sd, optim_sd = get_state_dict(view, optimizer)
+    model_sd, optim_sd = get_state_dict(view, optimizer, options=OPTIONS)
     state = {"model": model_sd, "optim": optim_sd}
     try:
         with _quiet():
             dcp.load(state, checkpoint_id=str(ckpt_dir))
         set_state_dict(view, optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
+                       optim_state_dict=state["optim"], options=OPTIONS)
     except BaseException as e:  # DCP's CheckpointException is a BaseException
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise

@@ -103,10 +103,13 @@ def _last_error(log_lines: list[str]) -> str | None:
         if ERROR in line:
             return line.split(ERROR, 1)[1].strip()
     pattern = re.compile(r"\b([A-Za-z_.]*(Error|Exception)): (.+)$")
-    for line in reversed(log_lines):
-        m = pattern.search(line)
-        if m and "ChildFailedError" not in m.group(1):
-            return f"{m.group(1)}: {m.group(3).strip()}"[:300]
+    found = [m for m in map(pattern.search, log_lines)
+             if m and "ChildFailedError" not in m.group(1)]
+    # a crash on one rank makes the others fail on broken connections: prefer the cause
+    causes = [m for m in found if not re.search(r"Connection (closed|reset)|gloo/transport",
+                                                 m.group(3))]
+    for m in causes[:1] or found[-1:]:
+        return f"{m.group(1)}: {m.group(3).strip()}"[:300]
     return None
 
 

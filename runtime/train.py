@@ -177,6 +177,9 @@ class Trainer:
         if self.world > 1 and not dist.is_initialized():
             init_process_group(backend, self.device)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
+        if self.rank == 0:  # the run directory describes itself (export reads plan.toml)
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "plan.toml").write_text(plan.to_toml())
         self.backend = backend
         _seed_everything(plan.train.seed)
         check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)

@@ -33,8 +33,9 @@ seed = 1
 """
 
 
-def write_plan(path: Path, dp: int = 1, mb: int = 2, extra: str = "") -> Path:
-    path.write_text(PLAN.format(dp=dp, mb=mb, extra=extra))
+def write_plan(path: Path, dp: int = 1, mb: int = 2, extra: str = "", pp: int = 1) -> Path:
+    text = PLAN.format(dp=dp, mb=mb, extra=extra)
+    path.write_text(text.replace("[train]", f"pp = {pp}\n[train]"))
     return path
 
 
@@ -103,6 +104,12 @@ def test_run_writes_the_contract_files(runs):
     assert list(df["step"]) == list(range(1, 13))
     assert runs["straight"].to_dict() == summary
     assert "<table" in runs["straight"]._repr_html_()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = runs["straight"].plot()
+    train_line = ax.get_lines()[0]
+    assert list(train_line.get_ydata()) == [r["loss"] for r in rows]
 
 
 def test_resume_logs_the_same_losses_once(runs):
@@ -191,9 +198,11 @@ def test_corrupt_checkpoint_is_one_line_and_touches_nothing(runs, cli, tmp_path)
 
 
 def test_injected_failure_restarts_and_matches(runs, tmp_path):
-    """Rank 1 of a dp=2 run dies at step 8; torchrun restarts the job, which
-    resumes from step 6 and finishes: each step logged once, same losses."""
-    plan = write_plan(tmp_path / "plan.toml", dp=2, mb=2)
+    """The last stage of a pp=2 run (rank 1) dies at step 8; torchrun restarts
+    the job, which resumes from step 6 (each stage loading its own layers and
+    optimizer state) and finishes: each step logged once, the losses of the
+    single-process run."""
+    plan = write_plan(tmp_path / "plan.toml", pp=2, mb=2)
     out = tmp_path / "killed"
     result = run(plan_of(plan), out, fail_at_step=8, fail_rank=1, max_restarts=1,
                  progress=False)
