@@ -86,6 +86,8 @@ def test_fp32_export_matches_torch(preset, runs, exported):
     assert abs(rep["ppl_onnx"] / rep["ppl_torch"] - 1) < 1e-4
     assert rep["opset"] >= 17 and rep["graphs"]["model"]["inputs"]["input_ids"] == [
         "batch", "seq"]
+    assert json.loads(path.with_suffix(".report.json").read_text())["size_bytes"] == \
+        rep["size_bytes"]
     assert decoder_path(path).is_file() and path.with_suffix(".report.json").is_file()
     assert not [p for p in path.parent.iterdir() if ".tmp-" in p.name]
     model = load_run(runs[preset]).model
