@@ -82,12 +82,21 @@ def measure_one(model: str, name: str, overrides: dict, steps: int, work: Path) 
     return {**m.to_dict(), "wall_s": time.time() - t}
 
 
+def profile_for_world(profile: Path, world: int) -> Path:
+    """`sandbox calibrate --out P` writes P for one rank of a plan that fills the
+    machine and P.pN.toml for one rank of N processes: pick the plan's."""
+    side = profile.with_name(f"{profile.stem}.p{world}{profile.suffix}")
+    return side if side.exists() else profile
+
+
 def predict_one(model: str, name: str, overrides: dict, profile: str, meas: dict,
                 plots: Path | None) -> dict:
     """Simulate with and without the profile and compare with the measurement."""
     import sandbox
     from runtime.compare import Measurement, combine
 
+    world = sandbox.load(plan_dict(model, overrides, "")).world_size
+    profile = str(profile_for_world(Path(profile), world))
     plan = sandbox.load(plan_dict(model, overrides, profile))
     simres = sandbox.simulate(plan)
     uncal = sandbox.simulate(sandbox.load(plan_dict(model, overrides, ""))).to_dict()
@@ -107,7 +116,7 @@ def predict_one(model: str, name: str, overrides: dict, profile: str, meas: dict
         "peak_mem_error": d["error"]["peak_mem_gb"],
         "model_mem_error": d["error"].get("model_mem_gb"),
         "loadavg_1m": meas["provenance"]["loadavg_1m"], "measured_at": meas["provenance"][
-            "date_utc"], "wall_s": meas.get("wall_s"),
+            "date_utc"], "wall_s": meas.get("wall_s"), "profile": Path(profile).name,
     }
 
 
@@ -141,13 +150,13 @@ def markdown(meta: dict, rows: list[dict], summ: dict) -> str:
         "load average before / after the plan (2 cores: above 2 means other jobs competed)",
         "",
         "| model | plan | world | predicted (s) | predicted, no profile (s) | measured (s) "
-        "| spread | error | error, no profile | load |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| spread | error | error, no profile | load | profile | measured at (UTC) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "failed" in r:
             lines.append(f"| {r['model']} | {r['plan']} | - | - | - | - | - | failed: "
-                         f"{r['failed']} | - | - |")
+                         f"{r['failed']} | - | - | - | - |")
             continue
         n = r["noise"]
         lines.append(
@@ -155,7 +164,8 @@ def markdown(meta: dict, rows: list[dict], summ: dict) -> str:
             f"| {r['predicted_uncalibrated_step_s']:.4g} | {r['measured_step_s']:.4g} "
             f"| {100 * n.get('range_rel', 0):.0f}% ({n.get('steps')} steps) "
             f"| {_pct(r['error'])} | {_pct(r['error_uncalibrated'])} "
-            f"| {r['loadavg_1m'][0]:.1f} / {r['loadavg_1m'][1]:.1f} |")
+            f"| {r['loadavg_1m'][0]:.1f} / {r['loadavg_1m'][1]:.1f} | {r['profile']} "
+            f"| {r['measured_at'][11:19]} |")
     lines += ["", "## Target: gpt-mini dp 1, dp 2, tp 2, pp 2", ""]
     if "median_abs_error" in summ:
         lines.append(f"median |error| {100 * summ['median_abs_error']:.1f}% (target <= 20%), "

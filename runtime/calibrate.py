@@ -3,7 +3,9 @@
 `calibrate(device="cpu"|"cuda", quick=False)` runs `runtime.microbench` (the
 model's GEMM shapes, attention, memory-bound ops, a large copy, AdamW) for
 each process count a plan may use on this machine (on CPU every process gets
-`cores // processes` threads, as one process per rank would), then
+`cores // processes` threads, as one process per rank would, and with more
+than one process all of them run each kernel at once:
+`runtime.concurrent_bench`), then
 `runtime.collective_bench` (gloo on CPU, NCCL on GPU) for each group size.
 It returns a `Calibration` holding every measurement with its spread (median,
 quartiles, min, max over repeats); `Calibration.to_profile()` turns it into
@@ -29,6 +31,7 @@ import torch
 
 from runtime import microbench as mb
 from runtime.collective_bench import CollectiveResult, bench_collectives, default_sizes
+from runtime.concurrent_bench import run_concurrently
 from sandbox import presets
 from sandbox.planfile import load
 from sandbox.specs import GPU, Model
@@ -45,9 +48,9 @@ class Budget:
 
     repeats: int = 7
     min_time_s: float = 0.004
-    micro_batches: tuple[int, ...] = (1, 4, 8)
+    micro_batches: tuple[int, ...] = (1, 4)
     tps: tuple[int, ...] = (1, 2)
-    squares: tuple[int, ...] = (256, 1024)
+    squares: tuple[int, ...] = (1024,)
     collective_sizes: tuple[int, ...] = tuple(default_sizes())
     copy_bytes: int = 256 << 20
     adamw_params: int = 4_000_000
@@ -95,6 +98,22 @@ class Calibration:
             "collectives": [c.to_dict() for c in self.collectives],
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        """Back from `to_dict()` (e.g. the `--json` file), to re-derive profiles."""
+        from runtime.collective_bench import CollectivePoint
+
+        kernels = []
+        for pk in d["kernels"]:
+            ks = [mb.KernelResult(r["kind"], r["name"], tuple(r["shape"]), r["dtype"],
+                                  r["pass"], r["threads"], r["flops"], r["bytes"],
+                                  mb.Stat(**r["time"])) for r in pk["results"]]
+            kernels.append(ProcessKernels(pk["processes"], pk["threads"], pk["peak_flops"], ks))
+        colls = [CollectiveResult(c["backend"], c["group_size"], c["device"],
+                                  [CollectivePoint(q["op"], q["bytes"], mb.Stat(**q["time"]))
+                                   for q in c["points"]]) for c in d["collectives"]]
+        return cls(d["device"], d["machine"], kernels, colls, d["wall_s"], Budget())
+
     def summary(self) -> str:
         """A few lines: headline rates with their spread (IQR / median)."""
         lines = [f"calibration on {self.machine.get('cpu') or self.device} "
@@ -119,17 +138,18 @@ class Calibration:
                              f"{f.busbw_bytes_per_s / 1e9:.2f} GB/s")
         return "\n".join(lines)
 
-    def to_profile(self) -> Any:
-        """The simulator's profile (`sandbox.profile`) from these measurements."""
+    def to_profile(self, processes: int | None = None) -> Any:
+        """The simulator's profile (`sandbox.profile.Profile`) for one rank of
+        `processes` ranks (default: the most measured)."""
         from runtime.calibration_profile import to_profile
 
-        return to_profile(self)
+        return to_profile(self, processes)
 
-    def write(self, path: str | Path) -> Path:
+    def write(self, path: str | Path, processes: int | None = None) -> Path:
         """Write the profile TOML (see `runtime.calibration_profile`)."""
         from runtime.calibration_profile import write_profile
 
-        return write_profile(self, Path(path))
+        return write_profile(self, Path(path), processes)
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -166,14 +186,16 @@ def model_specs(names: tuple[str, ...] = MODELS) -> list[Model]:
     return [load({"model": {"preset": name}}).model for name in names]
 
 
-def kernel_plan(budget: Budget) -> list[tuple]:
-    """The kernel measurements to take, as (kind, args) tuples (deduplicated)."""
+def kernel_plan(budget: Budget, max_tp: int | None = None) -> list[tuple]:
+    """The kernel measurements to take, as (kind, args) tuples (deduplicated);
+    tensor-parallel shapes only up to `max_tp` (a rank of p processes never
+    runs tp > p)."""
     jobs: list[tuple] = []
     seen: set = set()
     for spec in model_specs(budget.models):
         for b in budget.micro_batches:
             for tp in budget.tps:
-                if spec.heads % tp:
+                if spec.heads % tp or (max_tp is not None and tp > max_tp):
                     continue
                 for name, t, k, n in mb.gemm_shapes(spec, b, tp):
                     for bwd in (False, True):
@@ -245,9 +267,9 @@ def calibrate(device: str = "cpu", quick: bool = False, budget: Budget | None = 
         group_sizes = group_sizes if group_sizes is not None else tuple(
             g for g in (2, 4) if g == 2 or g <= cores)
         dtypes = dtypes or ("fp32",)
-    jobs = kernel_plan(budget)
+    plans = {p: kernel_plan(budget, p if device == "cpu" else None) for p in processes}
     ops = 4
-    total = len(processes) * len(dtypes) * len(jobs) + len(group_sizes) * ops * len(
+    total = len(dtypes) * sum(len(j) for j in plans.values()) + len(group_sizes) * ops * len(
         budget.collective_sizes)
     bar = tqdm(total=total, desc="calibrate", unit="pt", disable=not progress, leave=False)
     dev = torch.device(device if device == "cpu" else "cuda:0")
@@ -255,16 +277,21 @@ def calibrate(device: str = "cpu", quick: bool = False, budget: Budget | None = 
     kernels = []
     try:
         for p in processes:
+            jobs = plans[p]
             threads = max(1, cores // p) if device == "cpu" else threads_before
             torch.set_num_threads(threads)
             gpu = rank_gpu(device, p)
             for dtype in dtypes:
                 peak = gpu.peak_flops(dtype)
                 pk = ProcessKernels(p, threads, peak)
-                for job in jobs:
-                    bar.set_postfix_str(f"p{p} {job[0]}")
-                    pk.kernels.extend(_run_job(job, dev, dtype, budget))
-                    bar.update()
+                bar.set_postfix_str(f"kernels, {p} rank(s) x {threads} thread(s)")
+                if device == "cpu" and p > 1:  # all ranks busy at once, as in a run
+                    pk.kernels.extend(run_concurrently(jobs, p, threads, dtype, budget,
+                                                       on_job=bar.update))
+                else:
+                    for job in jobs:
+                        pk.kernels.extend(_run_job(job, dev, dtype, budget))
+                        bar.update()
                 kernels.append(pk)
     finally:
         torch.set_num_threads(threads_before)

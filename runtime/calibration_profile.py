@@ -1,11 +1,14 @@
 """A `Calibration` as the simulator's profile TOML, plus the raw measurements.
 
-The profile part follows `sandbox.profile` (the simulator's format). Every
-measurement also goes into a `[measurements]` table that the profile loader
-ignores: per process count the kernels (shape, FLOPs, bytes, median and
-quartiles of the time, efficiency), and per backend and group size the
-collective points and their alpha-beta fits, so that nothing measured is lost
-and two profiles can be compared point by point.
+The profile part follows `sandbox.profile` (the simulator's format): one
+`[compute]` table describes one rank, so on a CPU machine it is written for
+one process count (by default the most processes measured, i.e. a plan that
+fills the machine) with every `[[collective]]` fit. Every measurement also
+goes into a `[measurements]` table that the profile loader ignores: the
+kernels per process count (shape, FLOPs, bytes, median and quartiles of the
+time, efficiency), the `[compute]` table of every process count, and per
+backend and group size the collective points and their alpha-beta fits, so
+that nothing measured is lost and two profiles can be compared point by point.
 """
 
 from __future__ import annotations
@@ -96,16 +99,120 @@ def measurements(cal: Any) -> dict:
             "kernel": kernels, "collective": colls}
 
 
-def to_profile(cal: Any) -> dict:
-    """The simulator-facing part of the profile, as a dict (provisional until
-    `sandbox.profile` defines the format)."""
-    return {}
+# The simulator looks GEMM rates up by FLOPs of the shape padded to the
+# tensor-core tile (M, N, K) = (128, 128, 32) (sim/compute.py TILE); the
+# curves are keyed the same way, so that a measured shape's time comes back.
+TILE = (128, 128, 32)
 
 
-def write_profile(cal: Any, path: Path) -> Path:
-    """Write `to_profile(cal)` and `[measurements]` as one TOML file."""
-    body = dumps_toml(to_profile(cal))
-    body += "\n" + dumps_toml({"measurements": measurements(cal)})
+def padded_gemm_flops(m: int, n: int, k: int, batch: int = 1) -> float:
+    """2 * batch * m * n * k with m, n, k rounded up to the TILE."""
+    def pad(x: int, t: int) -> int:
+        return -(-x // t) * t
+
+    return 2.0 * batch * pad(m, TILE[0]) * pad(n, TILE[1]) * pad(k, TILE[2])
+
+
+def _curve(points: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    """Ascending (FLOPs, FLOP/s) with one point per FLOPs value (median rate)."""
+    by: dict[float, list[float]] = {}
+    for x, y in points:
+        by.setdefault(float(x), []).append(float(y))
+    return tuple((x, sorted(ys)[len(ys) // 2]) for x, ys in sorted(by.items()))
+
+
+def compute_section(pk: Any, device: str) -> dict:
+    """`[compute]` of `sandbox.profile` from the kernels one rank ran.
+
+    - matmul: per linear shape (tokens, k, n), the forward + backward (three
+      GEMMs of 2 tokens k n FLOPs: what training runs) as one point at the
+      padded FLOPs of one GEMM, rate = padded FLOPs / (time / 3); equal keys
+      take the median rate.
+    - attention: the simulator costs the core as QK^T and PV batched GEMMs,
+      forward + 2x for backward; per measured shape both GEMMs get the rate
+      that makes 3 x (their padded FLOPs) take the measured fwd+bwd time of
+      `Attention.core` (SDPA, softmax included).
+    - memory_bytes_per_s: total bytes / total time of the memory-bound ops
+      (norm, GELU, add, softmax, cross-entropy) over the measured shapes.
+    - kernel_overhead_s: the fastest median of the elementwise adds (almost
+      no work: dispatch plus launch).
+    """
+    gemm = []
+    for k in pk.kernels:
+        if k.kind == "gemm" and k.pass_ == "fwd+bwd":
+            f = padded_gemm_flops(k.shape[0], k.shape[2], k.shape[1])
+            gemm.append((f, f / (k.time.median / 3)))
+    attn = []
+    for k in pk.kernels:
+        if k.kind == "attention" and k.pass_ == "fwd+bwd":
+            b, heads, sq, hd = k.shape
+            score = padded_gemm_flops(sq, sq, hd, b * heads)
+            ctx = padded_gemm_flops(sq, hd, sq, b * heads)
+            rate = 3 * (score + ctx) / k.time.median
+            attn += [(score, rate), (ctx, rate)]
+    mem = [k for k in pk.kernels if k.kind == "memory"]
+    adds = [k.time.median for k in mem if k.name == "add"]
+    return {"device": device, "peak_flops": pk.peak_flops,
+            "matmul": [list(x) for x in _curve(gemm)],
+            "attention": [list(x) for x in _curve(attn)],
+            "memory_bytes_per_s": sum(k.bytes for k in mem) / sum(k.time.median for k in mem),
+            "kernel_overhead_s": min(adds) if adds else 0.0}
+
+
+def rank_kernels(cal: Any, processes: int | None = None) -> Any:
+    """The kernel set for `processes` ranks (default: the most measured ranks,
+    i.e. one rank of a plan that fills the machine), in the first dtype."""
+    if processes is None:
+        processes = max(pk.processes for pk in cal.kernels)
+    for pk in cal.kernels:
+        if pk.processes == processes:
+            return pk
+    raise ValueError(f"no kernels measured for {processes} process(es); measured: "
+                     f"{sorted({pk.processes for pk in cal.kernels})}")
+
+
+def _device_label(cal: Any, pk: Any) -> str:
+    if cal.device == "cuda":
+        return f"{cal.machine.get('gpu', 'cuda')} ({pk.kernels[0].dtype if pk.kernels else ''})"
+    return f"cpu (gloo) x{pk.processes}, {pk.threads} thread(s) per process"
+
+
+def profile_dict(cal: Any, processes: int | None = None) -> dict:
+    """The `sandbox.profile` TOML structure for one rank of `processes` ranks:
+    name, source, the measured `[compute]` and every `[[collective]]` fit."""
+    pk = rank_kernels(cal, processes)
+    m = cal.machine
+    colls = [{"op": op, "group_size": c.group_size, "latency_s": c.fit(op).latency_s,
+              "busbw_bytes_per_s": c.fit(op).busbw_bytes_per_s, "backend": c.backend}
+             for c in cal.collectives for op in sorted({q.op for q in c.points})]
+    return {"name": f"{cal.device}-{m.get('host', '')}-p{pk.processes}",
+            "source": (f"sandbox calibrate --device {cal.device} on {m.get('host')} "
+                       f"({m.get('gpu') or m.get('cpu')}, {m.get('cores')} cores, torch "
+                       f"{m.get('torch')}) at {m.get('date_utc')}, load average "
+                       f"{m.get('loadavg_1m')}; one rank of {pk.processes} with "
+                       f"{pk.threads} thread(s); medians of repeats, {cal.wall_s:.0f} s"),
+            "compute": compute_section(pk, _device_label(cal, pk)), "collective": colls}
+
+
+def to_profile(cal: Any, processes: int | None = None) -> Any:
+    """`sandbox.profile.Profile` for one rank of `processes` ranks."""
+    from sandbox.profile import profile_from_dict
+
+    return profile_from_dict(profile_dict(cal, processes), "calibration")
+
+
+def write_profile(cal: Any, path: Path, processes: int | None = None) -> Path:
+    """Write the profile (`sandbox.profile.dump_profile`) for one rank of
+    `processes` ranks, then `[measurements]`: the raw points and, under
+    `[measurements.compute_by_processes.N]`, the `[compute]` table for every
+    measured process count N (the loader ignores both)."""
+    from sandbox.profile import dump_profile
+
+    body = dump_profile(to_profile(cal, processes))
+    extra = measurements(cal)
+    extra["compute_by_processes"] = {
+        str(pk.processes): compute_section(pk, _device_label(cal, pk)) for pk in cal.kernels}
+    body += "\n" + dumps_toml({"measurements": extra})
     path.write_text(HEADER + body)
     return path
 

@@ -69,7 +69,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-MAX_POINT_S = 1.5  # stop repeating a point after this long (at least 3 repeats)
+MAX_POINT_S = 0.6  # stop repeating a point after this long (at least 3 repeats)
 
 
 def time_fn(fn: Callable[[], object], device: torch.device, repeats: int = 7,

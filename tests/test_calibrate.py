@@ -7,6 +7,7 @@ import tomllib
 
 import pytest
 
+import sandbox
 from runtime.calibrate import Budget, calibrate
 from runtime.calibration_profile import agreement, measurements
 from runtime.collective_bench import CollectiveFit, bus_factor, fit_alpha_beta
@@ -56,6 +57,26 @@ def test_profile_is_loadable_toml_with_sane_values(profile_path):
     for c in m["collective"]:
         assert c["latency_s"] > 0 and c["busbw_bytes_per_s"] > 0
         assert c["bytes"] == sorted(c["bytes"]) and all(t > 0 for t in c["time_s"])
+
+
+def test_profile_loads_and_the_simulator_uses_it(cal, profile_path):
+    from sandbox.profile import load_profile
+
+    prof = load_profile(profile_path)
+    assert prof.matmul and prof.attention and prof.memory_bytes_per_s > 0
+    assert all(r > 0 for _, r in prof.matmul + prof.attention)
+    assert [x for x, _ in prof.matmul] == sorted(x for x, _ in prof.matmul)
+    assert {c.op for c in prof.collective} == {"all_reduce", "all_gather", "reduce_scatter",
+                                               "send_recv"}
+    assert all(c.group_size == 2 and c.backend == "gloo" for c in prof.collective)
+    base = {"model": {"preset": "tiny"}, "parallel": {"dp": 2, "global_batch": 8}}
+    plain = sandbox.simulate(sandbox.load(base)).to_dict()
+    named = sandbox.load({**base, "cluster": {"preset": "localhost",
+                                              "profile": str(profile_path)}})
+    assert named.cluster.profile == str(profile_path)
+    calibrated = sandbox.simulate(named).to_dict()
+    assert calibrated["step_time_s"] > 0
+    assert calibrated["step_time_s"] != pytest.approx(plain["step_time_s"], rel=1e-3)
 
 
 def test_more_work_takes_longer(cal):

@@ -7,7 +7,8 @@ import json
 import sys
 
 HELP = ("measure this machine's kernels and collectives and write a calibration profile "
-        "(TOML) that a cluster can name with profile = \"...\"")
+        "(TOML) that a cluster can name with profile = \"...\"; on CPU the profile is for one "
+        "rank of a plan filling the machine, and OUT.pN.toml for one rank of N processes")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,6 +38,12 @@ def main(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         raise SandboxError(str(e)) from None
     path = cal.write(out)
+    default = max(pk.processes for pk in cal.kernels)
+    for pk in cal.kernels:  # one profile per rank count: a rank of 1 differs from 1 of 2
+        if pk.processes != default:
+            side = cal.write(out.with_name(f"{out.stem}.p{pk.processes}{out.suffix}"),
+                             pk.processes)
+            print(f"wrote {side} (one rank of {pk.processes})", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(cal.to_dict(), indent=1) + "\n")
     print(f"wrote {path} ({cal.device}, {cal.wall_s:.0f} s of measurement)", file=sys.stderr)
