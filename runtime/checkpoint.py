@@ -205,6 +205,24 @@ def save(run_dir: str | Path, step: int, parts: list[nn.Module],
     return final
 
 
+def _tied_aliases(state: dict[str, Any], saved: set[str]) -> dict[str, Any]:
+    """Read a pipeline stage's own copy of a tied head (`output.weight`) from
+    the embedding's entries when the checkpoint has none for it (written
+    without pipeline parallelism, where the optimizer knows the shared
+    parameter by its first name only). Same tensors, renamed keys."""
+    out: dict[str, Any] = {}
+    for section, sub in state.items():
+        renamed = {}
+        for key, value in sub.items():
+            alias = key.replace("output.weight", "tok_embeddings.weight")
+            if (f"{section}.{key}" not in saved and alias != key
+                    and f"{section}.{alias}" in saved and alias not in sub):
+                key = alias
+            renamed[key] = value
+        out[section] = renamed
+    return out
+
+
 def load(ckpt_dir: str | Path, parts: list[nn.Module], optimizer: torch.optim.Optimizer,
          scheduler: Any = None) -> dict[str, Any]:
     """Collectively restore what `save` wrote (resharding to this layout).
@@ -217,7 +235,13 @@ def load(ckpt_dir: str | Path, parts: list[nn.Module], optimizer: torch.optim.Op
     state = {"model": model_sd, "optim": optim_sd}
     try:
         with _quiet():
-            dcp.load(state, checkpoint_id=str(ckpt_dir))
+            saved = set(_check_storage(ckpt_dir).state_dict_metadata)
+            aliased = _tied_aliases(state, saved)
+            dcp.load(aliased, checkpoint_id=str(ckpt_dir))
+            for section, sub in state.items():  # non-tensor values are replaced, not copied
+                names = _tied_aliases({section: {k: k for k in sub}}, saved)[section]
+                for new_key, key in names.items():
+                    sub[key] = aliased[section][new_key]
         set_state_dict(view, optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optim"], options=OPTIONS)
     except BaseException as e:  # DCP's CheckpointException is a BaseException
