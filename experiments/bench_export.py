@@ -104,7 +104,8 @@ def main() -> int:
         rep = export(run_dir, work / _label(mode).replace(" ", "_") / "model.onnx",
                      quantize=mode["quantize"], prune=mode.get("prune", 0.0),
                      distill_steps=args.distill_steps if mode.get("distill") else 0,
-                     eval_batches=args.eval_batches, latency_repeats=args.latency_repeats)
+                     eval_batches=args.eval_batches, latency_repeats=args.latency_repeats,
+                     fp32_cache=work / "fp32")
         r = rep.to_dict()
         r["mode"] = _label(mode)
         r["targets"] = _targets(mode, r)

@@ -38,7 +38,14 @@ from runtime import distill as distill_mod
 from runtime import evaluate_onnx as ev
 from runtime import export_source as src
 from runtime.generate import Generator, torch_greedy
-from runtime.onnx_export import OPSET, decoder_path, export_decoder, export_full, shape_of
+from runtime.onnx_export import (
+    OPSET,
+    GraphInfo,
+    decoder_path,
+    export_decoder,
+    export_full,
+    shape_of,
+)
 from runtime.prune import n_params
 from runtime.prune import prune as prune_model
 from runtime.quantize import MODES, file_size, quantize, session
@@ -185,7 +192,8 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
            distill_steps: int = 0, *, eval_batches: int = 4, eval_batch: int = 4,
            calib_batches: int = 8, latency_batch: int = 1, latency_length: int | None = None,
            latency_threads: int = 1, latency_repeats: int = 20, distill_batch: int = 8,
-           distill_lr: float = 5e-4, decode_tokens: int = 16, seed: int = 0) -> ExportReport:
+           distill_lr: float = 5e-4, decode_tokens: int = 16, seed: int = 0,
+           fp32_cache: str | Path | None = None) -> ExportReport:
     """Export run `run_dir` to ONNX file `out`; returns (and writes) the report.
 
     quantize: none | int8 | int8-static | int4. prune: fraction of heads and
@@ -195,6 +203,8 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
     the metrics, the next `calib_batches` batches (2 x context) for static
     calibration. Latency: `latency_batch` x `latency_length` (default: the
     context) ids, median of `latency_repeats` runs on `latency_threads` threads.
+    `fp32_cache`: a folder (one per run) where the unpruned fp32 graphs are
+    kept and reused by later calls (benchmarks exporting one run many ways).
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -213,7 +223,8 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
         evals = held[:eval_batches]
         calib = [b[:2] for b in held[eval_batches:]]
         baseline = tmp / "baseline.onnx"
-        base_info = export_full(teacher, baseline)
+        base_info = _cached(fp32_cache, "baseline.onnx", baseline,
+                            lambda p: export_full(teacher, p))
         student, pruned, dlog = teacher, None, None
         if prune > 0:
             cal_it = src.train_batches(4, ctx, seed + 1, data)
@@ -231,7 +242,11 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
         else:
             graphs = {"model": export_full(student, fp32).to_dict()}
         fp32_dec = tmp / "fp32.decoder.onnx"
-        graphs["decoder"] = export_decoder(student, fp32_dec).to_dict()
+        if student is teacher:
+            graphs["decoder"] = _cached(fp32_cache, "decoder.onnx", fp32_dec,
+                                        lambda p: export_decoder(teacher, p)).to_dict()
+        else:
+            graphs["decoder"] = export_decoder(student, fp32_dec).to_dict()
         final = tmp / out.name
         final_dec = decoder_path(final)
         calib_full = [{"input_ids": b.numpy().astype(np.int64)} for b in calib]
@@ -280,6 +295,22 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached(cache: str | Path | None, name: str, dst: Path, make) -> GraphInfo:
+    """`make(dst)`, or a copy of the cached graph and its info when present."""
+    if cache is None:
+        return make(dst)
+    cache = Path(cache)
+    cached, info = cache / name, cache / (name + ".json")
+    if not (cached.is_file() and info.is_file()):
+        cache.mkdir(parents=True, exist_ok=True)
+        made = make(dst)
+        shutil.copyfile(dst, cached)
+        info.write_text(json.dumps(made.to_dict()))
+        return made
+    shutil.copyfile(cached, dst)
+    return GraphInfo(**json.loads(info.read_text()))
 
 
 def quantize_fn(srcp: Path, dst: Path, mode: str, calibration: list | None) -> None:
