@@ -37,6 +37,7 @@ CASES_4 = {
     "pp2 x dp2 (1f1b, ZeRO-3)": dict(pp=2, dp=2, zero=3),
     "dp2 x tp2 ZeRO-0 (replicate)": dict(dp=2, tp=2, zero=0),
     "pp2 x dp2 ZeRO-0 (replicate)": dict(pp=2, dp=2, zero=0),
+    "pp4 1f1b (tied over 4 stages)": dict(pp=4, schedule="1f1b"),
 }
 
 _refs: dict = {}
@@ -68,7 +69,7 @@ def check(name: str, overrides: dict, run: dict) -> None:
     ref = reference(overrides)
     loss, norm = max_rel(run["loss"], ref["loss"]), max_rel(run["grad_norm"], ref["grad_norm"])
     ev = abs(run["eval"] - ref["eval"]) / ref["eval"]
-    print(f"\n| {name:28s} | loss {loss:.2e} | grad norm {norm:.2e} | eval {ev:.2e} "
+    print(f"\n| {name:30s} | loss {loss:.2e} | grad norm {norm:.2e} | eval {ev:.2e} "
           f"| {run['wall_s']:.1f} s |")
     assert ref["loss"][-1] < ref["loss"][0] - 0.5, "the reference run must learn something"
     assert loss < TOL, f"{name}: losses {run['loss']} vs single process {ref['loss']}"
