@@ -16,10 +16,10 @@ BREAKDOWN = ("compute", "tp_comm", "pp_comm", "dp_comm", "bubble", "optimizer", 
 MEMORY = ("params", "grads", "optimizer", "activations", "other")
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "legend.fontsize": 9,
          "xtick.labelsize": 9, "ytick.labelsize": 10, "axes.grid": True, "grid.alpha": 0.3}
-KIND_COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "backward_input": "#DD8452",
-               "backward_weight": "#C44E52", "recompute": "#8172B3", "tp_comm": "#55A868",
-               "pp_comm": "#937860", "dp_comm": "#DA8BC3", "optimizer": "#8C8C8C",
-               "other": "#CCB974"}
+KIND_COLORS = {"fwd": "#4C72B0", "forward": "#4C72B0", "bwd": "#DD8452", "backward": "#DD8452",
+               "wgrad": "#C44E52", "recompute": "#8172B3", "tp_comm": "#55A868",
+               "pp_comm": "#2CA02C", "dp_comm": "#937860", "param_allgather": "#DA8BC3",
+               "optimizer": "#8C8C8C", "other": "#CCB974"}
 
 
 def _figure(width: float, height: float, ncols: int = 1):
@@ -205,7 +205,8 @@ def search_scatter(result, title: str = ""):
                 marker="o", label="Pareto front (time vs memory)")
         best = result.iloc[0]
         ax.annotate(f"best: {plan_label(best)}", (best["memory_gb"], best["step_time_s"]),
-                    xytext=(10, -14), textcoords="offset points", fontsize=9)
+                    xytext=(12, 18), textcoords="offset points", fontsize=9,
+                    arrowprops={"arrowstyle": "->", "color": "0.3"})
         ax.set_xlabel("memory per GPU (GB)")
         ax.set_ylabel("predicted step time (s)")
         ax.set_title(title or "Search: step time vs memory")

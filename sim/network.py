@@ -16,41 +16,53 @@ from collections.abc import Callable, Sequence
 import simpy
 
 
-def max_min_rates(paths: Sequence[Sequence], capacity: Callable[[tuple], float]) -> list[float]:
-    """Max-min fair rate of each flow (bytes/s) given its links' capacities."""
+def max_min_rates(paths: Sequence, capacity: Callable[[tuple], float]) -> list[float]:
+    """Max-min fair rate of each flow (bytes/s) given its links' capacities.
+
+    A path is a sequence of links, or a dict {link: weight} for a group of
+    `weight` identical flows per link that move together (one collective
+    phase): the group's rate is per flow, and it loads the link `weight` times.
+    """
     n = len(paths)
     rates = [0.0] * n
     if n == 0:
         return rates
+    loads = [p if isinstance(p, dict) else _count(p) for p in paths]
     users: dict = {}
-    for i, p in enumerate(paths):
-        for e in p:
+    for i, ld in enumerate(loads):
+        for e in ld:
             users.setdefault(e, []).append(i)
     remaining = {e: capacity(e) for e in users}
-    active = {e: len(u) for e, u in users.items()}
+    weight = {e: sum(loads[i][e] for i in u) for e, u in users.items()}
     frozen = [False] * n
     left = n
     while left:
-        # the link that saturates first limits all of its unfrozen flows
         e_min, share = None, float("inf")
-        for e, k in active.items():
-            if k and remaining[e] / k < share:
-                e_min, share = e, remaining[e] / k
+        for e, w in weight.items():
+            if w > 0 and remaining[e] / w < share:
+                e_min, share = e, remaining[e] / w
         if e_min is None:
             break
+        for e, w in weight.items():
+            remaining[e] -= share * w
         for i in range(n):
             if not frozen[i]:
                 rates[i] += share
-        for e in active:
-            remaining[e] -= share * active[e]
         for i in users[e_min]:
             if not frozen[i]:
                 frozen[i] = True
                 left -= 1
-                for e in paths[i]:
-                    active[e] -= 1
-        active = {e: k for e, k in active.items() if k}
+                for e, w in loads[i].items():
+                    weight[e] -= w
+        weight = {e: w for e, w in weight.items() if w > 1e-12}
     return rates
+
+
+def _count(path: Sequence) -> dict:
+    out: dict = {}
+    for e in path:
+        out[e] = out.get(e, 0) + 1
+    return out
 
 
 def fluid_finish(paths: Sequence[Sequence], sizes: Sequence[float],
@@ -86,19 +98,22 @@ class FlowNetwork:
         self.reshares = 0
 
     def transfer(self, paths: Sequence[Sequence], sizes: Sequence[float]) -> simpy.Event:
-        """Start flows now; the event fires when the last of them has finished."""
+        """Start a group of equal flows now (one collective phase: they move at
+        one per-flow rate); the event fires when they have all finished."""
+        ev = self.env.event()
+        size = max(sizes, default=0.0)
+        if size <= 0:
+            ev.succeed()
+            return ev
         self._advance()
-        events = []
-        for p, s in zip(paths, sizes, strict=True):
-            ev = self.env.event()
-            if s <= 0:
-                ev.succeed()
-            else:
-                self.flows[self._next] = [tuple(p), float(s), 0.0, ev]
-                self._next += 1
-            events.append(ev)
+        load: dict = {}
+        for p in paths:
+            for e in p:
+                load[e] = load.get(e, 0) + 1
+        self.flows[self._next] = [load, float(size), 0.0, ev]
+        self._next += 1
         self._reshare()
-        return self.env.all_of(events)
+        return ev
 
     def _advance(self) -> None:
         dt = self.env.now - self._last

@@ -1,0 +1,69 @@
+"""sandbox simulate PLAN [--json] [--trace FILE] [--plot FILE] [--failures]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sandbox.errors import SandboxError
+
+HELP = "predict a plan's step time, breakdown and memory with the discrete-event simulator"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", help="plan TOML file")
+    p.add_argument("--json", action="store_true", help="print the JSON contract")
+    p.add_argument("--trace", metavar="FILE", help="write a Chrome-trace JSON (Perfetto)")
+    p.add_argument("--plot", metavar="FILE", help="write a Gantt chart PNG of the step")
+    p.add_argument("--failures", action="store_true",
+                   help="add goodput, expected time to train and the checkpoint interval")
+    p.add_argument("--seed", type=int, default=0, help="seed of the failure simulation")
+
+
+def _failures(plan, step_time_s: float, seed: int) -> dict:
+    try:
+        from sim.failures import failure_report
+    except ImportError:
+        raise SandboxError("--failures: the failure model (sim/failures.py) is not "
+                           "available in this installation") from None
+    return failure_report(plan, step_time_s, seed=seed).to_dict()
+
+
+def format_result(d: dict) -> str:
+    bd, mem = d["breakdown_s"], d["memory_gb_per_gpu"]
+    rows = [("parameters", f"{d['params'] / 1e9:.3f} B"),
+            ("step time", f"{d['step_time_s']:.4f} s"),
+            ("tokens / s", f"{d['tokens_per_s']:,.0f}"),
+            ("TFLOP/s per GPU (model / hw)",
+             f"{d['tflops_per_gpu']:.1f} / {d['hw_tflops_per_gpu']:.1f}"),
+            ("MFU / HFU", f"{d['mfu']:.1%} / {d['hfu']:.1%}")]
+    rows += [(f"  {k} (s)", f"{v:.4f}  ({v / d['step_time_s']:.1%})") for k, v in bd.items()]
+    rows += [("memory per GPU", f"{mem['total']:.2f} GB"),
+             ("fits", "yes" if d["fits"] else "NO (does not fit in GPU memory)"),
+             ("events / simulator wall", f"{d['events']:,} / {d['sim_wall_s']:.3f} s")]
+    rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in d.items()
+             if k in ("goodput", "expected_time_to_train_h", "checkpoint_cost_s",
+                      "checkpoint_interval_s")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(args: argparse.Namespace) -> int:
+    import sandbox
+
+    plan = sandbox.load(args.plan)
+    if args.failures:  # fail early, before simulating, if the module is missing
+        try:
+            import sim.failures  # noqa: F401
+        except ImportError:
+            _failures(plan, 0.0, args.seed)
+    result = sandbox.simulate(plan, timeline=bool(args.trace or args.plot))
+    d = result.to_dict()
+    if args.failures:
+        d.update(_failures(plan, result.step_time_s, args.seed))
+    if args.trace:
+        result.chrome_trace(args.trace)
+    if args.plot:
+        result.plot(args.plot)
+    print(json.dumps(d, indent=2) if args.json else format_result(d))
+    return 0
