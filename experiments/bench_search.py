@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
+
+from machine import machine as machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -33,22 +33,7 @@ TABLE = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute", "sequence_
 
 
 def machine() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "git_commit": commit,
-            "versions": {p: version(p) for p in ("simpy", "networkx", "pandas", "numpy")}}
+    return machine_info(("simpy", "networkx", "pandas", "numpy"))
 
 
 def run_search() -> tuple[float, list[dict], str, float]:
