@@ -120,6 +120,25 @@ def predict_one(model: str, name: str, overrides: dict, profile: str, meas: dict
     }
 
 
+def calibration_stats(profile: Path, previous: str) -> dict:
+    """Spread of the profile's points and agreement with an earlier calibration."""
+    import tomllib
+
+    from runtime.calibrate import Calibration
+    from runtime.calibration_profile import _points, agreement, measurements, median_spread
+
+    meas = tomllib.loads(profile.read_text()).get("measurements", {})
+    if not meas:
+        return {}
+    out = {"wall_s": meas["wall_s"], "loadavg_1m": meas["machine"].get("loadavg_1m", 0.0),
+           "points": len(_points(meas)), "median_spread": median_spread(meas)}
+    if previous:
+        prev = measurements(Calibration.from_dict(json.loads(Path(previous).read_text())))
+        out["previous"] = previous
+        out["agreement"] = agreement(prev, meas)
+    return out
+
+
 def summary(rows: list[dict]) -> dict:
     target = [r for r in rows if r["model"] == "gpt-mini" and r["plan"] in TARGET
               and r.get("error") is not None]
@@ -166,6 +185,20 @@ def markdown(meta: dict, rows: list[dict], summ: dict) -> str:
             f"| {_pct(r['error'])} | {_pct(r['error_uncalibrated'])} "
             f"| {r['loadavg_1m'][0]:.1f} / {r['loadavg_1m'][1]:.1f} | {r['profile']} "
             f"| {r['measured_at'][11:19]} |")
+    cal = meta.get("calibration_stats") or {}
+    if cal:
+        lines += ["", "## Calibration", "",
+                  f"- `{meta['profile']}` (+ `.p1.toml` for one-process plans): "
+                  f"{cal['wall_s']:.0f} s of measurement at load {cal['loadavg_1m']:.1f}, "
+                  f"{cal['points']} points; median spread (IQR / median) over points "
+                  f"{100 * cal['median_spread']:.0f}%"]
+        if cal.get("agreement"):
+            a = cal["agreement"]
+            lines.append(f"- against `{cal['previous']}`: {a['points']} common points, "
+                         f"{100 * a['agree_fraction']:.0f}% agree within their spread + "
+                         f"{100 * a['tolerance']:.0f}%; median |log ratio| "
+                         f"{a['median_abs_log_ratio']:.2f}, 90th percentile "
+                         f"{a['p90_abs_log_ratio']:.2f}")
     lines += ["", "## Target: gpt-mini dp 1, dp 2, tp 2, pp 2", ""]
     if "median_abs_error" in summ:
         lines.append(f"median |error| {100 * summ['median_abs_error']:.1f}% (target <= 20%), "
@@ -198,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated plan names (default: all)")
     ap.add_argument("--out", default=str(RESULTS / "sim_vs_real"), help="results basename")
     ap.add_argument("--plots", default="", help="directory for per-plan compare.json + PNG")
+    ap.add_argument("--previous", default="",
+                    help="an earlier calibration's --json file to check reproducibility")
     args = ap.parse_args(argv)
     from runtime.calibrate import machine_info
 
@@ -242,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile": str(rel), "calibration": calib, "steps": args.steps,
             "measurements": str(cache_path.relative_to(ROOT) if cache_path.is_relative_to(ROOT)
                                 else cache_path)}
+    meta["calibration_stats"] = calibration_stats(profile, args.previous)
     summ = summary(rows)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summ,
                                                     "rows": rows}, indent=2) + "\n")

@@ -178,6 +178,10 @@ def _measure(op: str, nbytes: int, rank: int, world: int, device: torch.device, 
 
 def _worker(rank: int, world: int, rdv: str, backend: str, device_type: str, ops: list[str],
             sizes: list[int], repeats: int, min_time_s: float, out: str, progress: str) -> None:
+    import warnings
+
+    # torch 2.13 deprecates the *_into_tensor names; they are what FSDP2 calls.
+    warnings.filterwarnings("ignore", message=".*is deprecated.*", category=FutureWarning)
     torch.set_num_threads(1)
     if device_type == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
