@@ -19,6 +19,7 @@ attention_efficiency = 0.55     # batched attention GEMMs (QK^T, PV)
 attention_half_flops = 1.0e9
 memory_efficiency = 0.80        # memory-bound kernels: fraction of HBM bandwidth
 kernel_overhead_s = 4.0e-6      # fixed cost of one kernel launch
+host_op_overhead_s = 0.0        # host (CPU) dispatch per kernel; work takes max(GPU, host)
 collective_efficiency = 0.80    # achieved bandwidth / link bandwidth
 collective_step_latency_s = 5.0e-6  # software cost per algorithm step (ring hop)
 
@@ -81,6 +82,8 @@ class Profile:
     attention_half_flops: float = 1.0e9
     memory_efficiency: float = 0.80
     kernel_overhead_s: float = 4.0e-6
+    # CPU dispatch per kernel in eager mode (sim/host.py); 0 = the host never binds
+    host_op_overhead_s: float = 0.0
     collective_efficiency: float = 0.80
     collective_step_latency_s: float = 5.0e-6
     # measured ([compute] table); empty / 0 = use the curves above
@@ -148,6 +151,7 @@ def _interp_log(points: Curve, x: float) -> float:
 
 _FLOATS = ("matmul_efficiency", "matmul_half_flops", "attention_efficiency",
            "attention_half_flops", "memory_efficiency", "kernel_overhead_s",
+           "host_op_overhead_s",
            "collective_efficiency", "collective_step_latency_s")
 
 

@@ -135,6 +135,10 @@ class Parallel:
     schedule: str = "1f1b"
     zero: int = 1  # 0 DDP, 1 optimizer states, 2 +grads, 3 +params (FSDP)
     sequence_parallel: bool = True  # only has an effect with tp > 1
+    # backward TP all-reduce (SP: reduce-scatter) of the input gradient overlapped
+    # with the weight-gradient GEMM (Megatron-LM's async grad all-reduce); the
+    # runtime's DTensor TP does not overlap, so it is off by default
+    tp_overlap: bool = False
     recompute: str = "selective"
     dp_mode: str = "allreduce"
     grad_compression: str = "none"  # none | fp16 | int8 | topk:F | powersgd:R

@@ -63,6 +63,7 @@ class LayerTimes:
     bwd_input: float  # backward to the block's input (B of ZB-H1)
     bwd_weight: float  # weight-gradient GEMMs (W of ZB-H1)
     attn_core: float = 0.0  # forward of the attention core (selective recompute)
+    wgrad_column: tuple[float, ...] = ()  # wgrad of the QKV and MLP-in GEMMs
 
     @property
     def bwd(self) -> float:
@@ -85,7 +86,8 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
     fwd_gemm = sum(gemm_time(d, M, N, K, bytes_per=w) for M, N, K in gemms)
     # dgrad: (M x N) @ (N x K); wgrad: (K x M) @ (M x N)
     dgrad = sum(gemm_time(d, M, K, N, bytes_per=w) for M, N, K in gemms)
-    wgrad = sum(gemm_time(d, K, N, M, bytes_per=w) for M, N, K in gemms)
+    wgrads = [gemm_time(d, K, N, M, bytes_per=w) for M, N, K in gemms]
+    wgrad = sum(wgrads)
     hd = m.head_dim
     score = gemm_time(d, s, s, hd, batch=b * heads, bytes_per=w, attention=True)
     ctx = gemm_time(d, s, hd, s, batch=b * heads, bytes_per=w, attention=True)
@@ -103,7 +105,8 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
     mem_bwd = sum(memory_time(d, 2 * x) for x in elem_fwd)
     return LayerTimes(fwd=fwd_gemm + attn_fwd + mem_fwd, bwd_input=dgrad + attn_bwd + mem_bwd,
                       bwd_weight=wgrad,
-                      attn_core=attn_fwd + memory_time(d, softmax))
+                      attn_core=attn_fwd + memory_time(d, softmax),
+                      wgrad_column=(wgrads[0], wgrads[2]))
 
 
 def embedding_times(plan: Plan, d: Device) -> tuple[float, float]:

@@ -22,6 +22,7 @@ from sandbox.profile import Profile
 from sandbox.specs import Plan
 from sim import compute
 from sim.collectives import Coll, Phase, collective_time, concurrent_time, phases
+from sim.host import ATTENTION_GEMMS, host_ops
 from sim.schedules import Op, schedule
 from sim.topology import Topology
 
@@ -30,12 +31,16 @@ DEFAULT_BUCKET_PARAMS = 40_000_000  # Megatron-LM's gradient bucket (--ddp-bucke
 
 @dataclass
 class OpCost:
+    """GPU compute and blocking TP communication of one op, and the host's
+    dispatch time for it (the op takes the larger: `sim.host`)."""
+
     compute_s: float
     tp_s: float
+    host_s: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.compute_s + self.tp_s
+        return max(self.compute_s + self.tp_s, self.host_s)
 
 
 @dataclass
@@ -74,8 +79,15 @@ def grad_bytes_per_param(plan: Plan) -> float:
     return base
 
 
-def _tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int) -> tuple[float, float]:
-    """(forward, backward) TP communication seconds of one block."""
+def _tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
+              lt: compute.LayerTimes) -> tuple[float, float]:
+    """(forward, backward) exposed TP communication seconds of one block.
+
+    Two collectives each way (attention and MLP). With `tp_overlap` the two
+    backward ones, at the column-parallel QKV and MLP-in layers, run while
+    that layer's weight-gradient GEMM computes (not under zero-bubble, whose
+    W is deferred): only the part longer than the GEMM is exposed.
+    """
     m, p = plan.model, plan.parallel
     if p.tp == 1:
         return 0.0, 0.0
@@ -87,6 +99,8 @@ def _tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int) -> tuple[fl
                + collective_time(topo, Coll("reduce_scatter", group, nbytes), prof))
     else:
         one = collective_time(topo, Coll("all_reduce", group, nbytes), prof)
+    if p.tp_overlap and p.schedule != "zero-bubble":
+        return 2 * one, sum(max(0.0, one - w) for w in lt.wgrad_column)
     return 2 * one, 2 * one  # attention and MLP, forward; the conjugates backward
 
 
@@ -120,6 +134,7 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
     P, v, mb = p.pp, p.vpp if p.schedule == "interleaved-1f1b" else 1, p.microbatches
     per_chunk = m.layers // (P * v)
     zb = p.schedule == "zero-bubble"
+    ho, host = host_ops(plan), prof.host_op_overhead_s
     cost: dict[tuple[int, int, str], OpCost] = {}
     opt: list[float] = []
     buckets: list[list[tuple[float, list[Phase]]]] = []
@@ -127,21 +142,27 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
     gbytes = grad_bytes_per_param(plan)
     wbytes = memory.weight_bytes_per_param(tr.precision)
     for s in range(P):
-        tp_f, tp_b = _tp_times(plan, topo, prof, s)
+        tp_f, tp_b = _tp_times(plan, topo, prof, s, lt)
         for c in range(v):
             vs = c * P + s
             f = per_chunk * lt.fwd + (emb_f if vs == 0 else 0) + (head_f if vs == P * v - 1 else 0)
             tf = per_chunk * tp_f
-            re, tre = 0.0, 0.0
+            first, last = vs == 0, vs == P * v - 1
+            re, tre, host_re = 0.0, 0.0, 0
             if p.recompute == "full":
-                re, tre = per_chunk * lt.fwd, per_chunk * tp_f
+                re, tre, host_re = per_chunk * lt.fwd, per_chunk * tp_f, ho.block_fwd
             elif p.recompute == "selective":
-                re = per_chunk * lt.attn_core
-            extra_b = (emb_b if vs == 0 else 0) + (head_b if vs == P * v - 1 else 0)
+                re, host_re = per_chunk * lt.attn_core, ATTENTION_GEMMS + 1
+            extra_b = (emb_b if first else 0) + (head_b if last else 0)
             b_in = per_chunk * (lt.bwd_input if zb else lt.bwd) + re + extra_b
-            cost[(s, c, "F")] = OpCost(f, tf)
-            cost[(s, c, "B")] = OpCost(b_in, per_chunk * tp_b + tre)
-            cost[(s, c, "W")] = OpCost(per_chunk * lt.bwd_weight if zb else 0.0, 0.0)
+            host_f = per_chunk * ho.block_fwd + ho.embedding_fwd * first + ho.head_fwd * last
+            host_w = per_chunk * ho.block_bwd_weight
+            host_b = (per_chunk * (ho.block_bwd_input + host_re) + ho.embedding_bwd * first
+                      + ho.head_bwd * last + (0 if zb else host_w))
+            cost[(s, c, "F")] = OpCost(f, tf, host * host_f)
+            cost[(s, c, "B")] = OpCost(b_in, per_chunk * tp_b + tre, host * host_b)
+            cost[(s, c, "W")] = (OpCost(per_chunk * lt.bwd_weight, 0.0, host * host_w) if zb
+                                 else OpCost(0.0, 0.0))
         n_params = memory.stage_params_per_gpu(m, p.tp, P, s)
         shard = n_params / (p.dp if p.zero >= 1 else 1)
         opt.append(compute.optimizer_time(dev, shard, tr.precision))
@@ -150,18 +171,17 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
         if p.dp > 1:
             nb = max(1, math.ceil(n_params / bucket_params)) if dp_overlap else 1
             op = "all_reduce" if p.zero == 0 else "reduce_scatter"
-            for _ in range(nb):
-                nbytes = n_params / nb * gbytes
-                if p.dp_mode == "local-sgd":
-                    nbytes /= max(1, p.sync_every)
-                colls = [Coll(op, tuple(rank_of(plan, d, s, t) for d in range(p.dp)), nbytes,
-                              dp_algorithm) for t in range(p.tp)]
-                ph = _merge_phases([phases(topo, c_, prof) for c_ in colls])
-                if p.zero >= 1:  # updated parameters gathered back after the step
-                    ag_c = [Coll("all_gather", cc.ranks, n_params / nb * wbytes, dp_algorithm)
-                            for cc in colls]
-                    ph += _merge_phases([phases(topo, c_, prof) for c_ in ag_c])
-                stage_b.append((n_params / nb, ph))
+            nbytes = n_params / nb * gbytes
+            if p.dp_mode == "local-sgd":
+                nbytes /= max(1, p.sync_every)
+            colls = [Coll(op, tuple(rank_of(plan, d, s, t) for d in range(p.dp)), nbytes,
+                          dp_algorithm) for t in range(p.tp)]
+            ph = _merge_phases([phases(topo, c_, prof) for c_ in colls])
+            if p.zero >= 1:  # updated parameters gathered back after the step
+                ag_c = [Coll("all_gather", cc.ranks, n_params / nb * wbytes, dp_algorithm)
+                        for cc in colls]
+                ph += _merge_phases([phases(topo, c_, prof) for c_ in ag_c])
+            stage_b = [(n_params / nb, ph)] * nb  # equal buckets: one set of phases
         buckets.append(stage_b)
         if p.zero >= 3 and p.dp > 1:
             colls = [Coll("all_gather", tuple(rank_of(plan, d, s, t) for d in range(p.dp)),

@@ -61,25 +61,21 @@ def interleaved(p: int, m: int, rank: int, v: int) -> list[Op]:
 
 
 def zero_bubble_h1(p: int, m: int, rank: int) -> list[Op]:
-    """ZB-H1 (Qi et al. 2024): 1F1B order with the weight-gradient W of each
-    microbatch deferred (at most p-rank-1 pending) so that W fills the
-    cool-down bubbles; same activation memory as 1F1B."""
-    base = one_f_one_b(p, m, rank)
-    defer = p - rank - 1
+    """ZB-H1 (Qi et al. 2024): 1F1B order with each microbatch's weight-gradient
+    W split from its input-gradient B. Rank i defers up to i W's (the last
+    stage the most), so input gradients run back to the first stage without
+    waiting behind W and the deferred W's fill the cool-down: the bubble
+    shrinks from (p-1)(T_F + T_B + T_W) to (p-1)(T_F + T_B - T_W); the peak
+    activation memory (the first stage's p microbatches) is that of 1F1B."""
     ops: list[Op] = []
     pending: list[int] = []
-    forwards = 0
-    for kind, i, c in base:
+    for kind, i, c in one_f_one_b(p, m, rank):
         ops.append((kind, i, c))
-        forwards += kind == "F"
         if kind == "B":
             pending.append(i)
-            if forwards == m:  # cool-down: one deferred W after each B
+            while len(pending) > rank:
                 ops.append(("W", pending.pop(0), 0))
-            while len(pending) > defer:
-                ops.append(("W", pending.pop(0), 0))
-    ops += [("W", i, 0) for i in pending]
-    return ops
+    return ops + [("W", i, 0) for i in pending]
 
 
 def schedule(name: str, p: int, m: int, rank: int, v: int = 1) -> list[Op]:

@@ -31,6 +31,7 @@ class Topology:
     kind: str
     nodes_per_leaf: int = 1
     _routes: dict = field(default_factory=dict)
+    _latency: dict = field(default_factory=dict)
 
     @property
     def gpn(self) -> int:
@@ -42,8 +43,12 @@ class Topology:
     def capacity(self, link: Link) -> float:
         return self.graph.edges[link]["bw"]
 
-    def latency(self, path: list[Link]) -> float:
-        return sum(self.graph.edges[e]["lat"] for e in path)
+    def latency(self, path: tuple[Link, ...]) -> float:
+        """Seconds of one message along `path` (sum of its links' latencies)."""
+        lat = self._latency.get(path)
+        if lat is None:
+            lat = self._latency[path] = sum(self.graph.edges[e]["lat"] for e in path)
+        return lat
 
     def route(self, src: int, dst: int, channel: int = 0) -> tuple[Link, ...]:
         """Directed links from GPU `src` to GPU `dst`; inter-node traffic leaves

@@ -1,0 +1,44 @@
+"""Host-side dispatch: the CPU cost of launching a step's kernels.
+
+In eager PyTorch (Megatron-LM, torchtitan without CUDA graphs) the host
+dispatches every kernel from Python and the autograd engine; it runs ahead of
+the GPU asynchronously, so a piece of work takes `max(GPU time, host time)`:
+small models and small microbatches are bound by the host, not the GPU.
+Host time = modelled kernels x `Profile.host_op_overhead_s` (seconds per
+kernel, from calibration; 0 disables the bound). The kernel counts are those
+of `sim.compute` (what the simulator charges GPU time for), so the constant
+is the host cost per modelled kernel, framework glue (views, bias adds,
+autograd bookkeeping) included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sandbox.specs import Plan
+
+BLOCK_GEMMS = 4  # QKV, attention output, MLP in, MLP out
+ATTENTION_GEMMS = 2  # QK^T, PV
+BLOCK_MEMORY_OPS = 4  # norms, softmax+dropout, activation, dropout+residual
+
+
+@dataclass(frozen=True)
+class HostOps:
+    """Kernels launched per transformer block and per embedding / head, per microbatch."""
+
+    block_fwd: int
+    block_bwd_input: int
+    block_bwd_weight: int
+    embedding_fwd: int = 1
+    embedding_bwd: int = 1
+    head_fwd: int = 3  # norm, logits GEMM, cross-entropy
+    head_bwd: int = 5  # cross-entropy, two GEMMs, norm (x2)
+
+
+def host_ops(plan: Plan) -> HostOps:
+    """Kernel counts of one block (tensor-parallel collectives included)."""
+    p = plan.parallel
+    tp_colls = 0 if p.tp == 1 else (4 if p.sequence_parallel else 2)
+    fwd = BLOCK_GEMMS + ATTENTION_GEMMS + BLOCK_MEMORY_OPS + tp_colls
+    bwd_input = BLOCK_GEMMS + 2 * ATTENTION_GEMMS + BLOCK_MEMORY_OPS + tp_colls
+    return HostOps(block_fwd=fwd, block_bwd_input=bwd_input, block_bwd_weight=BLOCK_GEMMS)

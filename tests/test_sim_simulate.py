@@ -1,0 +1,140 @@
+"""sim.simulate end to end: contract, symmetry, ZeRO, overlap, memory, the CLI."""
+
+import json
+
+import pytest
+
+import sandbox
+from sandbox.profile import Profile
+from sim import simulate
+from sim.collectives import Coll, collective_time
+from sim.topology import build
+
+
+def plan(**par):
+    base = {"tp": 2, "pp": 2, "micro_batch": 1, "global_batch": 16, "schedule": "1f1b",
+            "zero": 1}
+    return sandbox.load({"model": {"preset": "gpt3-1.3b"},
+                         "cluster": {"preset": "dgx-a100-80g", "nodes": 2},
+                         "parallel": {**base, **par}})
+
+
+def test_contract_and_breakdown_adds_up():
+    r = simulate(plan())
+    d = r.to_dict()
+    for k in ("params", "flops_per_step", "step_time_s", "tokens_per_s", "tflops_per_gpu",
+              "hw_tflops_per_gpu", "mfu", "hfu", "memory_gb_per_gpu", "fits", "breakdown_s",
+              "events", "sim_wall_s"):
+        assert k in d
+    assert set(d["breakdown_s"]) == {"compute", "tp_comm", "pp_comm", "dp_comm", "bubble",
+                                     "optimizer", "other"}
+    assert sum(d["breakdown_s"].values()) == pytest.approx(d["step_time_s"])
+    assert 0 < d["mfu"] < d["hfu"] < 1  # selective recompute: hardware FLOPs > model FLOPs
+    assert d["tokens_per_s"] == pytest.approx(16 * 2048 / d["step_time_s"])
+
+
+@pytest.mark.parametrize("par", [{}, {"zero": 3, "pp": 1, "tp": 1},
+                                 {"schedule": "interleaved-1f1b", "vpp": 2},
+                                 {"zero": 0, "tp": 1}])
+def test_one_replica_stands_for_all(par):
+    """Simulating data-parallel replica 0 alone equals simulating every replica."""
+    p = plan(**par)
+    assert p.parallel.dp > 1
+    one, every = simulate(p, replicas="one"), simulate(p, replicas="all")
+    assert one.step_time_s == pytest.approx(every.step_time_s, rel=1e-9)
+    assert one.breakdown_s == pytest.approx(every.breakdown_s, rel=1e-9, abs=1e-12)
+    assert every.events > one.events
+
+
+def test_zero3_adds_parameter_allgathers():
+    z1, z3 = plan(zero=1, tp=1, pp=1), plan(zero=3, tp=1, pp=1)
+    r1, r3 = simulate(z1), simulate(z3)
+    gathers = [s for s in r3.timeline if s["kind"] == "param_allgather"]
+    n_ops = 2 * z3.parallel.microbatches  # one gather before every forward and backward
+    assert len(gathers) == n_ops and not any(s["kind"] == "param_allgather"
+                                             for s in r1.timeline)
+    # each gather moves the 16-bit weights over the 16-GPU ring
+    topo = build(z3.cluster)
+    per = collective_time(topo, Coll("all_gather", tuple(range(16)), 2 * r3.params),
+                          Profile())
+    assert gathers[0]["end_s"] - gathers[0]["start_s"] == pytest.approx(per, rel=0.05)
+    assert r3.step_time_s >= r1.step_time_s
+
+
+def test_dp_overlap_hides_gradient_reduction():
+    p = plan(tp=1, pp=1, zero=0)
+    overlapped, after = simulate(p), simulate(p, dp_overlap=False)
+    assert overlapped.breakdown_s["dp_comm"] < after.breakdown_s["dp_comm"]
+    assert overlapped.step_time_s < after.step_time_s
+
+
+def test_tp_overlap_hides_backward_allreduce():
+    base, ov = plan(tp=8, pp=1, sequence_parallel=False), plan(tp=8, pp=1,
+                                                               sequence_parallel=False,
+                                                               tp_overlap=True)
+    rb, ro = simulate(base), simulate(ov)
+    assert ro.breakdown_s["tp_comm"] < rb.breakdown_s["tp_comm"]
+    assert ro.breakdown_s["tp_comm"] >= rb.breakdown_s["tp_comm"] / 2 - 1e-12  # fwd stays
+
+
+def test_host_bound_small_plan():
+    """With a host cost per kernel, tiny microbatches are bound by dispatch."""
+    p = plan(tp=1, pp=1)
+    slow_host = Profile(host_op_overhead_s=1e-3)
+    r = simulate(p, profile=slow_host)
+    assert r.step_time_s > simulate(p, profile=Profile()).step_time_s
+    assert r.breakdown_s["other"] > 0.5 * r.step_time_s
+
+
+def test_slower_network_slows_only_communication():
+    fast = plan(tp=1, pp=1, zero=0)
+    slow = fast.replace(**{"cluster.nic_gbit_per_s": 25.0})
+    rf, rs = simulate(fast, dp_overlap=False), simulate(slow, dp_overlap=False)
+    assert rs.breakdown_s["compute"] == pytest.approx(rf.breakdown_s["compute"])
+    assert rs.breakdown_s["dp_comm"] > 4 * rf.breakdown_s["dp_comm"]
+
+
+def test_does_not_fit_is_reported():
+    p = sandbox.load({"model": {"preset": "gpt3-175b"},
+                      "cluster": {"preset": "dgx-a100-80g", "nodes": 1},
+                      "parallel": {"tp": 8, "pp": 1, "global_batch": 8}})
+    r = simulate(p)
+    assert r.fits is False and r.memory_gb_per_gpu["total"] > 80
+    assert r.step_time_s > 0
+
+
+def test_cli_simulate_json_trace_plot(cli, tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text(plan().to_toml())
+    r = cli("simulate", str(f), "--json", "--trace", str(tmp_path / "t.json"),
+            "--plot", str(tmp_path / "g.png"))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["step_time_s"] > 0 and d["fits"] is True
+    trace = json.loads((tmp_path / "t.json").read_text())
+    names = {e["name"] for e in trace["traceEvents"] if e["ph"] == "X"}
+    assert {"fwd", "bwd", "pp_comm"} <= names
+    assert (tmp_path / "g.png").stat().st_size > 10_000
+
+
+def test_cli_simulate_reports_not_fitting_plan(cli, tmp_path):
+    f = tmp_path / "big.toml"
+    f.write_text('[model]\npreset = "gpt3-175b"\n[cluster]\npreset = "dgx-a100-80g"\n'
+                 'nodes = 1\n[parallel]\ntp = 8\nglobal_batch = 8\n')
+    r = cli("simulate", str(f))
+    assert r.returncode == 0, r.stderr
+    assert "does not fit" in r.stdout
+
+
+@pytest.mark.parametrize("text,words", [
+    ('[parallel]\ntp = 4\n', ["parallel.tp", "heads"]),
+    ('[model]\npreset = "gpt3-175b"\n[cluster]\npreset = "dgx-a100-80g"\nnodes = 5\n'
+     '[parallel]\ntp = 8\npp = 5\n', ["parallel.pp"]),
+    ('[parallel]\nschedule = "1f2b"\n', ["parallel.schedule"]),
+])
+def test_cli_simulate_rejects_bad_plans(cli, tmp_path, text, words):
+    from test_cli import assert_one_line_error
+
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    assert_one_line_error(cli("simulate", str(f)), *words)
