@@ -3,11 +3,13 @@
 We have no A100 to micro-benchmark, so the constants that a `sandbox
 calibrate --device cuda` run would measure are instead fitted to the
 published single-node iteration times (`../shared/validation/
-vtrain_single_node.csv`, 1,440 rows on one 8-GPU A100 node): five global
+vtrain_single_node.csv`, 1,440 rows on one 8-GPU A100 node): seven global
 constants, never one per row:
 
 - `host_op_overhead_s`: host dispatch per modelled kernel (`sim/host.py`),
 - `matmul_efficiency`, `matmul_half_flops`: the cuBLAS GEMM efficiency curve,
+- `attention_efficiency`: the batched attention GEMMs (QK^T, PV),
+- `memory_efficiency`: memory-bound kernels, fraction of HBM bandwidth,
 - `collective_efficiency`, `collective_step_latency_s`: NCCL over the links.
 
 Everything else stays at the documented defaults (`sandbox/profile.py`). The
@@ -48,6 +50,8 @@ PARAMS = {
     "host_op_overhead_s": ("pos", 2.0e-5),
     "matmul_efficiency": ("frac", 0.80),
     "matmul_half_flops": ("pos", 2.0e9),
+    "attention_efficiency": ("frac", 0.55),
+    "memory_efficiency": ("frac", 0.80),
     "collective_efficiency": ("frac", 0.80),
     "collective_step_latency_s": ("pos", 5.0e-6),
 }

@@ -108,6 +108,12 @@ class Profile:
         eff = self.attention_efficiency * flops / (flops + self.attention_half_flops)
         return flops / (peak * max(eff, 1e-9))
 
+    def best_matmul_flops(self, peak: float) -> float:
+        """The highest FLOP/s any GEMM or attention kernel reaches (a bound)."""
+        if self.matmul or self.attention:
+            return max(y for _, y in (*self.matmul, *self.attention))
+        return peak * max(self.matmul_efficiency, self.attention_efficiency)
+
     def memory_rate(self, hbm_bytes_per_s: float) -> float:
         """Achieved bytes/s of memory-bound kernels."""
         return self.memory_bytes_per_s or hbm_bytes_per_s * self.memory_efficiency

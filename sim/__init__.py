@@ -10,6 +10,7 @@ all when they are identical (`replicas="all"` simulates every one).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from sandbox import counts, memory
@@ -17,7 +18,7 @@ from sandbox.profile import Profile, profile_for
 from sandbox.specs import Plan
 from sim.result import BREAKDOWN, SimResult
 
-__all__ = ["SimResult", "simulate"]
+__all__ = ["SimResult", "memory_fields", "same_timing", "simulate"]
 
 
 def simulate(plan: Plan, *, profile: Profile | None = None, replicas: str = "one",
@@ -39,13 +40,29 @@ def simulate(plan: Plan, *, profile: Profile | None = None, replicas: str = "one
 
     t_start = time.perf_counter()
     prof = profile or profile_for(plan.cluster)
-    topo = topo_mod.build(plan.cluster, topology)
+    topo = topo_mod.shared(plan.cluster, topology)
     work = lowering.lower(plan, topo, prof, dp_overlap=dp_overlap,
                           bucket_params=bucket_params or lowering.DEFAULT_BUCKET_PARAMS,
                           dp_algorithm=dp_algorithm)
     reps = tuple(range(plan.parallel.dp)) if replicas == "all" else (0,)
     res = engine.run(work, topo, reps, timeline=timeline)
     return _result(plan, res, time.perf_counter() - t_start)
+
+
+def memory_fields(plan: Plan) -> tuple[dict[str, float], bool]:
+    """`memory_gb_per_gpu` of the contract (the most loaded GPU, GB) and `fits`."""
+    mem = memory.memory_per_gpu(plan)
+    keep = ("params", "grads", "optimizer", "activations", "other", "total")
+    return {k: mem[k] for k in keep}, mem["total"] <= plan.cluster.gpu.hbm_gb
+
+
+def same_timing(plan: Plan) -> Any:
+    """A key equal for plans the simulator times identically: ZeRO 1 and 2
+    differ only in the memory of the gradients (both reduce-scatter, step on a
+    shard and all-gather the parameters)."""
+    par = plan.parallel
+    return (plan.model, plan.cluster, plan.train,
+            replace(par, zero=1) if par.zero == 2 else par)
 
 
 def _result(plan: Plan, res: Any, wall: float) -> SimResult:
@@ -60,9 +77,7 @@ def _result(plan: Plan, res: Any, wall: float) -> SimResult:
     hw = counts.hardware_flops_per_step(m, p.global_batch, p.recompute)
     n = plan.world_size
     peak = plan.cluster.gpu.peak_flops(plan.train.precision)
-    mem = memory.memory_per_gpu(plan)
-    mem_d = {k: mem[k] for k in ("params", "grads", "optimizer", "activations", "other",
-                                 "total")}
+    mem_d, fits = memory_fields(plan)
     from sim.lowering import rank_of
 
     return SimResult(
@@ -70,6 +85,6 @@ def _result(plan: Plan, res: Any, wall: float) -> SimResult:
         step_time_s=step, tokens_per_s=plan.tokens_per_step / step,
         tflops_per_gpu=flops / step / n / 1e12, hw_tflops_per_gpu=hw / step / n / 1e12,
         mfu=flops / (step * n * peak), hfu=hw / (step * n * peak), memory_gb_per_gpu=mem_d,
-        fits=mem["total"] <= plan.cluster.gpu.hbm_gb,
+        fits=fits,
         breakdown_s={k: parts[k] for k in BREAKDOWN}, events=res.events, sim_wall_s=wall,
         world_size=n, critical_rank=rank_of(plan, key[0], key[1], 0), timeline=res.spans)

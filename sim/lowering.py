@@ -8,7 +8,10 @@ Per (stage, chunk) and op kind the lowering gives the compute seconds and the
 tensor-parallel communication seconds (TP collectives block the compute
 stream in Megatron-LM, so they are serialised with it); the pipeline send
 time between stages; the data-parallel gradient collectives per bucket as
-flow phases; the ZeRO-3 parameter all-gather per op; the optimizer step.
+flow phases (all-reduce, or reduce-scatter with ZeRO >= 1); with ZeRO 1/2 the
+all-gather of the updated parameters after the optimizer step (Megatron-LM's
+distributed optimizer without param-gather overlap); the ZeRO-3 parameter
+all-gather per op; the optimizer step.
 Units: seconds, bytes.
 """
 
@@ -56,6 +59,8 @@ class Work:
     dp_overlap: bool
     zero3_ag_s: list[float]  # per stage, parameter all-gather before each F/B
     optimizer_s: list[float]
+    # per stage, ZeRO 1/2: the updated parameter shards all-gathered after the step
+    dp_gather: list[list[Phase]] = field(default_factory=list)
     flows_note: dict = field(default_factory=dict)
 
 
@@ -139,6 +144,7 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
     opt: list[float] = []
     buckets: list[list[tuple[float, list[Phase]]]] = []
     ag: list[float] = []
+    gather: list[list[Phase]] = [[] for _ in range(P)]
     gbytes = grad_bytes_per_param(plan)
     wbytes = memory.weight_bytes_per_param(tr.precision)
     for s in range(P):
@@ -177,11 +183,11 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
             colls = [Coll(op, tuple(rank_of(plan, d, s, t) for d in range(p.dp)), nbytes,
                           dp_algorithm) for t in range(p.tp)]
             ph = _merge_phases([phases(topo, c_, prof) for c_ in colls])
-            if p.zero >= 1:  # updated parameters gathered back after the step
-                ag_c = [Coll("all_gather", cc.ranks, n_params / nb * wbytes, dp_algorithm)
-                        for cc in colls]
-                ph += _merge_phases([phases(topo, c_, prof) for c_ in ag_c])
             stage_b = [(n_params / nb, ph)] * nb  # equal buckets: one set of phases
+            if p.zero in (1, 2):  # Megatron's distributed optimizer: gather after the step
+                ag_c = [Coll("all_gather", cc.ranks, n_params * wbytes, dp_algorithm)
+                        for cc in colls]
+                gather[s] = _merge_phases([phases(topo, c_, prof) for c_ in ag_c])
         buckets.append(stage_b)
         if p.zero >= 3 and p.dp > 1:
             colls = [Coll("all_gather", tuple(rank_of(plan, d, s, t) for d in range(p.dp)),
@@ -191,7 +197,7 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
             ag.append(0.0)
     ops = [schedule(p.schedule, P, mb, s, v) for s in range(P)]
     return Work(plan, P, mb, v, ops, cost, _send_time(plan, topo, prof), buckets,
-                dp_overlap, ag, opt)
+                dp_overlap, ag, opt, gather)
 
 
 def _merge_phases(per_coll: list[list[Phase]]) -> list[Phase]:

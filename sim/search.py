@@ -158,10 +158,40 @@ def _simulate_all(todo: list[Screened], top: int, objective_of: Callable, worker
     return done, i, pruned
 
 
+def _timing_groups(feasible: list[Screened], simulator: Callable | None
+                   ) -> tuple[list[Screened], dict[int, list[Screened]]]:
+    """Candidates the default simulator times identically (`sim.same_timing`:
+    ZeRO 1 and 2) are simulated once; each keeps its own memory. Returns the
+    representatives, in order, and id(representative) -> its group."""
+    if simulator is not None:
+        return feasible, {id(f): [f] for f in feasible}
+    from sim import same_timing
+
+    first: dict = {}
+    members: dict[int, list[Screened]] = {}
+    reps = []
+    for f in feasible:
+        key = same_timing(f.plan)
+        rep = first.setdefault(key, f)
+        if rep is f:
+            reps.append(f)
+            members[id(f)] = []
+        members[id(rep)].append(f)
+    return reps, members
+
+
+def _with_memory(plan: Plan, sim: dict) -> dict:
+    """A twin's simulation result with the plan's own memory and fit."""
+    from sim import memory_fields
+
+    mem, fits = memory_fields(plan)
+    return {**sim, "memory_gb_per_gpu": mem, "fits": fits}
+
+
 def search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int = 10,
            objective: str = "time", max_memory_gb: float | None = None,
            fix: dict | None = None, seq_len: int | None = None, workers: int | None = None,
-           progress: bool = True, max_simulations: int = 64,
+           progress: bool = True, max_simulations: int = 128,
            simulator: Callable | None = None, **plan_overrides: Any):
     """Rank feasible plans -> pandas.DataFrame (see the module docstring).
 
@@ -198,10 +228,14 @@ def search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int = 10
         return step_s if objective == "time" else usd_per_million_tokens(step_s, plan)
 
     feasible.sort(key=lambda s: (objective_of(s.plan, s.lower_bound_s), s.memory_gb))
+    reps, members = _timing_groups(feasible, simulator)
     done, stopped, pruned = _simulate_all(
-        feasible, top, objective_of, _resolve_workers(workers, len(feasible)),
+        reps, top, objective_of, _resolve_workers(workers, len(reps)),
         max_simulations, simulator, progress)
-    for item in feasible[stopped:]:
+    simulated = len(done)
+    done = [(m, sim if m is item else _with_memory(m.plan, sim))
+            for item, sim in done for m in members[id(item)]]
+    for item in [m for rep in reps[stopped:] for m in members[id(rep)]]:
         stage = "screened" if pruned else "budget"
         why = (f"screened: lower bound {item.lower_bound_s:.3g} s cannot beat the top {top}"
                if pruned else f"not simulated: simulation budget ({max_simulations}) spent")
@@ -239,7 +273,8 @@ def search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int = 10
         "rejected_by_reason": dict(by_reason.most_common()),
         "screened_out": int((rej["stage"] == "screened").sum()),
         "not_simulated": int((rej["stage"] == "budget").sum()),
-        "simulated": len(done),
+        "simulated": simulated,
+        "timed_by_a_twin": len(done) - simulated,
         "all_simulated": everything,  # every simulated plan that fits, ranked
         "objective": objective, "top": top, "wall_s": time.perf_counter() - start,
         "base_plan": base,  # a Plan (its global batch not yet validated)
@@ -255,6 +290,7 @@ def summary(result) -> str:
     lines = [f"search: {a['considered']:,} candidates considered; {a['rejected_count']:,} "
              f"rejected; {a['screened_out']:,} screened out by the lower bound; "
              f"{a['not_simulated']:,} left unsimulated (budget); {a['simulated']:,} simulated "
+             f"(+{a.get('timed_by_a_twin', 0):,} timed by an identical twin) "
              f"in {a['wall_s']:.1f} s"]
     lines += [f"  rejected {n:,}: {why}" for why, n in a["rejected_by_reason"].items()]
     return "\n".join(lines)

@@ -9,7 +9,8 @@
   (`sandbox.memory.memory_per_gpu`), and gives every rejected candidate its
   reason.
 - `step_time_lower_bound` is a cheap bound on the step time, in seconds:
-  model + recompute FLOPs at the GPU's dense peak, the tensor-parallel
+  the busiest rank's kernels as the simulator costs them (or the host's
+  dispatch time if longer), the tensor-parallel
   collectives that sit on the critical path at full link bandwidth, the
   pipeline bubble of the schedule, the data-parallel gradient traffic that
   cannot hide behind the last microbatch, and the optimizer's HBM traffic.
@@ -25,9 +26,10 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from sandbox import counts, memory, presets
+from sandbox import memory, presets
 from sandbox.errors import SandboxError
 from sandbox.planfile import did_you_mean, load
+from sandbox.profile import profile_for
 from sandbox.specs import Parallel, Plan
 from sandbox.validate import plan_problems
 
@@ -220,27 +222,48 @@ def _dp_comm_s(plan: Plan) -> float:
     return node_bytes / (c.node_nic_gb_per_s * 1e9)
 
 
-def step_time_lower_bound(plan: Plan) -> float:
-    """A lower bound on one optimizer step's time, seconds (see module doc)."""
+def _microbatch_s(plan: Plan) -> float:
+    """Least time of one microbatch on the busiest pipeline rank: the
+    simulator's own kernel costs (`sim.compute`) and TP collectives at full
+    link bandwidth, or the host's dispatch time if longer (`sim.host`)."""
+    from sim import compute, host
+
     m, c, p, t = plan.model, plan.cluster, plan.parallel, plan.train
-    world, mbs = plan.world_size, p.microbatches
-    peak = c.gpu.peak_flops(t.precision)
-    compute = counts.hardware_flops_per_step(m, p.global_batch, p.recompute) / (world * peak)
-    tp_comm = 0.0
+    prof = profile_for(c)
+    dev = compute.device_of(plan, prof)
+    lt = compute.layer_times(plan, dev)
+    recompute = {"full": lt.fwd, "selective": lt.attn_core}.get(p.recompute, 0.0)
+    ends = sum(compute.embedding_times(plan, dev)) + sum(compute.head_times(plan, dev))
+    layers = m.layers / p.pp
+    gpu = layers * (lt.fwd + lt.bwd + recompute) + (ends if p.pp == 1 else ends / 2)
     if p.tp > 1:  # 2 collectives forward + 2 backward per layer (all-reduce or AG+RS)
         act = m.seq_len * p.micro_batch * m.hidden * memory.weight_bytes_per_param(t.precision)
         one = 2 * (p.tp - 1) / p.tp * act / (c.intra_node_gb_per_s * 1e9)
-        tp_comm = 4 * one * m.layers / p.pp * mbs
-    work = compute + tp_comm  # per GPU, all microbatches
+        gpu += (2 if p.tp_overlap else 4) * one * layers
+    ho = host.host_ops(plan)
+    ops = layers * (2 * ho.block_fwd + ho.block_bwd_input + ho.block_bwd_weight)
+    return max(gpu, ops * prof.host_op_overhead_s)
+
+
+def step_time_lower_bound(plan: Plan) -> float:
+    """A lower bound on one optimizer step's time, seconds (see module doc)."""
+    m, c, p = plan.model, plan.cluster, plan.parallel
+    mbs = p.microbatches
+    work = _microbatch_s(plan) * mbs  # per GPU, all microbatches
     if p.pp > 1:
         slots = {"interleaved-1f1b": (p.pp - 1) / p.vpp,
                  "zero-bubble": (p.pp - 1) / 3}.get(p.schedule, p.pp - 1)
         work *= 1 + slots / mbs
     grads_s = _dp_comm_s(plan)  # reduce-scatter + all-gather volume = one all-reduce
-    # ZeRO-3 gathers the parameters at least once more per step; that traffic may
-    # overlap compute, so it only bounds the step from below as a whole.
-    traffic = grads_s * (1.5 if p.zero >= 3 else 1.0)
-    exposed = max(0.0, grads_s - work / mbs)  # the last microbatch hides at most its own time
+    # ZeRO-3 gathers the stage's parameters before every forward and backward
+    # (half an all-reduce each); that traffic may overlap compute, so it only
+    # bounds the step from below as a whole.
+    traffic = grads_s * (0.5 + mbs if p.zero >= 3 else 1.0)
+    hidden = work / mbs  # the last microbatch hides at most its own time
+    if p.zero in (1, 2):  # reduce-scatter may hide; the all-gather follows the step
+        exposed = grads_s / 2 + max(0.0, grads_s / 2 - hidden)
+    else:
+        exposed = max(0.0, grads_s - hidden)
     shard = p.dp if p.zero >= 1 else 1
     optim = (memory.stage_params_per_gpu(m, p.tp, p.pp, 0) / shard * OPTIMIZER_BYTES
              / (c.gpu.hbm_gb_per_s * 1e9))

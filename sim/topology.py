@@ -88,6 +88,21 @@ def _add(g: nx.DiGraph, u, v, bw: float, lat: float) -> None:
     g.add_edge(v, u, bw=bw, lat=lat)
 
 
+def shared(cluster: Cluster, kind: str | None = None) -> Topology:
+    """`build`, memoised per (cluster, kind) for callers that never modify the
+    graph (the simulator): routes and latencies computed once are reused."""
+    key = (cluster, kind or cluster.topology)
+    topo = _SHARED.get(key)
+    if topo is None:
+        if len(_SHARED) >= 8:
+            _SHARED.pop(next(iter(_SHARED)))
+        topo = _SHARED[key] = build(cluster, kind)
+    return topo
+
+
+_SHARED: dict = {}
+
+
 def build(cluster: Cluster, kind: str | None = None) -> Topology:
     """The cluster's graph (`kind` overrides `cluster.topology`)."""
     kind = kind or cluster.topology

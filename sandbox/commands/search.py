@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=None, help="override the model's sequence")
     p.add_argument("--workers", type=int, default=None,
                    help="simulation processes (default: cores)")
-    p.add_argument("--max-simulations", type=int, default=64, help="simulation budget")
+    p.add_argument("--max-simulations", type=int, default=128,
+                   help="simulation budget (plans simulated at most)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print a JSON list of plans")
