@@ -31,13 +31,18 @@ def _figure(width: float, height: float, ncols: int = 1):
 
 
 def plan_label(plan: Any) -> str:
-    """Short name of a plan's parallel layout: `TP8 PP16 v3 DP8 mb1 Z1 sel`."""
+    """Short name of a plan's parallel layout: `TP8 PP16 v3 DP8 mb1 Z1 rc-sel`
+    (recompute: rc-none, rc-sel, rc-full)."""
     p = plan.parallel if hasattr(plan, "parallel") else plan
     get = (lambda k: p[k]) if isinstance(p, dict) else (lambda k: getattr(p, k))
     v = f" v{get('vpp')}" if get("vpp") > 1 else ""
     sched = {"gpipe": " gpipe", "zero-bubble": " ZB"}.get(get("schedule"), "")
     return (f"TP{get('tp')} PP{get('pp')}{v} DP{get('dp')} mb{get('micro_batch')} "
-            f"Z{get('zero')} {str(get('recompute'))[:3]}{sched}")
+            f"Z{get('zero')} rc-{RECOMPUTE_SHORT.get(get('recompute'), get('recompute'))}"
+            f"{sched}")
+
+
+RECOMPUTE_SHORT = {"none": "none", "selective": "sel", "full": "full"}
 
 
 def _wrap(label: str, width: int = 16) -> str:

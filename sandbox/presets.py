@@ -78,6 +78,10 @@ _LLAMA3_FAILURES = {"gpu_mtbf_h": 86300.0, "node_mtbf_h": 20300.0,
                     "link_mtbf_h": 505600.0, "switch_mtbf_h": 0.0}
 
 # ------------------------------------------------------------------- clusters
+# A100 + Megatron-LM efficiency constants fitted by experiments/calibrate_vtrain_a100.py
+# (GEMM efficiency curve, host dispatch per kernel, NCCL efficiency; sandbox/profile.py).
+A100_PROFILE = "sandbox/profiles/a100-megatron.toml"
+
 CLUSTERS: dict[str, dict] = {
     # Selene-like DGX A100 SuperPOD (NVIDIA DGX A100 user guide; Narayanan et al.
     # 2021): 8 x A100 80GB, NVLink 3 / NVSwitch 600 GB/s bidirectional = 300 GB/s
@@ -92,7 +96,7 @@ CLUSTERS: dict[str, dict] = {
                      # DGX A100: 2 x 200 Gb/s storage NICs = 50 GB/s per node.
                      "storage_gb_per_s": 50.0, "restart_s": 600.0,
                      # Lambda on-demand list price, 8x A100 80GB SXM (2024).
-                     "usd_per_gpu_hour": 1.79},
+                     "usd_per_gpu_hour": 1.79, "profile": A100_PROFILE},
     # DGX H100 (NVIDIA DGX H100 user guide): NVLink 4 900 GB/s bidirectional =
     # 450 GB/s per direction per GPU, 8 x ConnectX-7 NDR 400 Gb/s, fat tree;
     # failure rates from Llama 3 (above), which trained on such nodes.
@@ -114,7 +118,7 @@ CLUSTERS: dict[str, dict] = {
                     "nics_per_node": 4, "nic_gbit_per_s": 200.0,
                     "inter_node_latency_us": 2.5, **_LLAMA3_FAILURES,
                     "storage_gb_per_s": 50.0, "restart_s": 600.0,
-                    "usd_per_gpu_hour": 1.79},
+                    "usd_per_gpu_hour": 1.79, "profile": A100_PROFILE},
 }
 # `localhost` is built from this machine when asked for: see localhost_cluster().
 CLUSTER_NAMES = (*CLUSTERS, "localhost")
