@@ -1,0 +1,35 @@
+"""The notebooks in experiments/notebooks run clean on CPU and show plots."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "experiments" / "notebooks"
+CELL_TIMEOUT_S = 300
+
+
+def execute(name: str):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
+        f"{name} is committed with outputs"
+    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return nb
+
+
+def outputs(nb, mime: str) -> int:
+    return sum(1 for c in nb.cells if c.cell_type == "code"
+               for o in c.get("outputs", []) if mime in o.get("data", {}))
+
+
+def test_01_explore_strategies():
+    nb = execute("01_explore_strategies.ipynb")
+    assert outputs(nb, "image/png") >= 4  # scatter, breakdown, memory, timeline
+    assert outputs(nb, "text/html") >= 4  # search tables, comparison, slowdown
+
+
+def test_02_run_and_compare():
+    nb = execute("02_run_and_compare.ipynb")
+    assert outputs(nb, "image/png") >= 2  # loss curve, predicted vs measured
