@@ -142,7 +142,9 @@ def markdown(meta: dict, summary: dict, multi: list[dict]) -> str:
              f"- machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores; "
              f"Python {meta['machine']['python']}; commit {meta['machine']['git_commit']}",
              f"- simulator wall time: {meta['wall_s']:.1f} s for {meta['rows']} rows",
-             f"- profile: {meta['profile'] or 'default Profile() (documented defaults)'}",
+             f"- profile: `{meta['profile'] or 'default Profile() (documented defaults)'}` "
+             "(fitted by `experiments/calibrate_vtrain_a100.py`; its cross-validation is in "
+             "`vtrain_calibration.md`)",
              "- plan per row: " + meta["assumptions"], "",
              "| set | rows | MAPE | median APE | max APE | mean signed | within 10% | "
              "min Spearman (per model) |", "|---|---|---|---|---|---|---|---|"]
@@ -174,6 +176,7 @@ def plot(sets: dict[str, list[dict]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 5.5))
     for ax, (name, rows) in zip(axes if len(sets) > 1 else [axes], sets.items(), strict=True):
@@ -186,6 +189,9 @@ def plot(sets: dict[str, list[dict]], path: Path) -> None:
         ax.plot([lo, hi], [lo * 0.9, hi * 0.9], "k:", lw=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_formatter(NullFormatter())
+            axis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("measured iteration time (s)")
         ax.set_ylabel("simulated iteration time (s)")
         mape = statistics.fmean(abs(r["error"]) for r in rows)
@@ -213,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {k: stats(v) for k, v in sets.items()}
     meta = {"command": "python experiments/validate_vtrain.py " + " ".join(argv or sys.argv[1:]),
             "machine": machine(("simpy", "networkx", "numpy")), "wall_s": wall,
-            "rows": sum(len(v) for v in sets.values()), "profile": args.profile,
+            "rows": sum(len(v) for v in sets.values()),
+            "profile": args.profile or plan_of(sets["multi-node"][0]).cluster.profile,
             "assumptions": "vtrain-a100 cluster, fp16, recompute=full, 1F1B, zero=0 (DDP), "
                            "no sequence parallelism, async TP grad all-reduce, one DP "
                            "all-reduce after backward (no bucketing), vocabulary 51,200 "
