@@ -5,7 +5,7 @@ import json
 import pytest
 
 import sandbox
-from sandbox.profile import Profile
+from sandbox.profile import Profile, profile_for
 from sim import simulate
 from sim.collectives import Coll, collective_time
 from sim.topology import build
@@ -61,7 +61,7 @@ def test_zero3_adds_parameter_allgathers():
     # each gather moves the 16-bit weights over the 16-GPU ring
     topo = build(z3.cluster)
     per = collective_time(topo, Coll("all_gather", tuple(range(16)), 2 * r3.params),
-                          Profile())
+                          profile_for(z3.cluster))
     assert per_op[0]["end_s"] - per_op[0]["start_s"] == pytest.approx(per, rel=0.05)
     assert r3.step_time_s >= r1.step_time_s
 
