@@ -14,6 +14,7 @@ gradient reduction starts when the slowest simulated replica is ready.
 from __future__ import annotations
 
 from sandbox.profile import Profile
+from sandbox.specs import Plan
 from sim import compute, variation
 from sim.lowering import RepWork, Work, rank_of, send_time, stage_costs
 from sim.schedules import schedule
@@ -29,42 +30,50 @@ def _signature(rw: RepWork) -> tuple:
     return cost, tuple(map(r, rw.optimizer_s)), send, tuple(map(tuple, rw.ops))
 
 
+def stage_devices(plan: Plan, prof: Profile, d: int, kinds: dict | None = None
+                  ) -> tuple[list[compute.Device], list[float], list[tuple[str, float]]]:
+    """Per stage of replica d: the device and slowdown of its slowest GPU, and
+    (GPU kind, slowdown) as a key. `kinds` caches devices between calls."""
+    p, c = plan.parallel, plan.cluster
+    kinds = {} if kinds is None else kinds
+    slow = variation.gpu_slowdowns(c)
+    devs, ks, names = [], [], []
+    for s in range(p.pp):
+        worst = None
+        for t in range(p.tp):
+            r = rank_of(plan, d, s, t)
+            g = variation.gpu_of(c, r)
+            if g.name not in kinds:
+                dev = compute.Device(g.peak_flops(plan.train.precision), g.hbm_gb_per_s * 1e9,
+                                     prof)
+                kinds[g.name] = (dev, compute.layer_times(plan, dev).fwd)
+            k = slow.get(r, 1.0)
+            if worst is None or k * kinds[g.name][1] > worst[0]:
+                worst = (k * kinds[g.name][1], g.name, k)
+        names.append((worst[1], worst[2]))
+        devs.append(kinds[worst[1]][0])
+        ks.append(worst[2])
+    return devs, ks, names
+
+
 def attach(work: Work, topo: Topology, prof: Profile, layers: list[int]) -> None:
     """Fill `work.reps` / `work.rep_class`; replica 0's own work replaces the base."""
     plan = work.plan
-    p, c = plan.parallel, plan.cluster
+    p = plan.parallel
     if variation.is_symmetric(plan):
         work.rep_class = [0] * p.dp
         return
     links = bool(variation.apply_slow_links(topo))
-    slow = variation.gpu_slowdowns(c)
     mbs, seqs = variation.replica_microbatches(plan), variation.replica_seq_lens(plan)
     P, v = work.p, work.v
-    devs_of: dict[str, compute.Device] = {}
-    unit: dict[str, float] = {}  # GPU kind -> one block's forward seconds (which is slowest)
+    kinds: dict = {}
     made: dict[tuple, tuple[RepWork, tuple]] = {}
     first_of: dict[tuple, int] = {}
     rws: list[RepWork] = []
     classes: list[int] = []
     for d in range(p.dp):
         plan_d = variation.with_seq_len(plan, seqs[d])
-        devs, ks, names = [], [], []
-        for s in range(P):
-            worst = None
-            for t in range(p.tp):
-                r = rank_of(plan, d, s, t)
-                g = variation.gpu_of(c, r)
-                if g.name not in devs_of:
-                    dev = compute.device_of(plan, prof)
-                    devs_of[g.name] = compute.Device(g.peak_flops(plan.train.precision),
-                                                     g.hbm_gb_per_s * 1e9, dev.profile)
-                    unit[g.name] = compute.layer_times(plan, devs_of[g.name]).fwd
-                k = slow.get(r, 1.0)
-                if worst is None or k * unit[g.name] > worst[0]:
-                    worst = (k * unit[g.name], g.name, k)
-            names.append((worst[1], worst[2]))
-            devs.append(devs_of[worst[1]])
-            ks.append(worst[2])
+        devs, ks, names = stage_devices(plan, prof, d, kinds)
         key = (tuple(names), seqs[d], mbs[d], d if links else -1)
         if key not in made:
             cost, opt = stage_costs(plan_d, topo, prof, devs, ks, layers, d)
