@@ -23,7 +23,8 @@ as in `sim.collectives`). Gradients are fp32 (Megatron's main_grad).
   `min_compression_rate` 2) is sent as P = M Q (m x R) and Q = M^T P
   (n x R), two all-reduces with an orthogonalisation of P between; vectors
   (biases, norms) and small matrices go uncompressed in the first one.
-  Kernels: the three GEMMs of each matrix (fp32), Gram-Schmidt over P, error
+  Kernels: the three GEMMs of each matrix (fp32, at the GPU's FP32 peak as
+  PyTorch disables TF32 matmuls by default), Gram-Schmidt over P, error
   feedback (M + residual, residual = M - P Q^T) as memory-bound passes.
 
 Selection and scatter kernels are charged their bytes moved at the HBM rate
@@ -33,6 +34,7 @@ Selection and scatter kernels are charged their bytes moved at the HBM rate
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -129,7 +131,9 @@ def bucket_steps(plan: Plan, dev: compute.Device, mats: Matrices, share: float,
         k = math.ceil(arg * n)
         return [("compute", mt(dev, n * 16 + k * 8)), ("all_gather", p * k * 8),
                 ("compute", mt(dev, n * 4 + p * k * 16))]
-    return _powersgd_steps(dev, mats, share, int(arg))
+    # PyTorch runs the hook's fp32 matmuls without TF32 by default: the FP32 peak
+    dev32 = dataclasses.replace(dev, peak_flops=plan.cluster.gpu.peak_flops("fp32"))
+    return _powersgd_steps(dev32, mats, share, int(arg))
 
 
 def _powersgd_steps(dev: compute.Device, mats: Matrices, share: float, rank: int) -> list[Step]:

@@ -63,7 +63,11 @@ def _flows(topo: Topology, prof: Profile, pairs: list[tuple[int, int]], nbytes: 
 
 def ps_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device,
               workers: list[int], n: float) -> list[Phase]:
-    """Push `n` gradients of each worker GPU to the servers, update, pull back."""
+    """Phases of one bucket of `n` gradients per worker GPU: compress, push
+    1/S to each server, servers sum and update, pull the parameters back.
+    Buckets follow one another; with servers on the workers' nodes every NIC
+    carries pushes and pulls both ways, so overlapping a bucket's pull with
+    the next push would move the same bytes over the same saturated links."""
     servers = ps_server_ranks(plan)
     S, tr = len(servers), plan.train
     push_b, comp_s = compression.push_payload(plan, dev, n)
@@ -71,11 +75,11 @@ def ps_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device,
     pull = _flows(topo, prof, [(j, w) for w in workers for j in servers],
                   n * memory.weight_bytes_per_param(tr.precision) / S, 1)
     shard = len(workers) / plan.parallel.dp * n / S  # parameters per server
-    update = (compute.memory_time(dev, plan.parallel.dp * shard * push_b / n
-                                  + shard * compression.GRAD_BYTES)
-              + compute.optimizer_time(dev, shard, tr.precision))
-    out = [Phase((), (), comp_s)] if comp_s > 0 else []
-    return out + [push, Phase((), (), update), pull]
+    update = Phase((), (), compute.memory_time(dev, plan.parallel.dp * shard * push_b / n
+                                               + shard * compression.GRAD_BYTES)
+                   + compute.optimizer_time(dev, shard, tr.precision))
+    comp = [Phase((), (), comp_s)] if comp_s > 0 else []
+    return comp + [push, update, pull]
 
 
 def _allreduce_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device,
