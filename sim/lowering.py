@@ -1,4 +1,4 @@
-"""Lowering: a plan -> the work of each pipeline rank of one data-parallel replica.
+"""Lowering: a plan -> the work of each pipeline rank of the data-parallel replicas.
 
 Ranks follow Megatron-LM's order (tensor-parallel fastest, then data, then
 pipeline): `rank = (stage * dp + d) * tp + t`. The tensor-parallel ranks of
@@ -8,7 +8,11 @@ Per (stage, chunk) and op kind the lowering gives the compute seconds and the
 tensor-parallel communication seconds (TP collectives block the compute
 stream in Megatron-LM, so they are serialised with it); the pipeline send
 time between stages; the data-parallel gradient collectives per bucket as
-flow phases; the ZeRO-3 parameter all-gather per op; the optimizer step.
+flow phases (`sim.sync_variants`, by `parallel.dp_mode`); the ZeRO-3
+parameter all-gather per op; the optimizer step. `Work` holds replica 0's
+work; replicas that differ (slow or other GPUs, slow links, uneven
+micro-batches or sequence lengths: `sim.replicas`) have their own `RepWork`.
+Stage s holds `parallel.stage_layers[s]` blocks (default layers / pp).
 Units: seconds, bytes.
 """
 

@@ -14,9 +14,10 @@ STARVED = {"nics_per_node": 1, "nic_gbit_per_s": 25.0}
 
 def load(model="gpt2-124m", nodes=2, gpn=4, cluster=None, **par):
     base = {"tp": 1, "pp": 1, "global_batch": 32, "micro_batch": 2, "zero": 0}
+    cluster = STARVED if cluster is None else cluster
     return sandbox.load({"model": {"preset": model},
                          "cluster": {"preset": "dgx-a100-80g", "nodes": nodes,
-                                     "gpus_per_node": gpn, **(STARVED if cluster is None else cluster)},
+                                     "gpus_per_node": gpn, **cluster},
                          "parallel": {**base, **par}})
 
 
