@@ -175,23 +175,25 @@ def stage_params(plan: Plan, layers: list[int], s: int) -> float:
 
 
 def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.Device],
-                slow: list[float], layers: list[int], d: int = 0
+                slow: list[float], layers: list[int], d: int = 0, cache: dict | None = None
                 ) -> tuple[dict[tuple[int, int, str], OpCost], list[float]]:
     """Op costs of replica d's stages and their optimizer seconds: stage s runs
-    on `devs[s]` with its kernels `slow[s]` times slower, `layers[s]` blocks."""
+    on `devs[s]` with its kernels `slow[s]` times slower, `layers[s]` blocks
+    (`cache` keeps kernel times per device and sequence length between calls)."""
     p, tr = plan.parallel, plan.train
     P, v = p.pp, p.vpp if p.schedule == "interleaved-1f1b" else 1
     zb = p.schedule == "zero-bubble"
     ho, host = host_ops(plan), prof.host_op_overhead_s
     cost: dict[tuple[int, int, str], OpCost] = {}
     opt: list[float] = []
-    per_dev: dict = {}
+    per_dev: dict = {} if cache is None else cache
     for s in range(P):
         dev, k = devs[s], slow[s]
-        if dev not in per_dev:
-            per_dev[dev] = (compute.layer_times(plan, dev), compute.embedding_times(plan, dev),
+        key = (dev, plan.model.seq_len)
+        if key not in per_dev:
+            per_dev[key] = (compute.layer_times(plan, dev), compute.embedding_times(plan, dev),
                             compute.head_times(plan, dev))
-        lt, (emb_f, emb_b), (head_f, head_b) = per_dev[dev]
+        lt, (emb_f, emb_b), (head_f, head_b) = per_dev[key]
         per_chunk = layers[s] // v
         tp_f, tp_b = _tp_times(plan, topo, prof, s, lt, d)
         for c in range(v):

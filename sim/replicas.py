@@ -67,6 +67,7 @@ def attach(work: Work, topo: Topology, prof: Profile, layers: list[int]) -> None
     mbs, seqs = variation.replica_microbatches(plan), variation.replica_seq_lens(plan)
     P, v = work.p, work.v
     kinds: dict = {}
+    times: dict = {}  # kernel times per (device, sequence length)
     made: dict[tuple, tuple[RepWork, tuple]] = {}
     first_of: dict[tuple, int] = {}
     rws: list[RepWork] = []
@@ -76,7 +77,7 @@ def attach(work: Work, topo: Topology, prof: Profile, layers: list[int]) -> None
         devs, ks, names = stage_devices(plan, prof, d, kinds)
         key = (tuple(names), seqs[d], mbs[d], d if links else -1)
         if key not in made:
-            cost, opt = stage_costs(plan_d, topo, prof, devs, ks, layers, d)
+            cost, opt = stage_costs(plan_d, topo, prof, devs, ks, layers, d, times)
             ops = [schedule(p.schedule, P, mbs[d], s, v) for s in range(P)]
             send = None
             if P > 1 and links:
