@@ -55,9 +55,22 @@ def _check_type(where: str, value: Any, kind: Any, problems: list[str]) -> Any:
         if isinstance(value, str):
             return value
         problems.append(f"{where}: expected a string, got {value!r}")
+    elif kind.startswith("tuple["):  # tuple[int, ...] / tuple[str, ...]: a TOML array
+        inner = kind[len("tuple["):].split(",")[0].strip()
+        if isinstance(value, (list, tuple)):
+            bad: list[str] = []
+            items = tuple(_check_type(f"{where}[{i}]", v, inner, bad)
+                          for i, v in enumerate(value))
+            if not bad:
+                return items
+        problems.append(f"{where}: expected a list of {_KIND_WORDS.get(inner, inner)}, "
+                        f"got {value!r}")
     else:
         return value
     return None
+
+
+_KIND_WORDS = {"int": "integers", "str": "strings", "float": "numbers"}
 
 
 def _build(section: str, cls: type, given: dict, base: dict, problems: list[str]) -> dict:
@@ -240,6 +253,8 @@ def _parse_toml(text: str, where: str) -> dict:
 
 # ------------------------------------------------------------------ dumping
 def _toml_value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):

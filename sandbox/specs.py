@@ -110,6 +110,20 @@ class Cluster:
     storage_gb_per_s: float = 10.0  # checkpoint write/read bandwidth per node, GB/s
     usd_per_gpu_hour: float = 0.0
     profile: str = ""  # calibration profile TOML (see `sandbox calibrate`)
+    # Stragglers and heterogeneity (simulator): GPUs given by global rank, and a
+    # random fraction of all GPUs drawn with `variation_seed`, run their kernels
+    # `slow_gpu_slowdown` times slower; links named "nvlink:R" (GPU R's in-node
+    # port), "nic:N.K" (NIC K of node N to its switch) or "node:N" (every NIC of
+    # node N), and a random fraction of NIC links, carry 1/`slow_link_slowdown`
+    # of their bandwidth; `node_gpus` names each node's GPU preset (mixed kinds).
+    slow_gpus: tuple[int, ...] = ()
+    slow_gpu_fraction: float = 0.0
+    slow_gpu_slowdown: float = 2.0
+    slow_links: tuple[str, ...] = ()
+    slow_link_fraction: float = 0.0
+    slow_link_slowdown: float = 2.0
+    node_gpus: tuple[str, ...] = ()  # one GPU preset name per node; empty: all `gpu`
+    variation_seed: int = 0
     name: str = "custom"
 
     @property
@@ -143,6 +157,14 @@ class Parallel:
     dp_mode: str = "allreduce"
     grad_compression: str = "none"  # none | fp16 | int8 | topk:F | powersgd:R
     sync_every: int = 1  # local-sgd: average parameters every k steps
+    ps_servers: int = 0  # parameter-server / async: server ranks (0: one per node)
+    # Uneven work (simulator): layers of each pipeline stage (empty: layers / pp
+    # each); micro-batches of each data-parallel replica per step (empty: equal;
+    # they sum to global_batch / micro_batch); sequence length of each replica's
+    # sequences (empty: model.seq_len; data skew).
+    stage_layers: tuple[int, ...] = ()
+    replica_microbatches: tuple[int, ...] = ()
+    replica_seq_len: tuple[int, ...] = ()
 
     @property
     def microbatches(self) -> int:

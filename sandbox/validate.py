@@ -91,7 +91,7 @@ def plan_problems(plan: Plan) -> list[str]:
         problems.append(f"parallel.tp: {p.tp} does not divide model.kv_heads = {m.kv_heads}")
     elif m.ffn_hidden % p.tp:
         problems.append(f"parallel.tp: {p.tp} does not divide model.ffn_hidden = {m.ffn_hidden}")
-    if m.layers % (p.pp * p.vpp):
+    if m.layers % (p.pp * p.vpp) and not p.stage_layers:  # stage_layers: checked below
         problems.append(f"parallel.pp: pp*vpp = {p.pp * p.vpp} does not divide "
                         f"model.layers = {m.layers}")
     if p.global_batch % (p.dp * p.micro_batch):
@@ -109,6 +109,82 @@ def plan_problems(plan: Plan) -> list[str]:
                         f"got '{p.dp_mode}'")
     if t.precision == "fp8" and c.gpu.tflops_fp8 <= 0:
         problems.append(f"train.precision: {c.gpu.name} has no fp8 support")
+    problems += variation_problems(plan)
+    return problems
+
+
+_LINK = re.compile(r"^(nvlink:(\d+)|nic:(\d+)\.(\d+)|node:(\d+))$")
+
+
+def _per_item(problems: list[str], where: str, values: tuple, n: int, what: str) -> bool:
+    if values and len(values) != n:
+        problems.append(f"{where}: needs {n} entries (one per {what}), got {len(values)}")
+        return False
+    return bool(values)
+
+
+def variation_problems(plan: Plan) -> list[str]:
+    """Rules of the straggler / heterogeneity / uneven-work fields."""
+    from sandbox.presets import GPUS
+
+    m, c, p = plan.model, plan.cluster, plan.parallel
+    problems: list[str] = []
+    for r in c.slow_gpus:
+        if not 0 <= r < c.world_size:
+            problems.append(f"cluster.slow_gpus: GPU {r} is not in 0..{c.world_size - 1}")
+    for name in ("slow_gpu_fraction", "slow_link_fraction"):
+        if not 0 <= getattr(c, name) <= 1:
+            problems.append(f"cluster.{name}: must be in [0, 1], got {getattr(c, name)}")
+    for name in ("slow_gpu_slowdown", "slow_link_slowdown"):
+        if getattr(c, name) < 1:
+            problems.append(f"cluster.{name}: must be at least 1 (1 = full speed), "
+                            f"got {getattr(c, name)}")
+    for link in c.slow_links:
+        g = _LINK.match(link)
+        if not g:
+            problems.append(f"cluster.slow_links: cannot read '{link}'; write nvlink:GPU, "
+                            "nic:NODE.NIC or node:NODE")
+        elif g.group(2) is not None and int(g.group(2)) >= c.world_size:
+            problems.append(f"cluster.slow_links: '{link}': no GPU {g.group(2)}")
+        elif g.group(3) is not None and (int(g.group(3)) >= c.nodes
+                                         or int(g.group(4)) >= c.nics_per_node):
+            problems.append(f"cluster.slow_links: '{link}': no NIC {g.group(4)} on node "
+                            f"{g.group(3)} ({c.nodes} nodes, {c.nics_per_node} NICs each)")
+        elif g.group(5) is not None and int(g.group(5)) >= c.nodes:
+            problems.append(f"cluster.slow_links: '{link}': no node {g.group(5)}")
+    if _per_item(problems, "cluster.node_gpus", c.node_gpus, c.nodes, "node"):
+        for name in sorted(set(c.node_gpus) - set(GPUS)):
+            from sandbox.planfile import did_you_mean
+
+            problems.append(f"cluster.node_gpus: unknown GPU preset '{name}'"
+                            f"{did_you_mean(name, GPUS)}; known: {', '.join(GPUS)}")
+    if p.grad_compression.startswith("powersgd") and p.dp_mode != "allreduce":
+        problems.append(f"parallel.grad_compression: powersgd needs dp_mode = 'allreduce' "
+                        f"(its two all-reduce rounds have no push form), got '{p.dp_mode}'")
+    if p.ps_servers < 0 or p.ps_servers > c.world_size:
+        problems.append(f"parallel.ps_servers: must be in 0..{c.world_size} (0: one per "
+                        f"node), got {p.ps_servers}")
+    if _per_item(problems, "parallel.stage_layers", p.stage_layers, p.pp, "pipeline stage"):
+        if min(p.stage_layers) < 1 or sum(p.stage_layers) != m.layers:
+            problems.append(f"parallel.stage_layers: {list(p.stage_layers)} must be positive "
+                            f"and sum to model.layers = {m.layers}")
+        if p.vpp > 1:
+            problems.append("parallel.stage_layers: uneven stages need vpp = 1")
+    mbs = p.global_batch // (p.dp * p.micro_batch) * p.dp
+    if _per_item(problems, "parallel.replica_microbatches", p.replica_microbatches, p.dp,
+                 "data-parallel replica"):
+        if min(p.replica_microbatches) < 1 or sum(p.replica_microbatches) != mbs:
+            problems.append(f"parallel.replica_microbatches: {list(p.replica_microbatches)} "
+                            f"must be positive and sum to global_batch / micro_batch = {mbs}")
+        elif p.schedule == "interleaved-1f1b" and any(x % p.pp for x in p.replica_microbatches):
+            problems.append("parallel.replica_microbatches: interleaved-1f1b needs each "
+                            f"divisible by pp = {p.pp}")
+    if _per_item(problems, "parallel.replica_seq_len", p.replica_seq_len, p.dp,
+                 "data-parallel replica"):
+        bad = sorted({x for x in p.replica_seq_len if not 1 <= x <= m.seq_len})
+        if bad:
+            problems.append(f"parallel.replica_seq_len: {', '.join(map(str, bad))} not in "
+                            f"1..model.seq_len = {m.seq_len}")
     return problems
 
 

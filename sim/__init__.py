@@ -4,7 +4,9 @@ Pipeline: `lowering.lower` (plan -> per-rank work with costs from
 `compute` and `collectives` over a `topology` graph) -> `engine.run` (simpy
 processes, flows in `network`) -> `SimResult` (DESIGN.md contract).
 Deterministic and pure in the plan; one data-parallel replica stands for
-all when they are identical (`replicas="all"` simulates every one).
+all when they are identical, one per kind when stragglers, mixed GPUs or
+uneven work make them differ (`sim.replicas`; `replicas="all"` simulates
+every one). `parallel.dp_mode` picks the synchronisation (`sim.sync_variants`).
 """
 
 from __future__ import annotations
@@ -21,21 +23,22 @@ from sim.result import BREAKDOWN, SimResult
 __all__ = ["SimResult", "memory_fields", "same_timing", "simulate"]
 
 
-def simulate(plan: Plan, *, profile: Profile | None = None, replicas: str = "one",
+def simulate(plan: Plan, *, profile: Profile | None = None, replicas: str = "auto",
              timeline: bool = True, dp_overlap: bool = True,
              bucket_params: float | None = None, dp_algorithm: str = "ring",
              topology: str | None = None) -> SimResult:
     """Simulate one optimizer step of `plan`.
 
     profile: efficiency constants (default: the cluster's `profile` file, or
-    `Profile()`); replicas: "one" (simulate data-parallel replica 0, exact when
-    replicas are identical) or "all"; timeline: keep per-rank spans (off is
-    faster); dp_overlap: reduce gradient buckets during the last backward
-    (False: one reduction after it, as with Megatron's no-bucketing runs);
+    `Profile()`); replicas: "auto" (one replica per kind of work: exact),
+    "one" (replica 0 only: exact when replicas are identical) or "all";
+    timeline: keep per-rank spans (off is faster); dp_overlap: reduce gradient
+    buckets during the last backward (False: one reduction after it, as with
+    Megatron's no-bucketing runs);
     bucket_params: parameters per gradient bucket; dp_algorithm: ring | tree
     | hierarchical; topology: override `cluster.topology`.
     """
-    from sim import engine, lowering
+    from sim import engine, lowering, sync_variants
     from sim import topology as topo_mod
 
     t_start = time.perf_counter()
@@ -44,16 +47,23 @@ def simulate(plan: Plan, *, profile: Profile | None = None, replicas: str = "one
     work = lowering.lower(plan, topo, prof, dp_overlap=dp_overlap,
                           bucket_params=bucket_params or lowering.DEFAULT_BUCKET_PARAMS,
                           dp_algorithm=dp_algorithm)
-    reps = tuple(range(plan.parallel.dp)) if replicas == "all" else (0,)
+    reps = {"all": tuple(range(plan.parallel.dp)), "one": (0,)}.get(
+        replicas, work.representatives())
     res = engine.run(work, topo, reps, timeline=timeline)
-    return _result(plan, res, time.perf_counter() - t_start)
+    extra = sync_variants.finish(plan, topo, prof, work, res, reps, dp_algorithm)
+    if len(reps) > 1 or replicas == "auto" and len(work.representatives()) > 1:
+        extra["simulated_replicas"] = len(reps)
+    return _result(plan, res, time.perf_counter() - t_start, extra)
 
 
 def memory_fields(plan: Plan) -> tuple[dict[str, float], bool]:
-    """`memory_gb_per_gpu` of the contract (the most loaded GPU, GB) and `fits`."""
+    """`memory_gb_per_gpu` of the contract (the most loaded GPU, GB) and `fits`
+    (against the smallest GPU of a mixed cluster)."""
+    from sim import variation
+
     mem = memory.memory_per_gpu(plan)
     keep = ("params", "grads", "optimizer", "activations", "other", "total")
-    return {k: mem[k] for k in keep}, mem["total"] <= plan.cluster.gpu.hbm_gb
+    return {k: mem[k] for k in keep}, mem["total"] <= variation.min_hbm_gb(plan.cluster)
 
 
 def same_timing(plan: Plan) -> Any:
@@ -65,26 +75,28 @@ def same_timing(plan: Plan) -> Any:
             replace(par, zero=1) if par.zero == 2 else par)
 
 
-def _result(plan: Plan, res: Any, wall: float) -> SimResult:
-    m, p = plan.model, plan.parallel
+def _result(plan: Plan, res: Any, wall: float, extra: dict | None = None) -> SimResult:
+    from sim import variation
+
+    m = plan.model
     step = res.step_time_s
     key = max(res.stats, key=lambda k: (res.stats[k].finish, -k[1]))
     st = res.stats[key]
     parts = {"compute": st.compute, "tp_comm": st.tp_comm, "pp_comm": st.pp_comm,
              "dp_comm": st.dp_comm, "bubble": st.bubble, "optimizer": st.optimizer}
     parts["other"] = max(0.0, step - sum(parts.values()))
-    flops = counts.model_flops_per_step(m, p.global_batch)
-    hw = counts.hardware_flops_per_step(m, p.global_batch, p.recompute)
+    tokens, flops, hw = variation.step_counts(plan)
     n = plan.world_size
-    peak = plan.cluster.gpu.peak_flops(plan.train.precision)
+    peak = variation.peak_flops_total(plan) / n  # mean over mixed GPU kinds
     mem_d, fits = memory_fields(plan)
     from sim.lowering import rank_of
 
     return SimResult(
         params=counts.param_count(m), flops_per_step=flops, hw_flops_per_step=hw,
-        step_time_s=step, tokens_per_s=plan.tokens_per_step / step,
+        step_time_s=step, tokens_per_s=tokens / step,
         tflops_per_gpu=flops / step / n / 1e12, hw_tflops_per_gpu=hw / step / n / 1e12,
         mfu=flops / (step * n * peak), hfu=hw / (step * n * peak), memory_gb_per_gpu=mem_d,
         fits=fits,
         breakdown_s={k: parts[k] for k in BREAKDOWN}, events=res.events, sim_wall_s=wall,
-        world_size=n, critical_rank=rank_of(plan, key[0], key[1], 0), timeline=res.spans)
+        world_size=n, critical_rank=rank_of(plan, key[0], key[1], 0), extra=extra or {},
+        timeline=res.spans)

@@ -52,6 +52,7 @@ def run(work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),
     stats = {(r, s): RankStats() for r in replicas for s in range(P)}
     send_free: dict[tuple, float] = {}
     n_rep = len(replicas)
+    rws = {r: work.rep(r) for r in replicas}  # per-replica work (sim.replicas)
 
     def ev(key: tuple) -> simpy.Event:
         e = arrive.get(key)
@@ -68,7 +69,7 @@ def run(work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),
     def send(r: int, s: int, key: tuple, direction: str) -> None:
         sk = (r, s, direction)
         start = max(env.now, send_free.get(sk, 0.0))
-        end = start + work.send_s
+        end = start + work.send_of(rws[r], s, direction)
         send_free[sk] = end
         target = ev(key)
         target.sent_at = env.now
@@ -124,17 +125,15 @@ def run(work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),
     def optimizer_done(s: int) -> None:
         stepped[s] = stepped.get(s, 0) + 1
         if stepped[s] == n_rep:
-            if work.dp_gather and work.dp_gather[s]:
-                env.process(gather_stream(s))
-            else:
-                gathered[s].succeed()
+            env.process(gather_stream(s))
 
     def stage(r: int, s: int):
         st = stats[(r, s)]
         rank = rank_of(plan, r, s, 0)
-        ops = work.ops[s]
-        n_b = sum(1 for k, _, _ in ops if k == ("W" if work.cost[(s, 0, "W")].total else "B"))
-        last_kind = "W" if work.cost[(s, 0, "W")].total else "B"
+        rw = rws[r]
+        ops = rw.ops[s]
+        last_kind = "W" if rw.cost[(s, 0, "W")].total else "B"
+        n_b = sum(1 for k, _, _ in ops if k == last_kind)
         seen_last = 0
         ag_t = work.zero3_ag_s[s]
         ag_done = ag_t
@@ -159,7 +158,7 @@ def run(work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),
                     st.dp_comm += env.now - t_wait
                 span(rank, "dp_comm", "param_allgather", ag_done - ag_t, ag_done, mb)
                 ag_done = max(env.now, ag_done) + ag_t  # prefetch the next op's params
-            cost = work.cost[(s, c, kind)]
+            cost = rw.cost[(s, c, kind)]
             t0 = env.now
             if kind == last_kind and c == 0:
                 seen_last += 1
@@ -177,13 +176,14 @@ def run(work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),
         yield dp_done[s]
         st.dp_comm += env.now - t_end
         t0 = env.now
-        yield env.timeout(work.optimizer_s[s])
+        yield env.timeout(rw.optimizer_s[s])
         st.optimizer += env.now - t0
         span(rank, "compute", "optimizer", t0, env.now)
-        optimizer_done(s)
-        t0 = env.now
-        yield gathered[s]
-        st.dp_comm += env.now - t0
+        if work.dp_gather and work.dp_gather[s]:  # wait for every shard, then gather
+            optimizer_done(s)
+            t0 = env.now
+            yield gathered[s]
+            st.dp_comm += env.now - t0
         st.finish = env.now
 
     def _issue_buckets(s: int, t0: float, t1: float) -> None:

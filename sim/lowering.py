@@ -1,4 +1,4 @@
-"""Lowering: a plan -> the work of each pipeline rank of one data-parallel replica.
+"""Lowering: a plan -> the work of each pipeline rank of the data-parallel replicas.
 
 Ranks follow Megatron-LM's order (tensor-parallel fastest, then data, then
 pipeline): `rank = (stage * dp + d) * tp + t`. The tensor-parallel ranks of
@@ -8,23 +8,25 @@ Per (stage, chunk) and op kind the lowering gives the compute seconds and the
 tensor-parallel communication seconds (TP collectives block the compute
 stream in Megatron-LM, so they are serialised with it); the pipeline send
 time between stages; the data-parallel gradient collectives per bucket as
-flow phases (all-reduce, or reduce-scatter with ZeRO >= 1); with ZeRO 1/2 the
+flow phases (`sim.sync_variants`, by `parallel.dp_mode`); with ZeRO 1/2 the
 all-gather of the updated parameters after the optimizer step (Megatron-LM's
-distributed optimizer without param-gather overlap); the ZeRO-3 parameter
-all-gather per op; the optimizer step.
+distributed optimizer); the ZeRO-3 parameter all-gather per op; the optimizer
+step. `Work` holds replica 0's
+work; replicas that differ (slow or other GPUs, slow links, uneven
+micro-batches or sequence lengths: `sim.replicas`) have their own `RepWork`.
+Stage s holds `parallel.stage_layers[s]` blocks (default layers / pp).
 Units: seconds, bytes.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from sandbox import memory
 from sandbox.profile import Profile
 from sandbox.specs import Plan
 from sim import compute
-from sim.collectives import Coll, Phase, collective_time, concurrent_time, phases
+from sim.collectives import Coll, Phase, collective_time, concurrent_time
 from sim.host import ATTENTION_GEMMS, host_ops
 from sim.schedules import Op, schedule
 from sim.topology import Topology
@@ -47,6 +49,18 @@ class OpCost:
 
 
 @dataclass
+class RepWork:
+    """The work of one data-parallel replica: op costs per (stage, chunk,
+    kind), op order per stage, optimizer seconds per stage, and the pipeline
+    send seconds per boundary b (stage b -> b + 1 mod p; None: `Work.send_s`)."""
+
+    cost: dict[tuple[int, int, str], OpCost]
+    ops: list[list[Op]]
+    optimizer_s: list[float]
+    send_s: list[float] | None = None
+
+
+@dataclass
 class Work:
     plan: Plan
     p: int
@@ -62,6 +76,26 @@ class Work:
     # per stage, ZeRO 1/2: the updated parameter shards all-gathered after the step
     dp_gather: list[list[Phase]] = field(default_factory=list)
     flows_note: dict = field(default_factory=dict)
+    # Asymmetric plans (sim.replicas): the replicas whose work differs from
+    # replica 0's (the fields above), and each replica's first twin.
+    reps: dict[int, RepWork] = field(default_factory=dict)
+    rep_class: list[int] = field(default_factory=list)
+    send_b: list[float] | None = None  # replica 0's sends per boundary, when uneven
+
+    def rep(self, r: int) -> RepWork:
+        """Replica r's work (replica 0's unless it differs)."""
+        x = self.reps.get(r)
+        return x if x is not None else RepWork(self.cost, self.ops, self.optimizer_s, self.send_b)
+
+    def send_of(self, rw: RepWork, s: int, direction: str) -> float:
+        """Seconds of a pipeline send from stage s ("fwd": to s+1, "bwd": to s-1)."""
+        if rw.send_s is None:
+            return self.send_s
+        return rw.send_s[s if direction == "fwd" else (s - 1) % self.p]
+
+    def representatives(self) -> tuple[int, ...]:
+        """One replica per kind of work: simulating these is exact."""
+        return tuple(sorted(set(self.rep_class))) or (0,)
 
 
 def rank_of(plan: Plan, d: int, stage: int, t: int) -> int:
@@ -69,23 +103,8 @@ def rank_of(plan: Plan, d: int, stage: int, t: int) -> int:
     return (stage * p.dp + d) * p.tp + t
 
 
-def grad_bytes_per_param(plan: Plan) -> float:
-    """Bytes per parameter the data-parallel gradient reduction moves."""
-    c = plan.parallel.grad_compression
-    base = memory.grad_bytes_per_param(plan.train.precision)
-    if c in ("fp16", "bf16"):
-        return 2.0
-    if c == "int8":
-        return 1.0
-    if c.startswith("topk:"):
-        return min(base, 2 * 4 * float(c.split(":")[1]))  # values + indices
-    if c.startswith("powersgd:"):
-        return base * min(1.0, 2 * int(c.split(":")[1]) / 1024)  # rank-r factors of ~1k dims
-    return base
-
-
 def _tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
-              lt: compute.LayerTimes) -> tuple[float, float]:
+              lt: compute.LayerTimes, d: int = 0) -> tuple[float, float]:
     """(forward, backward) exposed TP communication seconds of one block.
 
     Two collectives each way (attention and MLP). With `tp_overlap` the two
@@ -98,7 +117,7 @@ def _tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
         return 0.0, 0.0
     w = 4 if plan.train.precision == "fp32" else 2
     nbytes = p.micro_batch * m.seq_len * m.hidden * w
-    group = tuple(rank_of(plan, 0, stage, t) for t in range(p.tp))
+    group = tuple(rank_of(plan, d, stage, t) for t in range(p.tp))
     if p.sequence_parallel:
         one = (collective_time(topo, Coll("all_gather", group, nbytes), prof)
                + collective_time(topo, Coll("reduce_scatter", group, nbytes), prof))
@@ -109,46 +128,78 @@ def _tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
     return 2 * one, 2 * one  # attention and MLP, forward; the conjugates backward
 
 
-def _send_time(plan: Plan, topo: Topology, prof: Profile) -> float:
-    """Activation send between stages 0 and 1 by every TP rank at once; with
-    tp > 1 each rank sends 1/tp (Megatron's scatter-gather) and the receiver
-    all-gathers inside its node."""
+def send_time(plan: Plan, topo: Topology, prof: Profile, d: int = 0, a: int = 0,
+              b: int = 1) -> float:
+    """Activation send of replica d from stage a to b by every TP rank at once;
+    with tp > 1 each rank sends 1/tp (Megatron's scatter-gather) and the
+    receiver all-gathers inside its node."""
     m, p = plan.model, plan.parallel
     if p.pp == 1:
         return 0.0
     w = 4 if plan.train.precision == "fp32" else 2
     nbytes = p.micro_batch * m.seq_len * m.hidden * w
     share = nbytes / p.tp
-    colls = [Coll("send_recv", (rank_of(plan, 0, 0, t), rank_of(plan, 0, 1, t)), share)
+    colls = [Coll("send_recv", (rank_of(plan, d, a, t), rank_of(plan, d, b, t)), share)
              for t in range(p.tp)]
     t = concurrent_time(topo, colls, prof)
     if p.tp > 1 and not p.sequence_parallel:
-        group = tuple(rank_of(plan, 0, 1, t) for t in range(p.tp))
+        group = tuple(rank_of(plan, d, b, t) for t in range(p.tp))
         t += collective_time(topo, Coll("all_gather", group, nbytes), prof)
     return t
 
 
 def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
           bucket_params: float = DEFAULT_BUCKET_PARAMS, dp_algorithm: str = "ring") -> Work:
-    """The per-rank work of one step (see the module docstring)."""
-    m, p, tr = plan.model, plan.parallel, plan.train
-    dev = compute.device_of(plan, prof)
-    lt = compute.layer_times(plan, dev)
-    emb_f, emb_b = compute.embedding_times(plan, dev)
-    head_f, head_b = compute.head_times(plan, dev)
+    """The per-rank work of one step (see the module docstring). Applies the
+    cluster's slow links to `topo` (once); the data-parallel traffic of
+    `parallel.dp_mode` comes from `sim.sync_variants`, per-replica differences
+    (stragglers, mixed GPUs, uneven work) from `sim.replicas`."""
+    from sim import replicas, sync_variants, variation
+
+    variation.apply_slow_links(topo)
+    p = plan.parallel
     P, v, mb = p.pp, p.vpp if p.schedule == "interleaved-1f1b" else 1, p.microbatches
-    per_chunk = m.layers // (P * v)
+    layers = variation.stage_layers(plan)
+    dev = compute.device_of(plan, prof)
+    cost, opt = stage_costs(plan, topo, prof, [dev] * P, [1.0] * P, layers)
+    buckets, ag, gather, note = sync_variants.dp_work(plan, topo, prof, dev, layers,
+                                                      dp_overlap, bucket_params, dp_algorithm)
+    ops = [schedule(p.schedule, P, mb, s, v) for s in range(P)]
+    work = Work(plan, P, mb, v, ops, cost, send_time(plan, topo, prof), buckets,
+                dp_overlap, ag, opt, dp_gather=gather, flows_note=note)
+    replicas.attach(work, topo, prof, layers)
+    return work
+
+
+def stage_params(plan: Plan, layers: list[int], s: int) -> float:
+    """Parameters held by one GPU of stage s when stages have `layers` blocks."""
+    m, p = plan.model, plan.parallel
+    return (memory.stage_params_per_gpu(m, p.tp, p.pp, s)
+            + (layers[s] - m.layers / p.pp) * memory.layer_params_per_gpu(m, p.tp))
+
+
+def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.Device],
+                slow: list[float], layers: list[int], d: int = 0, cache: dict | None = None
+                ) -> tuple[dict[tuple[int, int, str], OpCost], list[float]]:
+    """Op costs of replica d's stages and their optimizer seconds: stage s runs
+    on `devs[s]` with its kernels `slow[s]` times slower, `layers[s]` blocks
+    (`cache` keeps kernel times per device and sequence length between calls)."""
+    p, tr = plan.parallel, plan.train
+    P, v = p.pp, p.vpp if p.schedule == "interleaved-1f1b" else 1
     zb = p.schedule == "zero-bubble"
     ho, host = host_ops(plan), prof.host_op_overhead_s
     cost: dict[tuple[int, int, str], OpCost] = {}
     opt: list[float] = []
-    buckets: list[list[tuple[float, list[Phase]]]] = []
-    ag: list[float] = []
-    gather: list[list[Phase]] = [[] for _ in range(P)]
-    gbytes = grad_bytes_per_param(plan)
-    wbytes = memory.weight_bytes_per_param(tr.precision)
+    per_dev: dict = {} if cache is None else cache
     for s in range(P):
-        tp_f, tp_b = _tp_times(plan, topo, prof, s, lt)
+        dev, k = devs[s], slow[s]
+        key = (dev, plan.model.seq_len)
+        if key not in per_dev:
+            per_dev[key] = (compute.layer_times(plan, dev), compute.embedding_times(plan, dev),
+                            compute.head_times(plan, dev))
+        lt, (emb_f, emb_b), (head_f, head_b) = per_dev[key]
+        per_chunk = layers[s] // v
+        tp_f, tp_b = _tp_times(plan, topo, prof, s, lt, d)
         for c in range(v):
             vs = c * P + s
             f = per_chunk * lt.fwd + (emb_f if vs == 0 else 0) + (head_f if vs == P * v - 1 else 0)
@@ -165,42 +216,18 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
             host_w = per_chunk * ho.block_bwd_weight
             host_b = (per_chunk * (ho.block_bwd_input + host_re) + ho.embedding_bwd * first
                       + ho.head_bwd * last + (0 if zb else host_w))
-            cost[(s, c, "F")] = OpCost(f, tf, host * host_f)
-            cost[(s, c, "B")] = OpCost(b_in, per_chunk * tp_b + tre, host * host_b)
-            cost[(s, c, "W")] = (OpCost(per_chunk * lt.bwd_weight, 0.0, host * host_w) if zb
-                                 else OpCost(0.0, 0.0))
-        n_params = memory.stage_params_per_gpu(m, p.tp, P, s)
-        shard = n_params / (p.dp if p.zero >= 1 else 1)
-        opt.append(compute.optimizer_time(dev, shard, tr.precision))
-        # data-parallel gradient reduction, in buckets
-        stage_b: list[tuple[float, list[Phase]]] = []
-        if p.dp > 1:
-            nb = max(1, math.ceil(n_params / bucket_params)) if dp_overlap else 1
-            op = "all_reduce" if p.zero == 0 else "reduce_scatter"
-            nbytes = n_params / nb * gbytes
-            if p.dp_mode == "local-sgd":
-                nbytes /= max(1, p.sync_every)
-            colls = [Coll(op, tuple(rank_of(plan, d, s, t) for d in range(p.dp)), nbytes,
-                          dp_algorithm) for t in range(p.tp)]
-            ph = _merge_phases([phases(topo, c_, prof) for c_ in colls])
-            stage_b = [(n_params / nb, ph)] * nb  # equal buckets: one set of phases
-            if p.zero in (1, 2):  # Megatron's distributed optimizer: gather after the step
-                ag_c = [Coll("all_gather", cc.ranks, n_params * wbytes, dp_algorithm)
-                        for cc in colls]
-                gather[s] = _merge_phases([phases(topo, c_, prof) for c_ in ag_c])
-        buckets.append(stage_b)
-        if p.zero >= 3 and p.dp > 1:
-            colls = [Coll("all_gather", tuple(rank_of(plan, d, s, t) for d in range(p.dp)),
-                          n_params / v * wbytes, dp_algorithm) for t in range(p.tp)]
-            ag.append(concurrent_time(topo, colls, prof))
-        else:
-            ag.append(0.0)
-    ops = [schedule(p.schedule, P, mb, s, v) for s in range(P)]
-    return Work(plan, P, mb, v, ops, cost, _send_time(plan, topo, prof), buckets,
-                dp_overlap, ag, opt, gather)
+            cost[(s, c, "F")] = OpCost(k * f, tf, host * host_f)
+            cost[(s, c, "B")] = OpCost(k * b_in, per_chunk * tp_b + tre, host * host_b)
+            cost[(s, c, "W")] = (OpCost(k * per_chunk * lt.bwd_weight, 0.0, host * host_w)
+                                 if zb else OpCost(0.0, 0.0))
+        shard = stage_params(plan, layers, s) / (p.dp if p.zero >= 1 else 1)
+        server_side = p.dp_mode in ("parameter-server", "async") and p.dp > 1
+        opt.append(0.0 if server_side else k * compute.optimizer_time(dev, shard, tr.precision))
+    return cost, opt
 
 
-def _merge_phases(per_coll: list[list[Phase]]) -> list[Phase]:
+def merge_phases(per_coll: list[list[Phase]]) -> list[Phase]:
+    """Phase k of concurrent collectives as one phase of all their flows."""
     out = []
     for k in range(max((len(x) for x in per_coll), default=0)):
         ph = [x[k] for x in per_coll if len(x) > k]
