@@ -13,8 +13,9 @@ pipeline stage (tp 2, pp 4, dp 4) with layers and micro-batches rebalanced
 (`sim.balance`); data skew (replicas with 512..2048-token sequences) with
 micro-batches rebalanced; half H100 and half A100 nodes.
 
-Every number is a `sim.simulate` prediction with the default (uncalibrated)
-profile; nothing is fitted here.
+Every number is a `sim.simulate` prediction with the clusters' profiles
+(the A100 presets name `sandbox/profiles/a100-megatron.toml`); nothing is
+fitted here.
 
     .venv/bin/python experiments/sync_variants_sim.py
 
@@ -170,8 +171,9 @@ def markdown(res: dict) -> str:
               "servers over its node's NICs (no intra-node aggregation first, unlike "
               "BytePS), which is why it trails the ring on the starved clusters. "
               "Bytes sent: the data-parallel gradient traffic one GPU puts on "
-              "the wire per step (parameter server: the push). The profile is the default, "
-              "uncalibrated one: the ranking and ratios are the result, not the absolute times.",
+              "the wire per step (parameter server: the push). Profile: the A100 preset's "
+              "calibrated one (sandbox/profiles/a100-megatron.toml); the ranking and ratios "
+              "are the result more than the absolute times.",
               ""]
     return "\n".join(lines)
 
