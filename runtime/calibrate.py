@@ -3,8 +3,8 @@
 `calibrate(device="cpu"|"cuda", quick=False)` runs `runtime.microbench` (the
 model's GEMM shapes, attention, memory-bound ops, a large copy, AdamW) for
 each process count a plan may use on this machine (on CPU every process gets
-`cores // processes` threads, as one process per rank would, and with more
-than one process all of them run each kernel at once:
+the intra-op threads a rank of `sandbox run` gets, `rank_threads()`, and
+with more than one process all of them run each kernel at once:
 `runtime.concurrent_bench`), then
 `runtime.collective_bench` (gloo on CPU, NCCL on GPU) for each group size.
 It returns a `Calibration` holding every measurement with its spread (median,
@@ -152,6 +152,16 @@ class Calibration:
         return write_profile(self, Path(path), processes)
 
 
+def rank_threads() -> int:
+    """Intra-op threads of one CPU rank of `sandbox run`: `runtime.launch` starts
+    every rank with OMP_NUM_THREADS (default 1, whatever the world size), and
+    torch sizes its pool from it."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS") or 1))
+    except ValueError:
+        return 1
+
+
 def machine_info(device: str) -> dict[str, Any]:
     """Host, CPU, cores, torch and (on GPU) the device name, for provenance."""
     cpu = platform.processor() or ""
@@ -244,7 +254,7 @@ def calibrate(device: str = "cpu", quick: bool = False, budget: Budget | None = 
     """Measure this machine. See the module docstring.
 
     processes: rank counts to measure kernels for (CPU default: 1 and 2,
-    each with cores // processes threads; GPU: 1). group_sizes: collective
+    each rank with `rank_threads()` threads; GPU: 1). group_sizes: collective
     group sizes (CPU default: 2, plus 4 when there are at least 4 cores;
     GPU: every visible GPU count >= 2, or none with one GPU). dtypes: fp32 on
     CPU; bf16 and fp32 on GPU.
@@ -278,7 +288,7 @@ def calibrate(device: str = "cpu", quick: bool = False, budget: Budget | None = 
     try:
         for p in processes:
             jobs = plans[p]
-            threads = max(1, cores // p) if device == "cpu" else threads_before
+            threads = rank_threads() if device == "cpu" else threads_before
             torch.set_num_threads(threads)
             gpu = rank_gpu(device, p)
             for dtype in dtypes:

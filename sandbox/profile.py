@@ -30,6 +30,8 @@ matmul = [[1e8, 2.0e13], [1e10, 2.3e14]]     # [GEMM FLOPs, achieved FLOP/s]
 attention = [[1e8, 1.0e13], [1e10, 1.5e14]]  # [attention-core FLOPs, FLOP/s]
 memory_bytes_per_s = 1.6e12
 kernel_overhead_s = 5e-6
+gemm_tile = [128, 128, 32]      # M, N, K the kernels pad to ([1, 1, 1]: no padding)
+attention_fused = false         # true: the attention rate covers QK^T, softmax and PV
 
 [[collective]]                  # measured alpha-beta fits per op and group size
 op = "all_reduce"               # all_reduce | all_gather | reduce_scatter | send_recv
@@ -41,6 +43,13 @@ backend = "nccl"
 Without a measured curve GEMM efficiency follows the saturating curve
 `eff(f) = matmul_efficiency * f / (f + matmul_half_flops)`; a measured curve
 is interpolated in log FLOPs (and scales linearly below its first point).
+Both are keyed by the FLOPs of the GEMM padded to `gemm_tile`: the
+tensor-core tile (128, 128, 32) on GPUs; a CPU BLAS pads nothing, and a CPU
+calibration writes (1, 1, 1). `attention_fused` says how the attention core
+runs: false (Megatron-LM's unfused kernels) = two batched GEMMs plus a
+separate scale-mask-softmax and dropout over the s x s scores; true (the
+runtime's `scaled_dot_product_attention`, which a calibration measures) =
+the attention rate covers the whole core and no s x s tensor is written.
 """
 
 from __future__ import annotations
@@ -92,7 +101,13 @@ class Profile:
     matmul: Curve = ()  # (GEMM FLOPs, achieved FLOP/s)
     attention: Curve = ()  # (attention FLOPs, achieved FLOP/s)
     memory_bytes_per_s: float = 0.0
+    gemm_tile: tuple[int, int, int] = (128, 128, 32)  # M, N, K padding of GEMM kernels
+    attention_fused: bool = False  # attention rate covers QK^T, softmax and PV
     collective: tuple[CollectivePoint, ...] = ()
+
+    def padded_gemm_flops(self, m: int, n: int, k: int, batch: int = 1) -> float:
+        """FLOPs of `batch` (m x k) @ (k x n) GEMMs padded to `gemm_tile`."""
+        return padded_gemm_flops(m, n, k, batch, self.gemm_tile)
 
     def matmul_seconds(self, flops: float, peak: float) -> float:
         """Seconds of one GEMM of `flops` FLOPs on a device of dense `peak` FLOP/s."""
@@ -128,12 +143,23 @@ class Profile:
         comp = {"device": self.device, "peak_flops": self.peak_flops,
                 "matmul": [list(p) for p in self.matmul],
                 "attention": [list(p) for p in self.attention],
-                "memory_bytes_per_s": self.memory_bytes_per_s}
-        if self.matmul or self.attention or self.memory_bytes_per_s:
+                "memory_bytes_per_s": self.memory_bytes_per_s,
+                "gemm_tile": list(self.gemm_tile), "attention_fused": self.attention_fused}
+        if (self.matmul or self.attention or self.memory_bytes_per_s or self.attention_fused
+                or self.gemm_tile != Profile.gemm_tile):
             d["compute"] = comp
         if self.collective:
             d["collective"] = [dataclasses.asdict(c) for c in self.collective]
         return d
+
+
+def padded_gemm_flops(m: int, n: int, k: int, batch: int = 1,
+                      tile: tuple[int, int, int] = (128, 128, 32)) -> float:
+    """2 * batch * m * n * k FLOPs with m, n, k rounded up to `tile` (M, N, K)."""
+    def pad(x: int, t: int) -> int:
+        return -(-int(x) // int(t)) * int(t)
+
+    return 2.0 * batch * pad(m, tile[0]) * pad(n, tile[1]) * pad(k, tile[2])
 
 
 def _interp_log(points: Curve, x: float) -> float:
@@ -175,6 +201,15 @@ def profile_from_dict(d: dict, where: str = "profile") -> Profile:
                 kw[k] = float(comp[k])
         if comp.get("kernel_overhead_s"):
             kw["kernel_overhead_s"] = float(comp["kernel_overhead_s"])
+        if "gemm_tile" in comp:
+            tile = tuple(int(x) for x in comp["gemm_tile"])
+            if len(tile) != 3 or min(tile) < 1:
+                raise ValueError("gemm_tile must be three integers >= 1 (M, N, K)")
+            kw["gemm_tile"] = tile
+        if "attention_fused" in comp:
+            if not isinstance(comp["attention_fused"], bool):
+                raise ValueError("attention_fused must be true or false")
+            kw["attention_fused"] = comp["attention_fused"]
         for k in ("matmul", "attention"):
             if comp.get(k):
                 kw[k] = tuple((float(a), float(b)) for a, b in comp[k])

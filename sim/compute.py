@@ -6,19 +6,20 @@ is a GEMM, a batched attention GEMM or a memory-bound op. Its time is
     kernel_overhead_s + max(FLOPs / (peak * eff(FLOPs)), bytes / (HBM * mem_eff))
 
 with `eff` from the cluster's calibration profile (`sandbox.profile`). GEMM
-dimensions are padded to the tensor-core tile (128 x 128 x 32), so awkward
-shapes cost more than their FLOPs. Units: seconds, FLOP, bytes.
+dimensions are padded to the profile's `gemm_tile` (the tensor-core tile
+128 x 128 x 32 on GPUs, so awkward shapes cost more than their FLOPs; none
+on a CPU). The attention core is two batched GEMMs plus, unless the
+profile's `attention_fused` says the measured rate covers it (SDPA), a
+scale-mask-softmax and dropout over the s x s scores. Units: seconds, FLOP,
+bytes.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from sandbox.profile import Profile
 from sandbox.specs import Plan
-
-TILE = (128, 128, 32)  # M, N, K tile of tensor-core GEMM kernels
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,11 @@ def device_of(plan: Plan, profile: Profile) -> Device:
     return Device(gpu.peak_flops(plan.train.precision), gpu.hbm_gb_per_s * 1e9, profile)
 
 
-def _pad(x: int, tile: int) -> int:
-    return int(math.ceil(x / tile) * tile)
-
-
 def gemm_time(d: Device, m: int, n: int, k: int, batch: int = 1, bytes_per: int = 2,
               attention: bool = False) -> float:
     """Seconds for `batch` GEMMs of (m x k) @ (k x n)."""
-    padded = 2.0 * batch * _pad(m, TILE[0]) * _pad(n, TILE[1]) * _pad(k, TILE[2])
     pr = d.profile
+    padded = pr.padded_gemm_flops(m, n, k, batch)
     t_flops = (pr.attention_seconds(padded, d.peak_flops) if attention
                else pr.matmul_seconds(padded, d.peak_flops))
     t_bytes = bytes_per * batch * (m * k + k * n + m * n) / pr.memory_rate(d.hbm_bytes_per_s)
@@ -94,18 +91,19 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
     attn_fwd = score + ctx
     attn_bwd = 2 * (score + ctx)
     # Memory-bound kernels (bytes read + written): two norms, scale-mask-softmax
-    # and dropout on the s x s scores, bias+activation, two dropout+residual adds.
+    # and dropout on the s x s scores (not with a fused attention core),
+    # bias+activation, two dropout+residual adds.
     ss = b * heads * s * s
     norm = 2 * tok_local * h * w * 2
-    softmax = ss * w * 2 + ss * (w * 2 + 1)  # softmax (r+w), dropout (r+w + mask)
+    softmax = 0 if d.profile.attention_fused else ss * w * 2 + ss * (w * 2 + 1)
     act = tokens * ffn * w * (3 if m.activation == "swiglu" else 2)
     resid = 2 * tok_local * h * (3 * w + 1)
-    elem_fwd = [norm, softmax, act, resid]
+    elem_fwd = [x for x in (norm, softmax, act, resid) if x]
     mem_fwd = sum(memory_time(d, x) for x in elem_fwd)
     mem_bwd = sum(memory_time(d, 2 * x) for x in elem_fwd)
     return LayerTimes(fwd=fwd_gemm + attn_fwd + mem_fwd, bwd_input=dgrad + attn_bwd + mem_bwd,
                       bwd_weight=wgrad,
-                      attn_core=attn_fwd + memory_time(d, softmax),
+                      attn_core=attn_fwd + (memory_time(d, softmax) if softmax else 0.0),
                       wgrad_column=(wgrads[0], wgrads[2]))
 
 

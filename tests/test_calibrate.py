@@ -132,3 +132,57 @@ def test_cli_calibrate_rejects_missing_directory(cli, tmp_path):
     r = cli("calibrate", "--out", str(tmp_path / "nope" / "p.toml"), "--quick")
     assert r.returncode == 1
     assert "no such directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cpu_profile_matches_the_runtime_kernels(cal, profile_path):
+    """A CPU calibration runs each rank with the threads `sandbox run` gives it,
+    says that a CPU BLAS pads nothing and that the measured attention (SDPA)
+    covers the softmax; the profile keeps both through TOML."""
+    from runtime.calibrate import rank_threads
+    from sandbox.profile import dump_profile, load_profile, profile_from_dict
+
+    assert all(pk.threads == rank_threads() for pk in cal.kernels)
+    prof = load_profile(profile_path)
+    assert prof.gemm_tile == (1, 1, 1) and prof.attention_fused is True
+    back = profile_from_dict(tomllib.loads(dump_profile(prof)))
+    assert back == prof
+
+
+def test_bad_gemm_tile_is_one_line(tmp_path):
+    from sandbox.errors import SandboxError
+    from sandbox.profile import load_profile
+
+    p = tmp_path / "p.toml"
+    p.write_text("[compute]\ngemm_tile = [128, 0]\n")
+    with pytest.raises(SandboxError, match="gemm_tile"):
+        load_profile(p)
+
+
+def test_tile_padding_and_fused_attention_come_from_the_profile():
+    """GPU (default profile): an awkward GEMM costs its padded shape and the
+    unfused attention pays a softmax pass over the s x s scores; with a CPU
+    profile's tile (1, 1, 1) and fused attention neither happens."""
+    from sandbox.profile import Profile
+    from sim import compute
+
+    plan = sandbox.load({"model": {"preset": "gpt-mini"}, "parallel": {"micro_batch": 4}})
+    gpu = compute.device_of(plan, Profile())
+    cpu = compute.device_of(plan, Profile(gemm_tile=(1, 1, 1), attention_fused=True))
+    # 129 rows pad to 256 on the GPU tile: as slow as 256 rows
+    assert compute.gemm_time(gpu, 129, 1024, 1024) == pytest.approx(
+        compute.gemm_time(gpu, 256, 1024, 1024))
+    flat = ((1e3, 1e11), (1e15, 1e11))  # a measured curve at one rate: time ~ FLOPs
+    for tile, ratio in (((128, 128, 32), 1.0), ((1, 1, 1), 129 / 256)):
+        d = compute.device_of(plan, Profile(matmul=flat, gemm_tile=tile, kernel_overhead_s=0))
+        assert compute.gemm_time(d, 129, 1024, 1024) == pytest.approx(
+            ratio * compute.gemm_time(d, 256, 1024, 1024), rel=0.02)
+    lt_gpu, lt_cpu = compute.layer_times(plan, gpu), compute.layer_times(plan, cpu)
+    m = plan.model
+    ss, w = 4 * m.heads * m.seq_len ** 2, 4 if plan.train.precision == "fp32" else 2
+    softmax = gpu.profile.kernel_overhead_s + (ss * w * 2 + ss * (2 * w + 1)) / (
+        gpu.profile.memory_rate(gpu.hbm_bytes_per_s))
+    unfused_cpu = compute.layer_times(plan, compute.device_of(
+        plan, Profile(gemm_tile=(1, 1, 1))))
+    assert unfused_cpu.fwd - lt_cpu.fwd == pytest.approx(softmax, rel=1e-9)
+    assert lt_cpu.attn_core < unfused_cpu.attn_core
+    assert lt_gpu.fwd > lt_cpu.fwd
