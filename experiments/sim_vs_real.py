@@ -118,9 +118,33 @@ def profile_for_world(profile: Path, world: int) -> Path:
     return side if side.exists() else profile
 
 
-def predict_one(model: str, name: str, overrides: dict, profile: str, meas: dict,
+def runs_of(entry: dict | list) -> list[dict]:
+    """The cached measurements of one plan: a list of runs (an older cache held
+    one run as a dict)."""
+    return entry if isinstance(entry, list) else [entry]
+
+
+def representative(runs: list[dict]) -> tuple[dict, float]:
+    """(the run whose step time is closest to the median over runs, that median):
+    the table's measured step time is the median over runs; the breakdown and
+    timeline are the representative run's, scaled to it."""
+    import copy
+
+    steps = [r["measured"]["step_time_s"] for r in runs]
+    med = statistics.median(steps)
+    rep = copy.deepcopy(min(runs, key=lambda r: abs(r["measured"]["step_time_s"] - med)))
+    scale = med / rep["measured"]["step_time_s"]
+    m = rep["measured"]
+    m["tokens_per_s"] = m["tokens_per_s"] / scale
+    m["step_time_s"] = med
+    m["breakdown_s"] = {k: v * scale for k, v in m.get("breakdown_s", {}).items()}
+    return rep, med
+
+
+def predict_one(model: str, name: str, overrides: dict, profile: str, runs: list[dict],
                 plots: Path | None) -> dict:
-    """Simulate with and without the profile and compare with the measurement."""
+    """Simulate with and without the profile and compare with the measurement
+    (the median over the plan's runs, see `representative`)."""
     import sandbox
     from runtime.compare import Measurement, combine
 
@@ -129,23 +153,29 @@ def predict_one(model: str, name: str, overrides: dict, profile: str, meas: dict
     plan = sandbox.load(plan_dict(model, overrides, profile))
     simres = sandbox.simulate(plan)
     uncal = sandbox.simulate(sandbox.load(plan_dict(model, overrides, ""))).to_dict()
+    meas, measured = representative(runs)
     m = Measurement.from_dict({k: v for k, v in meas.items() if k != "wall_s"})
     out = plots / f"{model}-{name}" if plots else None
     d = combine(plan, simres, m, out).to_dict()
-    measured = d["measured"]["step_time_s"]
+    per_run = [r["measured"]["step_time_s"] for r in runs]
+    foreign = [r["provenance"].get("foreign_cores") for r in runs]
     return {
         "model": model, "plan": name, "parallel": overrides, "world_size": plan.world_size,
         "predicted_step_s": d["predicted"]["step_time_s"],
         "predicted_uncalibrated_step_s": uncal["step_time_s"],
         "measured_step_s": measured, "error": d["error"]["step_time_s"],
         "error_uncalibrated": (uncal["step_time_s"] - measured) / measured,
+        "runs_step_s": per_run, "runs_at": [r["provenance"]["date_utc"] for r in runs],
+        "run_to_run_spread": (max(per_run) - min(per_run)) / measured,
         "noise": d["noise"], "breakdown_error": d["error"]["breakdown_s"],
         "predicted_breakdown_s": d["predicted"]["breakdown_s"],
         "measured_breakdown_s": d["measured"]["breakdown_s"],
         "peak_mem_error": d["error"]["peak_mem_gb"],
         "model_mem_error": d["error"].get("model_mem_gb"),
-        "loadavg_1m": meas["provenance"]["loadavg_1m"], "measured_at": meas["provenance"][
-            "date_utc"], "wall_s": meas.get("wall_s"), "profile": Path(profile).name,
+        "loadavg_1m": meas["provenance"]["loadavg_1m"],
+        "foreign_cores": max((f for f in foreign if f is not None), default=None),
+        "measured_at": meas["provenance"]["date_utc"], "wall_s": meas.get("wall_s"),
+        "profile": Path(profile).name,
     }
 
 
@@ -160,9 +190,13 @@ def calibration_stats(profile: Path, previous: str) -> dict:
     if not meas:
         return {}
     out = {"wall_s": meas["wall_s"], "loadavg_1m": meas["machine"].get("loadavg_1m", 0.0),
+           "foreign_cores": meas["machine"].get("foreign_cores"),
            "points": len(_points(meas)), "median_spread": median_spread(meas)}
     if previous:
-        prev = measurements(Calibration.from_dict(json.loads(Path(previous).read_text())))
+        prev_cal = Calibration.from_dict(json.loads(Path(previous).read_text()))
+        prev = measurements(prev_cal)
+        out["previous_foreign_cores"] = prev_cal.machine.get("foreign_cores")
+        out["previous_loadavg_1m"] = prev_cal.machine.get("loadavg_1m")
         p = Path(previous).resolve()
         out["previous"] = str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
         # within the spread alone, and with 10% / 50% of the median added
@@ -183,6 +217,10 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
+def _cores(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.1f}%"
 
@@ -196,33 +234,42 @@ def markdown(meta: dict, rows: list[dict], summ: dict) -> str:
         f"- command: `{meta['command']}`",
         f"- profile: `{meta['profile']}` ({meta['calibration']})",
         f"- runtime: `sandbox.compare` = `sandbox run` for {meta['steps']} steps, step time = "
-        "median after 2 warm-up steps; plus one torch.profiler step for the breakdown",
+        "median after 2 warm-up steps; plus one torch.profiler step for the breakdown; a plan "
+        "measured in several runs (at different times, round-robin over the plans) has the "
+        "median over its runs as measured step time, each run's in `runs`",
         f"- base plan: `{json.dumps(plan_dict('MODEL', {}, 'PROFILE'))}`",
-        "- spread = (max - min) / median of the measured steps after warm-up; load = 1-minute "
-        "load average before / after the plan (2 cores: above 2 means other jobs competed)",
+        "- spread = (max - min) / median of the measured steps after warm-up (in the run "
+        "closest to the median); runs: each run's median step time; load = 1-minute "
+        "load average before / after the plan; other jobs = cores kept busy by processes other "
+        "than the measurement while it ran (/proc/stat minus the measurement's own CPU time: "
+        "0 = quiet, 1 = one of the 2 cores taken)",
         "",
         "| model | plan | world | predicted (s) | predicted, no profile (s) | measured (s) "
-        "| spread | error | error, no profile | load | profile | measured at (UTC) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| spread | runs (s) | error | error, no profile | load | other jobs (cores) | profile "
+        "| measured at (UTC) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "failed" in r:
-            lines.append(f"| {r['model']} | {r['plan']} | - | - | - | - | - | failed: "
-                         f"{r['failed']} | - | - | - | - |")
+            lines.append(f"| {r['model']} | {r['plan']} | - | - | - | - | - | - | failed: "
+                         f"{r['failed']} | - | - | - | - | - |")
             continue
         n = r["noise"]
         lines.append(
             f"| {r['model']} | {r['plan']} | {r['world_size']} | {r['predicted_step_s']:.4g} "
             f"| {r['predicted_uncalibrated_step_s']:.4g} | {r['measured_step_s']:.4g} "
             f"| {100 * n.get('range_rel', 0):.0f}% ({n.get('steps')} steps) "
+            f"| {', '.join(f'{x:.3g}' for x in r.get('runs_step_s', [r['measured_step_s']]))} "
             f"| {_pct(r['error'])} | {_pct(r['error_uncalibrated'])} "
-            f"| {r['loadavg_1m'][0]:.1f} / {r['loadavg_1m'][1]:.1f} | {r['profile']} "
+            f"| {r['loadavg_1m'][0]:.1f} / {r['loadavg_1m'][1]:.1f} "
+            f"| {_cores(r.get('foreign_cores'))} | {r['profile']} "
             f"| {r['measured_at'][11:19]} |")
     cal = meta.get("calibration_stats") or {}
     if cal:
         lines += ["", "## Calibration", "",
                   f"- `{meta['profile']}` (+ `.p1.toml` for one-process plans): "
-                  f"{cal['wall_s']:.0f} s of measurement at load {cal['loadavg_1m']:.1f}, "
+                  f"{cal['wall_s']:.0f} s of measurement at load {cal['loadavg_1m']:.1f} "
+                  f"(other jobs {_cores(cal.get('foreign_cores'))} cores), "
                   f"{cal['points']} points; median spread (IQR / median) over points "
                   f"{100 * cal['median_spread']:.0f}%"]
         if cal.get("agreement"):
@@ -266,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibrate", action="store_true", help="re-calibrate even if it exists")
     ap.add_argument("--remeasure", action="store_true",
                     help="run the plans again even if their measurements are cached")
+    ap.add_argument("--more", action="store_true",
+                    help="add new runs to the cached ones (the table takes the median)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="runs per plan in this invocation, round-robin over the plans")
     ap.add_argument("--steps", type=int, default=8,
                     help="runtime steps per plan (the first 2 are warm-up)")
     ap.add_argument("--models", default="tiny,gpt-mini")
@@ -290,18 +341,27 @@ def main(argv: list[str] | None = None) -> int:
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     names = [n for n in PLANS if not args.only or n in args.only.split(",")]
     todo = [(m, n) for m in args.models.split(",") for n in names]
+    fresh: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
-        for model, name in todo:
-            key = f"{model}/{name}"
-            if key in cache and not args.remeasure:
-                continue
-            print(f"== measure {key}", file=sys.stderr, flush=True)
-            try:
-                cache[key] = measure_one(model, name, PLANS[name], args.steps, Path(tmp))
-            except Exception as e:  # a plan the runtime cannot do: report it
-                cache[key] = {"failed": f"{e.__class__.__name__}: "
-                                        f"{(str(e).splitlines() or [''])[0][:200]}"}
-            cache_path.write_text(json.dumps(cache, indent=1) + "\n")
+        for rnd in range(args.rounds):  # round-robin: each round measures every plan once
+            for model, name in todo:
+                key = f"{model}/{name}"
+                if key in cache and not (args.remeasure or args.more):
+                    continue
+                print(f"== measure {key} (round {rnd + 1} of {args.rounds})", file=sys.stderr,
+                      flush=True)
+                try:
+                    run = measure_one(model, name, PLANS[name], args.steps, Path(tmp))
+                except Exception as e:  # a plan the runtime cannot do: report it
+                    cache[key] = {"failed": f"{e.__class__.__name__}: "
+                                            f"{(str(e).splitlines() or [''])[0][:200]}"}
+                    cache_path.write_text(json.dumps(cache, indent=1) + "\n")
+                    continue
+                old = [] if (args.remeasure and key not in fresh) or "failed" in cache.get(
+                    key, {"failed": ""}) else runs_of(cache[key])
+                cache[key] = old + [run]
+                fresh.add(key)
+                cache_path.write_text(json.dumps(cache, indent=1) + "\n")
     rows = []
     plots = Path(args.plots) if args.plots else None
     for model, name in todo:
@@ -310,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"model": model, "plan": name, "failed": meas["failed"]})
             continue
         try:
-            rows.append(predict_one(model, name, PLANS[name], str(profile), meas, plots))
+            rows.append(predict_one(model, name, PLANS[name], str(profile), runs_of(meas),
+                                    plots))
         except Exception as e:  # the simulator cannot do it: report it
             rows.append({"model": model, "plan": name, "failed": f"simulate: "
                          f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}"})

@@ -137,6 +137,9 @@ def compute_section(pk: Any, device: str, tile: tuple[int, int, int] = GPU_TILE)
       (norm, GELU, add, softmax, cross-entropy) over the measured shapes.
     - kernel_overhead_s: the fastest median of the elementwise adds (almost
       no work: dispatch plus launch).
+    - block: per measured layer (`runtime.layer_bench`: model dims, micro-batch,
+      tp, sequence parallelism), the median seconds of its forward + backward
+      and of its AdamW step.
     """
     gemm = []
     for k in pk.kernels:
@@ -153,12 +156,21 @@ def compute_section(pk: Any, device: str, tile: tuple[int, int, int] = GPU_TILE)
             attn += [(score, rate), (ctx, rate)]
     mem = [k for k in pk.kernels if k.kind == "memory"]
     adds = [k.time.median for k in mem if k.name == "add"]
+    blocks: dict[tuple, dict] = {}
+    for k in pk.kernels:
+        if k.kind == "block" and len(k.shape) == 7:
+            b, s, h, heads, ffn, tp, sp = k.shape
+            d = blocks.setdefault(tuple(k.shape), {
+                "tp": tp, "sequence_parallel": bool(sp), "micro_batch": b, "seq_len": s,
+                "hidden": h, "heads": heads, "ffn_hidden": ffn})
+            d["seconds" if k.pass_ == "fwd+bwd" else "optimizer_s"] = k.time.median
     return {"device": device, "peak_flops": pk.peak_flops,
             "matmul": [list(x) for x in _curve(gemm)],
             "attention": [list(x) for x in _curve(attn)],
             "memory_bytes_per_s": sum(k.bytes for k in mem) / sum(k.time.median for k in mem),
             "kernel_overhead_s": min(adds) if adds else 0.0,
-            "gemm_tile": list(tile), "attention_fused": True}
+            "gemm_tile": list(tile), "attention_fused": True,
+            "block": [d for d in blocks.values() if "seconds" in d and "optimizer_s" in d]}
 
 
 def rank_kernels(cal: Any, processes: int | None = None) -> Any:
@@ -191,7 +203,8 @@ def profile_dict(cal: Any, processes: int | None = None) -> dict:
             "source": (f"sandbox calibrate --device {cal.device} on {m.get('host')} "
                        f"({m.get('gpu') or m.get('cpu')}, {m.get('cores')} cores, torch "
                        f"{m.get('torch')}) at {m.get('date_utc')}, load average "
-                       f"{m.get('loadavg_1m')}; one rank of {pk.processes} with "
+                       f"{m.get('loadavg_1m')}, other jobs' CPU use "
+                       f"{m.get('foreign_cores')} cores; one rank of {pk.processes} with "
                        f"{pk.threads} thread(s); medians of repeats, {cal.wall_s:.0f} s"),
             "compute": compute_section(pk, _device_label(cal, pk), gemm_tile(cal.device)),
             "collective": colls}

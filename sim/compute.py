@@ -12,13 +12,22 @@ on a CPU). The attention core is two batched GEMMs plus, unless the
 profile's `attention_fused` says the measured rate covers it (SDPA), a
 scale-mask-softmax and dropout over the s x s scores. Units: seconds, FLOP,
 bytes.
+
+A profile may also hold whole layers measured as the runtime runs them
+(`Profile.block`, `runtime.layer_bench`); for a plan with exactly such a
+layer `calibrated_layer` scales the kernel sum to the measurement and
+`block_optimizer_correction` replaces the modelled AdamW time of a block by
+the measured one (the framework's glue between kernels and, under tensor
+parallelism, DTensor's dispatch and redistributions, which per-kernel
+benchmarks do not see).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sandbox.profile import Profile
+from sandbox import memory
+from sandbox.profile import BlockPoint, Profile
 from sandbox.specs import Plan
 
 
@@ -134,3 +143,40 @@ def optimizer_time(d: Device, params: float, precision: str) -> float:
     read and the 16-bit weight written (bytes moved per parameter)."""
     per = 4 * 2 * 3 + 4 + (0 if precision == "fp32" else 2)
     return memory_time(d, params * per) + 10 * d.profile.kernel_overhead_s
+
+
+def measured_block(plan: Plan, d: Device) -> BlockPoint | None:
+    """The profile's measured layer of exactly this plan's shape, if any."""
+    m, p = plan.model, plan.parallel
+    return d.profile.block_point(p.tp, p.sequence_parallel, p.micro_batch, m.seq_len, m.hidden,
+                                 m.heads, m.ffn_hidden)
+
+
+def calibrated_layer(plan: Plan, d: Device, lt: LayerTimes, tp_comm_s: float) -> LayerTimes:
+    """`lt` scaled so that one block's kernels plus its modelled (exposed)
+    tensor-parallel communication `tp_comm_s` (forward + backward, seconds)
+    take the measured layer's forward + backward seconds. Unchanged without a
+    measured layer of this shape, or if the modelled communication alone
+    takes longer than the measurement (then the measurement is not used)."""
+    bp = measured_block(plan, d)
+    total = lt.fwd + lt.bwd
+    if bp is None or total <= 0 or bp.seconds <= tp_comm_s:
+        return lt
+    k = (bp.seconds - tp_comm_s) / total
+    return LayerTimes(fwd=k * lt.fwd, bwd_input=k * lt.bwd_input, bwd_weight=k * lt.bwd_weight,
+                      attn_core=k * lt.attn_core,
+                      wgrad_column=tuple(k * w for w in lt.wgrad_column))
+
+
+def block_optimizer_correction(plan: Plan, d: Device) -> float:
+    """Seconds to add per block to a rank's modelled optimizer step: the
+    measured AdamW step over one block's parameters minus its modelled time
+    (`optimizer_time` without the fixed per-step part). 0 without a measured
+    layer, and with ZeRO over dp > 1 (the layer was measured unsharded)."""
+    p = plan.parallel
+    bp = measured_block(plan, d)
+    if bp is None or (p.zero >= 1 and p.dp > 1):
+        return 0.0
+    n = memory.layer_params_per_gpu(plan.model, p.tp)
+    precision = plan.train.precision
+    return bp.optimizer_s - (optimizer_time(d, n, precision) - optimizer_time(d, 0, precision))

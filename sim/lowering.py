@@ -128,7 +128,7 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
     """The per-rank work of one step (see the module docstring)."""
     m, p, tr = plan.model, plan.parallel, plan.train
     dev = compute.device_of(plan, prof)
-    lt = compute.layer_times(plan, dev)
+    lt0 = compute.layer_times(plan, dev)
     emb_f, emb_b = compute.embedding_times(plan, dev)
     head_f, head_b = compute.head_times(plan, dev)
     P, v, mb = p.pp, p.vpp if p.schedule == "interleaved-1f1b" else 1, p.microbatches
@@ -142,7 +142,8 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
     gbytes = grad_bytes_per_param(plan)
     wbytes = memory.weight_bytes_per_param(tr.precision)
     for s in range(P):
-        tp_f, tp_b = _tp_times(plan, topo, prof, s, lt)
+        tp_f, tp_b = _tp_times(plan, topo, prof, s, lt0)
+        lt = compute.calibrated_layer(plan, dev, lt0, tp_f + tp_b)  # a measured layer, if any
         for c in range(v):
             vs = c * P + s
             f = per_chunk * lt.fwd + (emb_f if vs == 0 else 0) + (head_f if vs == P * v - 1 else 0)
@@ -165,7 +166,8 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
                                  else OpCost(0.0, 0.0))
         n_params = memory.stage_params_per_gpu(m, p.tp, P, s)
         shard = n_params / (p.dp if p.zero >= 1 else 1)
-        opt.append(compute.optimizer_time(dev, shard, tr.precision))
+        opt.append(compute.optimizer_time(dev, shard, tr.precision)
+                   + per_chunk * v * compute.block_optimizer_correction(plan, dev))
         # data-parallel gradient reduction, in buckets
         stage_b: list[tuple[float, list[Phase]]] = []
         if p.dp > 1:
