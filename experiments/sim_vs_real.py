@@ -3,8 +3,11 @@
     python experiments/sim_vs_real.py [--profile experiments/results/cpu_profile.toml]
         [--calibrate] [--steps 6] [--models tiny,gpt-mini] [--only NAME,...]
 
-1. Calibrate (`sandbox calibrate --out PROFILE`) unless PROFILE exists and
-   --calibrate is not given (then the committed profile is reused).
+1. Calibrate unless PROFILE exists and --calibrate is not given (then the
+   committed profile is reused): twice in a row, `sandbox calibrate --out
+   PROFILE.first.toml` then `--out PROFILE`, and report how well the two
+   agree point by point (`runtime.calibration_profile.agreement`); the
+   second is the profile the predictions use.
 2. Measure each plan (CPU: `tiny` and `gpt-mini` on 1 and 2 processes:
    dp 1, dp 2 with ZeRO 0 / 1 / 3, tp 2 with and without sequence
    parallelism, pp 2 with GPipe / 1F1B / interleaved 1F1B) with
@@ -63,23 +66,49 @@ def plan_dict(model: str, overrides: dict, profile: str) -> dict:
             "train": {"lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 0}}
 
 
+def first_of(profile: Path) -> Path:
+    """Where the first of the two calibrations goes: PROFILE.first.toml."""
+    return profile.with_name(f"{profile.stem}.first{profile.suffix}")
+
+
 def calibrate(profile: Path) -> dict:
-    cmd = [sys.executable, "-m", "sandbox", "calibrate", "--out", str(profile),
-           "--json", str(profile.with_suffix(".json"))]
-    t = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return {"command": " ".join(["sandbox", *cmd[3:]]), "wall_s": time.time() - t}
+    """Two calibrations in a row (see the module docstring); their commands and
+    wall times, and the first one's --json for the agreement check."""
+    runs = []
+    for out in (first_of(profile), profile):
+        cmd = [sys.executable, "-m", "sandbox", "calibrate", "--out", str(out),
+               "--json", str(out.with_suffix(".json"))]
+        t = time.time()
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        runs.append({"command": " ".join(["sandbox", *cmd[3:]]), "wall_s": time.time() - t})
+    return {"runs": runs, "previous": str(first_of(profile).with_suffix(".json"))}
+
+
+def coarsen(intervals: list, gap_s: float = 1e-3) -> list:
+    """Intervals (s) with gaps shorter than `gap_s` closed, ends rounded to
+    0.1 ms: enough for the timeline plots, a small cache file."""
+    out: list[list[float]] = []
+    for a, b in intervals:
+        if out and a - out[-1][1] < gap_s:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [[round(a, 4), round(b, 4)] for a, b in out]
 
 
 def measure_one(model: str, name: str, overrides: dict, steps: int, work: Path) -> dict:
-    """Run and profile one plan (no simulator involved); a JSON-able dict."""
+    """Run and profile one plan (no simulator involved); a JSON-able dict. The
+    profiled step's intervals are coarsened (`coarsen`) before caching; the
+    breakdown was computed from the exact ones."""
     import sandbox
     from runtime.compare import measure
 
     plan = sandbox.load(plan_dict(model, overrides, ""))
     t = time.time()
-    m = measure(plan, work / f"{model}-{name}", steps=steps, progress=False)
-    return {**m.to_dict(), "wall_s": time.time() - t}
+    m = measure(plan, work / f"{model}-{name}", steps=steps, progress=False).to_dict()
+    for r in (m.get("profile") or {}).get("ranks", []):
+        r["intervals_s"] = {k: coarsen(v) for k, v in r.get("intervals_s", {}).items()}
+    return {**m, "wall_s": time.time() - t}
 
 
 def profile_for_world(profile: Path, world: int) -> Path:
@@ -89,9 +118,33 @@ def profile_for_world(profile: Path, world: int) -> Path:
     return side if side.exists() else profile
 
 
-def predict_one(model: str, name: str, overrides: dict, profile: str, meas: dict,
+def runs_of(entry: dict | list) -> list[dict]:
+    """The cached measurements of one plan: a list of runs (an older cache held
+    one run as a dict)."""
+    return entry if isinstance(entry, list) else [entry]
+
+
+def representative(runs: list[dict]) -> tuple[dict, float]:
+    """(the run whose step time is closest to the median over runs, that median):
+    the table's measured step time is the median over runs; the breakdown and
+    timeline are the representative run's, scaled to it."""
+    import copy
+
+    steps = [r["measured"]["step_time_s"] for r in runs]
+    med = statistics.median(steps)
+    rep = copy.deepcopy(min(runs, key=lambda r: abs(r["measured"]["step_time_s"] - med)))
+    scale = med / rep["measured"]["step_time_s"]
+    m = rep["measured"]
+    m["tokens_per_s"] = m["tokens_per_s"] / scale
+    m["step_time_s"] = med
+    m["breakdown_s"] = {k: v * scale for k, v in m.get("breakdown_s", {}).items()}
+    return rep, med
+
+
+def predict_one(model: str, name: str, overrides: dict, profile: str, runs: list[dict],
                 plots: Path | None) -> dict:
-    """Simulate with and without the profile and compare with the measurement."""
+    """Simulate with and without the profile and compare with the measurement
+    (the median over the plan's runs, see `representative`)."""
     import sandbox
     from runtime.compare import Measurement, combine
 
@@ -100,23 +153,29 @@ def predict_one(model: str, name: str, overrides: dict, profile: str, meas: dict
     plan = sandbox.load(plan_dict(model, overrides, profile))
     simres = sandbox.simulate(plan)
     uncal = sandbox.simulate(sandbox.load(plan_dict(model, overrides, ""))).to_dict()
+    meas, measured = representative(runs)
     m = Measurement.from_dict({k: v for k, v in meas.items() if k != "wall_s"})
     out = plots / f"{model}-{name}" if plots else None
     d = combine(plan, simres, m, out).to_dict()
-    measured = d["measured"]["step_time_s"]
+    per_run = [r["measured"]["step_time_s"] for r in runs]
+    foreign = [r["provenance"].get("foreign_cores") for r in runs]
     return {
         "model": model, "plan": name, "parallel": overrides, "world_size": plan.world_size,
         "predicted_step_s": d["predicted"]["step_time_s"],
         "predicted_uncalibrated_step_s": uncal["step_time_s"],
         "measured_step_s": measured, "error": d["error"]["step_time_s"],
         "error_uncalibrated": (uncal["step_time_s"] - measured) / measured,
+        "runs_step_s": per_run, "runs_at": [r["provenance"]["date_utc"] for r in runs],
+        "run_to_run_spread": (max(per_run) - min(per_run)) / measured,
         "noise": d["noise"], "breakdown_error": d["error"]["breakdown_s"],
         "predicted_breakdown_s": d["predicted"]["breakdown_s"],
         "measured_breakdown_s": d["measured"]["breakdown_s"],
         "peak_mem_error": d["error"]["peak_mem_gb"],
         "model_mem_error": d["error"].get("model_mem_gb"),
-        "loadavg_1m": meas["provenance"]["loadavg_1m"], "measured_at": meas["provenance"][
-            "date_utc"], "wall_s": meas.get("wall_s"), "profile": Path(profile).name,
+        "loadavg_1m": meas["provenance"]["loadavg_1m"],
+        "foreign_cores": max((f for f in foreign if f is not None), default=None),
+        "measured_at": meas["provenance"]["date_utc"], "wall_s": meas.get("wall_s"),
+        "profile": Path(profile).name,
     }
 
 
@@ -131,11 +190,19 @@ def calibration_stats(profile: Path, previous: str) -> dict:
     if not meas:
         return {}
     out = {"wall_s": meas["wall_s"], "loadavg_1m": meas["machine"].get("loadavg_1m", 0.0),
+           "foreign_cores": meas["machine"].get("foreign_cores"),
            "points": len(_points(meas)), "median_spread": median_spread(meas)}
     if previous:
-        prev = measurements(Calibration.from_dict(json.loads(Path(previous).read_text())))
-        out["previous"] = previous
-        out["agreement"] = agreement(prev, meas)
+        prev_cal = Calibration.from_dict(json.loads(Path(previous).read_text()))
+        prev = measurements(prev_cal)
+        out["previous_foreign_cores"] = prev_cal.machine.get("foreign_cores")
+        out["previous_loadavg_1m"] = prev_cal.machine.get("loadavg_1m")
+        p = Path(previous).resolve()
+        out["previous"] = str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
+        # within the spread alone, and with 10% / 50% of the median added
+        out["agreement_by_tolerance"] = {str(t): agreement(prev, meas, t)
+                                         for t in (0.0, 0.1, 0.5)}
+        out["agreement"] = out["agreement_by_tolerance"]["0.5"]
     return out
 
 
@@ -148,6 +215,10 @@ def summary(rows: list[dict]) -> dict:
         out.update(median_abs_error=statistics.median(errs), max_abs_error=max(errs),
                    meets_target=statistics.median(errs) <= 0.20 and max(errs) <= 0.35)
     return out
+
+
+def _cores(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _pct(x: float | None) -> str:
@@ -163,42 +234,58 @@ def markdown(meta: dict, rows: list[dict], summ: dict) -> str:
         f"- command: `{meta['command']}`",
         f"- profile: `{meta['profile']}` ({meta['calibration']})",
         f"- runtime: `sandbox.compare` = `sandbox run` for {meta['steps']} steps, step time = "
-        "median after 2 warm-up steps; plus one torch.profiler step for the breakdown",
+        "median after 2 warm-up steps; plus one torch.profiler step for the breakdown; a plan "
+        "measured in several runs (at different times, round-robin over the plans) has the "
+        "median over its runs as measured step time, each run's in `runs`",
         f"- base plan: `{json.dumps(plan_dict('MODEL', {}, 'PROFILE'))}`",
-        "- spread = (max - min) / median of the measured steps after warm-up; load = 1-minute "
-        "load average before / after the plan (2 cores: above 2 means other jobs competed)",
+        "- spread = (max - min) / median of the measured steps after warm-up (in the run "
+        "closest to the median); runs: each run's median step time; load = 1-minute "
+        "load average before / after the plan; other jobs = cores kept busy by processes other "
+        "than the measurement while it ran (/proc/stat minus the measurement's own CPU time: "
+        "0 = quiet, 1 = one of the 2 cores taken)",
         "",
         "| model | plan | world | predicted (s) | predicted, no profile (s) | measured (s) "
-        "| spread | error | error, no profile | load | profile | measured at (UTC) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| spread | runs (s) | error | error, no profile | load | other jobs (cores) | profile "
+        "| measured at (UTC) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "failed" in r:
-            lines.append(f"| {r['model']} | {r['plan']} | - | - | - | - | - | failed: "
-                         f"{r['failed']} | - | - | - | - |")
+            lines.append(f"| {r['model']} | {r['plan']} | - | - | - | - | - | - | failed: "
+                         f"{r['failed']} | - | - | - | - | - |")
             continue
         n = r["noise"]
         lines.append(
             f"| {r['model']} | {r['plan']} | {r['world_size']} | {r['predicted_step_s']:.4g} "
             f"| {r['predicted_uncalibrated_step_s']:.4g} | {r['measured_step_s']:.4g} "
             f"| {100 * n.get('range_rel', 0):.0f}% ({n.get('steps')} steps) "
+            f"| {', '.join(f'{x:.3g}' for x in r.get('runs_step_s', [r['measured_step_s']]))} "
             f"| {_pct(r['error'])} | {_pct(r['error_uncalibrated'])} "
-            f"| {r['loadavg_1m'][0]:.1f} / {r['loadavg_1m'][1]:.1f} | {r['profile']} "
+            f"| {r['loadavg_1m'][0]:.1f} / {r['loadavg_1m'][1]:.1f} "
+            f"| {_cores(r.get('foreign_cores'))} | {r['profile']} "
             f"| {r['measured_at'][11:19]} |")
     cal = meta.get("calibration_stats") or {}
     if cal:
         lines += ["", "## Calibration", "",
                   f"- `{meta['profile']}` (+ `.p1.toml` for one-process plans): "
-                  f"{cal['wall_s']:.0f} s of measurement at load {cal['loadavg_1m']:.1f}, "
+                  f"{cal['wall_s']:.0f} s of measurement at load {cal['loadavg_1m']:.1f} "
+                  f"(other jobs {_cores(cal.get('foreign_cores'))} cores), "
                   f"{cal['points']} points; median spread (IQR / median) over points "
                   f"{100 * cal['median_spread']:.0f}%"]
         if cal.get("agreement"):
             a = cal["agreement"]
-            lines.append(f"- against `{cal['previous']}`: {a['points']} common points, "
-                         f"{100 * a['agree_fraction']:.0f}% agree within their spread + "
-                         f"{100 * a['tolerance']:.0f}%; median |log ratio| "
-                         f"{a['median_abs_log_ratio']:.2f}, 90th percentile "
-                         f"{a['p90_abs_log_ratio']:.2f}")
+            by = cal.get("agreement_by_tolerance", {})
+            within = ", ".join(f"{100 * x['agree_fraction']:.0f}% within the spread"
+                               + (f" + {100 * float(t):.0f}% of the median" if float(t) else "")
+                               for t, x in by.items()) or (
+                f"{100 * a['agree_fraction']:.0f}% within the spread + "
+                f"{100 * a['tolerance']:.0f}%")
+            lines.append(f"- reproducibility, against the calibration just before it "
+                         f"(`{cal['previous']}`): {a['points']} common points; {within} "
+                         "(two medians agree when they differ by at most the sum of their "
+                         "inter-quartile ranges, plus the stated share of the larger median); "
+                         f"median |log ratio| {a['median_abs_log_ratio']:.2f}, 90th "
+                         f"percentile {a['p90_abs_log_ratio']:.2f}")
     lines += ["", "## Target: gpt-mini dp 1, dp 2, tp 2, pp 2", ""]
     if "median_abs_error" in summ:
         lines.append(f"median |error| {100 * summ['median_abs_error']:.1f}% (target <= 20%), "
@@ -226,13 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibrate", action="store_true", help="re-calibrate even if it exists")
     ap.add_argument("--remeasure", action="store_true",
                     help="run the plans again even if their measurements are cached")
-    ap.add_argument("--steps", type=int, default=6, help="runtime steps per plan")
+    ap.add_argument("--more", action="store_true",
+                    help="add new runs to the cached ones (the table takes the median)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="runs per plan in this invocation, round-robin over the plans")
+    ap.add_argument("--steps", type=int, default=8,
+                    help="runtime steps per plan (the first 2 are warm-up)")
     ap.add_argument("--models", default="tiny,gpt-mini")
     ap.add_argument("--only", default="", help="comma-separated plan names (default: all)")
     ap.add_argument("--out", default=str(RESULTS / "sim_vs_real"), help="results basename")
     ap.add_argument("--plots", default="", help="directory for per-plan compare.json + PNG")
     ap.add_argument("--previous", default="",
-                    help="an earlier calibration's --json file to check reproducibility")
+                    help="an earlier calibration's --json file to check reproducibility "
+                         "(default: PROFILE.first.json when it exists)")
     args = ap.parse_args(argv)
     from runtime.calibrate import machine_info
 
@@ -241,23 +334,34 @@ def main(argv: list[str] | None = None) -> int:
     calib = {"reused": str(rel)}
     if args.calibrate or not profile.exists():
         calib = calibrate(profile)
+    previous = args.previous or (str(first_of(profile).with_suffix(".json"))
+                                 if first_of(profile).with_suffix(".json").exists() else "")
     out = Path(args.out)
     cache_path = out.with_name(out.name + "_measured.json")
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     names = [n for n in PLANS if not args.only or n in args.only.split(",")]
     todo = [(m, n) for m in args.models.split(",") for n in names]
+    fresh: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
-        for model, name in todo:
-            key = f"{model}/{name}"
-            if key in cache and not args.remeasure:
-                continue
-            print(f"== measure {key}", file=sys.stderr, flush=True)
-            try:
-                cache[key] = measure_one(model, name, PLANS[name], args.steps, Path(tmp))
-            except Exception as e:  # a plan the runtime cannot do: report it
-                cache[key] = {"failed": f"{e.__class__.__name__}: "
-                                        f"{(str(e).splitlines() or [''])[0][:200]}"}
-            cache_path.write_text(json.dumps(cache, indent=1) + "\n")
+        for rnd in range(args.rounds):  # round-robin: each round measures every plan once
+            for model, name in todo:
+                key = f"{model}/{name}"
+                if key in cache and not (args.remeasure or args.more):
+                    continue
+                print(f"== measure {key} (round {rnd + 1} of {args.rounds})", file=sys.stderr,
+                      flush=True)
+                try:
+                    run = measure_one(model, name, PLANS[name], args.steps, Path(tmp))
+                except Exception as e:  # a plan the runtime cannot do: report it
+                    cache[key] = {"failed": f"{e.__class__.__name__}: "
+                                            f"{(str(e).splitlines() or [''])[0][:200]}"}
+                    cache_path.write_text(json.dumps(cache, indent=1) + "\n")
+                    continue
+                old = [] if (args.remeasure and key not in fresh) or "failed" in cache.get(
+                    key, {"failed": ""}) else runs_of(cache[key])
+                cache[key] = old + [run]
+                fresh.add(key)
+                cache_path.write_text(json.dumps(cache, indent=1) + "\n")
     rows = []
     plots = Path(args.plots) if args.plots else None
     for model, name in todo:
@@ -266,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"model": model, "plan": name, "failed": meas["failed"]})
             continue
         try:
-            rows.append(predict_one(model, name, PLANS[name], str(profile), meas, plots))
+            rows.append(predict_one(model, name, PLANS[name], str(profile), runs_of(meas),
+                                    plots))
         except Exception as e:  # the simulator cannot do it: report it
             rows.append({"model": model, "plan": name, "failed": f"simulate: "
                          f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}"})
@@ -277,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile": str(rel), "calibration": calib, "steps": args.steps,
             "measurements": str(cache_path.relative_to(ROOT) if cache_path.is_relative_to(ROOT)
                                 else cache_path)}
-    meta["calibration_stats"] = calibration_stats(profile, args.previous)
+    meta["calibration_stats"] = calibration_stats(profile, previous)
     summ = summary(rows)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summ,
                                                     "rows": rows}, indent=2) + "\n")

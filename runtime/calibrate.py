@@ -1,11 +1,12 @@
 """Calibrate the simulator on this machine: kernels and collectives, measured.
 
 `calibrate(device="cpu"|"cuda", quick=False)` runs `runtime.microbench` (the
-model's GEMM shapes, attention, memory-bound ops, a large copy, AdamW) for
-each process count a plan may use on this machine (on CPU every process gets
-`cores // processes` threads, as one process per rank would, and with more
-than one process all of them run each kernel at once:
-`runtime.concurrent_bench`), then
+model's GEMM shapes, attention, memory-bound ops, a large copy, AdamW) and
+`runtime.layer_bench` (a whole layer and its AdamW step, plain and, with as
+many processes as tp, tensor-parallel) for each process count a plan may use
+on this machine (on CPU every process gets the intra-op threads a rank of
+`sandbox run` gets, `rank_threads()`, and with more than one process all of
+them run each kernel at once: `runtime.concurrent_bench`), then
 `runtime.collective_bench` (gloo on CPU, NCCL on GPU) for each group size.
 It returns a `Calibration` holding every measurement with its spread (median,
 quartiles, min, max over repeats); `Calibration.to_profile()` turns it into
@@ -32,6 +33,7 @@ import torch
 from runtime import microbench as mb
 from runtime.collective_bench import CollectiveResult, bench_collectives, default_sizes
 from runtime.concurrent_bench import run_concurrently
+from runtime.layer_bench import bench_layer
 from sandbox import presets
 from sandbox.planfile import load
 from sandbox.specs import GPU, Model
@@ -42,12 +44,14 @@ MODELS = ("tiny", "gpt-mini")  # whose GEMM / attention shapes are measured
 @dataclass(frozen=True)
 class Budget:
     """How much to measure: repeats per point, the time one repeat should last
-    (s), the micro-batches, tp degrees, square GEMM sizes, collective sizes
-    (bytes), copy size (bytes), AdamW parameters and the models whose shapes
-    are measured."""
+    (s; collectives: `collective_min_time_s`, longer, as their small-message
+    times jitter with thread wake-ups), the micro-batches, tp degrees, square
+    GEMM sizes, collective sizes (bytes), copy size (bytes), AdamW parameters
+    and the models whose shapes are measured."""
 
     repeats: int = 7
     min_time_s: float = 0.004
+    collective_min_time_s: float = 0.02
     micro_batches: tuple[int, ...] = (1, 4)
     tps: tuple[int, ...] = (1, 2)
     squares: tuple[int, ...] = (1024,)
@@ -59,7 +63,8 @@ class Budget:
     @staticmethod
     def quick() -> Budget:
         """A few seconds: for tests and smoke checks, not for a real profile."""
-        return Budget(repeats=5, min_time_s=0.002, micro_batches=(1,), tps=(1,),
+        return Budget(repeats=5, min_time_s=0.002, collective_min_time_s=0.002,
+                      micro_batches=(1,), tps=(1,),
                       squares=(), collective_sizes=tuple(default_sizes(quick=True)),
                       copy_bytes=32 << 20, adamw_params=500_000)
 
@@ -118,7 +123,8 @@ class Calibration:
         """A few lines: headline rates with their spread (IQR / median)."""
         lines = [f"calibration on {self.machine.get('cpu') or self.device} "
                  f"({self.machine.get('cores')} cores, torch {self.machine.get('torch')}, "
-                 f"load {self.machine.get('loadavg_1m')}), {self.wall_s:.1f} s"]
+                 f"load {self.machine.get('loadavg_1m')}, other jobs "
+                 f"{_cores(self.machine.get('foreign_cores'))}), {self.wall_s:.1f} s"]
         for pk in self.kernels:
             gemms = [k for k in pk.kernels if k.kind == "gemm" and k.pass_ == "fwd+bwd"]
             best = max(gemms, key=lambda k: k.flops, default=None)
@@ -150,6 +156,20 @@ class Calibration:
         from runtime.calibration_profile import write_profile
 
         return write_profile(self, Path(path), processes)
+
+
+def _cores(x: float | None) -> str:
+    return "?" if x is None else f"{x:.2f} cores"
+
+
+def rank_threads() -> int:
+    """Intra-op threads of one CPU rank of `sandbox run`: `runtime.launch` starts
+    every rank with OMP_NUM_THREADS (default 1, whatever the world size), and
+    torch sizes its pool from it."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS") or 1))
+    except ValueError:
+        return 1
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -205,8 +225,11 @@ def kernel_plan(budget: Budget, max_tp: int | None = None) -> list[tuple]:
                             jobs.append((*key, name))
                 for bwd in (False, True):
                     jobs.append(("attention", spec, b, tp, bwd))
+                # the whole layer; tensor-parallel over all p processes only
+                if tp == 1 or tp == max_tp:
+                    for sp in ((False,) if tp == 1 else (True, False)):
+                        jobs.append(("block", spec, b, tp, sp))
             jobs.append(("memory", spec, b))
-            jobs.append(("block", spec, b))
     for h in budget.squares:
         for bwd in (False, True):
             key = ("gemm", 1024, h, h, bwd)
@@ -227,8 +250,8 @@ def _run_job(job: tuple, device: torch.device, dtype: str, b: Budget) -> list[mb
         _, spec, mbatch, tp, bwd = job
         return [mb.bench_attention(spec, mbatch, device, dtype, bwd, tp, b.repeats, b.min_time_s)]
     if kind == "block":
-        _, spec, mbatch = job
-        return [mb.bench_block(spec, mbatch, device, dtype, b.repeats, b.min_time_s)]
+        _, spec, mbatch, tp, sp = job
+        return bench_layer(spec, mbatch, device, dtype, tp, sp, b.repeats, b.min_time_s)
     if kind == "memory":
         _, spec, mbatch = job
         return mb.bench_memory_ops(spec, mbatch, device, dtype, b.repeats, b.min_time_s)
@@ -244,7 +267,7 @@ def calibrate(device: str = "cpu", quick: bool = False, budget: Budget | None = 
     """Measure this machine. See the module docstring.
 
     processes: rank counts to measure kernels for (CPU default: 1 and 2,
-    each with cores // processes threads; GPU: 1). group_sizes: collective
+    each rank with `rank_threads()` threads; GPU: 1). group_sizes: collective
     group sizes (CPU default: 2, plus 4 when there are at least 4 cores;
     GPU: every visible GPU count >= 2, or none with one GPU). dtypes: fp32 on
     CPU; bf16 and fp32 on GPU.
@@ -267,6 +290,7 @@ def calibrate(device: str = "cpu", quick: bool = False, budget: Budget | None = 
         group_sizes = group_sizes if group_sizes is not None else tuple(
             g for g in (2, 4) if g == 2 or g <= cores)
         dtypes = dtypes or ("fp32",)
+    load = mb.ForeignLoad().start()  # other jobs' CPU use while measuring
     plans = {p: kernel_plan(budget, p if device == "cpu" else None) for p in processes}
     ops = 4
     total = len(dtypes) * sum(len(j) for j in plans.values()) + len(group_sizes) * ops * len(
@@ -278,7 +302,7 @@ def calibrate(device: str = "cpu", quick: bool = False, budget: Budget | None = 
     try:
         for p in processes:
             jobs = plans[p]
-            threads = max(1, cores // p) if device == "cpu" else threads_before
+            threads = rank_threads() if device == "cpu" else threads_before
             torch.set_num_threads(threads)
             gpu = rank_gpu(device, p)
             for dtype in dtypes:
@@ -300,8 +324,9 @@ def calibrate(device: str = "cpu", quick: bool = False, budget: Budget | None = 
         bar.set_postfix_str(f"collectives x{g}")
         collectives.append(bench_collectives(g, list(budget.collective_sizes), device,
                                              repeats=budget.repeats + 2,
-                                             min_time_s=budget.min_time_s,
+                                             min_time_s=budget.collective_min_time_s,
                                              on_point=bar.update))
     bar.close()
-    return Calibration(device, machine_info(device), kernels, collectives,
-                       time.perf_counter() - t0, budget)
+    info = machine_info(device)
+    info["foreign_cores"] = load.stop()
+    return Calibration(device, info, kernels, collectives, time.perf_counter() - t0, budget)

@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sandbox.profile import padded_gemm_flops
+
 HEADER = "# Calibration profile written by `sandbox calibrate`; units: s, bytes, FLOP/s, bytes/s.\n"
 
 
@@ -99,18 +101,17 @@ def measurements(cal: Any) -> dict:
             "kernel": kernels, "collective": colls}
 
 
-# The simulator looks GEMM rates up by FLOPs of the shape padded to the
-# tensor-core tile (M, N, K) = (128, 128, 32) (sim/compute.py TILE); the
-# curves are keyed the same way, so that a measured shape's time comes back.
-TILE = (128, 128, 32)
+# The simulator looks GEMM rates up by the FLOPs of the shape padded to the
+# profile's `gemm_tile` (sandbox.profile); the curves are keyed the same way,
+# so that a measured shape's time comes back. GPU GEMM kernels pad to the
+# tensor-core tile; a CPU BLAS does not pad.
+GPU_TILE = (128, 128, 32)
+CPU_TILE = (1, 1, 1)
 
 
-def padded_gemm_flops(m: int, n: int, k: int, batch: int = 1) -> float:
-    """2 * batch * m * n * k with m, n, k rounded up to the TILE."""
-    def pad(x: int, t: int) -> int:
-        return -(-x // t) * t
-
-    return 2.0 * batch * pad(m, TILE[0]) * pad(n, TILE[1]) * pad(k, TILE[2])
+def gemm_tile(device: str) -> tuple[int, int, int]:
+    """The (M, N, K) padding of `device`'s GEMM kernels."""
+    return CPU_TILE if device == "cpu" else GPU_TILE
 
 
 def _curve(points: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
@@ -121,7 +122,7 @@ def _curve(points: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]
     return tuple((x, sorted(ys)[len(ys) // 2]) for x, ys in sorted(by.items()))
 
 
-def compute_section(pk: Any, device: str) -> dict:
+def compute_section(pk: Any, device: str, tile: tuple[int, int, int] = GPU_TILE) -> dict:
     """`[compute]` of `sandbox.profile` from the kernels one rank ran.
 
     - matmul: per linear shape (tokens, k, n), the forward + backward (three
@@ -131,32 +132,45 @@ def compute_section(pk: Any, device: str) -> dict:
     - attention: the simulator costs the core as QK^T and PV batched GEMMs,
       forward + 2x for backward; per measured shape both GEMMs get the rate
       that makes 3 x (their padded FLOPs) take the measured fwd+bwd time of
-      `Attention.core` (SDPA, softmax included).
+      `Attention.core` (SDPA, softmax included: `attention_fused = true`).
     - memory_bytes_per_s: total bytes / total time of the memory-bound ops
       (norm, GELU, add, softmax, cross-entropy) over the measured shapes.
     - kernel_overhead_s: the fastest median of the elementwise adds (almost
       no work: dispatch plus launch).
+    - block: per measured layer (`runtime.layer_bench`: model dims, micro-batch,
+      tp, sequence parallelism), the median seconds of its forward + backward
+      and of its AdamW step.
     """
     gemm = []
     for k in pk.kernels:
         if k.kind == "gemm" and k.pass_ == "fwd+bwd":
-            f = padded_gemm_flops(k.shape[0], k.shape[2], k.shape[1])
+            f = padded_gemm_flops(k.shape[0], k.shape[2], k.shape[1], 1, tile)
             gemm.append((f, f / (k.time.median / 3)))
     attn = []
     for k in pk.kernels:
         if k.kind == "attention" and k.pass_ == "fwd+bwd":
             b, heads, sq, hd = k.shape
-            score = padded_gemm_flops(sq, sq, hd, b * heads)
-            ctx = padded_gemm_flops(sq, hd, sq, b * heads)
+            score = padded_gemm_flops(sq, sq, hd, b * heads, tile)
+            ctx = padded_gemm_flops(sq, hd, sq, b * heads, tile)
             rate = 3 * (score + ctx) / k.time.median
             attn += [(score, rate), (ctx, rate)]
     mem = [k for k in pk.kernels if k.kind == "memory"]
     adds = [k.time.median for k in mem if k.name == "add"]
+    blocks: dict[tuple, dict] = {}
+    for k in pk.kernels:
+        if k.kind == "block" and len(k.shape) == 7:
+            b, s, h, heads, ffn, tp, sp = k.shape
+            d = blocks.setdefault(tuple(k.shape), {
+                "tp": tp, "sequence_parallel": bool(sp), "micro_batch": b, "seq_len": s,
+                "hidden": h, "heads": heads, "ffn_hidden": ffn})
+            d["seconds" if k.pass_ == "fwd+bwd" else "optimizer_s"] = k.time.median
     return {"device": device, "peak_flops": pk.peak_flops,
             "matmul": [list(x) for x in _curve(gemm)],
             "attention": [list(x) for x in _curve(attn)],
             "memory_bytes_per_s": sum(k.bytes for k in mem) / sum(k.time.median for k in mem),
-            "kernel_overhead_s": min(adds) if adds else 0.0}
+            "kernel_overhead_s": min(adds) if adds else 0.0,
+            "gemm_tile": list(tile), "attention_fused": True,
+            "block": [d for d in blocks.values() if "seconds" in d and "optimizer_s" in d]}
 
 
 def rank_kernels(cal: Any, processes: int | None = None) -> Any:
@@ -189,9 +203,11 @@ def profile_dict(cal: Any, processes: int | None = None) -> dict:
             "source": (f"sandbox calibrate --device {cal.device} on {m.get('host')} "
                        f"({m.get('gpu') or m.get('cpu')}, {m.get('cores')} cores, torch "
                        f"{m.get('torch')}) at {m.get('date_utc')}, load average "
-                       f"{m.get('loadavg_1m')}; one rank of {pk.processes} with "
+                       f"{m.get('loadavg_1m')}, other jobs' CPU use "
+                       f"{m.get('foreign_cores')} cores; one rank of {pk.processes} with "
                        f"{pk.threads} thread(s); medians of repeats, {cal.wall_s:.0f} s"),
-            "compute": compute_section(pk, _device_label(cal, pk)), "collective": colls}
+            "compute": compute_section(pk, _device_label(cal, pk), gemm_tile(cal.device)),
+            "collective": colls}
 
 
 def to_profile(cal: Any, processes: int | None = None) -> Any:
@@ -211,7 +227,8 @@ def write_profile(cal: Any, path: Path, processes: int | None = None) -> Path:
     body = dump_profile(to_profile(cal, processes))
     extra = measurements(cal)
     extra["compute_by_processes"] = {
-        str(pk.processes): compute_section(pk, _device_label(cal, pk)) for pk in cal.kernels}
+        str(pk.processes): compute_section(pk, _device_label(cal, pk), gemm_tile(cal.device))
+        for pk in cal.kernels}
     body += "\n" + dumps_toml({"measurements": extra})
     path.write_text(HEADER + body)
     return path

@@ -202,6 +202,7 @@ def measure(plan: Plan, out: str | Path, steps: int | None = None, profile_steps
     timed steps of the profiling run before the profiled one.
     """
     from runtime.launch import run
+    from runtime.microbench import ForeignLoad
     from runtime.step_profile import profile_step
     from runtime.train import WARMUP_STEPS, read_metrics
 
@@ -209,6 +210,7 @@ def measure(plan: Plan, out: str | Path, steps: int | None = None, profile_steps
     out.mkdir(parents=True, exist_ok=True)
     steps = steps or min(plan.train.steps, 8)
     load_before = os.getloadavg()[0]
+    foreign = ForeignLoad().start()
     result = run(plan, out / "run", steps=steps, progress=progress, no_final_checkpoint=True)
     metrics = read_metrics(out / "run" / "metrics.jsonl")
     not_measured = ["bubble and pp_comm separately (a blocked recv is both: one field)",
@@ -224,6 +226,7 @@ def measure(plan: Plan, out: str | Path, steps: int | None = None, profile_steps
         not_measured.append("breakdown on GPU (the step profiler runs CPU/gloo only)")
     prov = provenance(plan, steps)
     prov["loadavg_1m"] = [load_before, os.getloadavg()[0]]
+    prov["foreign_cores"] = foreign.stop()
     return Measurement(measured_fields(result.to_dict(), metrics, prof),
                        noise(metrics, WARMUP_STEPS), prof, not_measured, steps, prov)
 

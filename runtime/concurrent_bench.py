@@ -4,8 +4,11 @@ One rank of an N-process plan shares the machine's cores, caches and memory
 bandwidth with N - 1 others doing the same work. `run_concurrently(jobs, N,
 threads, ...)` spawns N processes (gloo over a file:// rendezvous, only for
 barriers), each with `threads` intra-op threads; before every job all of
-them meet at a barrier, then all run it. The result for a job is the
-slowest rank's (largest median), as the slowest rank sets a step's pace.
+them meet at a barrier, then all run it, every timed sample in lockstep
+(`microbench.set_lockstep`: same calls per sample, a barrier before each),
+so that every sample is taken while all ranks compute, as in a data- or
+tensor-parallel step. The result for a job is the slowest rank's (largest
+median), as the slowest rank sets a step's pace.
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ def _worker(rank: int, world: int, rdv: str, jobs: list, threads: int, dtype: st
     dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=300))
     results = []
+
+    def agree_max(x: float) -> float:
+        t = torch.tensor([float(x)], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.item()
+
+    from runtime import microbench
+
+    microbench.set_lockstep(dist.barrier, agree_max)
     try:
         for job in jobs:
             dist.barrier()
@@ -39,6 +51,7 @@ def _worker(rank: int, world: int, rdv: str, jobs: list, threads: int, dtype: st
                     f.write(".")
         dist.barrier()
     finally:
+        microbench.set_lockstep(None)
         dist.destroy_process_group()
     Path(f"{out}.{rank}").write_bytes(pickle.dumps(results))
 

@@ -8,14 +8,16 @@ s x s square), bytes/s for memory-bound ops (bytes read + written once).
 
 The kernels are the ones `runtime.model` runs: `nn.Linear` layers of a
 `Block` (the model's GEMM shapes `(tokens x hidden) @ (hidden x out)`),
-`Attention.core` (`F.scaled_dot_product_attention`, causal), a whole `Block`
-forward + backward (kernels plus framework overhead), the model's norm
+`Attention.core` (`F.scaled_dot_product_attention`, causal), the model's norm
 (`make_norm`), tanh-GELU, residual add, softmax and the fp32 cross-entropy of
 the logits, a large copy for DRAM/HBM bandwidth and AdamW over a flat buffer.
+A whole layer (kernels plus framework overhead, plain or tensor-parallel) is
+`runtime.layer_bench`.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -24,8 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from runtime.model import Attention, Block, make_norm
-from sandbox import counts
+from runtime.model import Attention, make_norm
 from sandbox.specs import Model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,7 +70,66 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _machine_busy_s() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (/proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class ForeignLoad:
+    """Cores kept busy by other processes while a `with` block runs:
+    (machine busy CPU seconds - those of this process and its waited-for
+    children) / wall seconds. 0.0 on a quiet machine, 1.0 when another job
+    kept one core busy throughout; None where /proc/stat is unreadable.
+    Run the measured work in this process or in children it waits for."""
+
+    cores: float | None = None
+
+    def start(self) -> ForeignLoad:
+        self._t0, self._busy0, self._own0 = time.perf_counter(), _machine_busy_s(), _own_cpu_s()
+        return self
+
+    def stop(self) -> float | None:
+        """Stop measuring; the foreign cores (also in `.cores`)."""
+        wall = time.perf_counter() - self._t0
+        busy = _machine_busy_s()
+        if busy is not None and self._busy0 is not None and wall > 0:
+            foreign = (busy - self._busy0) - (_own_cpu_s() - self._own0)
+            self.cores = max(0.0, foreign / wall)
+        return self.cores
+
+    def __enter__(self) -> ForeignLoad:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 MAX_POINT_S = 0.6  # stop repeating a point after this long (at least 3 repeats)
+
+# Lockstep with other processes (runtime.concurrent_bench): (barrier, max over
+# processes); None = this process alone.
+_LOCKSTEP: tuple[Callable[[], object], Callable[[float], float]] | None = None
+
+
+def set_lockstep(barrier: Callable[[], object] | None,
+                 agree_max: Callable[[float], float] | None = None) -> None:
+    """Time every sample of `time_fn` in lockstep with other processes doing the
+    same: `barrier()` before each timed sample and `agree_max(x)` (the largest
+    x over the processes) so that all take the same number of calls per sample
+    and of samples, and every sample runs while all of them run. `None` ends it."""
+    global _LOCKSTEP
+    _LOCKSTEP = None if barrier is None or agree_max is None else (barrier, agree_max)
 
 
 def time_fn(fn: Callable[[], object], device: torch.device, repeats: int = 7,
@@ -79,7 +139,8 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeats: int = 7,
     `inner` is chosen so one batch lasts about `min_time_s`, which amortises
     the timer (CUDA events on a GPU, perf_counter on CPU) for tiny kernels.
     Repeats stop early (never below 3) once a point has taken MAX_POINT_S, so
-    a loaded machine cannot stretch a calibration without bound.
+    a loaded machine cannot stretch a calibration without bound. Under
+    `set_lockstep` every sample starts at a barrier with the other processes.
     """
     for _ in range(warmup):
         fn()
@@ -91,11 +152,18 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeats: int = 7,
         _sync(device)
         once = min(once, max(time.perf_counter() - t0, 1e-7))
     inner = max(1, min(1000, int(min_time_s / once)))
+    lock = _LOCKSTEP
+    if lock is not None:
+        inner = int(lock[1](inner))
     samples: list[float] = []
     began = time.perf_counter()
     for _ in range(repeats):
-        if len(samples) >= 3 and time.perf_counter() - began > MAX_POINT_S:
-            break
+        if len(samples) >= 3:
+            spent = time.perf_counter() - began
+            if (lock[1](spent) if lock is not None else spent) > MAX_POINT_S:
+                break
+        if lock is not None:
+            lock[0]()
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -217,27 +285,6 @@ def bench_attention(spec: Model, micro_batch: int, device: torch.device, dtype: 
     st = time_fn(fn, device, repeats, min_time_s)
     return KernelResult("attention", "sdpa", shape, dtype, "fwd+bwd" if backward else "fwd",
                         torch.get_num_threads(), flops, float(moved), st)
-
-
-def bench_block(spec: Model, micro_batch: int, device: torch.device, dtype: str = "fp32",
-                repeats: int = 7, min_time_s: float = 0.01) -> KernelResult:
-    """One whole transformer `Block` forward + backward (kernels plus the
-    framework's per-op overhead), FLOPs as `sandbox.counts` per layer x 3."""
-    dt = DTYPES[dtype]
-    block = Block(spec).to(device=device, dtype=dt)
-    x = torch.randn(micro_batch, spec.seq_len, spec.hidden, device=device, dtype=dt,
-                    requires_grad=True)
-    g = torch.randn_like(x)
-
-    def fn():
-        block(x).backward(g)
-
-    tokens = micro_batch * spec.seq_len
-    flops = 3.0 * tokens * (counts.layer_matmul_flops_per_token(spec)
-                            + counts.layer_attention_flops_per_token(spec))
-    st = time_fn(fn, device, repeats, min_time_s)
-    return KernelResult("block", "block", tuple(x.shape), dtype, "fwd+bwd",
-                        torch.get_num_threads(), flops, 0.0, st)
 
 
 def bench_memory_ops(spec: Model, micro_batch: int, device: torch.device, dtype: str = "fp32",

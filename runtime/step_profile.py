@@ -248,10 +248,13 @@ def profile_step(plan: Plan, warmup: int = 1, steps: int = 3, threads: int | Non
                  keep_events: bool = False) -> StepProfile:
     """Run the plan on `plan.world_size` CPU processes; see the module docstring.
 
-    threads: intra-op threads per process (default cores // world size).
+    threads: intra-op threads per process (default: a `sandbox run` rank's,
+    `runtime.calibrate.rank_threads()`).
     """
     world = plan.world_size
-    threads = threads or max(1, (os.cpu_count() or 1) // world)
+    from runtime.calibrate import rank_threads
+
+    threads = threads or rank_threads()
     with tempfile.TemporaryDirectory() as tmp:
         rdv, out = os.path.join(tmp, "rdv"), os.path.join(tmp, "prof")
         mp.start_processes(_worker, nprocs=world, start_method="spawn",

@@ -30,6 +30,19 @@ matmul = [[1e8, 2.0e13], [1e10, 2.3e14]]     # [GEMM FLOPs, achieved FLOP/s]
 attention = [[1e8, 1.0e13], [1e10, 1.5e14]]  # [attention-core FLOPs, FLOP/s]
 memory_bytes_per_s = 1.6e12
 kernel_overhead_s = 5e-6
+gemm_tile = [128, 128, 32]      # M, N, K the kernels pad to ([1, 1, 1]: no padding)
+attention_fused = false         # true: the attention rate covers QK^T, softmax and PV
+
+[[compute.block]]               # a measured whole layer (runtime.layer_bench), one rank
+tp = 2
+sequence_parallel = true
+micro_batch = 4
+seq_len = 256
+hidden = 384
+heads = 6
+ffn_hidden = 1536
+seconds = 0.15                  # forward + backward of the block, TP communication included
+optimizer_s = 0.026             # one AdamW step over the block's parameters on this rank
 
 [[collective]]                  # measured alpha-beta fits per op and group size
 op = "all_reduce"               # all_reduce | all_gather | reduce_scatter | send_recv
@@ -38,9 +51,24 @@ latency_s = 2.0e-5
 busbw_bytes_per_s = 1.2e11      # time = latency_s + ring_factor * bytes / busbw
 backend = "nccl"
 ```
+A measured block makes a plan with exactly that layer (model dims,
+micro-batch, tp and, with tp > 1, sequence parallelism) cost a block what was
+measured: the simulator scales its kernel sum so that kernels plus its
+modelled TP communication equal `seconds`, and replaces the modelled AdamW
+time of the block's parameters by `optimizer_s` (`sim.compute`). This is
+what per-kernel benchmarks miss: framework glue between kernels and, with
+tensor parallelism, DTensor's dispatch, redistributions and optimizer.
+
 Without a measured curve GEMM efficiency follows the saturating curve
 `eff(f) = matmul_efficiency * f / (f + matmul_half_flops)`; a measured curve
 is interpolated in log FLOPs (and scales linearly below its first point).
+Both are keyed by the FLOPs of the GEMM padded to `gemm_tile`: the
+tensor-core tile (128, 128, 32) on GPUs; a CPU BLAS pads nothing, and a CPU
+calibration writes (1, 1, 1). `attention_fused` says how the attention core
+runs: false (Megatron-LM's unfused kernels) = two batched GEMMs plus a
+separate scale-mask-softmax and dropout over the s x s scores; true (the
+runtime's `scaled_dot_product_attention`, which a calibration measures) =
+the attention rate covers the whole core and no s x s tensor is written.
 """
 
 from __future__ import annotations
@@ -69,6 +97,21 @@ class CollectivePoint:
 
 
 @dataclass(frozen=True)
+class BlockPoint:
+    """One measured layer on one rank: fwd+bwd seconds and AdamW seconds."""
+
+    tp: int
+    sequence_parallel: bool
+    micro_batch: int
+    seq_len: int
+    hidden: int
+    heads: int
+    ffn_hidden: int
+    seconds: float
+    optimizer_s: float
+
+
+@dataclass(frozen=True)
 class Profile:
     """Efficiency constants of one machine type (see the module docstring)."""
 
@@ -92,7 +135,14 @@ class Profile:
     matmul: Curve = ()  # (GEMM FLOPs, achieved FLOP/s)
     attention: Curve = ()  # (attention FLOPs, achieved FLOP/s)
     memory_bytes_per_s: float = 0.0
+    gemm_tile: tuple[int, int, int] = (128, 128, 32)  # M, N, K padding of GEMM kernels
+    attention_fused: bool = False  # attention rate covers QK^T, softmax and PV
+    block: tuple[BlockPoint, ...] = ()  # measured whole layers
     collective: tuple[CollectivePoint, ...] = ()
+
+    def padded_gemm_flops(self, m: int, n: int, k: int, batch: int = 1) -> float:
+        """FLOPs of `batch` (m x k) @ (k x n) GEMMs padded to `gemm_tile`."""
+        return padded_gemm_flops(m, n, k, batch, self.gemm_tile)
 
     def matmul_seconds(self, flops: float, peak: float) -> float:
         """Seconds of one GEMM of `flops` FLOPs on a device of dense `peak` FLOP/s."""
@@ -118,6 +168,18 @@ class Profile:
         """Achieved bytes/s of memory-bound kernels."""
         return self.memory_bytes_per_s or hbm_bytes_per_s * self.memory_efficiency
 
+    def block_point(self, tp: int, sequence_parallel: bool, micro_batch: int, seq_len: int,
+                    hidden: int, heads: int, ffn_hidden: int) -> BlockPoint | None:
+        """The measured layer of exactly this shape, if any (sequence
+        parallelism only matters with tp > 1)."""
+        sp = sequence_parallel and tp > 1
+        for b in self.block:
+            if (b.tp, b.sequence_parallel and b.tp > 1, b.micro_batch, b.seq_len, b.hidden,
+                    b.heads, b.ffn_hidden) == (tp, sp, micro_batch, seq_len, hidden, heads,
+                                                ffn_hidden):
+                return b
+        return None
+
     def collective_point(self, op: str, group_size: int) -> CollectivePoint | None:
         """The measured fit for `op` on `group_size` ranks, if any."""
         for c in self.collective:
@@ -134,12 +196,25 @@ class Profile:
         comp = {"device": self.device, "peak_flops": self.peak_flops,
                 "matmul": [list(p) for p in self.matmul],
                 "attention": [list(p) for p in self.attention],
-                "memory_bytes_per_s": self.memory_bytes_per_s}
-        if self.matmul or self.attention or self.memory_bytes_per_s:
+                "memory_bytes_per_s": self.memory_bytes_per_s,
+                "gemm_tile": list(self.gemm_tile), "attention_fused": self.attention_fused}
+        if self.block:
+            comp["block"] = [dataclasses.asdict(b) for b in self.block]
+        if (self.matmul or self.attention or self.memory_bytes_per_s or self.attention_fused
+                or self.gemm_tile != Profile.gemm_tile or self.block):
             d["compute"] = comp
         if self.collective:
             d["collective"] = [dataclasses.asdict(c) for c in self.collective]
         return d
+
+
+def padded_gemm_flops(m: int, n: int, k: int, batch: int = 1,
+                      tile: tuple[int, int, int] = (128, 128, 32)) -> float:
+    """2 * batch * m * n * k FLOPs with m, n, k rounded up to `tile` (M, N, K)."""
+    def pad(x: int, t: int) -> int:
+        return -(-int(x) // int(t)) * int(t)
+
+    return 2.0 * batch * pad(m, tile[0]) * pad(n, tile[1]) * pad(k, tile[2])
 
 
 def _interp_log(points: Curve, x: float) -> float:
@@ -181,6 +256,21 @@ def profile_from_dict(d: dict, where: str = "profile") -> Profile:
                 kw[k] = float(comp[k])
         if comp.get("kernel_overhead_s"):
             kw["kernel_overhead_s"] = float(comp["kernel_overhead_s"])
+        if "gemm_tile" in comp:
+            tile = tuple(int(x) for x in comp["gemm_tile"])
+            if len(tile) != 3 or min(tile) < 1:
+                raise ValueError("gemm_tile must be three integers >= 1 (M, N, K)")
+            kw["gemm_tile"] = tile
+        if "attention_fused" in comp:
+            if not isinstance(comp["attention_fused"], bool):
+                raise ValueError("attention_fused must be true or false")
+            kw["attention_fused"] = comp["attention_fused"]
+        if comp.get("block"):
+            kw["block"] = tuple(
+                BlockPoint(int(b["tp"]), bool(b["sequence_parallel"]), int(b["micro_batch"]),
+                           int(b["seq_len"]), int(b["hidden"]), int(b["heads"]),
+                           int(b["ffn_hidden"]), float(b["seconds"]), float(b["optimizer_s"]))
+                for b in comp["block"])
         for k in ("matmul", "attention"):
             if comp.get(k):
                 kw[k] = tuple((float(a), float(b)) for a, b in comp[k])
@@ -220,10 +310,13 @@ def dump_profile(profile: Profile, path: str | Path | None = None) -> str:
     """The profile as TOML text (loads back equal); also written to `path` if given."""
     d = profile.to_dict()
     comp, colls = d.pop("compute", None), d.pop("collective", [])
+    blocks = comp.pop("block", []) if comp else []
     lines = ["# Simulator calibration profile (sandbox/profile.py); units: s, FLOP/s, bytes/s."]
     lines += [f"{k} = {_toml(v)}" for k, v in d.items()]
     if comp:
         lines += ["", "[compute]"] + [f"{k} = {_toml(v)}" for k, v in comp.items()]
+    for b in blocks:
+        lines += ["", "[[compute.block]]"] + [f"{k} = {_toml(v)}" for k, v in b.items()]
     for c in colls:
         lines += ["", "[[collective]]"] + [f"{k} = {_toml(v)}" for k, v in c.items()]
     text = "\n".join(lines) + "\n"

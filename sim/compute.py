@@ -6,19 +6,29 @@ is a GEMM, a batched attention GEMM or a memory-bound op. Its time is
     kernel_overhead_s + max(FLOPs / (peak * eff(FLOPs)), bytes / (HBM * mem_eff))
 
 with `eff` from the cluster's calibration profile (`sandbox.profile`). GEMM
-dimensions are padded to the tensor-core tile (128 x 128 x 32), so awkward
-shapes cost more than their FLOPs. Units: seconds, FLOP, bytes.
+dimensions are padded to the profile's `gemm_tile` (the tensor-core tile
+128 x 128 x 32 on GPUs, so awkward shapes cost more than their FLOPs; none
+on a CPU). The attention core is two batched GEMMs plus, unless the
+profile's `attention_fused` says the measured rate covers it (SDPA), a
+scale-mask-softmax and dropout over the s x s scores. Units: seconds, FLOP,
+bytes.
+
+A profile may also hold whole layers measured as the runtime runs them
+(`Profile.block`, `runtime.layer_bench`); for a plan with exactly such a
+layer `calibrated_layer` scales the kernel sum to the measurement and
+`block_optimizer_correction` replaces the modelled AdamW time of a block by
+the measured one (the framework's glue between kernels and, under tensor
+parallelism, DTensor's dispatch and redistributions, which per-kernel
+benchmarks do not see).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from sandbox.profile import Profile
+from sandbox import memory
+from sandbox.profile import BlockPoint, Profile
 from sandbox.specs import Plan
-
-TILE = (128, 128, 32)  # M, N, K tile of tensor-core GEMM kernels
 
 
 @dataclass(frozen=True)
@@ -35,15 +45,11 @@ def device_of(plan: Plan, profile: Profile) -> Device:
     return Device(gpu.peak_flops(plan.train.precision), gpu.hbm_gb_per_s * 1e9, profile)
 
 
-def _pad(x: int, tile: int) -> int:
-    return int(math.ceil(x / tile) * tile)
-
-
 def gemm_time(d: Device, m: int, n: int, k: int, batch: int = 1, bytes_per: int = 2,
               attention: bool = False) -> float:
     """Seconds for `batch` GEMMs of (m x k) @ (k x n)."""
-    padded = 2.0 * batch * _pad(m, TILE[0]) * _pad(n, TILE[1]) * _pad(k, TILE[2])
     pr = d.profile
+    padded = pr.padded_gemm_flops(m, n, k, batch)
     t_flops = (pr.attention_seconds(padded, d.peak_flops) if attention
                else pr.matmul_seconds(padded, d.peak_flops))
     t_bytes = bytes_per * batch * (m * k + k * n + m * n) / pr.memory_rate(d.hbm_bytes_per_s)
@@ -94,18 +100,19 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
     attn_fwd = score + ctx
     attn_bwd = 2 * (score + ctx)
     # Memory-bound kernels (bytes read + written): two norms, scale-mask-softmax
-    # and dropout on the s x s scores, bias+activation, two dropout+residual adds.
+    # and dropout on the s x s scores (not with a fused attention core),
+    # bias+activation, two dropout+residual adds.
     ss = b * heads * s * s
     norm = 2 * tok_local * h * w * 2
-    softmax = ss * w * 2 + ss * (w * 2 + 1)  # softmax (r+w), dropout (r+w + mask)
+    softmax = 0 if d.profile.attention_fused else ss * w * 2 + ss * (w * 2 + 1)
     act = tokens * ffn * w * (3 if m.activation == "swiglu" else 2)
     resid = 2 * tok_local * h * (3 * w + 1)
-    elem_fwd = [norm, softmax, act, resid]
+    elem_fwd = [x for x in (norm, softmax, act, resid) if x]
     mem_fwd = sum(memory_time(d, x) for x in elem_fwd)
     mem_bwd = sum(memory_time(d, 2 * x) for x in elem_fwd)
     return LayerTimes(fwd=fwd_gemm + attn_fwd + mem_fwd, bwd_input=dgrad + attn_bwd + mem_bwd,
                       bwd_weight=wgrad,
-                      attn_core=attn_fwd + memory_time(d, softmax),
+                      attn_core=attn_fwd + (memory_time(d, softmax) if softmax else 0.0),
                       wgrad_column=(wgrads[0], wgrads[2]))
 
 
@@ -136,3 +143,40 @@ def optimizer_time(d: Device, params: float, precision: str) -> float:
     read and the 16-bit weight written (bytes moved per parameter)."""
     per = 4 * 2 * 3 + 4 + (0 if precision == "fp32" else 2)
     return memory_time(d, params * per) + 10 * d.profile.kernel_overhead_s
+
+
+def measured_block(plan: Plan, d: Device) -> BlockPoint | None:
+    """The profile's measured layer of exactly this plan's shape, if any."""
+    m, p = plan.model, plan.parallel
+    return d.profile.block_point(p.tp, p.sequence_parallel, p.micro_batch, m.seq_len, m.hidden,
+                                 m.heads, m.ffn_hidden)
+
+
+def calibrated_layer(plan: Plan, d: Device, lt: LayerTimes, tp_comm_s: float) -> LayerTimes:
+    """`lt` scaled so that one block's kernels plus its modelled (exposed)
+    tensor-parallel communication `tp_comm_s` (forward + backward, seconds)
+    take the measured layer's forward + backward seconds. Unchanged without a
+    measured layer of this shape, or if the modelled communication alone
+    takes longer than the measurement (then the measurement is not used)."""
+    bp = measured_block(plan, d)
+    total = lt.fwd + lt.bwd
+    if bp is None or total <= 0 or bp.seconds <= tp_comm_s:
+        return lt
+    k = (bp.seconds - tp_comm_s) / total
+    return LayerTimes(fwd=k * lt.fwd, bwd_input=k * lt.bwd_input, bwd_weight=k * lt.bwd_weight,
+                      attn_core=k * lt.attn_core,
+                      wgrad_column=tuple(k * w for w in lt.wgrad_column))
+
+
+def block_optimizer_correction(plan: Plan, d: Device) -> float:
+    """Seconds to add per block to a rank's modelled optimizer step: the
+    measured AdamW step over one block's parameters minus its modelled time
+    (`optimizer_time` without the fixed per-step part). 0 without a measured
+    layer, and with ZeRO over dp > 1 (the layer was measured unsharded)."""
+    p = plan.parallel
+    bp = measured_block(plan, d)
+    if bp is None or (p.zero >= 1 and p.dp > 1):
+        return 0.0
+    n = memory.layer_params_per_gpu(plan.model, p.tp)
+    precision = plan.train.precision
+    return bp.optimizer_s - (optimizer_time(d, n, precision) - optimizer_time(d, 0, precision))

@@ -197,9 +197,10 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
         if key not in per_dev:
             per_dev[key] = (compute.layer_times(plan, dev), compute.embedding_times(plan, dev),
                             compute.head_times(plan, dev))
-        lt, (emb_f, emb_b), (head_f, head_b) = per_dev[key]
+        lt0, (emb_f, emb_b), (head_f, head_b) = per_dev[key]
         per_chunk = layers[s] // v
-        tp_f, tp_b = _tp_times(plan, topo, prof, s, lt, d)
+        tp_f, tp_b = _tp_times(plan, topo, prof, s, lt0, d)
+        lt = compute.calibrated_layer(plan, dev, lt0, tp_f + tp_b)  # a measured layer, if any
         for c in range(v):
             vs = c * P + s
             f = per_chunk * lt.fwd + (emb_f if vs == 0 else 0) + (head_f if vs == P * v - 1 else 0)
@@ -222,7 +223,9 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
                                  if zb else OpCost(0.0, 0.0))
         shard = stage_params(plan, layers, s) / (p.dp if p.zero >= 1 else 1)
         server_side = p.dp_mode in ("parameter-server", "async") and p.dp > 1
-        opt.append(0.0 if server_side else k * compute.optimizer_time(dev, shard, tr.precision))
+        opt.append(0.0 if server_side else k * (
+            compute.optimizer_time(dev, shard, tr.precision)
+            + layers[s] * compute.block_optimizer_correction(plan, dev)))
     return cost, opt
 
 

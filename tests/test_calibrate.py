@@ -3,6 +3,7 @@ simulator uses, reproducible within the measured spread."""
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 
 import pytest
@@ -15,7 +16,8 @@ from runtime.microbench import summarize
 
 # One process x 1 thread: a single-threaded rank (stable on a loaded 2-core box);
 # the tiny model's shapes; two collective sizes. About 10 s per calibration.
-TINY = Budget(repeats=5, min_time_s=0.002, micro_batches=(1,), tps=(1,), squares=(),
+TINY = Budget(repeats=5, min_time_s=0.002, collective_min_time_s=0.002, micro_batches=(1,),
+              tps=(1,), squares=(),
               collective_sizes=(4096, 1 << 20), copy_bytes=16 << 20, adamw_params=200_000,
               models=("tiny",))
 # Two calibrations agree on a point when their medians differ by at most the sum
@@ -132,3 +134,105 @@ def test_cli_calibrate_rejects_missing_directory(cli, tmp_path):
     r = cli("calibrate", "--out", str(tmp_path / "nope" / "p.toml"), "--quick")
     assert r.returncode == 1
     assert "no such directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cpu_profile_matches_the_runtime_kernels(cal, profile_path):
+    """A CPU calibration runs each rank with the threads `sandbox run` gives it,
+    says that a CPU BLAS pads nothing and that the measured attention (SDPA)
+    covers the softmax; the profile keeps both through TOML."""
+    from runtime.calibrate import rank_threads
+    from sandbox.profile import dump_profile, load_profile, profile_from_dict
+
+    assert all(pk.threads == rank_threads() for pk in cal.kernels)
+    prof = load_profile(profile_path)
+    assert prof.gemm_tile == (1, 1, 1) and prof.attention_fused is True
+    back = profile_from_dict(tomllib.loads(dump_profile(prof)))
+    assert back == prof
+
+
+def test_bad_gemm_tile_is_one_line(tmp_path):
+    from sandbox.errors import SandboxError
+    from sandbox.profile import load_profile
+
+    p = tmp_path / "p.toml"
+    p.write_text("[compute]\ngemm_tile = [128, 0]\n")
+    with pytest.raises(SandboxError, match="gemm_tile"):
+        load_profile(p)
+
+
+def test_tile_padding_and_fused_attention_come_from_the_profile():
+    """GPU (default profile): an awkward GEMM costs its padded shape and the
+    unfused attention pays a softmax pass over the s x s scores; with a CPU
+    profile's tile (1, 1, 1) and fused attention neither happens."""
+    from sandbox.profile import Profile
+    from sim import compute
+
+    plan = sandbox.load({"model": {"preset": "gpt-mini"}, "parallel": {"micro_batch": 4}})
+    gpu = compute.device_of(plan, Profile())
+    cpu = compute.device_of(plan, Profile(gemm_tile=(1, 1, 1), attention_fused=True))
+    # 129 rows pad to 256 on the GPU tile: as slow as 256 rows
+    assert compute.gemm_time(gpu, 129, 1024, 1024) == pytest.approx(
+        compute.gemm_time(gpu, 256, 1024, 1024))
+    flat = ((1e3, 1e11), (1e15, 1e11))  # a measured curve at one rate: time ~ FLOPs
+    for tile, ratio in (((128, 128, 32), 1.0), ((1, 1, 1), 129 / 256)):
+        d = compute.device_of(plan, Profile(matmul=flat, gemm_tile=tile, kernel_overhead_s=0))
+        assert compute.gemm_time(d, 129, 1024, 1024) == pytest.approx(
+            ratio * compute.gemm_time(d, 256, 1024, 1024), rel=0.02)
+    lt_gpu, lt_cpu = compute.layer_times(plan, gpu), compute.layer_times(plan, cpu)
+    m = plan.model
+    ss, w = 4 * m.heads * m.seq_len ** 2, 4 if plan.train.precision == "fp32" else 2
+    softmax = gpu.profile.kernel_overhead_s + (ss * w * 2 + ss * (2 * w + 1)) / (
+        gpu.profile.memory_rate(gpu.hbm_bytes_per_s))
+    unfused_cpu = compute.layer_times(plan, compute.device_of(
+        plan, Profile(gemm_tile=(1, 1, 1))))
+    assert unfused_cpu.fwd - lt_cpu.fwd == pytest.approx(softmax, rel=1e-9)
+    assert lt_cpu.attn_core < unfused_cpu.attn_core
+    assert lt_gpu.fwd > lt_cpu.fwd
+
+
+def test_profile_has_the_measured_layer(profile_path):
+    """The calibration times a whole layer as the runtime runs it (tiny, b=1,
+    tp=1 here) and its AdamW step; the profile keeps both."""
+    from sandbox.profile import load_profile
+
+    prof = load_profile(profile_path)
+    spec = sandbox.load({"model": {"preset": "tiny"}}).model
+    bp = prof.block_point(1, False, 1, spec.seq_len, spec.hidden, spec.heads, spec.ffn_hidden)
+    assert bp is not None and bp.seconds > 0 and bp.optimizer_s > 0
+    assert prof.block_point(2, True, 1, spec.seq_len, spec.hidden, spec.heads,
+                            spec.ffn_hidden) is None
+
+
+def test_a_measured_layer_sets_the_block_time():
+    """With a measured layer of the plan's shape, a block's kernels plus its
+    modelled TP communication take the measured time and the optimizer pays the
+    measured AdamW step; other shapes, and ZeRO over dp > 1 for the optimizer,
+    keep the kernel model."""
+    from sandbox.memory import layer_params_per_gpu
+    from sandbox.profile import BlockPoint, Profile
+    from sim import compute, simulate
+
+    base = {"model": {"preset": "gpt-mini"}, "cluster": {"preset": "localhost"},
+            "parallel": {"micro_batch": 4, "global_batch": 16, "tp": 2}}
+    plan = sandbox.load(base)
+    m = plan.model
+    bp = BlockPoint(2, True, 4, m.seq_len, m.hidden, m.heads, m.ffn_hidden, 0.2, 0.03)
+    d0 = compute.device_of(plan, Profile())
+    d = compute.device_of(plan, Profile(block=(bp,)))
+    lt = compute.layer_times(plan, d)
+    cal = compute.calibrated_layer(plan, d, lt, 0.05)
+    assert cal.fwd + cal.bwd + 0.05 == pytest.approx(0.2)
+    assert cal.fwd / cal.bwd == pytest.approx(lt.fwd / lt.bwd)
+    assert compute.calibrated_layer(plan, d0, lt, 0.05) == lt  # nothing measured
+    assert compute.calibrated_layer(plan, d, lt, 0.5) == lt  # comm alone exceeds it
+    other = sandbox.load({**base, "parallel": {**base["parallel"], "micro_batch": 2}})
+    assert compute.calibrated_layer(other, d, lt, 0.05) == lt  # another shape
+    n = layer_params_per_gpu(m, 2)
+    per_block = compute.optimizer_time(d, n, "fp32") - compute.optimizer_time(d, 0, "fp32")
+    assert compute.block_optimizer_correction(plan, d) == pytest.approx(0.03 - per_block)
+    zero = sandbox.load({**base, "parallel": {**base["parallel"], "dp": 2, "zero": 1}})
+    assert compute.block_optimizer_correction(zero, d) == 0.0
+    # and the simulator uses it: a slower measured layer, a slower step
+    slow = Profile(block=(dataclasses.replace(bp, seconds=0.4),))
+    t = [simulate(plan, profile=p).step_time_s for p in (Profile(block=(bp,)), slow)]
+    assert t[1] > t[0]
