@@ -46,7 +46,7 @@ from runtime.onnx_export import (
     export_full,
     shape_of,
 )
-from runtime.prune import n_params
+from runtime.prune import PruneResult, n_params
 from runtime.prune import prune as prune_model
 from runtime.quantize import MODES, file_size, quantize, session
 from sandbox.errors import SandboxError
@@ -203,8 +203,9 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
     the metrics, the next `calib_batches` batches (2 x context) for static
     calibration. Latency: `latency_batch` x `latency_length` (default: the
     context) ids, median of `latency_repeats` runs on `latency_threads` threads.
-    `fp32_cache`: a folder (one per run) where the unpruned fp32 graphs are
-    kept and reused by later calls (benchmarks exporting one run many ways).
+    `fp32_cache`: a folder (one per run) where the unpruned fp32 graphs and
+    the pruned (and distilled) students are kept and reused by later calls
+    (benchmarks exporting one run many ways).
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -227,13 +228,20 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
                             lambda p: export_full(teacher, p))
         student, pruned, dlog = teacher, None, None
         if prune > 0:
-            cal_it = src.train_batches(4, ctx, seed + 1, data)
-            cal = [next(cal_it)[:, :-1] for _ in range(4)]
-            student, pruned = prune_model(teacher, prune, cal)
-            if distill_steps:
-                dlog = distill_mod.distill(student, teacher,
-                                           src.train_batches(distill_batch, ctx, seed + 2, data),
-                                           distill_steps, lr=distill_lr)
+            def make_student():
+                cal_it = src.train_batches(4, ctx, seed + 1, data)
+                cal = [next(cal_it)[:, :-1] for _ in range(4)]
+                stu, pr = prune_model(teacher, prune, cal)
+                log = None
+                if distill_steps:
+                    log = distill_mod.distill(stu, teacher,
+                                              src.train_batches(distill_batch, ctx, seed + 2,
+                                                                data),
+                                              distill_steps, lr=distill_lr)
+                return stu, pr, log
+
+            key = f"student-p{prune:g}-d{distill_steps}-b{distill_batch}-lr{distill_lr:g}-s{seed}"
+            student, pruned, dlog = _cached_student(fp32_cache, key, make_student)
             student.eval()
         fp32 = tmp / "fp32.onnx"
         if student is teacher:
@@ -311,6 +319,24 @@ def _cached(cache: str | Path | None, name: str, dst: Path, make) -> GraphInfo:
         return made
     shutil.copyfile(cached, dst)
     return GraphInfo(**json.loads(info.read_text()))
+
+
+def _cached_student(cache: str | Path | None, key: str, make):
+    """`make()` -> (student, PruneResult, TrainLog | None), or the cached result
+    of an earlier call with the same `key` (pruning and distillation settings)."""
+    if cache is None:
+        return make()
+    path = Path(cache) / f"{key}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=False)
+        log = distill_mod.TrainLog(**saved["dlog"]) if saved["dlog"] else None
+        return saved["model"], PruneResult(**saved["pruned"]), log
+    student, pruned, log = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": student, "pruned": pruned.to_dict(),
+                "dlog": log.to_dict() if log else None}, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    return student, pruned, log
 
 
 def quantize_fn(srcp: Path, dst: Path, mode: str, calibration: list | None) -> None:
