@@ -48,7 +48,7 @@ from runtime.onnx_export import (
 )
 from runtime.prune import PruneResult, n_params
 from runtime.prune import prune as prune_model
-from runtime.quantize import MODES, file_size, quantize, session
+from runtime.quantize import COMPARISON_MODES, MODES, file_size, quantize, session
 from sandbox.errors import SandboxError
 
 
@@ -167,18 +167,35 @@ def _decoder_calibration(fp32_decoder: Path, batches: list[torch.Tensor]) -> lis
 
 
 def _decode_check(model_path: Path, model, prompts: list[list[int]], n: int) -> dict:
-    """Greedy tokens with the cache, without it and from PyTorch."""
+    """Greedy tokens with the cache, without it and from PyTorch, per prompt.
+
+    Where the file's tokens part from PyTorch's, `torch_margin_at_divergence`
+    holds PyTorch's logit of its own token minus its logit of the file's
+    token at the first differing position (a near-tie when small)."""
     gen = Generator.open(model_path)
     cached = gen.generate(prompts, n, use_cache=True)
     uncached = gen.generate(prompts, n, use_cache=False)
     ref = torch_greedy(model, prompts, len(cached[0]))
+    margins = []
+    for p, c, r in zip(prompts, cached, ref, strict=True):
+        if c != r:
+            j = next(i for i, (a, b) in enumerate(zip(c, r, strict=True)) if a != b)
+            with torch.no_grad():
+                logits = model(torch.tensor([p + r[:j]]))[0, -1]
+            margins.append(float(logits[r[j]] - logits[c[j]]))
     return {"new_tokens": len(cached[0]), "batch": len(prompts),
             "cache_matches_no_cache": cached == uncached, "cache_matches_torch": cached == ref,
+            "prompts_cache_eq_no_cache": sum(a == b for a, b in zip(cached, uncached,
+                                                                    strict=True)),
+            "prompts_cache_eq_torch": sum(a == b for a, b in zip(cached, ref, strict=True)),
+            "prompts_no_cache_eq_torch": sum(a == b for a, b in zip(uncached, ref,
+                                                                    strict=True)),
+            "torch_margin_at_divergence": margins,
             "tokens_equal_fraction": float(np.mean(np.array(cached) == np.array(ref)))}
 
 
 def _check_options(out: Path, quantize: str, prune: float, distill_steps: int) -> None:
-    if quantize not in MODES:
+    if quantize not in MODES + COMPARISON_MODES:
         raise SandboxError(f"--quantize: unknown mode '{quantize}'; known: {', '.join(MODES)}")
     if not 0.0 <= prune < 1.0:
         raise SandboxError(f"--prune: fraction must be in [0, 1), got {prune}")
@@ -192,17 +209,22 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
            distill_steps: int = 0, *, eval_batches: int = 4, eval_batch: int = 4,
            calib_batches: int = 8, latency_batch: int = 1, latency_length: int | None = None,
            latency_threads: int = 1, latency_repeats: int = 20, distill_batch: int = 8,
-           distill_lr: float = 5e-4, decode_tokens: int = 16, seed: int = 0,
+           distill_lr: float = 5e-4, decode_tokens: int = 16, decode_prompts: int = 2,
+           seed: int = 0,
            fp32_cache: str | Path | None = None) -> ExportReport:
     """Export run `run_dir` to ONNX file `out`; returns (and writes) the report.
 
-    quantize: none | int8 | int8-static | int4. prune: fraction of heads and
+    quantize: none | int8 | int8-static | int4 (or int8-per-tensor:
+    onnxruntime's quantize_dynamic, for comparison). prune: fraction of heads and
     MLP channels removed per layer. distill_steps: steps of distillation
     (batches of `distill_batch` x context tokens) after pruning.
     Held-out data: `eval_batches` batches of `eval_batch` x context tokens for
     the metrics, the next `calib_batches` batches (2 x context) for static
     calibration. Latency: `latency_batch` x `latency_length` (default: the
     context) ids, median of `latency_repeats` runs on `latency_threads` threads.
+    Decoding check: greedy `decode_tokens` new tokens after the first 8 tokens
+    of the first `decode_prompts` held-out rows (at most eval_batches x
+    eval_batch), with the cache, without it and in PyTorch.
     `fp32_cache`: a folder (one per run) where the unpruned fp32 graphs and
     the pruned (and distilled) students are kept and reused by later calls
     (benchmarks exporting one run many ways).
@@ -269,7 +291,8 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
         vs_exported = ev.agreement(cand_o, ref_s)
         lat_base, lat = ev.latency_ms([baseline, final], latency_batch, length, spec.vocab,
                                       repeats=latency_repeats, threads=latency_threads)
-        prompts = [b[0, :8].tolist() for b in evals[:1]] + [evals[0][1, :8].tolist()]
+        rows = [b[i] for b in evals for i in range(b.shape[0])]
+        prompts = [r[:8].tolist() for r in rows[:decode_prompts]]
         report = ExportReport(
             size_bytes=file_size(final), baseline_size_bytes=file_size(baseline),
             max_abs_diff=vs_exported.max_abs_diff,

@@ -267,3 +267,24 @@ def test_student_cache_reuses_the_pruned_model(runs, tmp_path):
     with torch.no_grad():
         assert torch.equal(a(ids), b(ids))
     assert b.layers["0"].attention.wq.out_features == 3 * 16
+
+
+def test_int8_token_logits_do_not_depend_on_later_tokens(exported, tmp_path):
+    """Per-token activation scales: a prefix's int8 logits are the same whether
+    or not later tokens are in the call (what makes the KV-cache decoder,
+    which sees one token per step, agree with the full graph). onnxruntime's
+    per-tensor quantize_dynamic, kept for comparison, does not have this."""
+    from runtime.quantize import quantize
+
+    fp32, _ = exported("tiny", "none")
+    ids = heldout_batches(2, 24, 1)[0].numpy()
+    diffs = {}
+    for mode in ("int8", "int8-per-tensor"):
+        q = tmp_path / f"{mode}.onnx"
+        quantize(fp32, q, mode)
+        sess = session(q)
+        whole = sess.run(["logits"], {"input_ids": ids})[0]
+        prefix = sess.run(["logits"], {"input_ids": ids[:, :9]})[0]
+        diffs[mode] = float(np.abs(whole[:, :9] - prefix).max())
+    assert diffs["int8"] <= 1e-4, diffs
+    assert diffs["int8-per-tensor"] > 10 * max(diffs["int8"], 1e-5), diffs
