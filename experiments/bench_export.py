@@ -49,24 +49,32 @@ MODES = {  # label -> export() options
 }
 
 
-def _targets(label: str, r: dict) -> dict[str, bool]:
-    """Issue 5's targets that this row is meant to meet, each True or False."""
+def _targets(label: str, r: dict) -> dict[str, dict]:
+    """Issue 5's targets that this row is meant to meet: {name: {met, value}}."""
     dc = r["decode_check"]
-    t: dict[str, bool] = {}
+    base = r["baseline_ppl_onnx"]
+    t: dict[str, tuple[bool, str]] = {}
     if label == "fp32":
-        t["max|diff|<=1e-4"] = r["max_abs_diff"] <= 1e-4
+        t["max abs logit diff <= 1e-4"] = (r["max_abs_diff"] <= 1e-4,
+                                           f"{r['max_abs_diff']:.2e}")
     if label == "int8":
-        t["size<=0.35"] = r["size_ratio"] <= 0.35
-        t["ppl<=+3%"] = r["ppl_onnx"] <= 1.03 * r["baseline_ppl_onnx"]
-        t["top1>=0.95"] = r["top1_agreement"] >= 0.95
-        t["speedup>=1.3x"] = r["speedup"] >= 1.3
+        t["size <= 0.35 of fp32"] = (r["size_ratio"] <= 0.35, f"{r['size_ratio']:.3f}")
+        t["perplexity at most 3% worse"] = (r["ppl_onnx"] <= 1.03 * base,
+                                            f"{r['ppl_onnx'] / base - 1:+.2%}")
+        t["top-1 agreement >= 0.95"] = (r["top1_agreement"] >= 0.95,
+                                        f"{r['top1_agreement']:.4f}")
+        t["speed-up >= 1.3x"] = (r["speedup"] >= 1.3, f"{r['speedup']:.2f}x")
     if label == "prune25+distill":
-        t["size<=0.8"] = r["size_ratio"] <= 0.8
-        t["ppl<=+10%"] = r["ppl_onnx"] <= 1.10 * r["baseline_ppl_onnx"]
+        t["size <= 0.8 of fp32"] = (r["size_ratio"] <= 0.8, f"{r['size_ratio']:.3f}")
+        t["perplexity within 10% of unpruned"] = (r["ppl_onnx"] <= 1.10 * base,
+                                                  f"{r['ppl_onnx'] / base - 1:+.2%}")
     if label in ("fp32", "int8"):
-        t["greedy kv-cache==no-cache"] = bool(dc["cache_matches_no_cache"])
-        t["greedy kv-cache==torch"] = bool(dc["cache_matches_torch"])
-    return t
+        n = dc["batch"]
+        t["greedy kv-cache == no cache"] = (bool(dc["cache_matches_no_cache"]),
+                                            f"{dc['prompts_cache_eq_no_cache']}/{n} prompts")
+        t["greedy kv-cache == PyTorch"] = (bool(dc["cache_matches_torch"]),
+                                           f"{dc['prompts_cache_eq_torch']}/{n} prompts")
+    return {k: {"met": ok, "value": v} for k, (ok, v) in t.items()}
 
 
 def _sandbox_cli() -> list[str]:
@@ -130,6 +138,7 @@ def export_row(label: str, run_dir: Path, work: Path, args: argparse.Namespace) 
                  fp32_cache=work / "cache")
     r = rep.to_dict()
     r.update(mode=label, targets=_targets(label, r), row_wall_s=time.perf_counter() - t0,
+             git_commit=machine()["git_commit"],
              load_before=load0, load_after=os.getloadavg(),
              date_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
              command=shlex.join([".venv/bin/python", "experiments/bench_export.py",
@@ -336,7 +345,8 @@ def render(meta: dict, rows: list[dict]) -> str:
         kv = f"{dc['prompts_cache_eq_no_cache']}/{n} | {dc['prompts_cache_eq_torch']}/{n}"
         if dc["torch_margin_at_divergence"]:
             kv += " (" + ", ".join(f"{x:.3f}" for x in dc["torch_margin_at_divergence"]) + ")"
-        tg = ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in r["targets"].items())
+        met = sum(v["met"] for v in r["targets"].values())
+        tg = f"{met} of {len(r['targets'])} met" if r["targets"] else ""
         lines.append(
             f"| {r['mode']} | {s['heads']}/{s['kv_heads']}/{s['ffn_hidden']} | "
             f"{r['params']:,} | {r['size_bytes']:,} | {r['size_ratio']:.3f} | "
@@ -344,7 +354,31 @@ def render(meta: dict, rows: list[dict]) -> str:
             f"{r['ppl_onnx']:.4f} | {r['ppl_torch']:.4f} | {r['baseline_ppl_onnx']:.4f} | "
             f"{r['top1_agreement']:.4f} | {r['max_abs_diff']:.2e} | {kv} | "
             f"{_fmt_load(r['load_before'])} | {tg or '-'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _target_lines(rows)) + "\n"
+
+
+def _target_lines(rows: list[dict]) -> list[str]:
+    """Issue 5's targets, each met or missed, with the numbers behind it."""
+    out = ["", "## Issue 5's targets", ""]
+    for r in rows:
+        dc = r["decode_check"]
+        for name, v in r["targets"].items():
+            ok = v["met"]
+            line = f"- {r['mode']}: {name}: {v['value']}, **{'met' if ok else 'missed'}**"
+            if "PyTorch" in name and not ok:
+                m = dc["torch_margin_at_divergence"]
+                near = max(m) < r["max_abs_diff"]
+                line += (f" ({dc['prompts_cache_eq_torch']} of {dc['batch']} prompts give "
+                         "PyTorch's tokens; where they part, PyTorch's own top-1 margin is "
+                         f"{', '.join(f'{x:.4f}' for x in m)} logits, "
+                         f"{'below' if near else 'not all below'} the file's max |logit "
+                         f"difference| of {r['max_abs_diff']:.3f}: "
+                         + ("near-ties that the quantization noise flips, not a cache fault"
+                            if near else "not only near-ties")
+                         + f"; with and without the cache: {dc['prompts_cache_eq_no_cache']} "
+                         f"of {dc['batch']} identical)")
+            out.append(line)
+    return out
 
 
 if __name__ == "__main__":
