@@ -46,9 +46,9 @@ from runtime.onnx_export import (
     export_full,
     shape_of,
 )
-from runtime.prune import n_params
+from runtime.prune import PruneResult, n_params
 from runtime.prune import prune as prune_model
-from runtime.quantize import MODES, file_size, quantize, session
+from runtime.quantize import COMPARISON_MODES, MODES, file_size, quantize, session
 from sandbox.errors import SandboxError
 
 
@@ -167,18 +167,35 @@ def _decoder_calibration(fp32_decoder: Path, batches: list[torch.Tensor]) -> lis
 
 
 def _decode_check(model_path: Path, model, prompts: list[list[int]], n: int) -> dict:
-    """Greedy tokens with the cache, without it and from PyTorch."""
+    """Greedy tokens with the cache, without it and from PyTorch, per prompt.
+
+    Where the file's tokens part from PyTorch's, `torch_margin_at_divergence`
+    holds PyTorch's logit of its own token minus its logit of the file's
+    token at the first differing position (a near-tie when small)."""
     gen = Generator.open(model_path)
     cached = gen.generate(prompts, n, use_cache=True)
     uncached = gen.generate(prompts, n, use_cache=False)
     ref = torch_greedy(model, prompts, len(cached[0]))
+    margins = []
+    for p, c, r in zip(prompts, cached, ref, strict=True):
+        if c != r:
+            j = next(i for i, (a, b) in enumerate(zip(c, r, strict=True)) if a != b)
+            with torch.no_grad():
+                logits = model(torch.tensor([p + r[:j]]))[0, -1]
+            margins.append(float(logits[r[j]] - logits[c[j]]))
     return {"new_tokens": len(cached[0]), "batch": len(prompts),
             "cache_matches_no_cache": cached == uncached, "cache_matches_torch": cached == ref,
+            "prompts_cache_eq_no_cache": sum(a == b for a, b in zip(cached, uncached,
+                                                                    strict=True)),
+            "prompts_cache_eq_torch": sum(a == b for a, b in zip(cached, ref, strict=True)),
+            "prompts_no_cache_eq_torch": sum(a == b for a, b in zip(uncached, ref,
+                                                                    strict=True)),
+            "torch_margin_at_divergence": margins,
             "tokens_equal_fraction": float(np.mean(np.array(cached) == np.array(ref)))}
 
 
 def _check_options(out: Path, quantize: str, prune: float, distill_steps: int) -> None:
-    if quantize not in MODES:
+    if quantize not in MODES + COMPARISON_MODES:
         raise SandboxError(f"--quantize: unknown mode '{quantize}'; known: {', '.join(MODES)}")
     if not 0.0 <= prune < 1.0:
         raise SandboxError(f"--prune: fraction must be in [0, 1), got {prune}")
@@ -192,19 +209,25 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
            distill_steps: int = 0, *, eval_batches: int = 4, eval_batch: int = 4,
            calib_batches: int = 8, latency_batch: int = 1, latency_length: int | None = None,
            latency_threads: int = 1, latency_repeats: int = 20, distill_batch: int = 8,
-           distill_lr: float = 5e-4, decode_tokens: int = 16, seed: int = 0,
+           distill_lr: float = 5e-4, decode_tokens: int = 16, decode_prompts: int = 2,
+           seed: int = 0,
            fp32_cache: str | Path | None = None) -> ExportReport:
     """Export run `run_dir` to ONNX file `out`; returns (and writes) the report.
 
-    quantize: none | int8 | int8-static | int4. prune: fraction of heads and
+    quantize: none | int8 | int8-static | int4 (or int8-per-tensor:
+    onnxruntime's quantize_dynamic, for comparison). prune: fraction of heads and
     MLP channels removed per layer. distill_steps: steps of distillation
     (batches of `distill_batch` x context tokens) after pruning.
     Held-out data: `eval_batches` batches of `eval_batch` x context tokens for
     the metrics, the next `calib_batches` batches (2 x context) for static
     calibration. Latency: `latency_batch` x `latency_length` (default: the
     context) ids, median of `latency_repeats` runs on `latency_threads` threads.
-    `fp32_cache`: a folder (one per run) where the unpruned fp32 graphs are
-    kept and reused by later calls (benchmarks exporting one run many ways).
+    Decoding check: greedy `decode_tokens` new tokens after the first 8 tokens
+    of the first `decode_prompts` held-out rows (at most eval_batches x
+    eval_batch), with the cache, without it and in PyTorch.
+    `fp32_cache`: a folder (one per run) where the unpruned fp32 graphs and
+    the pruned (and distilled) students are kept and reused by later calls
+    (benchmarks exporting one run many ways).
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -227,13 +250,20 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
                             lambda p: export_full(teacher, p))
         student, pruned, dlog = teacher, None, None
         if prune > 0:
-            cal_it = src.train_batches(4, ctx, seed + 1, data)
-            cal = [next(cal_it)[:, :-1] for _ in range(4)]
-            student, pruned = prune_model(teacher, prune, cal)
-            if distill_steps:
-                dlog = distill_mod.distill(student, teacher,
-                                           src.train_batches(distill_batch, ctx, seed + 2, data),
-                                           distill_steps, lr=distill_lr)
+            def make_student():
+                cal_it = src.train_batches(4, ctx, seed + 1, data)
+                cal = [next(cal_it)[:, :-1] for _ in range(4)]
+                stu, pr = prune_model(teacher, prune, cal)
+                log = None
+                if distill_steps:
+                    log = distill_mod.distill(stu, teacher,
+                                              src.train_batches(distill_batch, ctx, seed + 2,
+                                                                data),
+                                              distill_steps, lr=distill_lr)
+                return stu, pr, log
+
+            key = f"student-p{prune:g}-d{distill_steps}-b{distill_batch}-lr{distill_lr:g}-s{seed}"
+            student, pruned, dlog = _cached_student(fp32_cache, key, make_student)
             student.eval()
         fp32 = tmp / "fp32.onnx"
         if student is teacher:
@@ -261,7 +291,8 @@ def export(run_dir: str | Path, out: str | Path, quantize: str = "int8", prune: 
         vs_exported = ev.agreement(cand_o, ref_s)
         lat_base, lat = ev.latency_ms([baseline, final], latency_batch, length, spec.vocab,
                                       repeats=latency_repeats, threads=latency_threads)
-        prompts = [b[0, :8].tolist() for b in evals[:1]] + [evals[0][1, :8].tolist()]
+        rows = [b[i] for b in evals for i in range(b.shape[0])]
+        prompts = [r[:8].tolist() for r in rows[:decode_prompts]]
         report = ExportReport(
             size_bytes=file_size(final), baseline_size_bytes=file_size(baseline),
             max_abs_diff=vs_exported.max_abs_diff,
@@ -311,6 +342,24 @@ def _cached(cache: str | Path | None, name: str, dst: Path, make) -> GraphInfo:
         return made
     shutil.copyfile(cached, dst)
     return GraphInfo(**json.loads(info.read_text()))
+
+
+def _cached_student(cache: str | Path | None, key: str, make):
+    """`make()` -> (student, PruneResult, TrainLog | None), or the cached result
+    of an earlier call with the same `key` (pruning and distillation settings)."""
+    if cache is None:
+        return make()
+    path = Path(cache) / f"{key}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=False)
+        log = distill_mod.TrainLog(**saved["dlog"]) if saved["dlog"] else None
+        return saved["model"], PruneResult(**saved["pruned"]), log
+    student, pruned, log = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": student, "pruned": pruned.to_dict(),
+                "dlog": log.to_dict() if log else None}, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    return student, pruned, log
 
 
 def quantize_fn(srcp: Path, dst: Path, mode: str, calibration: list | None) -> None:

@@ -42,7 +42,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def exported(runs, tmp_path_factory):
     """Lazily exported files, cached per (preset, mode); tiny int8 goes
-    through the CLI (`sandbox export`) with its default settings."""
+    through the CLI (`sandbox export`) with its default settings. The other
+    modes share each preset's traced fp32 graphs (`fp32_cache`)."""
     root = tmp_path_factory.mktemp("onnx")
     cache: dict[tuple, tuple[Path, dict]] = {}
 
@@ -57,7 +58,8 @@ def exported(runs, tmp_path_factory):
                 rep = json.loads(path.with_suffix(".report.json").read_text())
             else:
                 rep = export(runs[preset], path, quantize=quantize, prune=prune,
-                             distill_steps=distill, **FAST).to_dict()
+                             distill_steps=distill, fp32_cache=root / f"cache-{preset}",
+                             **FAST).to_dict()
             cache[key] = (path, rep)
         return cache[key]
 
@@ -241,3 +243,48 @@ def test_export_of_a_tensor_parallel_sandbox_run(cli, tmp_path):
                            loaded.model.layers["0"].attention.wq.weight)  # trained weights
     rep = export(tmp_path / "run", tmp_path / "model.onnx", quantize="none", **FAST)
     assert rep.max_abs_diff <= 1e-4 and rep.decode_check["cache_matches_torch"]
+
+
+def test_student_cache_reuses_the_pruned_model(runs, tmp_path):
+    """Benchmarks export one pruned + distilled student several ways: the
+    second call with the same key loads it instead of pruning again."""
+    from runtime.distill import TrainLog
+    from runtime.export import _cached_student
+    from runtime.prune import prune
+
+    calls = []
+
+    def make():
+        calls.append(1)
+        model = load_run(runs["tiny"]).model
+        student, res = prune(model, 0.25, [next(train_batches(2, 64, 0))[:, :-1]])
+        return student, res, TrainLog(3, 2.0, 1.5, 0.1)
+
+    a, ra, la = _cached_student(tmp_path, "k", make)
+    b, rb, lb = _cached_student(tmp_path, "k", make)
+    assert len(calls) == 1 and ra == rb and la == lb
+    ids = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(a(ids), b(ids))
+    assert b.layers["0"].attention.wq.out_features == 3 * 16
+
+
+def test_int8_token_logits_do_not_depend_on_later_tokens(exported, tmp_path):
+    """Per-token activation scales: a prefix's int8 logits are the same whether
+    or not later tokens are in the call (what makes the KV-cache decoder,
+    which sees one token per step, agree with the full graph). onnxruntime's
+    per-tensor quantize_dynamic, kept for comparison, does not have this."""
+    from runtime.quantize import quantize
+
+    fp32, _ = exported("tiny", "none")
+    ids = heldout_batches(2, 24, 1)[0].numpy()
+    diffs = {}
+    for mode in ("int8", "int8-per-tensor"):
+        q = tmp_path / f"{mode}.onnx"
+        quantize(fp32, q, mode)
+        sess = session(q)
+        whole = sess.run(["logits"], {"input_ids": ids})[0]
+        prefix = sess.run(["logits"], {"input_ids": ids[:, :9]})[0]
+        diffs[mode] = float(np.abs(whole[:, :9] - prefix).max())
+    assert diffs["int8"] <= 1e-4, diffs
+    assert diffs["int8-per-tensor"] > 10 * max(diffs["int8"], 1e-5), diffs

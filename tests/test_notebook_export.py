@@ -1,0 +1,39 @@
+"""experiments/notebooks/03_export.ipynb runs clean on CPU, shows its table
+and plot, and generates text with the exported int8 model."""
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("nbclient")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "experiments" / "notebooks"
+CELL_TIMEOUT_S = 300
+
+
+def execute(name: str):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
+        f"{name} is committed with outputs"
+    NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return nb
+
+
+def outputs(nb, mime: str) -> int:
+    return sum(1 for c in nb.cells if c.cell_type == "code"
+               for o in c.get("outputs", []) if mime in o.get("data", {}))
+
+
+def test_03_export():
+    nb = execute("03_export.ipynb")
+    assert outputs(nb, "image/png") >= 1  # size / latency / perplexity bars
+    assert outputs(nb, "text/html") >= 2  # the int8 report and the comparison table
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    assert "greedy : 'def " in text and "sampled: 'def " in text
