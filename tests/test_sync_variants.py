@@ -4,13 +4,14 @@ The `tiny` preset, fp32, 12 steps of constant-LR AdamW (clipped at 1.0) on
 the harness's fixed batches; every case runs in one spawned 2-process group
 and is compared with plain all-reduce DDP of the same plan:
 
-- exact variants (same update, different communication), relative loss and
-  gradient-norm differences < 1e-5: the parameter server; top-k with
+- exact variants (same update, different communication), relative loss,
+  held-out loss and gradient-norm differences < 1e-5: the parameter server; top-k with
   fraction 1 (the sparse all-gather path sending everything); PowerSGD at
   full rank (64 = the smallest side of every tiny matrix) with compression
   forced on every matrix; local SGD averaging every step with SGD+momentum and
   no clipping (linear updates, so averaging parameters = averaging gradients)
-  against DDP with the same optimizer.
+  against DDP with the same optimizer (its logged gradient norm is its
+  replica's own, so only losses are compared).
 - rounding variants: fp16 within 1e-3 (fp16 keeps 11 significant bits),
   bf16 and int8 (error feedback) within 1e-2.
 - lossy variants train: the loss falls by more than 0.5 nats in 12 steps
@@ -41,7 +42,7 @@ import sandbox
 from sandbox.validate import runtime_problems
 
 DDP = dict(dp=2, zero=0)
-SGD = {"optimizer": "sgd", "grad_clip": 0.0}
+SGD = {"optimizer": "sgd", "grad_clip": 0.0, "lr": 0.03}  # momentum 0.9 (build_optimizer)
 FORCE_POWERSGD = "powersgd full rank, forced"
 CASES = {
     "allreduce": DDP,
@@ -105,10 +106,13 @@ def _get(runs: dict, name: str) -> dict:
 @pytest.mark.parametrize("name", list(EXACT))
 def test_exact_variants_equal_allreduce(runs, name):
     run, ref = _get(runs, name), _get(runs, EXACT[name])
-    loss, norm = max_rel(run["loss"], ref["loss"]), max_rel(run["grad_norm"], ref["grad_norm"])
-    print(f"\n| {name:28s} | loss {loss:.1e} | grad norm {norm:.1e} | vs {EXACT[name]} |")
+    loss = max_rel(run["loss"], ref["loss"])
+    evl = abs(run["eval"] - ref["eval"]) / ref["eval"]
+    print(f"\n| {name:28s} | loss {loss:.1e} | eval {evl:.1e} | vs {EXACT[name]} |")
     assert ref["loss"][-1] < ref["loss"][0] - 0.5, "the reference must learn something"
-    assert loss < 1e-5 and norm < 1e-5, (run["loss"], ref["loss"])
+    assert loss < 1e-5 and evl < 1e-5, (run["loss"], ref["loss"])
+    if not name.startswith("local-sgd"):  # local SGD logs its replica's own gradient norm
+        assert max_rel(run["grad_norm"], ref["grad_norm"]) < 1e-5
 
 
 @pytest.mark.parametrize("name", list(ROUNDING))
