@@ -20,6 +20,11 @@ tp = pp = 1), each one the PyTorch building block where PyTorch has it:
   by `POWERSGD_MIN_COMPRESSION_RATE` are all-reduced uncompressed. PyTorch
   runs plain all-reduce for the first `POWERSGD_START_ITER` steps (DDP
   rebuilds its buckets after the first one; 2 is the least it accepts).
+  PowerSGD issues its P and Q all-reduces from future callbacks; with
+  several buckets in flight gloo then sees the collectives of different
+  buckets in a different order on each rank ("Received data size doesn't
+  match expected size", torch 2.13). On gloo the hook therefore waits for
+  each bucket before returning (no overlap with backward; CPU runs only).
 - topk:F: `topk_hook` below (PyTorch has no sparsifying hook): each rank keeps
   the ceil(F * numel) largest-magnitude entries of (bucket + its residual),
   all-gathers values (fp32) and indices (int32), scatter-adds them and
@@ -136,6 +141,17 @@ def topk_hook(state, bucket):
     return _gather(group, [values, idx.to(torch.int32)], decode)
 
 
+def _serialised(hook):
+    """The hook, finishing each bucket's collectives before it returns."""
+
+    def serialised(state, bucket):
+        fut = hook(state, bucket)
+        fut.wait()
+        return fut
+
+    return serialised
+
+
 def _counted(hook, traffic: Traffic, payload):
     """Wrap a comm hook so that `payload(state, bucket)` -> [(op, bytes)] is
     recorded for every bucket (called before the hook changes its state)."""
@@ -193,6 +209,8 @@ def register_compression(ddp: DDP, spec: str, group: dist.ProcessGroup, traffic:
                                    min_compression_rate=POWERSGD_MIN_COMPRESSION_RATE,
                                    use_error_feedback=True, warm_start=True, random_seed=seed)
         hook, payload = psgd.powerSGD_hook, _powersgd
+        if dist.get_backend(group) == "gloo":
+            hook = _serialised(hook)
     elif kind == "topk":
         state, hook, payload = GatherState(group, fraction=arg), topk_hook, _topk
     elif kind == "int8":

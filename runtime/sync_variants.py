@@ -39,6 +39,8 @@ from runtime.mesh import side_group
 from runtime.parameter_server import AsyncParameterServer, ParameterServer
 from sandbox.specs import Plan
 
+BUCKET_CAP_MB: float | None = None  # DDP's gradient bucket size (None: DDP's default, 25)
+
 
 class DDPSync:
     """All-reduce DDP: everything happens inside backward (the comm hook)."""
@@ -98,7 +100,7 @@ def apply_sync(model: nn.Module, plan: Plan, mesh: DeviceMesh) -> tuple[nn.Modul
     group = mesh["dp"].get_group()
     traffic = Traffic(n=p.dp)
     if p.dp_mode == "allreduce":
-        ddp = DDP(model, process_group=group)
+        ddp = DDP(model, process_group=group, bucket_cap_mb=BUCKET_CAP_MB)
         state = register_compression(ddp, p.grad_compression, group, traffic,
                                      seed=plan.train.seed)
         return ddp, DDPSync(state, traffic)
