@@ -7,6 +7,12 @@ in torchtitan's order, for each model chunk this rank owns:
     pipeline split -> tensor parallel -> activation recompute
     -> (torch.compile, by the training loop) -> DDP / FSDP2 -> pipeline stages
 
+Plain data parallelism with ZeRO 0 (tp = pp = 1) goes through
+`runtime.sync_variants` instead of `apply_dp`: DDP with a communication hook
+for `grad_compression`, local SGD, or a parameter server (`dp_mode`). The
+training loop calls `after_optimizer_step` after `optimizer.step()` and
+before `zero_grad()`.
+
 and returns a `Parallelized` that runs one optimizer step's forward and
 backward, evaluates, clips gradients and builds the optimizer. `mesh` is the
 (pp, dp, tp) DeviceMesh from `runtime.mesh.build_mesh` (None for one process).
@@ -33,6 +39,7 @@ from runtime.pipeline_parallel import (
     tied_group,
 )
 from runtime.recompute import apply_recompute
+from runtime.sync_variants import apply_sync, uses_sync_variants
 from runtime.tensor_parallel import apply_tp
 from sandbox.specs import Plan
 
@@ -52,6 +59,7 @@ class Parallelized:
         first/last stage), "tied" (copies of a tied embedding), "tied_group",
         "norm_skip" (ids of copies left out of the gradient norm),
         "side_groups" (process groups for the loss / norm reductions).
+    sync: how plain dp replicas synchronise (`runtime.sync_variants`), or None.
     """
 
     plan: Plan
@@ -60,6 +68,7 @@ class Parallelized:
     mesh: object | None = None
     autocast_dtype: torch.dtype | None = None
     extra: dict = field(default_factory=dict)
+    sync: object | None = None
 
     def parameters(self) -> list[nn.Parameter]:
         seen, out = set(), []
@@ -124,6 +133,8 @@ class Parallelized:
                 loss = cross_entropy(logits, y)
                 (loss / len(chunks)).backward()
             total += loss.detach()
+        if self.sync is not None:
+            self.sync.after_backward()
         return self._global_mean(total / len(chunks))
 
     @torch.no_grad()
@@ -163,12 +174,27 @@ class Parallelized:
             total_sq += (norm.full_tensor() if isinstance(norm, DTensor) else norm) ** 2
         if (pp := self._group("pp")) is not None:
             dist.all_reduce(total_sq, group=pp)
+        if self.sync is not None and self.sync.norm_over_dp:  # parameter server: shards
+            dist.all_reduce(total_sq, group=self._group("dp"))
         total = total_sq.sqrt()
         coef = max_norm / (total + 1e-6)
         if max_norm > 0 and coef < 1:
             for g in grads:
                 g.mul_(coef.item())
         return total.item()
+
+    def after_optimizer_step(self, step: int, sync: bool = False) -> None:
+        """Synchronise replicas after `optimizer.step()` of step `step`
+        (1-based), before `zero_grad()`: local SGD's averaging, the parameter
+        server's pull. `sync`: a checkpoint or the last step follows, so the
+        replicas must end up equal."""
+        if self.sync is not None:
+            self.sync.after_optimizer_step(step, sync)
+
+    def comm_bytes(self) -> float | None:
+        """Bytes this rank sent for dp synchronisation since the last call
+        (None when not counted: layouts other than plain DDP)."""
+        return self.sync.traffic.take() if self.sync is not None else None
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """AdamW (or SGD) over this rank's parameters. With ZeRO >= 1 they are
@@ -188,9 +214,11 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
     p = plan.parallel
     if mesh is None and plan.world_size != 1:
         raise ValueError(f"parallelize: a world of {plan.world_size} ranks needs a DeviceMesh")
-    if p.dp_mode != "allreduce" or p.grad_compression != "none":
-        raise NotImplementedError(f"parallel.dp_mode = {p.dp_mode!r} with grad_compression = "
-                                  f"{p.grad_compression!r} is not supported by parallelize")
+    from sandbox.errors import PlanError
+    from sandbox.validate import runtime_problems
+
+    if problems := runtime_problems(plan):
+        raise PlanError(problems)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.train.precision)
     if device.type == "cpu":
         autocast = None  # CPU runs train in fp32
@@ -199,15 +227,18 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
         chunks = split_model(model, mesh["pp"].get_local_rank(), p.pp, p.vpp)
     else:
         chunks = [(0, model)]
-    parts = []
+    parts, sync = [], None
     for _, chunk in chunks:
         if p.tp > 1:
             apply_tp(chunk, mesh["tp"], p.sequence_parallel)
         apply_recompute(chunk, p.recompute)
-        if p.dp > 1:
+        if uses_sync_variants(plan):
+            chunk, sync = apply_sync(chunk, plan, mesh)
+        elif p.dp > 1:
             chunk = apply_dp(chunk, mesh["dp"], p.zero, pipelined=p.pp > 1)
         parts.append(chunk)
-    par = Parallelized(plan=plan, parts=parts, device=device, mesh=mesh, autocast_dtype=autocast)
+    par = Parallelized(plan=plan, parts=parts, device=device, mesh=mesh, autocast_dtype=autocast,
+                       sync=sync)
     if mesh is not None:
         par.extra["side_groups"] = {dim: side_group(mesh, dim) for dim in ("pp", "dp")}
     if p.pp > 1:

@@ -7,9 +7,11 @@ Each process: init the process group (NCCL on GPUs, gloo on CPU), build the
 slice of the layout-free global batch -> `par.step` -> clip -> optimizer ->
 LR schedule. Rank 0 appends one JSON line per step to DIR/metrics.jsonl
 (`step, loss, step_time_s, tokens_per_s, mem_gb, lr, grad_norm`, plus
-`eval_loss` when evaluated), prints `@@progress {...}` lines for the
-launcher's progress bar, and at the end writes DIR/summary.json. A problem
-with the input prints `@@error <one line>` and exits 1.
+`eval_loss` when evaluated and, on plain data parallelism, `dp_comm_bytes`:
+the bytes rank 0 sent to synchronise replicas in that step), prints
+`@@progress {...}` lines for the launcher's progress bar, and at the end
+writes DIR/summary.json. A problem with the input prints `@@error <one line>`
+and exits 1.
 
 Resuming (`--resume`, or any elastic restart by torchrun): load the newest
 complete checkpoint and drop metrics lines after its step.
@@ -262,6 +264,8 @@ class Trainer:
                 norm = self.par.clip_grad_norm_(t.grad_clip)
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.optimizer.step()
+                ckpt_now = bool(t.checkpoint_every and step % t.checkpoint_every == 0)
+                self.par.after_optimizer_step(step, sync=ckpt_now or step == t.steps)
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self._sync()
@@ -271,6 +275,8 @@ class Trainer:
                        "tokens_per_s": tokens / dt,
                        "mem_gb": _max_over_ranks(peak_memory_gb(self.device), self.device),
                        "lr": lr, "grad_norm": norm}
+                if (sent := self.par.comm_bytes()) is not None:
+                    row["dp_comm_bytes"] = sent  # sent by this rank for dp sync
                 if t.eval_every and step % t.eval_every == 0 and step != t.steps:
                     row["eval_loss"] = self.evaluate()
                 if step == t.steps:
@@ -280,7 +286,7 @@ class Trainer:
                 if self.rank == 0:
                     print(f"{PROGRESS} " + json.dumps({"step": step, "steps": t.steps,
                                                        "loss": round(loss, 4)}), flush=True)
-                if t.checkpoint_every and step % t.checkpoint_every == 0:
+                if ckpt_now:
                     ckpt.save(self.out, step, self.par.parts, self.optimizer, self.scheduler,
                               {"plan": plan.model.name})
                     saved = step
@@ -329,7 +335,7 @@ class Trainer:
             "plan": plan.model.name,
             "parallel": {k: getattr(plan.parallel, k) for k in
                          ("dp", "tp", "pp", "vpp", "zero", "schedule", "micro_batch",
-                          "global_batch")},
+                          "global_batch", "dp_mode", "grad_compression", "sync_every")},
         }
 
 

@@ -1,6 +1,7 @@
 """The rules a plan must satisfy to run; each broken rule is one line naming
 the field. Memory fit is not checked here (`run` checks it, `simulate`
-reports it)."""
+reports it). `runtime_problems` adds what only the runtime cannot do (the
+simulator models every synchronisation variant on every layout)."""
 
 from __future__ import annotations
 
@@ -186,6 +187,29 @@ def variation_problems(plan: Plan) -> list[str]:
             problems.append(f"parallel.replica_seq_len: {', '.join(map(str, bad))} not in "
                             f"1..model.seq_len = {m.seq_len}")
     return problems
+
+
+def runtime_problems(plan: Plan) -> list[str]:
+    """What `run` cannot execute although the plan is valid: dp_mode other
+    than allreduce and gradient compression run only on plain data
+    parallelism with DDP (dp > 1, ZeRO 0, tp = pp = 1), and compression only
+    through DDP's all-reduce (dp_mode = 'allreduce'). One line per problem."""
+    p = plan.parallel
+    if p.dp_mode == "allreduce" and p.grad_compression == "none":
+        return []
+    where, value = (("parallel.dp_mode", p.dp_mode) if p.dp_mode != "allreduce"
+                    else ("parallel.grad_compression", p.grad_compression))
+    if p.dp_mode != "allreduce" and p.grad_compression != "none":
+        return [f"parallel.grad_compression: '{p.grad_compression}' runs through DDP "
+                f"communication hooks, only with dp_mode = 'allreduce' (got '{p.dp_mode}')"]
+    if p.tp > 1 or p.pp > 1:
+        return [f"{where}: '{value}' runs only on plain data parallelism (tp = pp = 1), "
+                f"got tp = {p.tp}, pp = {p.pp}"]
+    if p.zero != 0:
+        return [f"{where}: '{value}' runs only with parallel.zero = 0 (DDP), got zero = {p.zero}"]
+    if p.dp < 2:
+        return [f"{where}: '{value}' needs data parallelism (dp >= 2), got dp = {p.dp}"]
+    return []
 
 
 def validate(plan: Plan) -> Plan:

@@ -26,13 +26,14 @@ STEPS = 12
 TOKEN_RANGE = 32  # ids drawn from [0, 32) of the vocabulary: a learnable signal
 
 
-def plan_of(model: str = "tiny", **parallel) -> sandbox.specs.Plan:
+def plan_of(model: str = "tiny", train: dict | None = None, **parallel) -> sandbox.specs.Plan:
+    """The test plan with `parallel` overrides (and `train` overrides, a dict)."""
     return sandbox.load({
         "model": {"preset": model},
         "cluster": {"preset": "localhost"},
         "parallel": {"global_batch": 8, "micro_batch": 2, **parallel},
         "train": {"precision": "fp32", "lr": 1e-3, "lr_schedule": "constant", "seed": 0,
-                  "grad_clip": 1.0, "weight_decay": 0.1},
+                  "grad_clip": 1.0, "weight_decay": 0.1, **(train or {})},
     })
 
 
@@ -56,15 +57,18 @@ def train(plan: sandbox.specs.Plan, mesh=None, steps: int = STEPS) -> dict:
     dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
     share = plan.parallel.global_batch // plan.parallel.dp
     rows = slice(dp_rank * share, (dp_rank + 1) * share)
-    losses, norms = [], []
+    losses, norms, sent = [], [], []
     for step in range(steps):
         x, y = batch(step, plan)
         losses.append(par.step(x[rows], y[rows]))
         norms.append(par.clip_grad_norm_(plan.train.grad_clip))
         opt.step()
+        par.after_optimizer_step(step + 1, sync=step + 1 == steps)
         opt.zero_grad()
+        sent.append(par.comm_bytes())
     x, y = batch(steps, plan)
-    return {"loss": losses, "grad_norm": norms, "eval": par.evaluate(x[rows], y[rows])}
+    return {"loss": losses, "grad_norm": norms, "eval": par.evaluate(x[rows], y[rows]),
+            "comm_bytes": sent}
 
 
 def _worker(rank: int, world: int, rdv: str, cases: dict, out: str) -> None:
