@@ -295,7 +295,9 @@ def render(meta: dict, rows: list[dict]) -> str:
     t = meta["train"]
     lines = ["# Export benchmark: gpt-mini, every compression mode", "",
              f"- machine: {m['cpu']}, {m['cores']} cores (shared with other jobs), "
-             f"{m['platform']}, Python {m['python']}, commit {m['git_commit']}",
+             f"{m['platform']}, Python {m['python']}; rows measured at commit "
+             f"{', '.join(sorted({r.get('git_commit', '?') for r in rows}))}, table written "
+             f"at {m['git_commit']}",
              f"- versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
              f"- model: gpt-mini ({rows[0]['baseline_params']:,} parameters, tied "
              "embeddings) trained by `" + t.get("command", "?") + "`" if rows else "",
@@ -305,8 +307,9 @@ def render(meta: dict, rows: list[dict]) -> str:
         lines.append(f"  - {p['steps']} steps x {p['batch']} x {p['seq_len']} bytes, lr "
                      f"{p['lr']}, {p['precision']}, {p['processes']} CPU process: "
                      f"{t['wall_s']:.0f} s wall ({t['step_time_s']:.2f} s/step), loss "
-                     f"{t['first_loss']:.3f} -> {t['last_loss']:.3f}, held-out loss "
-                     f"{t['eval_loss']:.3f}; load average (1/5/15 min) before "
+                     f"{t['first_loss']:.3f} -> {t['last_loss']:.3f} (one batch each), "
+                     f"held-out loss {t['eval_loss']:.3f} (on sandbox run's own evaluation "
+                     "windows); load average (1/5/15 min) before "
                      f"{_fmt_load(t['load_before'])}, after {_fmt_load(t['load_after'])}")
     if rows:
         r0 = rows[0]

@@ -5,9 +5,10 @@ Modes (`MODES`):
 - ``none``: the fp32 graph, unchanged;
 - ``int8``: dynamic quantization with per-token activation scales: int8
   weights per output channel, and each row (token) of a MatMul's input
-  scaled by its own max |x| / 127 at run time, stored as uint8 with zero
-  point 128, multiplied by onnxruntime's ``MatMulInteger`` (its U8S8 kernels,
-  VNNI where present) and rescaled to fp32 (`quantize_int8_per_token`). A
+  scaled by its own max |x| / 127 at run time (``QuantizeLinear`` per row,
+  uint8 with zero point 128), multiplied by onnxruntime's ``MatMulInteger``
+  (its U8S8 kernels, VNNI where present) and rescaled to fp32
+  (`quantize_int8_per_token`; standard ONNX ops only). A
   token's quantized values depend on that token alone, so the full graph and
   the KV-cache decoder (which sees one new token per step) compute the same
   numbers and greedy decoding gives the same tokens with and without the
@@ -173,67 +174,73 @@ def _const(name: str, value) -> onnx.TensorProto:
 def quantize_int8_per_token(model: onnx.ModelProto) -> onnx.ModelProto:
     """Rewrite every weight MatMul ``y = x @ W`` of `model` (in place) as
 
-        s = max(max|x_row|, 1e-8) / 127                 (per token, fp32)
-        q = uint8(round(x / s) + 128)                   (zero point 128)
-        y = float(MatMulInteger(q, W8, 128)) * s * sw   (W8 = round(W / sw))
+        x2 = x reshaped to (tokens, K)
+        s  = max(max|x2_row|, 1e-8) / 127                  (per token, fp32)
+        q  = QuantizeLinear(x2, s, 128) along axis 0        (uint8, zero point 128)
+        y  = (float(MatMulInteger(q, W8, 128)) * s * sw) reshaped back
 
-    with W8 int8 per output column (sw = max|W_col| / 127). Inputs shared by
-    several MatMuls (query, key, value) are quantized once. Returns `model`.
+    with W8 = round(W / sw) int8 per output column (sw = max|W_col| / 127).
+    Inputs shared by several MatMuls (query, key, value) are quantized once.
+    Needs opset >= 18 (ReduceMax with axes as an input). Returns `model`.
     """
     from onnx import TensorProto, helper, numpy_helper
 
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 18:
+        raise ValueError(f"int8 per-token quantization needs opset >= 18, got {opset}")
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     matmuls = set(weight_matmuls(model))
     targets = {n.name for n in graph.node
                if n.name in matmuls and len(inits[n.input[1]].dims) == 2}
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
-    added = [_const("q8tok_eps", np.float32(1e-8)), _const("q8tok_127", np.float32(127.0)),
-             _const("q8tok_128", np.float32(128.0)), _const("q8tok_zp", np.uint8(128))]
-    if opset >= 18:
-        added.append(_const("q8tok_axes", np.array([-1], np.int64)))
+    c = "q8tok_"
+    added = [_const(c + "eps", np.float32(1e-8)), _const(c + "127", np.float32(127.0)),
+             _const(c + "last", np.array([-1], np.int64)), _const(c + "zero", np.array([0],
+                                                                                       np.int64)),
+             _const(c + "zp", np.array([128], np.uint8)), _const(c + "zp0", np.uint8(128))]
     nodes, quantized_inputs, dropped = [], {}, set()
-    for node in graph.node:
-        if node.name not in targets:
-            nodes.append(node)
+
+    def node(op: str, inputs: list[str], output: str, **attrs) -> onnx.NodeProto:
+        return helper.make_node(op, inputs, [output], name=output + "_" + op, **attrs)
+
+    for n in graph.node:
+        if n.name not in targets:
+            nodes.append(n)
             continue
-        x, wname = node.input
+        x, wname = n.input
         if x not in quantized_inputs:
-            p = f"q8tok_{len(quantized_inputs)}"
-            reduce = (helper.make_node("ReduceMax", [p + "_abs", "q8tok_axes"], [p + "_amax"],
-                                       keepdims=1, name=p + "_ReduceMax") if opset >= 18 else
-                      helper.make_node("ReduceMax", [p + "_abs"], [p + "_amax"], axes=[-1],
-                                       keepdims=1, name=p + "_ReduceMax"))
+            p = f"{c}{len(quantized_inputs)}_"
             nodes += [
-                helper.make_node("Abs", [x], [p + "_abs"], name=p + "_Abs"), reduce,
-                helper.make_node("Max", [p + "_amax", "q8tok_eps"], [p + "_amax1"],
-                                 name=p + "_Max"),
-                helper.make_node("Div", [p + "_amax1", "q8tok_127"], [p + "_scale"],
-                                 name=p + "_Scale"),
-                helper.make_node("Div", [x, p + "_scale"], [p + "_scaled"], name=p + "_Div"),
-                helper.make_node("Round", [p + "_scaled"], [p + "_round"], name=p + "_Round"),
-                helper.make_node("Add", [p + "_round", "q8tok_128"], [p + "_shift"],
-                                 name=p + "_Add"),
-                helper.make_node("Cast", [p + "_shift"], [p + "_q"], to=TensorProto.UINT8,
-                                 name=p + "_Cast")]
+                node("Shape", [x], p + "shape"),
+                node("Slice", [p + "shape", c + "zero", c + "last"], p + "lead"),
+                node("Shape", [x], p + "k", start=-1),
+                node("Concat", [c + "last", p + "k"], p + "shape2d", axis=0),
+                node("Reshape", [x, p + "shape2d"], p + "x2d"),
+                node("Abs", [p + "x2d"], p + "abs"),
+                node("ReduceMax", [p + "abs", c + "last"], p + "amax", keepdims=0),
+                node("Max", [p + "amax", c + "eps"], p + "amax1"),
+                node("Div", [p + "amax1", c + "127"], p + "scale"),
+                node("Shape", [p + "scale"], p + "tokens"),
+                node("Expand", [c + "zp", p + "tokens"], p + "zps"),
+                node("QuantizeLinear", [p + "x2d", p + "scale", p + "zps"], p + "q", axis=0),
+                node("Unsqueeze", [p + "scale", c + "last"], p + "scale_col")]
             quantized_inputs[x] = p
         p = quantized_inputs[x]
         w = numpy_helper.to_array(inits[wname]).astype(np.float32)  # (K, N)
         amax = np.abs(w).max(axis=0)
         sw = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-        added += [_const(wname + "_q8tok", np.clip(np.round(w / sw), -127, 127).astype(np.int8)),
-                  _const(wname + "_q8tok_scale", sw)]
+        wq = wname + "_q8tok"
+        added += [_const(wq, np.clip(np.round(w / sw), -127, 127).astype(np.int8)),
+                  _const(wq + "_scale", sw), _const(wq + "_n", np.array([w.shape[1]], np.int64))]
         dropped.add(wname)
-        y = node.output[0]
+        y = n.output[0]
         nodes += [
-            helper.make_node("MatMulInteger", [p + "_q", wname + "_q8tok", "q8tok_zp"],
-                             [y + "_i32"], name=node.name + "_MatMulInteger"),
-            helper.make_node("Cast", [y + "_i32"], [y + "_f32"], to=TensorProto.FLOAT,
-                             name=node.name + "_CastF"),
-            helper.make_node("Mul", [y + "_f32", p + "_scale"], [y + "_xs"],
-                             name=node.name + "_MulX"),
-            helper.make_node("Mul", [y + "_xs", wname + "_q8tok_scale"], [y],
-                             name=node.name + "_MulW")]
+            node("MatMulInteger", [p + "q", wq, c + "zp0"], y + "_i32"),
+            node("Cast", [y + "_i32"], y + "_f32", to=TensorProto.FLOAT),
+            node("Mul", [y + "_f32", p + "scale_col"], y + "_xs"),
+            node("Mul", [y + "_xs", wq + "_scale"], y + "_2d"),
+            node("Concat", [p + "lead", wq + "_n"], y + "_shape", axis=0),
+            helper.make_node("Reshape", [y + "_2d", y + "_shape"], [y], name=y + "_Reshape")]
     used = {i for n in nodes for i in n.input}
     keep = [i for i in graph.initializer if i.name not in dropped or i.name in used]
     del graph.initializer[:]
