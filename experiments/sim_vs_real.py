@@ -57,12 +57,25 @@ PLANS = {  # name -> [parallel] overrides (the world size is dp * tp * pp)
 }
 
 
+def fit_vpp(model: str, overrides: dict) -> dict:
+    """Interleaving needs pp * vpp to divide the layers: the smallest vpp >= the
+    asked one that does (gpt-mini's 6 layers on pp 2: vpp 3)."""
+    if "vpp" not in overrides:
+        return overrides
+    from sandbox.presets import MODELS
+
+    layers, pp, v = MODELS[model]["layers"], overrides.get("pp", 1), overrides["vpp"]
+    while layers % (pp * v) and pp * v < layers:
+        v += 1
+    return {**overrides, "vpp": v}
+
+
 def plan_dict(model: str, overrides: dict, profile: str) -> dict:
     cluster = {"preset": "localhost"}
     if profile:
         cluster["profile"] = profile
     return {"model": {"preset": model}, "cluster": cluster,
-            "parallel": {**BASE, **overrides},
+            "parallel": {**BASE, **fit_vpp(model, overrides)},
             "train": {"lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 0}}
 
 
@@ -160,7 +173,8 @@ def predict_one(model: str, name: str, overrides: dict, profile: str, runs: list
     per_run = [r["measured"]["step_time_s"] for r in runs]
     foreign = [r["provenance"].get("foreign_cores") for r in runs]
     return {
-        "model": model, "plan": name, "parallel": overrides, "world_size": plan.world_size,
+        "model": model, "plan": name, "parallel": fit_vpp(model, overrides),
+        "world_size": plan.world_size,
         "predicted_step_s": d["predicted"]["step_time_s"],
         "predicted_uncalibrated_step_s": uncal["step_time_s"],
         "measured_step_s": measured, "error": d["error"]["step_time_s"],
@@ -190,6 +204,7 @@ def calibration_stats(profile: Path, previous: str) -> dict:
     if not meas:
         return {}
     out = {"wall_s": meas["wall_s"], "loadavg_1m": meas["machine"].get("loadavg_1m", 0.0),
+           "date_utc": meas["machine"].get("date_utc", ""),
            "foreign_cores": meas["machine"].get("foreign_cores"),
            "points": len(_points(meas)), "median_spread": median_spread(meas)}
     if previous:
@@ -267,7 +282,8 @@ def markdown(meta: dict, rows: list[dict], summ: dict) -> str:
     cal = meta.get("calibration_stats") or {}
     if cal:
         lines += ["", "## Calibration", "",
-                  f"- `{meta['profile']}` (+ `.p1.toml` for one-process plans): "
+                  f"- `{meta['profile']}` (+ `.p1.toml` for one-process plans), calibrated at "
+                  f"{cal.get('date_utc', '?')}: "
                   f"{cal['wall_s']:.0f} s of measurement at load {cal['loadavg_1m']:.1f} "
                   f"(other jobs {_cores(cal.get('foreign_cores'))} cores), "
                   f"{cal['points']} points; median spread (IQR / median) over points "
@@ -286,6 +302,21 @@ def markdown(meta: dict, rows: list[dict], summ: dict) -> str:
                          "inter-quartile ranges, plus the stated share of the larger median); "
                          f"median |log ratio| {a['median_abs_log_ratio']:.2f}, 90th "
                          f"percentile {a['p90_abs_log_ratio']:.2f}")
+    lines += ["", "## Method", "",
+              "- Every number the simulator uses for these plans comes from the profile "
+              "(`sandbox calibrate` on this machine); none is set by hand. The 'no profile' "
+              "column uses the documented defaults (`sandbox.profile.Profile()`).",
+              "- Kernels (the models' GEMM shapes, SDPA attention, memory-bound ops, AdamW) are "
+              "timed with the threads a rank of `sandbox run` gets (OMP_NUM_THREADS, 1): alone "
+              "for one-process plans (`.p1.toml`), on 2 processes at once in lockstep for "
+              "two-process plans; GEMMs unpadded (`gemm_tile = [1, 1, 1]`), attention fused "
+              "(`attention_fused = true`: no separate softmax pass over s x s scores).",
+              "- Whole layers are timed as the runtime runs them (plain; DTensor tensor-"
+              "parallel with and without sequence parallelism) with their AdamW step "
+              "(`[[compute.block]]`); for a plan with such a layer the simulator scales its "
+              "kernel sum so that kernels + modelled TP communication take the measured time, "
+              "and uses the measured AdamW step (`sim.compute.calibrated_layer`).",
+              "- Collectives: gloo alpha-beta fits per op and group size (2)."]
     lines += ["", "## Target: gpt-mini dp 1, dp 2, tp 2, pp 2", ""]
     if "median_abs_error" in summ:
         lines.append(f"median |error| {100 * summ['median_abs_error']:.1f}% (target <= 20%), "
