@@ -155,9 +155,10 @@ def representative(runs: list[dict]) -> tuple[dict, float]:
 
 
 def predict_one(model: str, name: str, overrides: dict, profile: str, runs: list[dict],
-                plots: Path | None) -> dict:
+                plots: Path | None, other_profile: str = "") -> dict:
     """Simulate with and without the profile and compare with the measurement
-    (the median over the plan's runs, see `representative`)."""
+    (the median over the plan's runs, see `representative`); with
+    `other_profile` (the first of the two calibrations) predict once more with it."""
     import sandbox
     from runtime.compare import Measurement, combine
 
@@ -166,6 +167,10 @@ def predict_one(model: str, name: str, overrides: dict, profile: str, runs: list
     plan = sandbox.load(plan_dict(model, overrides, profile))
     simres = sandbox.simulate(plan)
     uncal = sandbox.simulate(sandbox.load(plan_dict(model, overrides, ""))).to_dict()
+    other = None
+    if other_profile:
+        alt = str(profile_for_world(Path(other_profile), world))
+        other = sandbox.simulate(sandbox.load(plan_dict(model, overrides, alt))).step_time_s
     meas, measured = representative(runs)
     m = Measurement.from_dict({k: v for k, v in meas.items() if k != "wall_s"})
     out = plots / f"{model}-{name}" if plots else None
@@ -179,6 +184,8 @@ def predict_one(model: str, name: str, overrides: dict, profile: str, runs: list
         "predicted_uncalibrated_step_s": uncal["step_time_s"],
         "measured_step_s": measured, "error": d["error"]["step_time_s"],
         "error_uncalibrated": (uncal["step_time_s"] - measured) / measured,
+        "predicted_first_calibration_step_s": other,
+        "error_first_calibration": None if other is None else (other - measured) / measured,
         "runs_step_s": per_run, "runs_at": [r["provenance"]["date_utc"] for r in runs],
         "run_to_run_spread": (max(per_run) - min(per_run)) / measured,
         "noise": d["noise"], "breakdown_error": d["error"]["breakdown_s"],
@@ -221,10 +228,12 @@ def calibration_stats(profile: Path, previous: str) -> dict:
     return out
 
 
-def summary(rows: list[dict]) -> dict:
+def summary(rows: list[dict], key: str = "error") -> dict:
+    """The target over the gpt-mini plans dp1, dp2, tp2, pp2 for the errors in
+    `key` ("error": the profile; "error_first_calibration": the first one)."""
     target = [r for r in rows if r["model"] == "gpt-mini" and r["plan"] in TARGET
-              and r.get("error") is not None]
-    errs = [abs(r["error"]) for r in target]
+              and r.get(key) is not None]
+    errs = [abs(r[key]) for r in target]
     out = {"target_plans": [r["plan"] for r in target]}
     if errs:
         out.update(median_abs_error=statistics.median(errs), max_abs_error=max(errs),
@@ -322,6 +331,22 @@ def markdown(meta: dict, rows: list[dict], summ: dict) -> str:
         lines.append(f"median |error| {100 * summ['median_abs_error']:.1f}% (target <= 20%), "
                      f"max {100 * summ['max_abs_error']:.1f}% (target <= 35%): "
                      f"{'met' if summ['meets_target'] else 'NOT met'}.")
+        f = summ.get("first_calibration", {})
+        if "median_abs_error" in f:
+            lines += ["", "Predicted with each of the two calibrations taken in a row (the "
+                      "second is the profile above; the difference is how reproducible a "
+                      "calibration is on this machine):", "",
+                      "| plan | measured (s) | predicted, 1st (s) | error, 1st | predicted, 2nd "
+                      "(s) | error, 2nd | 2nd / 1st |", "|---|---|---|---|---|---|---|"]
+            for r in rows:
+                if r.get("model") == "gpt-mini" and r.get("plan") in TARGET and "error" in r:
+                    a, b = r["predicted_first_calibration_step_s"], r["predicted_step_s"]
+                    lines.append(f"| {r['plan']} | {r['measured_step_s']:.4g} | {a:.4g} "
+                                 f"| {_pct(r['error_first_calibration'])} | {b:.4g} "
+                                 f"| {_pct(r['error'])} | {b / a:.2f} |")
+            lines += ["", f"With the 1st calibration: median |error| "
+                      f"{100 * f['median_abs_error']:.1f}%, max {100 * f['max_abs_error']:.1f}%: "
+                      f"{'met' if f['meets_target'] else 'NOT met'}."]
     else:
         lines.append("not measured.")
     lines += ["", "## Breakdown error (profiled step vs simulator, relative)", "",
@@ -395,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                 cache_path.write_text(json.dumps(cache, indent=1) + "\n")
     rows = []
     plots = Path(args.plots) if args.plots else None
+    first = str(first_of(profile)) if first_of(profile).exists() else ""
     for model, name in todo:
         meas = cache[f"{model}/{name}"]
         if "failed" in meas:
@@ -402,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             rows.append(predict_one(model, name, PLANS[name], str(profile), runs_of(meas),
-                                    plots))
+                                    plots, first))
         except Exception as e:  # the simulator cannot do it: report it
             rows.append({"model": model, "plan": name, "failed": f"simulate: "
                          f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}"})
@@ -415,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                                 else cache_path)}
     meta["calibration_stats"] = calibration_stats(profile, previous)
     summ = summary(rows)
+    if first:
+        summ["first_calibration"] = summary(rows, "error_first_calibration")
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summ,
                                                     "rows": rows}, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(meta, rows, summ))
