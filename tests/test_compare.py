@@ -72,6 +72,57 @@ def test_noise_reports_spread_after_warmup():
     assert n["range_rel"] == pytest.approx(0.4)
 
 
+def test_foreign_load_counts_other_processes_only(monkeypatch):
+    """Other jobs' cores = (machine busy - own CPU, children included) / wall."""
+    from runtime import microbench
+
+    clock = iter([10.0, 12.0])  # 2 s of wall time
+    busy = iter([100.0, 103.0])  # the machine was busy 3 core-seconds
+    own = iter([5.0, 6.0])  # 1 of them ours (or our waited-for children's)
+    monkeypatch.setattr(microbench.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(microbench, "_machine_busy_s", lambda: next(busy))
+    monkeypatch.setattr(microbench, "_own_cpu_s", lambda: next(own))
+    with microbench.ForeignLoad() as f:
+        pass
+    assert f.cores == pytest.approx(1.0)
+
+
+def test_foreign_load_on_this_machine():
+    from runtime.microbench import ForeignLoad
+
+    with ForeignLoad() as f:
+        sum(range(200_000))
+    assert f.cores is None or f.cores >= 0.0
+
+
+def _sim_vs_real():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "sim_vs_real.py"
+    spec = importlib.util.spec_from_file_location("sim_vs_real", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sim_vs_real_takes_the_median_over_runs():
+    svr = _sim_vs_real()
+
+    def run(step):
+        return {"measured": {"step_time_s": step, "tokens_per_s": 100 / step,
+                             "breakdown_s": {"compute": 0.5 * step}}}
+
+    rep, med = svr.representative([run(3.0), run(1.0), run(2.2)])
+    assert med == pytest.approx(2.2) and rep["measured"]["step_time_s"] == pytest.approx(2.2)
+    rep, med = svr.representative([run(1.0), run(2.0)])  # even: between the two
+    assert med == pytest.approx(1.5)
+    assert rep["measured"]["breakdown_s"]["compute"] == pytest.approx(0.75)
+    assert svr.coarsen([(0.0, 0.1), (0.1002, 0.2), (0.5, 0.6)]) == [[0.0, 0.2], [0.5, 0.6]]
+    assert svr.fit_vpp("gpt-mini", {"pp": 2, "vpp": 2})["vpp"] == 3
+    assert svr.fit_vpp("tiny", {"pp": 2, "vpp": 2})["vpp"] == 2
+
+
 def test_sandbox_compare_writes_the_contract(cli, tmp_path):
     import sim
 
