@@ -51,9 +51,17 @@ def layer_params_per_gpu(m: Model, tp: int) -> float:
     return (counts.layer_params(m) - replicated) / tp + replicated
 
 
-def stage_params_per_gpu(m: Model, tp: int, pp: int, stage: int) -> float:
-    """Parameters held by one GPU of pipeline stage `stage` (0-based)."""
-    n = m.layers / pp * layer_params_per_gpu(m, tp)
+def stage_layer_count(plan: Plan, stage: int) -> float:
+    """Blocks of pipeline stage `stage`: `parallel.stage_layers` or layers / pp."""
+    p = plan.parallel
+    return float(p.stage_layers[stage]) if p.stage_layers else plan.model.layers / p.pp
+
+
+def stage_params_per_gpu(m: Model, tp: int, pp: int, stage: int,
+                         layers: float | None = None) -> float:
+    """Parameters held by one GPU of pipeline stage `stage` (0-based) with
+    `layers` blocks (default: an even split, layers / pp)."""
+    n = (m.layers / pp if layers is None else layers) * layer_params_per_gpu(m, tp)
     position = m.seq_len * m.hidden if m.position == "learned" else 0
     if stage == 0:
         n += m.vocab * m.hidden / tp + position  # vocab-parallel embedding
@@ -87,7 +95,7 @@ def activation_bytes_per_layer(m: Model, micro_batch: int, tp: int = 1,
 def layers_in_flight(plan: Plan, stage: int) -> float:
     """Layer-microbatches of activations stage `stage` holds at its peak."""
     p, v, m = plan.parallel.pp, plan.parallel.vpp, plan.parallel.microbatches
-    layers_per_stage = plan.model.layers / p
+    layers_per_stage = stage_layer_count(plan, stage)
     sched = plan.parallel.schedule
     if p == 1:
         return layers_per_stage  # gradient accumulation frees each microbatch
@@ -109,7 +117,7 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
         stages = range(plan.parallel.pp)
         return max((memory_per_gpu(plan, s) for s in stages), key=lambda d: d["total"])
     m, p, t = plan.model, plan.parallel, plan.train
-    n = stage_params_per_gpu(m, p.tp, p.pp, stage)
+    n = stage_params_per_gpu(m, p.tp, p.pp, stage, stage_layer_count(plan, stage))
     params = n * weight_bytes_per_param(t.precision) / (p.dp if p.zero >= 3 else 1)
     grads = n * grad_bytes_per_param(t.precision) / (p.dp if p.zero >= 2 else 1)
     optim = n * optimizer_bytes_per_param(t.precision, t.optimizer) / (p.dp if p.zero >= 1 else 1)

@@ -105,8 +105,11 @@ CLUSTERS: dict[str, dict] = {
                  "intra_node_latency_us": 1.0, "topology": "fat-tree",
                  "nics_per_node": 8, "nic_gbit_per_s": 400.0,
                  "inter_node_latency_us": 2.5, **_LLAMA3_FAILURES,
-                 # DGX H100: 2 x 400 Gb/s storage ports = 100 GB/s per node.
-                 "storage_gb_per_s": 100.0, "restart_s": 600.0,
+                 # DGX H100: 2 x 400 Gb/s storage ports = 100 GB/s per node;
+                 # the filesystem behind them as Llama 3's (Tectonic: 2 TB/s
+                 # sustained, 7 TB/s peak; Dubey et al. 2024, section 3.3.1).
+                 "storage_gb_per_s": 100.0, "storage_total_gb_per_s": 2000.0,
+                 "restart_s": 600.0,
                  # Lambda on-demand list price, 8x H100 SXM (2024).
                  "usd_per_gpu_hour": 2.99},
     # The vTrain validation cluster (shared/validation/README.md): A100s, 8 per

@@ -108,6 +108,7 @@ class Cluster:
     weibull_shape: float = 1.0
     restart_s: float = 600.0  # detect + re-queue + restart a job, seconds
     storage_gb_per_s: float = 10.0  # checkpoint write/read bandwidth per node, GB/s
+    storage_total_gb_per_s: float = 0.0  # the shared filesystem's cap, GB/s (0: none)
     usd_per_gpu_hour: float = 0.0
     profile: str = ""  # calibration profile TOML (see `sandbox calibrate`)
     # Stragglers and heterogeneity (simulator): GPUs given by global rank, and a

@@ -47,7 +47,8 @@ def plan_problems(plan: Plan) -> list[str]:
                                        "storage_gb_per_s", "weibull_shape"))
     _non_negative(problems, "cluster", c, ("intra_node_latency_us", "inter_node_latency_us",
                                            "gpu_mtbf_h", "node_mtbf_h", "link_mtbf_h",
-                                           "switch_mtbf_h", "restart_s", "usd_per_gpu_hour"))
+                                           "switch_mtbf_h", "restart_s", "usd_per_gpu_hour",
+                                           "storage_total_gb_per_s"))
     _positive(problems, "cluster.gpu", c.gpu, ("tflops_fp32", "hbm_gb", "hbm_gb_per_s"))
     _non_negative(problems, "cluster.gpu", c.gpu, ("tflops_tf32", "tflops_fp16", "tflops_bf16",
                                                    "tflops_fp8"))

@@ -14,7 +14,8 @@
   optimizer states (fp32 master weights and Adam moments), sizes per
   parameter from `sandbox.memory`, parameters from `sandbox.counts`;
   gradients are not saved. It is written (and read back on restore) in
-  parallel by all nodes, each at `cluster.storage_gb_per_s`.
+  parallel by all nodes, each at `cluster.storage_gb_per_s`, together at
+  most `cluster.storage_total_gb_per_s` (the shared filesystem; 0: no cap).
 - Young (1974) / Daly (2006): the first-order best interval between
   checkpoints is `sqrt(2 M C)` for a job MTBF `M` and checkpoint cost `C`.
 """
@@ -80,10 +81,14 @@ def checkpoint_bytes(plan: Plan) -> float:
 
 
 def storage_bytes_per_s(cluster: Cluster) -> float:
-    """Aggregate checkpoint bandwidth of the job, bytes/s (all nodes in parallel)."""
+    """Aggregate checkpoint bandwidth of the job, bytes/s: all nodes in
+    parallel, capped by the filesystem's total when it has one."""
     if cluster.storage_gb_per_s <= 0:
         raise ValueError("cluster.storage_gb_per_s must be > 0 to price checkpoints")
-    return cluster.nodes * cluster.storage_gb_per_s * memory.GB
+    per_nodes = cluster.nodes * cluster.storage_gb_per_s
+    if cluster.storage_total_gb_per_s > 0:
+        per_nodes = min(per_nodes, cluster.storage_total_gb_per_s)
+    return per_nodes * memory.GB
 
 
 def checkpoint_cost_s(plan: Plan) -> float:

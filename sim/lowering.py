@@ -174,8 +174,7 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
 def stage_params(plan: Plan, layers: list[int], s: int) -> float:
     """Parameters held by one GPU of stage s when stages have `layers` blocks."""
     m, p = plan.model, plan.parallel
-    return (memory.stage_params_per_gpu(m, p.tp, p.pp, s)
-            + (layers[s] - m.layers / p.pp) * memory.layer_params_per_gpu(m, p.tp))
+    return memory.stage_params_per_gpu(m, p.tp, p.pp, s, layers[s])
 
 
 def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.Device],

@@ -17,6 +17,7 @@ import pytest
 
 import sandbox
 from sandbox import counts, memory
+from sandbox.errors import PlanError
 from sim import checkpoint_cost as cc
 from sim import failures as F
 
@@ -167,3 +168,22 @@ def test_weibull_plan_report_shape_one_matches_exponential():
     se = math.hypot(e.time_to_train_std_h, w.time_to_train_std_h) / math.sqrt(80)
     assert abs(e.expected_time_to_train_h - w.expected_time_to_train_h) < 4 * se
     assert abs(e.checkpoint_interval_s / w.checkpoint_interval_s - 1) < 0.15
+
+
+def test_checkpoint_bandwidth_is_capped_by_the_filesystem():
+    def cost(nodes: int, total: float) -> float:
+        plan = sandbox.load({"model": {"preset": "gpt3-1.3b"},
+                             "cluster": {"preset": "dgx-h100", "nodes": nodes,
+                                         "storage_gb_per_s": 100.0,
+                                         "storage_total_gb_per_s": total},
+                             "parallel": {"tp": 8, "global_batch": 8 * nodes}})
+        return cc.checkpoint_bytes(plan) / cc.checkpoint_cost_s(plan) / memory.GB
+
+    assert cost(4, 2000.0) == pytest.approx(400.0)  # 4 nodes x 100 GB/s, under the cap
+    assert cost(64, 2000.0) == pytest.approx(2000.0)  # 6,400 GB/s of nodes, capped
+    assert cost(64, 0.0) == pytest.approx(6400.0)  # no cap
+    assert sandbox.load({"model": {"preset": "tiny"}, "cluster": {"preset": "localhost"}}
+                        ).cluster.storage_total_gb_per_s == 0.0
+    with pytest.raises(PlanError, match="storage_total_gb_per_s"):
+        sandbox.load({"model": {"preset": "tiny"},
+                      "cluster": {"preset": "localhost", "storage_total_gb_per_s": -1.0}})

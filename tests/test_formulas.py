@@ -145,3 +145,23 @@ def test_175b_does_not_fit_on_one_node_without_sharding():
                          "cluster": {"preset": "dgx-a100-80g", "nodes": 1},
                          "parallel": {"tp": 8, "global_batch": 8, "zero": 0}})
     assert sandbox.info(plan)["fits"] is False
+
+
+def test_uneven_stages_hold_their_own_layers():
+    """`parallel.stage_layers` = [16, 8] on a 24-layer model: stage 0 holds 4
+    more blocks' parameters and activations than the even split, stage 1 4
+    fewer; the most loaded GPU is stage 0's."""
+    def plan(**extra):
+        return sandbox.load({"model": {"preset": "gpt3-1.3b"},
+                             "cluster": {"preset": "dgx-a100-80g", "nodes": 1},
+                             "parallel": {"pp": 2, "tp": 4, "global_batch": 16, "micro_batch": 1,
+                                          **extra}})
+
+    even, uneven = plan(), plan(stage_layers=[16, 8])
+    m = even.model
+    block = memory.layer_params_per_gpu(m, 4) * memory.weight_bytes_per_param("bf16") / memory.GB
+    for stage, extra_blocks in ((0, 4), (1, -4)):
+        a, b = memory.memory_per_gpu(even, stage), memory.memory_per_gpu(uneven, stage)
+        assert b["params"] - a["params"] == pytest.approx(extra_blocks * block)
+        assert b["activations"] / a["activations"] == pytest.approx((12 + extra_blocks) / 12)
+    assert memory.memory_per_gpu(uneven)["stage"] == 0
