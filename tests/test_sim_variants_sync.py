@@ -139,3 +139,15 @@ def test_powersgd_needs_allreduce(cli, tmp_path):
     f.write_text('[cluster]\npreset = "dgx-a100-80g"\nnodes = 1\n[parallel]\nzero = 0\n'
                  'dp_mode = "parameter-server"\ngrad_compression = "powersgd:4"\n')
     assert_one_line_error(cli("simulate", str(f)), "parallel.grad_compression", "powersgd")
+
+
+def test_cli_text_shows_the_variant_fields(cli, tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text('[cluster]\npreset = "dgx-a100-80g"\nnodes = 1\n[parallel]\nzero = 0\n'
+                 'dp_mode = "async"\nglobal_batch = 16\n')
+    r = cli("simulate", str(f))
+    assert r.returncode == 0, r.stderr
+    rows = dict(line.split(None, 1) for line in r.stdout.splitlines() if line[:1].isalpha()
+                and len(line.split(None, 1)) == 2)
+    assert rows["dp_mode"].strip() == "async"
+    assert int(rows["staleness_steps"]) >= 1

@@ -29,6 +29,27 @@ def _failures(plan, step_time_s: float, seed: int) -> dict:
     return failure_report(plan, step_time_s, seed=seed).to_dict()
 
 
+# Contract fields format_result prints under its own labels; every other
+# scalar or short list (failures, synchronisation variants, stragglers,
+# balancing) follows under its JSON name.
+SHOWN = {"params", "flops_per_step", "hw_flops_per_step", "step_time_s", "tokens_per_s",
+         "tflops_per_gpu", "hw_tflops_per_gpu", "mfu", "hfu", "memory_gb_per_gpu", "fits",
+         "breakdown_s", "events", "sim_wall_s"}
+
+
+def _short(v: object) -> bool:
+    return not isinstance(v, dict | list | tuple) or len(v) <= 8 and not any(
+        isinstance(x, dict | list | tuple) for x in v)
+
+
+def _value(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return str(v)
+
+
 def format_result(d: dict) -> str:
     bd, mem = d["breakdown_s"], d["memory_gb_per_gpu"]
     rows = [("parameters", f"{d['params'] / 1e9:.3f} B"),
@@ -41,9 +62,7 @@ def format_result(d: dict) -> str:
     rows += [("memory per GPU", f"{mem['total']:.2f} GB"),
              ("fits", "yes" if d["fits"] else "NO (does not fit in GPU memory)"),
              ("events / simulator wall", f"{d['events']:,} / {d['sim_wall_s']:.3f} s")]
-    rows += [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in d.items()
-             if k in ("goodput", "expected_time_to_train_h", "checkpoint_cost_s",
-                      "checkpoint_interval_s")]
+    rows += [(k, _value(v)) for k, v in d.items() if k not in SHOWN and _short(v)]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
