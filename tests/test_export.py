@@ -13,18 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from conftest import run_cli
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
-
-from conftest import run_cli  # noqa: E402
-
-from runtime.distill import train_run  # noqa: E402
-from runtime.export import export  # noqa: E402
-from runtime.export_source import heldout_batches, load_run, train_batches  # noqa: E402
-from runtime.onnx_export import decoder_path, empty_past  # noqa: E402
-from runtime.quantize import session  # noqa: E402
-from sandbox.errors import SandboxError  # noqa: E402
+from runtime.distill import train_run
+from runtime.export import export
+from runtime.export_source import heldout_batches, load_run, train_batches
+from runtime.onnx_export import decoder_path, empty_past
+from runtime.quantize import session
+from sandbox.errors import SandboxError
 
 FAST = {"eval_batches": 2, "latency_repeats": 3, "decode_tokens": 12}
 

@@ -1,5 +1,7 @@
-"""The notebooks in experiments/notebooks run clean on CPU and show plots."""
+"""The notebooks in experiments/notebooks run clean on CPU and show plots
+(03 also generates text with the exported int8 model)."""
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,3 +35,13 @@ def test_01_explore_strategies():
 def test_02_run_and_compare():
     nb = execute("02_run_and_compare.ipynb")
     assert outputs(nb, "image/png") >= 2  # loss curve, predicted vs measured
+
+
+def test_03_export():
+    nb = execute("03_export.ipynb")
+    assert outputs(nb, "image/png") >= 1  # size / latency / perplexity bars
+    assert outputs(nb, "text/html") >= 2  # the int8 report and the comparison table
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    # both continuations start from the prompt (repr quotes with ' or ")
+    assert re.search(r"greedy : ['\"]def ", text) and re.search(r"sampled: ['\"]def ", text)
