@@ -30,7 +30,9 @@ records the load average around each run.
 
 A finished run in WORKDIR/NAME (same plan) is reused, so variants can be run
 one locked command at a time; the report is written from every finished run.
-Writes experiments/results/convergence_sync.md, .json and .png.
+Writes experiments/results/convergence_sync.md, .json and .png (with `--name N`:
+N.md, .json, .png, e.g. a longer run of a few variants:
+`--steps 360 --only allreduce "local-sgd k=4" --workdir /tmp/cs360 --name convergence_sync_360`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -191,7 +194,7 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def report(results: list[dict], steps: int, machine: dict) -> str:
+def report(results: list[dict], steps: int, machine: dict, command: str) -> str:
     ref = results[0]
     lines = [
         "# Synchronisation variants in the runtime: convergence against plain all-reduce",
@@ -238,9 +241,7 @@ def report(results: list[dict], steps: int, machine: dict) -> str:
         f"{machine['python']}, torch {machine['versions'].get('torch')}; commit "
         f"{machine['git_commit']}. Device: {ref['device']}.",
         "",
-        "Command: `flock /tmp/cpu.lock .venv/bin/python experiments/convergence_sync.py "
-        "--only NAME` per variant, then `.venv/bin/python experiments/convergence_sync.py "
-        "--report`.",
+        f"Command: {command}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -251,22 +252,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", choices=list(VARIANTS), help="train only these")
     ap.add_argument("--report", action="store_true", help="do not train; report finished runs")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/convergence_sync"))
+    ap.add_argument("--name", default="convergence_sync", help="results file name (no suffix)")
     args = ap.parse_args(argv)
     if not args.report:
         for name in args.only or VARIANTS:
             train(name, args.steps, args.workdir)
-    results = [r for name in VARIANTS if (r := collect(name, args.steps, args.workdir))]
+    names = args.only if args.only and args.name != "convergence_sync" else VARIANTS
+    results = [r for name in names if (r := collect(name, args.steps, args.workdir))]
     if not results or results[0]["variant"] != "allreduce":
         print("no finished all-reduce run to compare with yet")
         return 0 if args.only else 1
     machine = machine_info(("torch", "numpy", "matplotlib"))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    md = report(results, args.steps, machine)
-    (RESULTS / "convergence_sync.md").write_text(md)
-    (RESULTS / "convergence_sync.json").write_text(json.dumps(
+    if args.name == "convergence_sync":
+        command = ("`flock /tmp/cpu.lock .venv/bin/python experiments/convergence_sync.py "
+                   "--only NAME` per variant, then `.venv/bin/python "
+                   "experiments/convergence_sync.py --report`")
+    else:
+        command = "`flock /tmp/cpu.lock .venv/bin/python experiments/convergence_sync.py " + \
+            " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)) + "`"
+    md = report(results, args.steps, machine, command)
+    (RESULTS / f"{args.name}.md").write_text(md)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(
         {"steps": args.steps, "margin": MARGIN, "machine": machine, "results": results},
         indent=1) + "\n")
-    plot(results, RESULTS / "convergence_sync.png")
+    plot(results, RESULTS / f"{args.name}.png")
     print(md)
     return 0
 
