@@ -9,6 +9,7 @@ T compute between checkpoints, all seconds):
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -187,3 +188,20 @@ def test_checkpoint_bandwidth_is_capped_by_the_filesystem():
     with pytest.raises(PlanError, match="storage_total_gb_per_s"):
         sandbox.load({"model": {"preset": "tiny"},
                       "cluster": {"preset": "localhost", "storage_total_gb_per_s": -1.0}})
+
+
+def test_cli_simulate_failures_json_and_interval_plot(cli, tmp_path):
+    f, png = tmp_path / "p.toml", tmp_path / "interval.png"
+    f.write_text('[model]\npreset = "gpt3-1.3b"\n[cluster]\npreset = "dgx-a100-80g"\nnodes = 64\n'
+                 '[parallel]\ntp = 8\nglobal_batch = 512\n'
+                 '[train]\nsteps = 20000\ncheckpoint_every = 0\n')
+    r = cli("simulate", str(f), "--json", "--failures-plot", str(png))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert 0 < d["goodput"] < 1 and d["expected_time_to_train_h"] > 0
+    assert d["checkpoint_cost_s"] > 0
+    # whole steps between checkpoints, near Young/Daly (checked closely above)
+    every = d["checkpoint_interval_s"] / d["step_time_s"]
+    assert abs(every - round(every)) < 1e-6 and every >= 1
+    assert 0.5 < d["checkpoint_interval_s"] / d["young_daly_interval_s"] < 2
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

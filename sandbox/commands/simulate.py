@@ -1,4 +1,5 @@
-"""sandbox simulate PLAN [--json] [--trace FILE] [--plot FILE] [--failures]"""
+"""sandbox simulate PLAN [--json] [--trace FILE] [--plot FILE] [--failures]
+[--failures-plot FILE]"""
 
 from __future__ import annotations
 
@@ -17,16 +18,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="FILE", help="write a Gantt chart PNG of the step")
     p.add_argument("--failures", action="store_true",
                    help="add goodput, expected time to train and the checkpoint interval")
+    p.add_argument("--failures-plot", metavar="FILE",
+                   help="with --failures implied: write time to train against the "
+                        "checkpoint interval as a PNG")
     p.add_argument("--seed", type=int, default=0, help="seed of the failure simulation")
 
 
-def _failures(plan, step_time_s: float, seed: int) -> dict:
+def _failures(plan, step_time_s: float, seed: int):
     try:
         from sim.failures import failure_report
     except ImportError:
         raise SandboxError("--failures: the failure model (sim/failures.py) is not "
                            "available in this installation") from None
-    return failure_report(plan, step_time_s, seed=seed).to_dict()
+    return failure_report(plan, step_time_s, seed=seed)
 
 
 # Contract fields format_result prints under its own labels; every other
@@ -71,6 +75,7 @@ def main(args: argparse.Namespace) -> int:
     import sandbox
 
     plan = sandbox.load(args.plan)
+    args.failures = args.failures or bool(args.failures_plot)
     if args.failures:  # fail early, before simulating, if the module is missing
         try:
             import sim.failures  # noqa: F401
@@ -79,7 +84,10 @@ def main(args: argparse.Namespace) -> int:
     result = sandbox.simulate(plan, timeline=bool(args.trace or args.plot))
     d = result.to_dict()
     if args.failures:
-        d.update(_failures(plan, result.step_time_s, args.seed))
+        report = _failures(plan, result.step_time_s, args.seed)
+        d.update(report.to_dict())
+        if args.failures_plot:
+            report.plot_interval_sweep(args.failures_plot)
     if args.trace:
         result.chrome_trace(args.trace)
     if args.plot:
