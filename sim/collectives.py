@@ -96,7 +96,7 @@ def phases(topo: Topology, coll: Coll, prof: Profile) -> list[Phase]:
     if len(ranks) <= 1 or coll.nbytes <= 0:
         return []
     if op == "send_recv":
-        path = topo.route(ranks[0], ranks[1])
+        path = topo.route(ranks[0], ranks[1], topo.nic_of(ranks[0]))
         return [Phase((path,), (coll.nbytes / prof.collective_efficiency,),
                       topo.latency(path) + prof.collective_step_latency_s)]
     if coll.algorithm == "tree":

@@ -51,9 +51,8 @@ def ps_server_ranks(plan: Plan) -> list[int]:
 def _flows(topo: Topology, prof: Profile, pairs: list[tuple[int, int]], nbytes: float,
            channel_of: int) -> Phase:
     """Point-to-point flows of `nbytes` each (pairs with src == dst stay local);
-    inter-node traffic uses the NIC of `pair[channel_of]`'s local index."""
-    nics = topo.cluster.nics_per_node
-    paths = tuple(topo.route(a, b, (a, b)[channel_of] % topo.gpn % nics)
+    inter-node traffic uses the NIC next to GPU `pair[channel_of]`."""
+    paths = tuple(topo.route(a, b, topo.nic_of((a, b)[channel_of]))
                   for a, b in pairs if a != b)
     if not paths:
         return Phase((), (), 0.0)

@@ -40,6 +40,11 @@ class Topology:
     def node_of(self, gpu: int) -> int:
         return gpu // self.gpn
 
+    def nic_of(self, gpu: int) -> int:
+        """The NIC next to `gpu` on its node (DGX: GPU i and NIC i share a
+        PCIe switch; with fewer NICs, neighbouring GPUs share one)."""
+        return gpu % self.gpn * self.cluster.nics_per_node // self.gpn
+
     def capacity(self, link: Link) -> float:
         return self.graph.edges[link]["bw"]
 

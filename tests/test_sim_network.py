@@ -95,3 +95,17 @@ def test_oversubscribed_spine_slows_cross_leaf_traffic():
     t_full = concurrent_time(topology.build(full), colls, IDEAL)
     t_over = concurrent_time(topology.build(over), colls, IDEAL)
     assert t_over == pytest.approx(4 * t_full)
+
+
+@pytest.mark.parametrize("nics,share", [(8, 1), (4, 2), (1, 8)])
+def test_point_to_point_sends_leave_through_the_gpus_own_nic(nics, share):
+    """GPU i of node 0 sends to GPU i of node 1, all 8 at once (a pipeline
+    send split over a TP group): each uses the NIC next to it, so with 8 NICs
+    they take as long as one send, with 4 two GPUs share a NIC, with 1 all do."""
+    c = cluster(nodes=2, nics_per_node=nics, nic_gbit_per_s=200.0)
+    topo = topology.build(c)
+    n = 1e8
+    one = concurrent_time(topo, [Coll("send_recv", (0, 8), n)], IDEAL)
+    assert one == pytest.approx(n / 25e9)
+    eight = concurrent_time(topo, [Coll("send_recv", (i, 8 + i), n) for i in range(8)], IDEAL)
+    assert eight == pytest.approx(share * one)
