@@ -63,7 +63,9 @@ def test_zero3_adds_parameter_allgathers():
     per = collective_time(topo, Coll("all_gather", tuple(range(16)), 2 * r3.params),
                           profile_for(z3.cluster))
     assert per_op[0]["end_s"] - per_op[0]["start_s"] == pytest.approx(per, rel=0.05)
-    assert r3.step_time_s >= r1.step_time_s
+    # ZeRO-3 exposes at least its first gather (nothing to hide it behind), the
+    # same bytes as ZeRO-1's post-step gather: never faster (up to rounding)
+    assert r3.step_time_s >= r1.step_time_s * (1 - 1e-12)
 
 
 def test_dp_overlap_hides_gradient_reduction():
