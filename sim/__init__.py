@@ -85,6 +85,8 @@ def _result(plan: Plan, res: Any, wall: float, extra: dict | None = None) -> Sim
     parts = {"compute": st.compute, "tp_comm": st.tp_comm, "pp_comm": st.pp_comm,
              "dp_comm": st.dp_comm, "bubble": st.bubble, "optimizer": st.optimizer}
     parts["other"] = max(0.0, step - sum(parts.values()))
+    if st.host > 0:  # part of `other`: host-bound ops (`sim.host`)
+        extra = {**(extra or {}), "host_bound_s": st.host}
     tokens, flops, hw = variation.step_counts(plan)
     n = plan.world_size
     peak = variation.peak_flops_total(plan) / n  # mean over mixed GPU kinds

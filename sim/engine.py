@@ -30,6 +30,7 @@ class RankStats:
     bubble: float = 0.0
     dp_comm: float = 0.0
     optimizer: float = 0.0
+    host: float = 0.0  # ops' time beyond their GPU work: the host dispatching them
     finish: float = 0.0
 
 
@@ -167,6 +168,7 @@ def run(work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),
             yield env.timeout(cost.total)
             st.compute += cost.compute_s
             st.tp_comm += cost.tp_s
+            st.host += cost.total - cost.compute_s - cost.tp_s
             span(rank, "compute", {"F": "fwd", "B": "bwd", "W": "wgrad"}[kind], t0, env.now, mb)
             if kind == "F" and vs < P * v - 1:
                 send(r, s, (r, "F", mb, vs), "fwd")

@@ -16,7 +16,9 @@ class SimResult:
     `breakdown_s` splits the critical (slowest) rank's step: exposed compute,
     tensor-parallel communication (blocking in Megatron-LM), exposed pipeline
     transfers, exposed data-parallel communication, idle pipeline bubble,
-    optimizer, and `other` (what is left); it adds up to `step_time_s`.
+    optimizer, and `other` (what is left: mostly ops bound by the host's
+    kernel dispatch, given in `extra["host_bound_s"]`); it adds up to
+    `step_time_s`.
     `timeline` holds `{rank, stream, kind, start_s, end_s, microbatch}` spans.
     """
 

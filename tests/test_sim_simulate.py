@@ -91,6 +91,9 @@ def test_host_bound_small_plan():
     r = simulate(p, profile=slow_host)
     assert r.step_time_s > simulate(p, profile=Profile()).step_time_s
     assert r.breakdown_s["other"] > 0.5 * r.step_time_s
+    # `other` is the host-bound time here, reported on its own as well
+    assert 0 < r.extra["host_bound_s"] <= r.breakdown_s["other"] * (1 + 1e-9)
+    assert "host_bound_s" not in simulate(p, profile=Profile()).extra
 
 
 def test_slower_network_slows_only_communication():
