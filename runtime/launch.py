@@ -3,7 +3,7 @@
     run(plan, out, steps=None, resume=False) -> RunResult
 
 Before anything starts (and before anything in `out` changes) it checks: the
-runtime implements the plan's synchronisation (`check_runtime_support`), the
+runtime implements the plan's synchronisation (`sandbox.validate.validate_runtime`), the
 plan fits in memory (`sandbox.memory.fits`), this machine can give its world
 size (GPUs: at most `torch.cuda.device_count()`; CPU: at most 4 processes
 per core), the data is readable, `out` holds no earlier run unless resuming,
@@ -28,6 +28,7 @@ from pathlib import Path
 from runtime.result import RunResult
 from sandbox.errors import SandboxError
 from sandbox.specs import Plan
+from sandbox.validate import validate_runtime
 
 CPU_OVERSUBSCRIPTION = 4  # at most this many CPU processes per core
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,15 +62,6 @@ def check_world_size(plan: Plan) -> str | None:
             return (f"note: {world} CPU processes on {n} cores (oversubscribed: slower, "
                     "same results)")
     return None
-
-
-def check_runtime_support(plan: Plan) -> None:
-    """Refuse what only the simulator models (`sandbox.validate.runtime_problems`)."""
-    from sandbox.errors import PlanError
-    from sandbox.validate import runtime_problems
-
-    if problems := runtime_problems(plan):
-        raise PlanError(problems)
 
 
 def check_memory(plan: Plan) -> None:
@@ -203,7 +195,7 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
                            f"{plan.world_size}")
     if max_restarts < 0:
         raise SandboxError(f"--max-restarts: must not be negative, got {max_restarts}")
-    check_runtime_support(plan)
+    validate_runtime(plan)  # what only the simulator models is refused here
     check_memory(plan)
     note = check_world_size(plan)
     check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)

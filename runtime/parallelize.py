@@ -42,6 +42,7 @@ from runtime.recompute import apply_recompute
 from runtime.sync_variants import apply_sync, uses_sync_variants
 from runtime.tensor_parallel import apply_tp
 from sandbox.specs import Plan
+from sandbox.validate import validate_runtime
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -214,11 +215,7 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
     p = plan.parallel
     if mesh is None and plan.world_size != 1:
         raise ValueError(f"parallelize: a world of {plan.world_size} ranks needs a DeviceMesh")
-    from sandbox.errors import PlanError
-    from sandbox.validate import runtime_problems
-
-    if problems := runtime_problems(plan):
-        raise PlanError(problems)
+    validate_runtime(plan)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.train.precision)
     if device.type == "cpu":
         autocast = None  # CPU runs train in fp32

@@ -30,6 +30,9 @@ def _figure(width: float, height: float, ncols: int = 1):
     return fig, axes
 
 
+RECOMPUTE_SHORT = {"none": "none", "selective": "sel", "full": "full"}
+
+
 def plan_label(plan: Any) -> str:
     """Short name of a plan's parallel layout: `TP8 PP16 v3 DP8 mb1 Z1 rc-sel`
     (recompute: rc-none, rc-sel, rc-full)."""
@@ -40,9 +43,6 @@ def plan_label(plan: Any) -> str:
     return (f"TP{get('tp')} PP{get('pp')}{v} DP{get('dp')} mb{get('micro_batch')} "
             f"Z{get('zero')} rc-{RECOMPUTE_SHORT.get(get('recompute'), get('recompute'))}"
             f"{sched}")
-
-
-RECOMPUTE_SHORT = {"none": "none", "selective": "sel", "full": "full"}
 
 
 def _wrap(label: str, width: int = 16) -> str:

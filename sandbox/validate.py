@@ -213,6 +213,13 @@ def runtime_problems(plan: Plan) -> list[str]:
     return []
 
 
+def validate_runtime(plan: Plan) -> Plan:
+    """Raise PlanError listing what `run` cannot execute (`runtime_problems`)."""
+    if problems := runtime_problems(plan):
+        raise PlanError(problems)
+    return plan
+
+
 def validate(plan: Plan) -> Plan:
     """Raise PlanError listing every broken rule; return the plan if valid."""
     problems = plan_problems(plan)

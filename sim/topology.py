@@ -94,8 +94,10 @@ def _add(g: nx.DiGraph, u, v, bw: float, lat: float) -> None:
 
 
 def shared(cluster: Cluster, kind: str | None = None) -> Topology:
-    """`build`, memoised per (cluster, kind) for callers that never modify the
-    graph (the simulator): routes and latencies computed once are reused."""
+    """`build`, memoised per (cluster, kind): routes and latencies computed
+    once are reused. Callers must not change the graph, except the cluster's
+    own slow links, which `sim.variation.apply_slow_links` applies once per
+    graph."""
     key = (cluster, kind or cluster.topology)
     topo = _SHARED.get(key)
     if topo is None:
