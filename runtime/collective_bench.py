@@ -33,17 +33,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from runtime.microbench import Stat, summarize
+from sandbox.profile import bus_factor
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
-
-
-def bus_factor(op: str, p: int) -> float:
-    """nccl-tests bus-bandwidth factor of `op` on `p` ranks."""
-    if op == "all_reduce":
-        return 2.0 * (p - 1) / p
-    if op in ("all_gather", "reduce_scatter"):
-        return (p - 1) / p
-    return 1.0
 
 
 @dataclass(frozen=True)

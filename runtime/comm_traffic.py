@@ -20,20 +20,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SENT_FRACTION = {
-    "all_reduce": lambda n: 2.0 * (n - 1) / n,
-    "all_gather": lambda n: float(n - 1),
-    "reduce": lambda n: (n - 1) / n,
-    "broadcast": lambda n: (n - 1) / n,
-}
+from sandbox.profile import bus_factor
+
+# op -> (the ring collective with the same traffic, buffer = n payloads?)
+AS_RING = {"all_reduce": ("all_reduce", False), "all_gather": ("all_gather", True),
+           "reduce": ("reduce_scatter", False), "broadcast": ("all_gather", False)}
 
 
 def sent_bytes(op: str, payload_bytes: float, n: int) -> float:
     """Bytes one rank sends (mean over ranks) for collective `op` over n ranks
-    on a payload of `payload_bytes` (the tensor one rank passes in)."""
-    if op not in SENT_FRACTION:
-        raise ValueError(f"unknown collective {op!r}; choose one of {', '.join(SENT_FRACTION)}")
-    return SENT_FRACTION[op](n) * payload_bytes if n > 1 else 0.0
+    on a payload of `payload_bytes` (the tensor one rank passes in): the
+    ring's bus factor (`sandbox.profile.bus_factor`) times the buffer, which
+    for all-gather is the n payloads gathered."""
+    if op not in AS_RING:
+        raise ValueError(f"unknown collective {op!r}; choose one of {', '.join(AS_RING)}")
+    ring, gathered = AS_RING[op]
+    return bus_factor(ring, n) * payload_bytes * (n if gathered else 1) if n > 1 else 0.0
 
 
 @dataclass

@@ -48,7 +48,7 @@ optimizer_s = 0.026             # one AdamW step over the block's parameters on 
 op = "all_reduce"               # all_reduce | all_gather | reduce_scatter | send_recv
 group_size = 8
 latency_s = 2.0e-5
-busbw_bytes_per_s = 1.2e11      # time = latency_s + ring_factor * bytes / busbw
+busbw_bytes_per_s = 1.2e11      # time = latency_s + bus_factor * bytes / busbw
 backend = "nccl"
 ```
 A measured block makes a plan with exactly that layer (model dims,
@@ -206,6 +206,18 @@ class Profile:
         if self.collective:
             d["collective"] = [dataclasses.asdict(c) for c in self.collective]
         return d
+
+
+def bus_factor(op: str, p: int) -> float:
+    """Bytes each rank sends on a ring, as a fraction of the buffer (the
+    nccl-tests bus-bandwidth factor): 2(p-1)/p for all-reduce, (p-1)/p for
+    all-gather and reduce-scatter (buffer: the gathered output / the
+    input), 1 for send/recv. Collective time = latency + factor x bytes / busbw."""
+    if op == "all_reduce":
+        return 2.0 * (p - 1) / p
+    if op in ("all_gather", "reduce_scatter"):
+        return (p - 1) / p
+    return 1.0
 
 
 def padded_gemm_flops(m: int, n: int, k: int, batch: int = 1,

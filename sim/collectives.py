@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sandbox.profile import Profile
+from sandbox.profile import Profile, bus_factor
 from sim.network import fluid_finish
 from sim.topology import Topology
 
@@ -46,15 +46,6 @@ class Phase:
     latency_s: float
 
 
-def ring_factor(op: str, p: int) -> float:
-    """Bytes each ring edge carries, as a fraction of the buffer N."""
-    if op == "all_reduce":
-        return 2.0 * (p - 1) / p
-    if op in ("all_gather", "reduce_scatter"):
-        return (p - 1) / p
-    return 1.0
-
-
 def ring_steps(op: str, p: int) -> int:
     return 2 * (p - 1) if op == "all_reduce" else (p - 1 if op != "send_recv" else 1)
 
@@ -64,7 +55,7 @@ def _ring(topo: Topology, op: str, ranks: tuple[int, ...], nbytes: float,
     p = len(ranks)
     nodes = {topo.node_of(r) for r in ranks}
     channels = topo.cluster.nics_per_node if len(nodes) > 1 else 1
-    per = ring_factor(op, p) * nbytes / channels / prof.collective_efficiency
+    per = bus_factor(op, p) * nbytes / channels / prof.collective_efficiency
     paths, sizes = [], []
     for c in range(channels):
         for i in range(p):
@@ -129,7 +120,7 @@ def concurrent_time(topo: Topology, colls: list[Coll], prof: Profile) -> float:
         return 0.0
     measured = [prof.collective_point(c.op, len(c.ranks)) for c in colls]
     if all(m is not None for m in measured):
-        return max(m.latency_s + ring_factor(c.op, len(c.ranks)) * c.nbytes / m.busbw_bytes_per_s
+        return max(m.latency_s + bus_factor(c.op, len(c.ranks)) * c.nbytes / m.busbw_bytes_per_s
                    for c, m in zip(colls, measured, strict=True))
     all_phases = [phases(topo, c, prof) for c in colls]
     total = 0.0

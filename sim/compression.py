@@ -39,9 +39,9 @@ import math
 from dataclasses import dataclass
 
 from sandbox import memory
+from sandbox.profile import bus_factor
 from sandbox.specs import Model, Plan
 from sim import compute
-from sim.collectives import ring_factor
 
 GRAD_BYTES = 4  # fp32 gradients
 MIN_COMPRESSION_RATE = 2.0  # PyTorch PowerSGDState.min_compression_rate default
@@ -101,8 +101,8 @@ def wire_bytes(plan: Plan, dev: compute.Device, mats: Matrices, p: int,
     if not compressed:
         op = "reduce_scatter" if plan.parallel.zero >= 1 else "all_reduce"
         n = sum(r * c * k for r, c, k in mats.shapes) + mats.vector_params
-        return ring_factor(op, p) * n * GRAD_BYTES
-    return sum(ring_factor(st[0], p) * st[1] for st in bucket_steps(plan, dev, mats, 1.0, p)
+        return bus_factor(op, p) * n * GRAD_BYTES
+    return sum(bus_factor(st[0], p) * st[1] for st in bucket_steps(plan, dev, mats, 1.0, p)
                if st[0] != "compute")
 
 

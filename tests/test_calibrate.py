@@ -11,8 +11,9 @@ import pytest
 import sandbox
 from runtime.calibrate import Budget, calibrate
 from runtime.calibration_profile import agreement, measurements
-from runtime.collective_bench import CollectiveFit, bus_factor, fit_alpha_beta
+from runtime.collective_bench import CollectiveFit, fit_alpha_beta
 from runtime.microbench import summarize
+from sandbox.profile import bus_factor
 
 # One process x 1 thread: a single-threaded rank (stable on a loaded 2-core box);
 # the tiny model's shapes; two collective sizes. About 10 s per calibration.

@@ -205,3 +205,18 @@ def test_run_rejects_before_writing(cli, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "parallel.grad_compression" in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_sent_bytes_follow_the_ring_formulas():
+    """The traffic counter prices each collective from the shared bus factor:
+    all-reduce 2(n-1)/n S, all-gather (n-1) s, reduce and broadcast (n-1)/n S."""
+    from runtime.comm_traffic import sent_bytes
+
+    n, s = 4, 1000.0
+    assert sent_bytes("all_reduce", s, n) == pytest.approx(1500.0)
+    assert sent_bytes("all_gather", s, n) == pytest.approx(3000.0)
+    assert sent_bytes("reduce", s, n) == pytest.approx(750.0)
+    assert sent_bytes("broadcast", s, n) == pytest.approx(750.0)
+    assert sent_bytes("all_reduce", s, 1) == 0.0
+    with pytest.raises(ValueError, match="unknown collective"):
+        sent_bytes("all_to_all", s, n)
