@@ -60,18 +60,6 @@ GATHER_START_ITER = 1  # int8/top-k: plain all-reduce in step 1 (DDP rebuilds bu
 FP32_BYTES, INDEX_BYTES = 4, 4
 
 
-def parse_compression(spec: str) -> tuple[str, float]:
-    """'none' | 'fp16' | 'bf16' | 'int8' | 'topk:F' | 'powersgd:R' -> (kind, argument)."""
-    kind, _, arg = spec.partition(":")
-    if kind in ("none", "fp16", "bf16", "int8") and not arg:
-        return kind, 0.0
-    if kind == "topk" and arg and 0.0 < float(arg) <= 1.0:
-        return kind, float(arg)
-    if kind == "powersgd" and arg.isdigit() and int(arg) > 0:
-        return kind, float(int(arg))
-    raise ValueError(f"parallel.grad_compression: unknown value {spec!r}")
-
-
 @dataclass
 class GatherState:
     """State of `int8_hook` / `topk_hook`: the group, the fraction of entries
@@ -206,11 +194,11 @@ def _powersgd(state, bucket):
     return after
 
 
-def register_compression(ddp: DDP, spec: str, group: dist.ProcessGroup, traffic: Traffic,
-                         seed: int = 0) -> object:
-    """Register the hook for `spec` (parallel.grad_compression) on `ddp`,
-    averaging over `group`; returns the hook's state."""
-    kind, arg = parse_compression(spec)
+def register_compression(ddp: DDP, compression: tuple[str, float], group: dist.ProcessGroup,
+                         traffic: Traffic, seed: int = 0) -> object:
+    """Register the hook for `compression` (`Parallel.compression` of a
+    validated plan) on `ddp`, averaging over `group`; returns the hook's state."""
+    kind, arg = compression
     if kind == "powersgd":
         state = psgd.PowerSGDState(process_group=group, matrix_approximation_rank=int(arg),
                                    start_powerSGD_iter=POWERSGD_START_ITER,

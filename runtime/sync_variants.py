@@ -95,18 +95,16 @@ def uses_sync_variants(plan: Plan) -> bool:
 
 def apply_sync(model: nn.Module, plan: Plan, mesh: DeviceMesh) -> tuple[nn.Module, object]:
     """(module to run, sync object) for `model` replicated over mesh["dp"].
-    Collective: every rank calls it (it may create a process group)."""
+    Collective: every rank calls it (it may create a process group). The plan
+    is one `sandbox.validate.validate_runtime` accepts."""
     p = plan.parallel
     group = mesh["dp"].get_group()
     traffic = Traffic(n=p.dp)
     if p.dp_mode == "allreduce":
         ddp = DDP(model, process_group=group, bucket_cap_mb=BUCKET_CAP_MB)
-        state = register_compression(ddp, p.grad_compression, group, traffic,
+        state = register_compression(ddp, p.compression, group, traffic,
                                      seed=plan.train.seed)
         return ddp, DDPSync(state, traffic)
-    if p.grad_compression != "none":
-        raise ValueError(f"parallel.grad_compression: {p.grad_compression!r} needs "
-                         f"dp_mode = 'allreduce', got {p.dp_mode!r}")
     if p.dp_mode == "local-sgd":
         return model, LocalSGD(model, p.sync_every, group, traffic)
     if p.dp_mode in ("parameter-server", "async"):

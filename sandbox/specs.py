@@ -172,6 +172,13 @@ class Parallel:
         """Microbatches per replica per step (gradient-accumulation steps)."""
         return self.global_batch // (self.dp * self.micro_batch)
 
+    @property
+    def compression(self) -> tuple[str, float]:
+        """`grad_compression` as (kind, argument): ('topk', 0.01), ('powersgd',
+        4.0), ('fp16', 0.0); the values `sandbox.validate` accepts."""
+        kind, _, arg = self.grad_compression.partition(":")
+        return kind, float(arg) if arg else 0.0
+
 
 @dataclass(frozen=True)
 class Train:

@@ -48,15 +48,6 @@ MIN_COMPRESSION_RATE = 2.0  # PyTorch PowerSGDState.min_compression_rate default
 Step = tuple  # ("compute", seconds) | (op, nbytes)
 
 
-def scheme(plan: Plan) -> tuple[str, float]:
-    """('none'|'fp16'|'bf16'|'int8'|'topk'|'powersgd', parameter)."""
-    c = plan.parallel.grad_compression
-    if ":" in c:
-        name, arg = c.split(":")
-        return name, float(arg)
-    return c, 0.0
-
-
 @dataclass(frozen=True)
 class Matrices:
     """The 2-D weights one tensor-parallel rank of a stage holds, by shape."""
@@ -110,7 +101,7 @@ def bucket_steps(plan: Plan, dev: compute.Device, mats: Matrices, share: float,
                  p: int) -> list[Step]:
     """Steps of one bucket holding `share` (a fraction) of the stage's
     gradients, reduced over `p` data-parallel ranks (see the module docstring)."""
-    name, arg = scheme(plan)
+    name, arg = plan.parallel.compression
     n = share * (sum(r * c * k for r, c, k in mats.shapes) + mats.vector_params)
     sharded = plan.parallel.zero >= 1  # a reduce-scatter leaves each rank its shard
     mt = compute.memory_time
@@ -158,7 +149,7 @@ def _powersgd_steps(dev: compute.Device, mats: Matrices, share: float, rank: int
 def push_payload(plan: Plan, dev: compute.Device, n: float) -> tuple[float, float]:
     """(bytes, compress seconds) of `n` gradients pushed to parameter servers
     (the servers sum what they receive; PowerSGD has no push form)."""
-    name, arg = scheme(plan)
+    name, arg = plan.parallel.compression
     mt = compute.memory_time
     if name == "none":
         return n * GRAD_BYTES, 0.0

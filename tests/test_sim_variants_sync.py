@@ -151,3 +151,13 @@ def test_cli_text_shows_the_variant_fields(cli, tmp_path):
                 and len(line.split(None, 1)) == 2)
     assert rows["dp_mode"].strip() == "async"
     assert int(rows["staleness_steps"]) >= 1
+
+
+@pytest.mark.parametrize("spec,parsed", [("none", ("none", 0.0)), ("bf16", ("bf16", 0.0)),
+                                         ("topk:0.01", ("topk", 0.01)),
+                                         ("powersgd:4", ("powersgd", 4.0))])
+def test_compression_spec_is_parsed_in_one_place(spec, parsed):
+    """`Parallel.compression`, used by the simulator and the runtime's hooks."""
+    p = sandbox.load({"cluster": {"preset": "dgx-a100-80g", "nodes": 1},
+                      "parallel": {"zero": 0, "grad_compression": spec}}).parallel
+    assert p.compression == parsed
