@@ -1,10 +1,14 @@
 """Memory per GPU by component, as pure functions (bytes unless named _gb).
 
 - Weights, gradients and optimizer states follow Megatron-LM's mixed
-  precision: 16-bit weights, fp32 gradients, fp32 master weights plus two
-  fp32 Adam moments (2 + 4 + 12 = 18 bytes per parameter); fp32 training
-  keeps 4 + 4 + 8. ZeRO 1 shards the optimizer states over dp, ZeRO 2 also
-  the gradients, ZeRO 3 also the weights.
+  precision (its distributed-optimizer table): bf16 keeps 16-bit weights,
+  fp32 gradients (`accumulate_allreduce_grads_in_fp32`, forced for bf16),
+  fp32 master weights plus two fp32 Adam moments (2 + 4 + 12 = 18 bytes per
+  parameter); fp16 accumulates and all-reduces 16-bit gradients and the
+  optimizer keeps an fp32 copy of them for the master weights
+  (2 + 2 + 16 = 20); fp32 training keeps 4 + 4 + 8. ZeRO 1 shards the
+  optimizer states over dp, ZeRO 2 also the gradients, ZeRO 3 also the
+  weights.
 - Activations per layer follow Korthikanti et al. (2022), written per tensor
   so that GQA and SwiGLU shapes fit: for a GPT block this is exactly
   `s b h (34 + 5 a s / h)` bytes without parallelism,
@@ -31,14 +35,17 @@ def weight_bytes_per_param(precision: str) -> int:
 
 
 def grad_bytes_per_param(precision: str) -> int:
-    """Gradients accumulate in fp32 (Megatron's main_grad) in every precision."""
-    return 4
+    """Bytes of one accumulated gradient, which is also what the data-parallel
+    reduction sends per value: Megatron's main_grad is fp32 except with fp16,
+    where gradients stay 16-bit unless asked otherwise."""
+    return 2 if precision == "fp16" else 4
 
 
 def optimizer_bytes_per_param(precision: str, optimizer: str = "adamw") -> int:
-    """Optimizer moments plus an fp32 master copy when weights are 16-bit."""
+    """Optimizer moments plus, when weights are 16-bit, an fp32 master copy
+    (and with fp16 the fp32 copy of the 16-bit gradient the master steps on)."""
     states = 8 if optimizer == "adamw" else 4
-    return states + (0 if precision == "fp32" else 4)
+    return states + {"fp32": 0, "fp16": 8}.get(precision, 4)
 
 
 def layer_params_per_gpu(m: Model, tp: int) -> float:

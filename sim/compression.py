@@ -5,11 +5,13 @@
 sequence of steps: `("compute", seconds)` for compress / decompress kernels
 on the GPU and `(op, nbytes)` for collectives over the data-parallel group,
 `op` one of all_reduce | reduce_scatter | all_gather (`nbytes` the buffer,
-as in `sim.collectives`). Gradients are fp32 (Megatron's main_grad).
+as in `sim.collectives`). Gradients are Megatron's main_grad:
+`sandbox.memory.grad_bytes_per_param` bytes each, fp32 except in fp16
+training, whose gradients are already 16-bit.
 
-- none: ring all-reduce of n fp32 values (reduce-scatter with ZeRO >= 1).
+- none: ring all-reduce of the n gradients (reduce-scatter with ZeRO >= 1).
 - fp16 / bf16: cast to 16 bits (read 4, write 2 bytes per value), reduce the
-  16-bit buffer, cast back.
+  16-bit buffer, cast back; nothing to do when the gradients are 16-bit.
 - int8: per-bucket scaled quantisation (read 4, write 1); DeepSpeed's
   compressed all-reduce: the int8 chunks are exchanged (reduce-scatter
   pattern), each rank dequantises the p-1 chunks of its shard, sums in fp32
@@ -43,7 +45,6 @@ from sandbox.profile import bus_factor
 from sandbox.specs import Model, Plan
 from sim import compute
 
-GRAD_BYTES = 4  # fp32 gradients
 MIN_COMPRESSION_RATE = 2.0  # PyTorch PowerSGDState.min_compression_rate default
 Step = tuple  # ("compute", seconds) | (op, nbytes)
 
@@ -85,6 +86,11 @@ def _powersgd_split(mats: Matrices, rank: int) -> tuple[list, float]:
     return comp, plain
 
 
+def grad_bytes(plan: Plan) -> int:
+    """Bytes per uncompressed gradient value on the wire."""
+    return memory.grad_bytes_per_param(plan.train.precision)
+
+
 def wire_bytes(plan: Plan, dev: compute.Device, mats: Matrices, p: int,
                compressed: bool = True) -> float:
     """Bytes one rank sends per step to reduce its stage's gradients over `p`
@@ -92,7 +98,7 @@ def wire_bytes(plan: Plan, dev: compute.Device, mats: Matrices, p: int,
     if not compressed:
         op = "reduce_scatter" if plan.parallel.zero >= 1 else "all_reduce"
         n = sum(r * c * k for r, c, k in mats.shapes) + mats.vector_params
-        return bus_factor(op, p) * n * GRAD_BYTES
+        return bus_factor(op, p) * n * grad_bytes(plan)
     return sum(bus_factor(st[0], p) * st[1] for st in bucket_steps(plan, dev, mats, 1.0, p)
                if st[0] != "compute")
 
@@ -105,8 +111,8 @@ def bucket_steps(plan: Plan, dev: compute.Device, mats: Matrices, share: float,
     n = share * (sum(r * c * k for r, c, k in mats.shapes) + mats.vector_params)
     sharded = plan.parallel.zero >= 1  # a reduce-scatter leaves each rank its shard
     mt = compute.memory_time
-    if name == "none":
-        return [("reduce_scatter" if sharded else "all_reduce", n * GRAD_BYTES)]
+    if name == "none" or (name in ("fp16", "bf16") and grad_bytes(plan) == 2):
+        return [("reduce_scatter" if sharded else "all_reduce", n * grad_bytes(plan))]
     if name in ("fp16", "bf16"):
         back = n / p if sharded else n
         return [("compute", mt(dev, n * 6)),
@@ -124,10 +130,11 @@ def bucket_steps(plan: Plan, dev: compute.Device, mats: Matrices, share: float,
                 ("compute", mt(dev, n * 4 + p * k * 16))]
     # PyTorch runs the hook's fp32 matmuls without TF32 by default: the FP32 peak
     dev32 = dataclasses.replace(dev, peak_flops=plan.cluster.gpu.peak_flops("fp32"))
-    return _powersgd_steps(dev32, mats, share, int(arg))
+    return _powersgd_steps(dev32, mats, share, int(arg), grad_bytes(plan))
 
 
-def _powersgd_steps(dev: compute.Device, mats: Matrices, share: float, rank: int) -> list[Step]:
+def _powersgd_steps(dev: compute.Device, mats: Matrices, share: float, rank: int,
+                    value_bytes: int) -> list[Step]:
     comp, plain = _powersgd_split(mats, rank)
     g = compute.gemm_time
     n_comp = sum(r * c * k for r, c, k in comp)
@@ -140,9 +147,9 @@ def _powersgd_steps(dev: compute.Device, mats: Matrices, share: float, rank: int
     expand = sum(g(dev, r, c, rank, batch=k, bytes_per=4) for r, c, k in comp)
     feedback = mt(dev, n_comp * 12)  # M + residual before, residual = M - P Q^T after
     return [("compute", share * (feedback + make_p)),
-            ("all_reduce", share * (p_vals + plain) * GRAD_BYTES),
+            ("all_reduce", share * (p_vals + plain) * value_bytes),
             ("compute", share * (orth + make_q)),
-            ("all_reduce", share * q_vals * GRAD_BYTES),
+            ("all_reduce", share * q_vals * value_bytes),
             ("compute", share * (expand + feedback))]
 
 
@@ -151,8 +158,8 @@ def push_payload(plan: Plan, dev: compute.Device, n: float) -> tuple[float, floa
     (the servers sum what they receive; PowerSGD has no push form)."""
     name, arg = plan.parallel.compression
     mt = compute.memory_time
-    if name == "none":
-        return n * GRAD_BYTES, 0.0
+    if name == "none" or (name in ("fp16", "bf16") and grad_bytes(plan) == 2):
+        return n * grad_bytes(plan), 0.0
     if name in ("fp16", "bf16"):
         return n * 2, mt(dev, n * 6)
     if name == "int8":

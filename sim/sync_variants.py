@@ -75,7 +75,7 @@ def ps_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device,
                   n * memory.weight_bytes_per_param(tr.precision) / S, 1)
     shard = len(workers) / plan.parallel.dp * n / S  # parameters per server
     update = Phase((), (), compute.memory_time(dev, plan.parallel.dp * shard * push_b / n
-                                               + shard * compression.GRAD_BYTES)
+                                               + shard * compression.grad_bytes(plan))
                    + compute.optimizer_time(dev, shard, tr.precision))
     comp = [Phase((), (), comp_s)] if comp_s > 0 else []
     return comp + [push, update, pull]
@@ -144,7 +144,7 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
                 workers = [rank_of(plan, d, s, t) for d in range(p.dp) for t in range(p.tp)]
                 ph = ps_phases(plan, topo, prof, dev, workers, n_params / nb)
                 b_sent = compression.push_payload(plan, dev, n_params)[0]
-                b_plain = n_params * compression.GRAD_BYTES
+                b_plain = n_params * compression.grad_bytes(plan)
             stage_b = [(n_params / nb, ph)] * nb  # equal buckets: one set of phases
             sent, plain = max(sent, b_sent), max(plain, b_plain)
         buckets.append(stage_b)

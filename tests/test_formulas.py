@@ -81,7 +81,8 @@ def test_sequence_parallel_plus_selective_recompute_saves_5x_on_175b():
 
 
 # Megatron-LM docs (distributed optimizer): bytes per parameter.
-@pytest.mark.parametrize("precision,plain,zero1", [("bf16", 18, (6, 12)), ("fp32", 16, (8, 8))])
+@pytest.mark.parametrize("precision,plain,zero1",
+                         [("bf16", 18, (6, 12)), ("fp16", 20, (4, 16)), ("fp32", 16, (8, 8))])
 def test_bytes_per_parameter_match_megatron(precision, plain, zero1):
     w = memory.weight_bytes_per_param(precision)
     g = memory.grad_bytes_per_param(precision)

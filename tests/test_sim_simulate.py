@@ -75,6 +75,21 @@ def test_dp_overlap_hides_gradient_reduction():
     assert overlapped.step_time_s < after.step_time_s
 
 
+def test_fp16_reduces_16bit_gradients():
+    """Megatron keeps fp16 gradients 16-bit (bf16 forces fp32 main_grad): the
+    data-parallel all-reduce moves half the bytes, the optimizer keeps the
+    fp32 copy instead (20 bytes per parameter against 18)."""
+    bf = plan(tp=1, pp=1, zero=0)
+    fp = bf.replace(**{"train.precision": "fp16"})
+    rb, rf = simulate(bf, dp_overlap=False), simulate(fp, dp_overlap=False)
+    assert rf.breakdown_s["dp_comm"] == pytest.approx(rb.breakdown_s["dp_comm"] / 2, rel=0.02)
+    assert rf.breakdown_s["compute"] == pytest.approx(rb.breakdown_s["compute"])
+    mb, mf = rb.memory_gb_per_gpu, rf.memory_gb_per_gpu
+    assert mf["grads"] == pytest.approx(mb["grads"] / 2)
+    assert mf["params"] + mf["grads"] + mf["optimizer"] == pytest.approx(
+        (mb["params"] + mb["grads"] + mb["optimizer"]) * 20 / 18)
+
+
 def test_tp_overlap_hides_backward_allreduce():
     base, ov = plan(tp=8, pp=1, sequence_parallel=False), plan(tp=8, pp=1,
                                                                sequence_parallel=False,
