@@ -136,6 +136,23 @@ def stats(rows: list[dict]) -> dict:
             "models": {k: len(v) for k, v in by_model.items()}}
 
 
+def by_model_and_tp(rows: list[dict]) -> list[dict]:
+    """Signed error and within-group Spearman per (model, TP degree): where in a
+    model the ranking is lost."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((model_key(r), r["tp"]), []).append(r)
+    out = []
+    for (key, tp), v in sorted(groups.items()):
+        errs = [r["error"] for r in v]
+        rho = (spearman([r["measured_s"] for r in v], [r["predicted_s"] for r in v])
+               if len(v) >= 3 else None)
+        out.append({"model": key, "tp": tp, "rows": len(v), "mean_signed_error":
+                    statistics.fmean(errs), "min_error": min(errs), "max_error": max(errs),
+                    "spearman": rho})
+    return out
+
+
 def markdown(meta: dict, summary: dict, multi: list[dict]) -> str:
     lines = ["# Simulator vs vTrain's measured A100 iteration times", "",
              f"- command: `{meta['command']}`",
@@ -160,6 +177,14 @@ def markdown(meta: dict, summary: dict, multi: list[dict]) -> str:
                   for k, v in sorted(s["spearman_by_model"].items())]
         w = s["worst_row"]
         lines += ["", f"Worst row: {w}"]
+    lines += ["", "## multi-node: error by model and tensor-parallel degree", "",
+              "| model | TP | rows | mean signed error | min | max | Spearman within |",
+              "|---|---|---|---|---|---|---|"]
+    for g in by_model_and_tp(multi):
+        rho = "" if g["spearman"] is None else f"{g['spearman']:.3f}"
+        lines.append(f"| {g['model']} | {g['tp']} | {g['rows']} | "
+                     f"{100 * g['mean_signed_error']:+.1f}% | {100 * g['min_error']:+.1f}% | "
+                     f"{100 * g['max_error']:+.1f}% | {rho} |")
     lines += ["", "## Multi-node rows", "",
               "| GPUs | h | l | TP | DP | PP | mb | gb | measured (s) | predicted (s) | error |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -217,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         predict(rows, args.profile)
     wall = time.perf_counter() - t0
     summary = {k: stats(v) for k, v in sets.items()}
+    summary["multi-node"]["by_model_and_tp"] = by_model_and_tp(sets["multi-node"])
     meta = {"command": "python experiments/validate_vtrain.py " + " ".join(argv or sys.argv[1:]),
             "machine": machine(("simpy", "networkx", "numpy")), "wall_s": wall,
             "rows": sum(len(v) for v in sets.values()),
