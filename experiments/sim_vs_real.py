@@ -84,13 +84,13 @@ def first_of(profile: Path) -> Path:
     return profile.with_name(f"{profile.stem}.first{profile.suffix}")
 
 
-def calibrate(profile: Path) -> dict:
+def calibrate(profile: Path, device: str = "cpu") -> dict:
     """Two calibrations in a row (see the module docstring); their commands and
     wall times, and the first one's --json for the agreement check."""
     runs = []
     for out in (first_of(profile), profile):
-        cmd = [sys.executable, "-m", "sandbox", "calibrate", "--out", str(out),
-               "--json", str(out.with_suffix(".json"))]
+        cmd = [sys.executable, "-m", "sandbox", "calibrate", "--device", device,
+               "--out", str(out), "--json", str(out.with_suffix(".json"))]
         t = time.time()
         subprocess.run(cmd, check=True, cwd=ROOT)
         runs.append({"command": " ".join(["sandbox", *cmd[3:]]), "wall_s": time.time() - t})
