@@ -84,6 +84,9 @@ def test_fp16_reduces_16bit_gradients():
     rb, rf = simulate(bf, dp_overlap=False), simulate(fp, dp_overlap=False)
     assert rf.breakdown_s["dp_comm"] == pytest.approx(rb.breakdown_s["dp_comm"] / 2, rel=0.02)
     assert rf.breakdown_s["compute"] == pytest.approx(rb.breakdown_s["compute"])
+    # 16-bit compression of gradients that are already 16-bit changes nothing
+    fc = simulate(fp.replace(**{"parallel.grad_compression": "fp16"}), dp_overlap=False)
+    assert fc.step_time_s == pytest.approx(rf.step_time_s)
     mb, mf = rb.memory_gb_per_gpu, rf.memory_gb_per_gpu
     assert mf["grads"] == pytest.approx(mb["grads"] / 2)
     assert mf["params"] + mf["grads"] + mf["optimizer"] == pytest.approx(
