@@ -185,7 +185,7 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
     """
     from runtime.data import check_data
 
-    out = Path(out)
+    out = Path(out).resolve()  # the workers run from the checkout (cwd=ROOT)
     if steps is not None:
         if steps <= 0:
             raise SandboxError(f"--steps: must be positive, got {steps}")

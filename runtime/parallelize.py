@@ -70,6 +70,19 @@ class Parallelized:
     autocast_dtype: torch.dtype | None = None
     extra: dict = field(default_factory=dict)
     sync: object | None = None
+    loss_scale: float = 1.0  # fp16: the loss is multiplied by this before backward
+
+    def scaled_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The pipeline schedule's loss: cross-entropy times the loss scale."""
+        return cross_entropy(logits, targets) * self.loss_scale
+
+    @torch.no_grad()
+    def unscale_grads(self) -> None:
+        """Divide every gradient by the loss scale (before clipping)."""
+        if self.loss_scale != 1.0:
+            for p in self.parameters():
+                if p.grad is not None:
+                    p.grad.div_(self.loss_scale)
 
     def parameters(self) -> list[nn.Parameter]:
         seen, out = set(), []
@@ -108,7 +121,7 @@ class Parallelized:
             sched.step(*args, **kwargs) if train else sched.eval(*args, **kwargs)
         if not self.extra["last"]:
             return torch.zeros((), device=self.device)
-        return torch.stack([loss.detach().float() for loss in losses]).mean()
+        return torch.stack([loss.detach().float() for loss in losses]).mean() / self.loss_scale
 
     def step(self, tokens: torch.Tensor, targets: torch.Tensor) -> float:
         """Forward + backward over this replica's share of the global batch.
@@ -132,7 +145,7 @@ class Parallelized:
                 with self._autocast():
                     logits = model(x)
                 loss = cross_entropy(logits, y)
-                (loss / len(chunks)).backward()
+                (loss * self.loss_scale / len(chunks)).backward()
             total += loss.detach()
         if self.sync is not None:
             self.sync.after_backward()
@@ -248,5 +261,5 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
                 par.extra["norm_skip"] = {id(par.extra["tied"][-1])}
             par.extra["tied_group"] = tied_group(mesh)
         par.extra["schedule"] = build_schedule(plan, list(zip(stages, parts, strict=True)),
-                                               mesh["pp"], device, cross_entropy)
+                                               mesh["pp"], device, par.scaled_loss)
     return par

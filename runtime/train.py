@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import math
 import os
 import random
 import resource
@@ -37,6 +38,7 @@ import torch.distributed as dist
 
 from runtime import checkpoint as ckpt
 from runtime.data import DataLoader, check_data, dp_slice
+from runtime.loss_scale import DynamicLossScale
 from runtime.lr import build_scheduler, lr_at
 from sandbox.errors import SandboxError
 from sandbox.specs import GPU, Plan
@@ -198,6 +200,16 @@ class Trainer:
         self.optimizer = self.par.build_optimizer()
         self.scheduler = build_scheduler(self.optimizer, plan.train)
         self.metrics_path = self.out / "metrics.jsonl"
+        self.scaler = DynamicLossScale() if plan.train.precision == "fp16" else None
+        if self.scaler is not None:
+            self.par.loss_scale = self.scaler.scale
+
+    def _meta(self) -> dict[str, Any]:
+        """What a checkpoint keeps besides tensors and the scheduler."""
+        meta: dict[str, Any] = {"plan": self.plan.model.name}
+        if self.scaler is not None:
+            meta["loss_scale"] = self.scaler.state_dict()
+        return meta
 
     def _restore(self) -> int:
         """Load the newest complete checkpoint if resuming; returns the first step."""
@@ -211,6 +223,9 @@ class Trainer:
         if found is not None:
             meta = ckpt.load(found, self.par.parts, self.optimizer, self.scheduler)
             start = int(meta["step"])
+            if self.scaler is not None and "loss_scale" in meta:
+                self.scaler.load_state_dict(meta["loss_scale"])
+                self.par.loss_scale = self.scaler.scale
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(start, self.plan.train)
         if self.rank == 0:
@@ -261,12 +276,16 @@ class Trainer:
                 x, y = self._batch(step - 1)
                 loss = self.par.step(x, y)
                 self._maybe_fail(step)
+                self.par.unscale_grads()
                 norm = self.par.clip_grad_norm_(t.grad_clip)
                 lr = self.optimizer.param_groups[0]["lr"]
-                self.optimizer.step()
+                # fp16: a non-finite norm (an overflow on some rank) skips the step
+                update = self.scaler is None or self.scaler.update(math.isfinite(norm))
+                if update:
+                    self.optimizer.step()
                 ckpt_now = bool(t.checkpoint_every and step % t.checkpoint_every == 0)
                 self.par.after_optimizer_step(step, sync=ckpt_now or step == t.steps)
-                self.scheduler.step()
+                self.scheduler.step()  # a skipped step still advances the schedule
                 self.optimizer.zero_grad(set_to_none=True)
                 self._sync()
                 dt = time.perf_counter() - t0
@@ -275,6 +294,9 @@ class Trainer:
                        "tokens_per_s": tokens / dt,
                        "mem_gb": _max_over_ranks(peak_memory_gb(self.device), self.device),
                        "lr": lr, "grad_norm": norm}
+                if self.scaler is not None:
+                    row.update(loss_scale=self.par.loss_scale, skipped=not update)
+                    self.par.loss_scale = self.scaler.scale  # for the next step
                 if (sent := self.par.comm_bytes()) is not None:
                     row["dp_comm_bytes"] = sent  # sent by this rank for dp sync
                 if t.eval_every and step % t.eval_every == 0 and step != t.steps:
@@ -288,12 +310,16 @@ class Trainer:
                                                        "loss": round(loss, 4)}), flush=True)
                 if ckpt_now:
                     ckpt.save(self.out, step, self.par.parts, self.optimizer, self.scheduler,
-                              {"plan": plan.model.name})
+                              self._meta())
                     saved = step
         if saved != t.steps and not self.args.no_final_checkpoint and start < t.steps:
             ckpt.save(self.out, t.steps, self.par.parts, self.optimizer, self.scheduler,
-                      {"plan": plan.model.name})
+                      self._meta())
         summary = self.summary(times, row, start)
+        if self.scaler is not None and self.rank == 0:
+            logged = read_metrics(self.metrics_path)
+            summary.update(loss_scale=self.scaler.scale,
+                           skipped_steps=sum(bool(r.get("skipped")) for r in logged))
         if self.rank == 0:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
