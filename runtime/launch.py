@@ -199,6 +199,8 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
     check_memory(plan)
     note = check_world_size(plan)
     check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)
+    if plan.train.data != "builtin":  # the workers' cwd is the checkout, not ours
+        plan = plan.replace(**{"train.data": str(Path(plan.train.data).resolve())})
     check_out_dir(plan, out, resume)
     if note and progress:
         print(note, file=sys.stderr)

@@ -213,3 +213,15 @@ def test_injected_failure_restarts_and_matches(runs, tmp_path):
         assert abs(a - b) / abs(a) < 0.01, (s, a, b)
     assert result.to_dict()["resumed_from_step"] == 6
     assert "injected failure at step 8 on rank 1" in (out / "train.log").read_text()
+
+
+def test_relative_out_and_data_from_another_directory(cli, tmp_path):
+    """`sandbox run` from any directory: a relative --out and a relative
+    train.data mean what they mean there (the workers run from the checkout)."""
+    (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    write_plan(tmp_path / "plan.toml", extra='data = "corpus.txt"')
+    r = cli("run", "plan.toml", "--out", "rel", "--steps", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [s for s, _ in losses(tmp_path / "rel")] == [1, 2]
+    saved = plan_of(tmp_path / "rel" / "plan.toml")
+    assert saved.train.data == str(tmp_path / "corpus.txt")
