@@ -8,27 +8,10 @@ import shutil
 
 import pytest
 import torch
+from run_helpers import write_plan
 
 import sandbox
 from runtime.loss_scale import DynamicLossScale
-
-PLAN = """
-[model]
-preset = "tiny"
-[cluster]
-preset = "localhost"
-[parallel]
-pp = {pp}
-global_batch = 8
-micro_batch = 2
-[train]
-lr = 1e-3
-lr_schedule = "constant"
-steps = 6
-checkpoint_every = 3
-seed = 1
-precision = "{precision}"
-"""
 
 
 def test_rule_backs_off_grows_and_round_trips():
@@ -85,8 +68,8 @@ def test_fp16_run_matches_fp32_keeps_the_scale_and_resumes(cli, tmp_path):
     is in the metrics and the checkpoints, and a resume restores it. The
     runs use a relative --out from another directory."""
     for precision in ("fp16", "fp32"):
-        (tmp_path / f"{precision}.toml").write_text(PLAN.format(pp=2, precision=precision))
-        r = cli("run", f"{precision}.toml", "--out", precision, cwd=tmp_path)
+        write_plan(tmp_path / f"{precision}.toml", pp=2, extra=f'precision = "{precision}"')
+        r = cli("run", f"{precision}.toml", "--out", precision, "--steps", "6", cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-2000:]
     r16, r32 = rows(tmp_path / "fp16"), rows(tmp_path / "fp32")
     assert [r["loss"] for r in r16] == [r["loss"] for r in r32]
@@ -102,7 +85,7 @@ def test_fp16_run_matches_fp32_keeps_the_scale_and_resumes(cli, tmp_path):
     ckpts = tmp_path / "fp16" / "checkpoints"
     (ckpts / "step_00000003" / "meta.json").write_text(json.dumps(meta))
     shutil.rmtree(ckpts / "step_00000006")
-    r = cli("run", "fp16.toml", "--out", "fp16", "--resume", cwd=tmp_path)
+    r = cli("run", "fp16.toml", "--out", "fp16", "--steps", "6", "--resume", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     resumed = rows(tmp_path / "fp16")
     assert [x["step"] for x in resumed] == list(range(1, 7))
