@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.sim_vs_real import (  # noqa: E402
     RESULTS,
+    _pct,
     calibrate,
     calibration_stats,
     first_of,
@@ -73,13 +74,12 @@ def measure_one(model: str, shape: str, device: str, steps: int, work: Path) -> 
     """Run one plan (no simulator involved); a JSON-able dict, or why it was skipped."""
     import sandbox
     from runtime.compare import measure
-    from sandbox.memory import memory_per_gpu
+    from sandbox.memory import fits, memory_per_gpu
 
     plan = sandbox.load(plan_dict(model, shape, "", device))
-    mem = memory_per_gpu(plan)["total"]
-    if mem > plan.cluster.gpu.hbm_gb:
-        return {"skipped": f"does not fit: {mem:.1f} GB predicted, {plan.cluster.gpu.hbm_gb} "
-                           "GB on the device"}
+    if not fits(plan):  # the same check `sandbox run` makes (runtime.launch.check_memory)
+        return {"skipped": f"does not fit: {memory_per_gpu(plan)['total']:.1f} GB predicted, "
+                           f"{plan.cluster.gpu.hbm_gb} GB on the device"}
     t = time.time()
     m = measure(plan, work / f"{model}-{shape}", steps=steps, progress=False).to_dict()
     return {**m, "wall_s": time.time() - t}
@@ -113,10 +113,6 @@ def summary(rows: list[dict]) -> dict:
         return {"plans": 0}
     return {"plans": len(errs), "median_abs_error": statistics.median(errs),
             "max_abs_error": max(errs), "meets_target": max(errs) <= TARGET}
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:+.1f}%"
 
 
 def markdown(meta: dict, rows: list[dict], summ: dict) -> str:
