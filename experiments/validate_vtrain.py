@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments.machine import machine  # noqa: E402
+from experiments.vtrain_diagnostics import markdown as diagnostics_markdown  # noqa: E402
+from experiments.vtrain_diagnostics import single_cause_factors, tp_ladders  # noqa: E402
 
 VALIDATION = ROOT.parent / "shared" / "validation"
 RESULTS = ROOT / "experiments" / "results"
@@ -185,6 +187,7 @@ def markdown(meta: dict, summary: dict, multi: list[dict]) -> str:
         lines.append(f"| {g['model']} | {g['tp']} | {g['rows']} | "
                      f"{100 * g['mean_signed_error']:+.1f}% | {100 * g['min_error']:+.1f}% | "
                      f"{100 * g['max_error']:+.1f}% | {rho} |")
+    lines += [""] + diagnostics_markdown(multi, model_key)
     lines += ["", "## Multi-node rows", "",
               "| GPUs | h | l | TP | DP | PP | mb | gb | measured (s) | predicted (s) | error |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -243,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     summary = {k: stats(v) for k, v in sets.items()}
     summary["multi-node"]["by_model_and_tp"] = by_model_and_tp(sets["multi-node"])
+    summary["multi-node"]["tp_ladders"] = tp_ladders(sets["multi-node"], model_key)
+    summary["multi-node"]["single_cause_factors"] = single_cause_factors(sets["multi-node"],
+                                                                         model_key)
     meta = {"command": "python experiments/validate_vtrain.py " + " ".join(argv or sys.argv[1:]),
             "machine": machine(("simpy", "networkx", "numpy")), "wall_s": wall,
             "rows": sum(len(v) for v in sets.values()),
