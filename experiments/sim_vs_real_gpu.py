@@ -43,12 +43,12 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.sim_vs_real import (  # noqa: E402
     RESULTS,
-    _pct,
     calibrate,
     calibration_stats,
     first_of,
     profile_for_world,
 )
+from experiments.sim_vs_real_report import pct  # noqa: E402
 
 MODELS = ("gpt2-124m", "gpt2-350m", "gpt3-1.3b")
 SHAPES = {"mb1": (1, 1.0), "mb4": (4, 1.0), "mb8": (8, 1.0), "mb16-s4": (16, 0.25)}
@@ -140,7 +140,7 @@ def markdown(meta: dict, rows: list[dict], summ: dict) -> str:
         lines.append(f"| {r['model']} | {r['shape']} | {r['tokens_per_step']:,} "
                      f"| {r['predicted_step_s']:.4g} | {r['predicted_uncalibrated_step_s']:.4g} "
                      f"| {r['measured_step_s']:.4g} | {100 * n.get('range_rel', 0):.0f}% "
-                     f"| {_pct(r['error'])} | {_pct(r['error_uncalibrated'])} "
+                     f"| {pct(r['error'])} | {pct(r['error_uncalibrated'])} "
                      f"| {r['predicted_mem_gb']:.1f} / {'-' if mm is None else f'{mm:.1f}'} |")
     cal = meta.get("calibration_stats") or {}
     if cal.get("agreement"):

@@ -15,7 +15,7 @@ measured time and error, mean absolute percentage error (MAPE), the worst
 row, and Spearman rank correlation per model (rows of the same model
 ordered by measured vs predicted time).
 
-    python experiments/validate_vtrain.py [--limit N] [--profile FILE]
+    python experiments/validate_vtrain.py [--limit N] [--profile FILE] [--data DIR]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from experiments.vtrain_diagnostics import single_cause_factors, tp_ladders  # n
 VALIDATION = ROOT.parent / "shared" / "validation"
 RESULTS = ROOT / "experiments" / "results"
 VOCAB = 51200
+CSVS = {"multi-node": "vtrain_multi_node.csv", "single-node": "vtrain_single_node.csv"}
 
 
 def padded_vocab(tp: int) -> int:
@@ -46,8 +47,9 @@ def padded_vocab(tp: int) -> int:
     return -(-VOCAB // mult) * mult
 
 
-def read_rows(name: str) -> list[dict]:
-    with open(VALIDATION / name) as f:
+def read_rows(name: str, data: Path = VALIDATION) -> list[dict]:
+    """Rows of one vTrain CSV in `data` (times in seconds)."""
+    with open(data / name) as f:
         out = []
         for r in csv.DictReader(f):
             row = {"gpus": int(r["# GPUs"]), "global_batch": int(r["global batch"]),
@@ -235,10 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="first N rows of each CSV (0: all)")
     ap.add_argument("--profile", default="", help="calibration profile TOML for the cluster")
     ap.add_argument("--out", default=str(RESULTS / "vtrain"), help="results basename")
+    ap.add_argument("--data", default=str(VALIDATION), help="folder with the two vTrain CSVs")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    sets = {"multi-node": read_rows("vtrain_multi_node.csv"),
-            "single-node": read_rows("vtrain_single_node.csv")}
+    data = Path(args.data)
+    missing = [n for n in CSVS.values() if not (data / n).is_file()]
+    if missing:
+        print(f"error: {data / missing[0]}: no such file (--data names the folder with "
+              f"{' and '.join(CSVS.values())})", file=sys.stderr)
+        return 2
+    sets = {k: read_rows(n, data) for k, n in CSVS.items()}
     if args.limit:
         sets = {k: v[: args.limit] for k, v in sets.items()}
     for rows in sets.values():

@@ -59,16 +59,48 @@ def test_tp_ladders_need_three_tp_degrees_of_one_stage(modules):
     assert "| m | 4 | 2 | 10.00 / 9.00 | 14.00 / 8.50 | 8.10 / 8.00 |" in md
 
 
-def test_validate_vtrain_end_to_end(modules, tmp_path, capsys):
+MULTI = """Parameters (billion),# GPUs,global batch,micro batch,hidden size,attention heads,\
+# layers,sequence length,tensor parallelism,data parallelism,pipeline parallelism,\
+iteration time (ms)
+3.6,64,512,8,3072,32,30,2048,1,64,1,3566.5
+3.6,64,512,8,3072,32,30,2048,2,32,1,3975.2
+3.6,64,512,4,3072,32,30,2048,1,32,2,4379.0
+3.6,64,512,16,3072,32,30,2048,4,16,1,4490.0
+"""
+SINGLE = """# GPUs,global batch,micro batch,hidden size,attention heads,# layers,\
+sequence length,tensor parallelism,data parallelism,pipeline parallelism,iteration time (ms)
+2,16,8,1024,16,24,1024,1,1,2,372.160408
+8,32,4,1024,16,24,1024,2,2,2,219.732754
+4,16,4,1024,16,24,1024,2,2,1,250.0
+"""
+
+
+def test_validate_vtrain_end_to_end(modules, tmp_path):
+    """The script on four multi-node and three single-node rows written here (in
+    the CSVs' format; the real ones live in ../shared, not in this checkout)."""
     _, vv = modules
+    data = tmp_path / "validation"
+    data.mkdir()
+    (data / "vtrain_multi_node.csv").write_text(MULTI)
+    (data / "vtrain_single_node.csv").write_text(SINGLE)
     out = tmp_path / "vtrain"
-    assert vv.main(["--limit", "4", "--out", str(out)]) == 0
-    data = json.loads(out.with_suffix(".json").read_text())
-    multi = data["rows"]["multi-node"]
-    assert len(multi) == 4 and all(r["predicted_s"] > 0 for r in multi)
-    for r in multi:  # error is predicted / measured - 1, never copied from the CSV
+    assert vv.main(["--data", str(data), "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    multi = result["rows"]["multi-node"]
+    assert len(multi) == 4 and len(result["rows"]["single-node"]) == 3
+    assert multi[1]["measured_s"] == pytest.approx(3.9752)
+    for r in multi:  # error is predicted / measured - 1 of a real simulation
+        assert r["predicted_s"] > 0 and r["events"] > 0
         assert r["error"] == pytest.approx(r["predicted_s"] / r["measured_s"] - 1)
-    summary = data["summary"]["multi-node"]
+    assert multi[0]["breakdown_s"]["tp_comm"] == 0 < multi[1]["breakdown_s"]["tp_comm"]  # tp 1, 2
+    summary = result["summary"]["multi-node"]
     assert {"mape", "spearman_by_model", "tp_ladders", "single_cause_factors"} <= set(summary)
     md = out.with_suffix(".md").read_text()
     assert "what one cause would have to be" in md and out.with_suffix(".png").stat().st_size
+
+
+def test_validate_vtrain_missing_data_is_one_line(modules, tmp_path, capsys):
+    _, vv = modules
+    assert vv.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "vtrain_multi_node.csv" in err
