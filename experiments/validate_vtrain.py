@@ -33,7 +33,11 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.machine import machine  # noqa: E402
 from experiments.vtrain_diagnostics import markdown as diagnostics_markdown  # noqa: E402
-from experiments.vtrain_diagnostics import single_cause_factors, tp_ladders  # noqa: E402
+from experiments.vtrain_diagnostics import (  # noqa: E402
+    single_cause_factors,
+    spearman_under_noise,
+    tp_ladders,
+)
 
 VALIDATION = ROOT.parent / "shared" / "validation"
 RESULTS = ROOT / "experiments" / "results"
@@ -189,7 +193,7 @@ def markdown(meta: dict, summary: dict, multi: list[dict]) -> str:
         lines.append(f"| {g['model']} | {g['tp']} | {g['rows']} | "
                      f"{100 * g['mean_signed_error']:+.1f}% | {100 * g['min_error']:+.1f}% | "
                      f"{100 * g['max_error']:+.1f}% | {rho} |")
-    lines += [""] + diagnostics_markdown(multi, model_key)
+    lines += [""] + diagnostics_markdown(multi, model_key, spearman)
     lines += ["", "## Multi-node rows", "",
               "| GPUs | h | l | TP | DP | PP | mb | gb | measured (s) | predicted (s) | error |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -257,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["multi-node"]["tp_ladders"] = tp_ladders(sets["multi-node"], model_key)
     summary["multi-node"]["single_cause_factors"] = single_cause_factors(sets["multi-node"],
                                                                          model_key)
+    summary["multi-node"]["spearman_under_random_error"] = spearman_under_noise(
+        sets["multi-node"], model_key, spearman)
     meta = {"command": "python experiments/validate_vtrain.py " + " ".join(argv or sys.argv[1:]),
             "machine": machine(("simpy", "networkx", "numpy")), "wall_s": wall,
             "rows": sum(len(v) for v in sets.values()),

@@ -17,10 +17,15 @@ component, from `sim.simulate`) and its layout (`tp`, `dp`, `pp`,
   cost (a slow link, a slow kernel) needs one factor for every row that uses
   it; factors that scatter over an order of magnitude within one (model, TP)
   group point at something outside the plan.
+- `spearman_under_noise`: the Spearman a model would reach whose only error is
+  random, log-normal with spread sigma per row, on the same measured times
+  (median of seeded draws): what rank agreement random error alone costs on
+  rows this close together, to compare with the simulator's.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections.abc import Callable
 
@@ -72,15 +77,50 @@ def single_cause_factors(rows: list[dict], model_key: Callable[[dict], str]) -> 
     return out
 
 
+def spearman_under_noise(rows: list[dict], model_key: Callable[[dict], str],
+                         spearman: Callable[[list[float], list[float]], float],
+                         sigmas: tuple[float, ...] = (0.03, 0.05), draws: int = 300,
+                         seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per model: median Spearman between the measured times and the measured
+    times times exp(N(0, sigma)), for each sigma (keys like "0.03")."""
+    rng = random.Random(seed)
+    by_model: dict[str, list[float]] = {}
+    for r in rows:
+        by_model.setdefault(model_key(r), []).append(r["measured_s"])
+    out = {}
+    for model, times in sorted(by_model.items()):
+        if len(times) < 3:
+            continue
+        out[model] = {f"{sigma:g}": statistics.median(
+            spearman(times, [t * rng.lognormvariate(0, sigma) for t in times])
+            for _ in range(draws)) for sigma in sigmas}
+    return out
+
+
 def _range(lo_hi: tuple[float, float] | None) -> str:
     return "" if lo_hi is None else f"{lo_hi[0]:.2f} to {lo_hi[1]:.2f}"
 
 
-def markdown(rows: list[dict], model_key: Callable[[dict], str]) -> list[str]:
-    """The two views as markdown sections (lines)."""
+def markdown(rows: list[dict], model_key: Callable[[dict], str],
+             spearman: Callable[[list[float], list[float]], float]) -> list[str]:
+    """The three views as markdown sections (lines)."""
+    noise = spearman_under_noise(rows, model_key, spearman)
+    sigmas = sorted({s for v in noise.values() for s in v}, key=float)
+    lines = ["## multi-node: Spearman of the simulator and of random error", "",
+             "Spearman per model of the simulator, and the median Spearman of a model "
+             "whose only error is random (log-normal, spread sigma per row) on the same "
+             "measured times.", "",
+             "| model | rows | simulator | " + " | ".join(f"random {100 * float(s):.0f}%"
+                                                      for s in sigmas) + " |",
+             "|---|---|---|" + "---|" * len(sigmas)]
+    for model, rho in noise.items():
+        mine = [r for r in rows if model_key(r) == model]
+        sim_rho = spearman([r["measured_s"] for r in mine], [r["predicted_s"] for r in mine])
+        lines.append(f"| {model} | {len(mine)} | {sim_rho:.3f} | "
+                     + " | ".join(f"{rho[s]:.3f}" for s in sigmas) + " |")
     ladders = tp_ladders(rows, model_key)
     tps = sorted({tp for lad in ladders for tp in lad["points"]})
-    lines = ["## multi-node: same stage, different TP split (measured / predicted, s)", "",
+    lines += ["", "## multi-node: same stage, different TP split (measured / predicted, s)", "",
              "Rows with the same model, pipeline depth and micro-batch; tp * dp is fixed, so "
              "every GPU does the same FLOPs. Read across a line: the prediction changes "
              "smoothly with the split; a measured time far from both neighbours is a cost "

@@ -55,7 +55,8 @@ def test_tp_ladders_need_three_tp_degrees_of_one_stage(modules):
     assert (lad["pp"], lad["micro_batch"]) == (4, 2)
     assert list(lad["points"]) == [1, 2, 4]
     assert lad["points"][4]["measured_s"] == pytest.approx(8.1)
-    md = "\n".join(diag.markdown(rows, key))
+    _, vv = modules
+    md = "\n".join(diag.markdown(rows, key, vv.spearman))
     assert "| m | 4 | 2 | 10.00 / 9.00 | 14.00 / 8.50 | 8.10 / 8.00 |" in md
 
 
@@ -73,6 +74,17 @@ sequence length,tensor parallelism,data parallelism,pipeline parallelism,iterati
 8,32,4,1024,16,24,1024,2,2,2,219.732754
 4,16,4,1024,16,24,1024,2,2,1,250.0
 """
+
+
+def test_spearman_under_noise(modules):
+    diag, vv = modules
+    rows = [row(1, 1, 1, measured=t, predicted=t) for t in (1.0, 1.5, 2.0, 3.0, 5.0)]
+    tight = diag.spearman_under_noise(rows, key, vv.spearman, sigmas=(1e-6,), draws=20)
+    assert tight["m"]["1e-06"] == pytest.approx(1.0)     # no noise: the same order
+    loose = diag.spearman_under_noise(rows, key, vv.spearman, sigmas=(0.05, 2.0), draws=200)
+    assert loose["m"]["2"] < loose["m"]["0.05"] <= 1.0  # more noise, less rank agreement
+    again = diag.spearman_under_noise(rows, key, vv.spearman, sigmas=(0.05, 2.0), draws=200)
+    assert again == loose                                # seeded
 
 
 def test_validate_vtrain_end_to_end(modules, tmp_path):
