@@ -1,4 +1,4 @@
-"""Where the simulator misses vTrain rows: two views computed from the rows alone.
+"""Where the simulator misses vTrain rows: three views computed from the rows alone.
 
 Each row carries `measured_s`, `predicted_s`, `breakdown_s` (seconds per
 component, from `sim.simulate`) and its layout (`tp`, `dp`, `pp`,
@@ -33,13 +33,14 @@ COMPONENTS = ("compute", "tp_comm", "pp_comm", "dp_comm")
 
 
 def tp_ladders(rows: list[dict], model_key: Callable[[dict], str]) -> list[dict]:
-    """Groups of rows with equal (model, pp, micro-batch) and at least three TP
-    degrees; each point is the mean measured and predicted step time (s) per TP."""
-    groups: dict[tuple[str, int, int], list[dict]] = {}
+    """Groups of rows with equal (model, GPUs, pp, micro-batch) and at least three
+    TP degrees; each point is the mean measured and predicted step time (s) per TP."""
+    groups: dict[tuple[str, int, int, int], list[dict]] = {}
     for r in rows:
-        groups.setdefault((model_key(r), r["pp"], r["micro_batch"]), []).append(r)
+        groups.setdefault((model_key(r), r.get("gpus", 0), r["pp"], r["micro_batch"]),
+                          []).append(r)
     ladders = []
-    for (model, pp, mb), members in sorted(groups.items()):
+    for (model, _, pp, mb), members in sorted(groups.items()):
         by_tp: dict[int, list[dict]] = {}
         for r in members:
             by_tp.setdefault(r["tp"], []).append(r)
