@@ -31,13 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from experiments import vtrain_diagnostics as diagnostics  # noqa: E402
 from experiments.machine import machine  # noqa: E402
-from experiments.vtrain_diagnostics import markdown as diagnostics_markdown  # noqa: E402
-from experiments.vtrain_diagnostics import (  # noqa: E402
-    single_cause_factors,
-    spearman_under_noise,
-    tp_ladders,
-)
+from experiments.vtrain_diagnostics import group_by, spearman  # noqa: E402
 
 VALIDATION = ROOT.parent / "shared" / "validation"
 RESULTS = ROOT / "experiments" / "results"
@@ -93,27 +89,6 @@ def model_key(row: dict) -> str:
     return f"h{row['hidden']}-l{row['layers']}-a{row['heads']}-s{row['seq_len']}"
 
 
-def spearman(xs: list[float], ys: list[float]) -> float:
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    rx, ry = ranks(xs), ranks(ys)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    den = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-    return num / den if den else float("nan")
-
-
 def predict(rows: list[dict], profile: str = "") -> None:
     from sim import simulate
 
@@ -128,9 +103,7 @@ def predict(rows: list[dict], profile: str = "") -> None:
 def stats(rows: list[dict]) -> dict:
     errs = [abs(r["error"]) for r in rows]
     worst = max(rows, key=lambda r: abs(r["error"]))
-    by_model: dict[str, list[dict]] = {}
-    for r in rows:
-        by_model.setdefault(model_key(r), []).append(r)
+    by_model = group_by(rows, model_key)
     rho = {k: spearman([r["measured_s"] for r in v], [r["predicted_s"] for r in v])
            for k, v in by_model.items() if len(v) >= 3}
     return {"rows": len(rows), "mape": statistics.fmean(errs),
@@ -147,11 +120,8 @@ def stats(rows: list[dict]) -> dict:
 def by_model_and_tp(rows: list[dict]) -> list[dict]:
     """Signed error and within-group Spearman per (model, TP degree): where in a
     model the ranking is lost."""
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((model_key(r), r["tp"]), []).append(r)
     out = []
-    for (key, tp), v in sorted(groups.items()):
+    for (key, tp), v in group_by(rows, lambda r: (model_key(r), r["tp"])).items():
         errs = [r["error"] for r in v]
         rho = (spearman([r["measured_s"] for r in v], [r["predicted_s"] for r in v])
                if len(v) >= 3 else None)
@@ -188,12 +158,12 @@ def markdown(meta: dict, summary: dict, multi: list[dict]) -> str:
     lines += ["", "## multi-node: error by model and tensor-parallel degree", "",
               "| model | TP | rows | mean signed error | min | max | Spearman within |",
               "|---|---|---|---|---|---|---|"]
-    for g in by_model_and_tp(multi):
+    for g in summary["multi-node"]["by_model_and_tp"]:
         rho = "" if g["spearman"] is None else f"{g['spearman']:.3f}"
         lines.append(f"| {g['model']} | {g['tp']} | {g['rows']} | "
                      f"{100 * g['mean_signed_error']:+.1f}% | {100 * g['min_error']:+.1f}% | "
                      f"{100 * g['max_error']:+.1f}% | {rho} |")
-    lines += [""] + diagnostics_markdown(multi, model_key, spearman)
+    lines += [""] + diagnostics.markdown(summary["multi-node"])
     lines += ["", "## Multi-node rows", "",
               "| GPUs | h | l | TP | DP | PP | mb | gb | measured (s) | predicted (s) | error |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -258,11 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     summary = {k: stats(v) for k, v in sets.items()}
     summary["multi-node"]["by_model_and_tp"] = by_model_and_tp(sets["multi-node"])
-    summary["multi-node"]["tp_ladders"] = tp_ladders(sets["multi-node"], model_key)
-    summary["multi-node"]["single_cause_factors"] = single_cause_factors(sets["multi-node"],
-                                                                         model_key)
-    summary["multi-node"]["spearman_under_random_error"] = spearman_under_noise(
-        sets["multi-node"], model_key, spearman)
+    summary["multi-node"].update(diagnostics.summarize(sets["multi-node"], model_key))
     meta = {"command": "python experiments/validate_vtrain.py " + " ".join(argv or sys.argv[1:]),
             "machine": machine(("simpy", "networkx", "numpy")), "wall_s": wall,
             "rows": sum(len(v) for v in sets.values()),

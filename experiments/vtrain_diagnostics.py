@@ -27,28 +27,55 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 COMPONENTS = ("compute", "tp_comm", "pp_comm", "dp_comm")
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman rank correlation (ties get their mean rank)."""
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    den = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return num / den if den else float("nan")
+
+
+def group_by(rows: list[dict], key: Callable[[dict], Hashable]) -> dict[Any, list[dict]]:
+    """Rows by `key(row)`, keys sorted."""
+    groups: dict[Any, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    return dict(sorted(groups.items()))
 
 
 def tp_ladders(rows: list[dict], model_key: Callable[[dict], str]) -> list[dict]:
     """Groups of rows with equal (model, GPUs, pp, micro-batch) and at least three
     TP degrees; each point is the mean measured and predicted step time (s) per TP."""
-    groups: dict[tuple[str, int, int, int], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((model_key(r), r.get("gpus", 0), r["pp"], r["micro_batch"]),
-                          []).append(r)
+    groups = group_by(rows, lambda r: (model_key(r), r.get("gpus", 0), r["pp"],
+                                       r["micro_batch"]))
     ladders = []
-    for (model, _, pp, mb), members in sorted(groups.items()):
-        by_tp: dict[int, list[dict]] = {}
-        for r in members:
-            by_tp.setdefault(r["tp"], []).append(r)
+    for (model, _, pp, mb), members in groups.items():
+        by_tp = group_by(members, lambda r: r["tp"])
         if len(by_tp) < 3:
             continue
         points = {tp: {"measured_s": statistics.fmean(r["measured_s"] for r in v),
                        "predicted_s": statistics.fmean(r["predicted_s"] for r in v)}
-                  for tp, v in sorted(by_tp.items())}
+                  for tp, v in by_tp.items()}
         ladders.append({"model": model, "pp": pp, "micro_batch": mb, "points": points})
     return ladders
 
@@ -65,11 +92,8 @@ def single_cause_factor(row: dict, component: str) -> float | None:
 def single_cause_factors(rows: list[dict], model_key: Callable[[dict], str]) -> list[dict]:
     """Per (model, TP) group: the range (min, max) of each component's single-cause
     factor over the group's rows."""
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for r in rows:
-        groups.setdefault((model_key(r), r["tp"]), []).append(r)
     out = []
-    for (model, tp), members in sorted(groups.items()):
+    for (model, tp), members in group_by(rows, lambda r: (model_key(r), r["tp"])).items():
         ranges = {}
         for c in COMPONENTS:
             ks = [k for r in members if (k := single_cause_factor(r, c)) is not None]
@@ -79,17 +103,14 @@ def single_cause_factors(rows: list[dict], model_key: Callable[[dict], str]) -> 
 
 
 def spearman_under_noise(rows: list[dict], model_key: Callable[[dict], str],
-                         spearman: Callable[[list[float], list[float]], float],
                          sigmas: tuple[float, ...] = (0.03, 0.05), draws: int = 300,
                          seed: int = 0) -> dict[str, dict[str, float]]:
     """Per model: median Spearman between the measured times and the measured
     times times exp(N(0, sigma)), for each sigma (keys like "0.03")."""
     rng = random.Random(seed)
-    by_model: dict[str, list[float]] = {}
-    for r in rows:
-        by_model.setdefault(model_key(r), []).append(r["measured_s"])
     out = {}
-    for model, times in sorted(by_model.items()):
+    for model, members in group_by(rows, model_key).items():
+        times = [r["measured_s"] for r in members]
         if len(times) < 3:
             continue
         out[model] = {f"{sigma:g}": statistics.median(
@@ -102,10 +123,17 @@ def _range(lo_hi: tuple[float, float] | None) -> str:
     return "" if lo_hi is None else f"{lo_hi[0]:.2f} to {lo_hi[1]:.2f}"
 
 
-def markdown(rows: list[dict], model_key: Callable[[dict], str],
-             spearman: Callable[[list[float], list[float]], float]) -> list[str]:
-    """The three views as markdown sections (lines)."""
-    noise = spearman_under_noise(rows, model_key, spearman)
+def summarize(rows: list[dict], model_key: Callable[[dict], str]) -> dict[str, Any]:
+    """The three views, as the JSON summary keeps them."""
+    return {"tp_ladders": tp_ladders(rows, model_key),
+            "single_cause_factors": single_cause_factors(rows, model_key),
+            "spearman_under_random_error": spearman_under_noise(rows, model_key)}
+
+
+def markdown(summary: dict[str, Any]) -> list[str]:
+    """The three views as markdown sections (lines), from `summarize`'s keys plus
+    the simulator's `spearman_by_model` and `models` (rows per model)."""
+    noise = summary["spearman_under_random_error"]
     sigmas = sorted({s for v in noise.values() for s in v}, key=float)
     lines = ["## multi-node: Spearman of the simulator and of random error", "",
              "Spearman per model of the simulator, and the median Spearman of a model "
@@ -115,19 +143,18 @@ def markdown(rows: list[dict], model_key: Callable[[dict], str],
                                                       for s in sigmas) + " |",
              "|---|---|---|" + "---|" * len(sigmas)]
     for model, rho in noise.items():
-        mine = [r for r in rows if model_key(r) == model]
-        sim_rho = spearman([r["measured_s"] for r in mine], [r["predicted_s"] for r in mine])
-        lines.append(f"| {model} | {len(mine)} | {sim_rho:.3f} | "
+        lines.append(f"| {model} | {summary['models'][model]} | "
+                     f"{summary['spearman_by_model'][model]:.3f} | "
                      + " | ".join(f"{rho[s]:.3f}" for s in sigmas) + " |")
-    ladders = tp_ladders(rows, model_key)
+    ladders = summary["tp_ladders"]
     tps = sorted({tp for lad in ladders for tp in lad["points"]})
     lines += ["", "## multi-node: same stage, different TP split (measured / predicted, s)", "",
-             "Rows with the same model, pipeline depth and micro-batch; tp * dp is fixed, so "
-             "every GPU does the same FLOPs. Read across a line: the prediction changes "
-             "smoothly with the split; a measured time far from both neighbours is a cost "
-             "the layout does not explain.", "",
-             "| model | PP | mb | " + " | ".join(f"TP {t}" for t in tps) + " |",
-             "|---|---|---|" + "---|" * len(tps)]
+              "Rows with the same model, pipeline depth and micro-batch; tp * dp is fixed, so "
+              "every GPU does the same FLOPs. Read across a line: the prediction changes "
+              "smoothly with the split; a measured time far from both neighbours is a cost "
+              "the layout does not explain.", "",
+              "| model | PP | mb | " + " | ".join(f"TP {t}" for t in tps) + " |",
+              "|---|---|---|" + "---|" * len(tps)]
     for lad in ladders:
         cells = [f"{p['measured_s']:.2f} / {p['predicted_s']:.2f}" if (p := lad["points"].get(t))
                  else "" for t in tps]
@@ -139,7 +166,7 @@ def markdown(rows: list[dict], model_key: Callable[[dict], str],
               "the group's rows (a negative k: that component cannot explain the row).", "",
               "| model | TP | rows | " + " | ".join(COMPONENTS) + " |",
               "|---|---|---|" + "---|" * len(COMPONENTS)]
-    for g in single_cause_factors(rows, model_key):
+    for g in summary["single_cause_factors"]:
         cells = [_range(g["factors"][c]) for c in COMPONENTS]
         lines.append(f"| {g['model']} | {g['tp']} | {g['rows']} | " + " | ".join(cells) + " |")
     return lines

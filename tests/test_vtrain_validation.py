@@ -55,8 +55,8 @@ def test_tp_ladders_need_three_tp_degrees_of_one_stage(modules):
     assert (lad["pp"], lad["micro_batch"]) == (4, 2)
     assert list(lad["points"]) == [1, 2, 4]
     assert lad["points"][4]["measured_s"] == pytest.approx(8.1)
-    _, vv = modules
-    md = "\n".join(diag.markdown(rows, key, vv.spearman))
+    summary = diag.summarize(rows, key) | {"spearman_by_model": {"m": 0.5}, "models": {"m": 6}}
+    md = "\n".join(diag.markdown(summary))
     assert "| m | 4 | 2 | 10.00 / 9.00 | 14.00 / 8.50 | 8.10 / 8.00 |" in md
 
 
@@ -77,13 +77,13 @@ sequence length,tensor parallelism,data parallelism,pipeline parallelism,iterati
 
 
 def test_spearman_under_noise(modules):
-    diag, vv = modules
+    diag, _ = modules
     rows = [row(1, 1, 1, measured=t, predicted=t) for t in (1.0, 1.5, 2.0, 3.0, 5.0)]
-    tight = diag.spearman_under_noise(rows, key, vv.spearman, sigmas=(1e-6,), draws=20)
+    tight = diag.spearman_under_noise(rows, key, sigmas=(1e-6,), draws=20)
     assert tight["m"]["1e-06"] == pytest.approx(1.0)     # no noise: the same order
-    loose = diag.spearman_under_noise(rows, key, vv.spearman, sigmas=(0.05, 2.0), draws=200)
+    loose = diag.spearman_under_noise(rows, key, sigmas=(0.05, 2.0), draws=200)
     assert loose["m"]["2"] < loose["m"]["0.05"] <= 1.0  # more noise, less rank agreement
-    again = diag.spearman_under_noise(rows, key, vv.spearman, sigmas=(0.05, 2.0), draws=200)
+    again = diag.spearman_under_noise(rows, key, sigmas=(0.05, 2.0), draws=200)
     assert again == loose                                # seeded
 
 
