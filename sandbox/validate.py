@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from sandbox import specs
+from sandbox.bounds import bound_problems
 from sandbox.errors import PlanError
 from sandbox.specs import Plan
 
@@ -39,7 +40,9 @@ def _choice(problems: list[str], where: str, value: str, options: tuple[str, ...
 def plan_problems(plan: Plan) -> list[str]:
     """Every rule the plan breaks, one readable line each (empty: valid)."""
     m, c, p, t = plan.model, plan.cluster, plan.parallel, plan.train
-    problems: list[str] = []
+    problems = bound_problems(plan)
+    if problems:  # NaN passes every comparison below; huge sizes make them slow
+        return problems
     _positive(problems, "model", m, ("layers", "hidden", "heads", "kv_heads", "vocab",
                                      "seq_len", "ffn_hidden"))
     _positive(problems, "cluster", c, ("nodes", "gpus_per_node", "intra_node_gb_per_s",
