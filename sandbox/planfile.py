@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import presets
-from sandbox.errors import PlanError
+from sandbox.errors import PlanError, SandboxError
+from sandbox.files import read_text_file
 from sandbox.specs import GPU, Cluster, Model, Parallel, Plan, Train
 from sandbox.validate import validate
 
@@ -231,16 +232,11 @@ def load(source: Any) -> Plan:
         text_source = isinstance(source, str) and ("\n" in source or "[" in source)
         if text_source:
             return plan_from_dict(_parse_toml(source, "plan"))
-        path = Path(source)
-        if not path.exists():
-            raise PlanError(f"{path}: no such plan file")
-        if path.is_dir():
-            raise PlanError(f"{path}: is a directory, not a plan file")
         try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise PlanError(f"{path}: cannot read ({e.__class__.__name__})") from None
-        return plan_from_dict(_parse_toml(text, str(path)))
+            text = read_text_file(source, "plan file")
+        except SandboxError as e:
+            raise PlanError(str(e)) from None
+        return plan_from_dict(_parse_toml(text, str(source)))
     raise PlanError(f"plan: cannot load a {type(source).__name__}")
 
 

@@ -81,6 +81,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.errors import SandboxError
+from sandbox.files import PLAN_FILE_LIMIT, read_text_file
 
 Curve = tuple[tuple[float, float], ...]
 
@@ -299,11 +300,10 @@ def profile_from_dict(d: dict, where: str = "profile") -> Profile:
 def load_profile(path: str | Path) -> Profile:
     """Read a profile TOML (keys in the module docstring)."""
     p = Path(path)
+    text = read_text_file(p, "calibration profile", limit=16 * PLAN_FILE_LIMIT)
     try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise SandboxError(f"{p}: no such calibration profile") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise SandboxError(f"{p}: cannot read calibration profile ({e})") from None
     return profile_from_dict(data, str(p))
 
