@@ -6,7 +6,7 @@ import sandbox
 from sandbox.profile import profile_for
 from sim import simulate, variation
 from sim.lowering import lower
-from sim.topology import build
+from sim.network.shared import shared
 
 
 def load(model="gpt2-350m", nodes=1, gpn=4, cluster=None, **par):
@@ -21,7 +21,7 @@ def load(model="gpt2-350m", nodes=1, gpn=4, cluster=None, **par):
 
 
 def stage_times(plan):
-    w = lower(plan, build(plan.cluster), profile_for(plan.cluster))
+    w = lower(plan, shared(plan.cluster), profile_for(plan.cluster))
     return [w.cost[(s, 0, "F")].total + w.cost[(s, 0, "B")].total for s in range(plan.parallel.pp)]
 
 

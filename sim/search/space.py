@@ -32,6 +32,7 @@ from sandbox.planfile import did_you_mean, load
 from sandbox.profile import profile_for
 from sandbox.specs import Parallel, Plan
 from sandbox.validate import plan_problems
+from sim import compute, host
 
 SEARCHED = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute",
             "sequence_parallel", "schedule")
@@ -226,8 +227,6 @@ def _microbatch_s(plan: Plan) -> float:
     """Least time of one microbatch on the busiest pipeline rank: the
     simulator's own kernel costs (`sim.compute`) and TP collectives at full
     link bandwidth, or the host's dispatch time if longer (`sim.host`)."""
-    from sim import compute, host
-
     m, c, p, t = plan.model, plan.cluster, plan.parallel, plan.train
     prof = profile_for(c)
     dev = compute.device_of(plan, prof)

@@ -25,8 +25,8 @@ import math
 from dataclasses import dataclass
 
 from sandbox.profile import Profile, bus_factor
-from sim.network import fluid_finish
-from sim.topology import Topology
+from sim.network.flows import fluid_finish
+from sim.network.topology import Topology
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 
@@ -136,3 +136,25 @@ def concurrent_time(topo: Topology, colls: list[Coll], prof: Profile) -> float:
 def collective_time(topo: Topology, coll: Coll, prof: Profile) -> float:
     """Seconds for one collective alone on an idle network."""
     return concurrent_time(topo, [coll], prof)
+
+
+def merge_phases(per_coll: list[list[Phase]]) -> list[Phase]:
+    """Phase k of concurrent collectives as one phase of all their flows."""
+    out = []
+    for k in range(max((len(x) for x in per_coll), default=0)):
+        ph = [x[k] for x in per_coll if len(x) > k]
+        out.append(Phase(tuple(pa for x in ph for pa in x.paths),
+                         tuple(sz for x in ph for sz in x.sizes), max(x.latency_s for x in ph)))
+    return out
+
+
+def point_to_point(topo: Topology, prof: Profile, pairs: list[tuple[int, int]], nbytes: float,
+           channel_of: int) -> Phase:
+    """Point-to-point flows of `nbytes` each (pairs with src == dst stay local);
+    inter-node traffic uses the NIC next to GPU `pair[channel_of]`."""
+    paths = tuple(topo.route(a, b, topo.nic_of((a, b)[channel_of]))
+                  for a, b in pairs if a != b)
+    if not paths:
+        return Phase((), (), 0.0)
+    lat = max(topo.latency(pa) for pa in paths) + prof.collective_step_latency_s
+    return Phase(paths, (nbytes / prof.collective_efficiency,) * len(paths), lat)
