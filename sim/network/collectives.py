@@ -33,6 +33,8 @@ OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 
 @dataclass(frozen=True)
 class Coll:
+    """One collective on one group of GPUs; `nbytes` in bytes."""
+
     op: str
     ranks: tuple[int, ...]  # global GPU ranks, in ring order
     nbytes: float  # buffer size N (all-reduce input; all-gather output)
@@ -41,12 +43,16 @@ class Coll:
 
 @dataclass(frozen=True)
 class Phase:
+    """Concurrent flows (paths of directed links, bytes each) and the phase's
+    latency in seconds."""
+
     paths: tuple[tuple, ...]
     sizes: tuple[float, ...]
     latency_s: float
 
 
 def ring_steps(op: str, p: int) -> int:
+    """Latency steps of a ring collective over p ranks."""
     return 2 * (p - 1) if op == "all_reduce" else (p - 1 if op != "send_recv" else 1)
 
 

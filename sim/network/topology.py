@@ -27,6 +27,9 @@ Link = tuple  # (u, v) directed edge
 
 @dataclass
 class Topology:
+    """The cluster's network graph (edge `bw` in bytes/s per direction, `lat`
+    in seconds) and its routes, memoised per (src, dst, channel)."""
+
     cluster: Cluster
     graph: nx.DiGraph
     kind: str
@@ -49,6 +52,7 @@ class Topology:
         return gpu % self.gpn * self.cluster.nics_per_node // self.gpn
 
     def capacity(self, link: Link) -> float:
+        """Bandwidth of a directed link, bytes/s."""
         return self.graph.edges[link]["bw"]
 
     def latency(self, path: tuple[Link, ...]) -> float:

@@ -70,6 +70,7 @@ def usd_per_million_tokens(step_time_s: float, plan: Plan) -> float:
 
 
 def parallel_fields(plan: Plan) -> dict:
+    """The searched parallel fields of a plan, by name."""
     return {k: getattr(plan.parallel, k) for k in SEARCHED}
 
 

@@ -47,6 +47,7 @@ OPTIMIZER_BYTES = 16  # HBM bytes per parameter the optimizer at least reads (m,
 
 
 def divisors(n: int) -> list[int]:
+    """Every positive divisor of n, ascending."""
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
