@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 import sandbox  # noqa: E402
 from sandbox import counts  # noqa: E402
-from sim import checkpoint_cost as cc  # noqa: E402
+from sandbox.failures_view import plot_interval_sweep  # noqa: E402
+from sim.failures import checkpoint_cost as cc  # noqa: E402
 from sim.failures import failure_report  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
@@ -115,7 +116,7 @@ def main() -> None:
     rep = failure_report(plan, st, seed=args.seed, runs=args.runs)
     wall = time.perf_counter() - t0
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rep.plot_interval_sweep(str(RESULTS / "failures_llama3.png"))
+    plot_interval_sweep(rep, str(RESULTS / "failures_llama3.png"))
 
     per_day = rep.expected_interruptions / (rep.expected_time_to_train_h / 24)
     causes = []

@@ -195,11 +195,12 @@ def predicted_vs_measured(labels: Sequence[str], predicted: Sequence[float],
 def search_scatter(result, title: str = ""):
     """A search result: step time vs memory per GPU, Pareto front highlighted.
 
-    Draws every simulated plan (`result.attrs["all_simulated"]`) when present.
+    `result`: a `sim.search.SearchResult` (draws every simulated plan, its
+    `all_simulated`) or a result table.
     """
     import matplotlib
 
-    result = result.attrs.get("all_simulated", result)
+    result = getattr(result, "all_simulated", result)
 
     with matplotlib.rc_context(STYLE):
         fig, ax = _figure(8.5, 5.0)

@@ -1,12 +1,13 @@
 """The discrete-event simulator: `simulate(plan) -> SimResult`.
 
-Pipeline: `lowering.lower` (plan -> per-rank work with costs from
-`compute` and `collectives` over a `topology` graph) -> `engine.run` (simpy
-processes, flows in `network`) -> `SimResult` (DESIGN.md contract).
+Pipeline: `lowering.lower` (plan -> per-rank `work.Work` with costs from
+`costs`, `compute` and `network.collectives` over the cluster's network
+`network.shared`) -> `engine.Engine` (simpy processes, flows in
+`network.flows`) -> `SimResult` (DESIGN.md contract).
 Deterministic and pure in the plan; one data-parallel replica stands for
 all when they are identical, one per kind when stragglers, mixed GPUs or
 uneven work make them differ (`sim.replicas`; `replicas="all"` simulates
-every one). `parallel.dp_mode` picks the synchronisation (`sim.sync_variants`).
+every one). `parallel.dp_mode` picks the synchronisation (`sim.sync`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ from dataclasses import replace
 from typing import Any
 
 from sandbox import counts, memory
+from sandbox.layout import rank_of
 from sandbox.profile import Profile, profile_for
 from sandbox.specs import Plan
+from sim import engine, lowering, variation
+from sim.engine import EngineResult
+from sim.network.shared import shared
 from sim.result import BREAKDOWN, SimResult
+from sim.sync import variants
 
 __all__ = ["SimResult", "memory_fields", "same_timing", "simulate"]
 
@@ -38,19 +44,16 @@ def simulate(plan: Plan, *, profile: Profile | None = None, replicas: str = "aut
     bucket_params: parameters per gradient bucket; dp_algorithm: ring | tree
     | hierarchical; topology: override `cluster.topology`.
     """
-    from sim import engine, lowering, sync_variants
-    from sim import topology as topo_mod
-
     t_start = time.perf_counter()
     prof = profile or profile_for(plan.cluster)
-    topo = topo_mod.shared(plan.cluster, topology)
+    topo = shared(plan.cluster, topology)
     work = lowering.lower(plan, topo, prof, dp_overlap=dp_overlap,
                           bucket_params=bucket_params or lowering.DEFAULT_BUCKET_PARAMS,
                           dp_algorithm=dp_algorithm)
     reps = {"all": tuple(range(plan.parallel.dp)), "one": (0,)}.get(
         replicas, work.representatives())
     res = engine.run(work, topo, reps, timeline=timeline)
-    extra = sync_variants.finish(plan, topo, prof, work, res, reps, dp_algorithm)
+    extra = variants.finish(plan, topo, prof, work, res, reps, dp_algorithm)
     if len(reps) > 1 or replicas == "auto" and len(work.representatives()) > 1:
         extra["simulated_replicas"] = len(reps)
     return _result(plan, res, time.perf_counter() - t_start, extra)
@@ -59,8 +62,6 @@ def simulate(plan: Plan, *, profile: Profile | None = None, replicas: str = "aut
 def memory_fields(plan: Plan) -> tuple[dict[str, float], bool]:
     """`memory_gb_per_gpu` of the contract (the most loaded GPU, GB) and `fits`
     (against the smallest GPU of a mixed cluster)."""
-    from sim import variation
-
     mem = memory.memory_per_gpu(plan)
     keep = ("params", "grads", "optimizer", "activations", "other", "total")
     return {k: mem[k] for k in keep}, mem["total"] <= variation.min_hbm_gb(plan.cluster)
@@ -75,9 +76,8 @@ def same_timing(plan: Plan) -> Any:
             replace(par, zero=1) if par.zero == 2 else par)
 
 
-def _result(plan: Plan, res: Any, wall: float, extra: dict | None = None) -> SimResult:
-    from sim import variation
-
+def _result(plan: Plan, res: EngineResult, wall: float, extra: dict | None = None
+            ) -> SimResult:
     m = plan.model
     step = res.step_time_s
     key = max(res.stats, key=lambda k: (res.stats[k].finish, -k[1]))
@@ -91,8 +91,6 @@ def _result(plan: Plan, res: Any, wall: float, extra: dict | None = None) -> Sim
     n = plan.world_size
     peak = variation.peak_flops_total(plan) / n  # mean over mixed GPU kinds
     mem_d, fits = memory_fields(plan)
-    from sim.lowering import rank_of
-
     return SimResult(
         params=counts.param_count(m), flops_per_step=flops, hw_flops_per_step=hw,
         step_time_s=step, tokens_per_s=tokens / step,

@@ -26,12 +26,15 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+import sim
+from sandbox.layout import replica_seq_lens
+from sandbox.layout import stage_layers as layout_stage_layers
 from sandbox.profile import Profile, profile_for
 from sandbox.specs import Plan
 from sim import variation
-from sim.lowering import stage_costs
+from sim.costs import stage_costs
+from sim.network.shared import shared
 from sim.replicas import stage_devices
-from sim.topology import build
 
 
 def min_max_split(unit: list[float], fixed: list[float], total: int,
@@ -52,9 +55,8 @@ def min_max_split(unit: list[float], fixed: list[float], total: int,
 
 def _stage_fb(plan: Plan, prof: Profile, layers: list[int]) -> list[list[float]]:
     """F + B seconds per micro-batch, per replica (rows) and stage (columns)."""
-    topo = build(plan.cluster)
-    variation.apply_slow_links(topo)
-    seqs = variation.replica_seq_lens(plan)
+    topo = shared(plan.cluster)
+    seqs = replica_seq_lens(plan)
     kinds: dict = {}
     memo: dict = {}
     out = []
@@ -85,7 +87,7 @@ def replica_microbatches(plan: Plan, prof: Profile | None = None) -> list[int]:
     """Micro-batches per data-parallel replica that equalise their steps."""
     prof = prof or profile_for(plan.cluster)
     p = plan.parallel
-    fb = _stage_fb(plan, prof, variation.stage_layers(plan))
+    fb = _stage_fb(plan, prof, layout_stage_layers(plan))
     unit = [max(r) for r in fb]
     fixed = [sum(r) - max(r) for r in fb]
     return min_max_split(unit, fixed, p.global_batch // (p.dp * p.micro_batch) * p.dp)
@@ -106,11 +108,9 @@ def balanced(plan: Plan, prof: Profile | None = None, layers: bool = True,
 def win(plan: Plan, prof: Profile | None = None, **options: Any) -> dict[str, Any]:
     """Simulate the plan before and after balancing: step time, tokens/s and
     the assignment (options go to `sim.simulate`)."""
-    from sim import simulate
-
     after_plan = balanced(plan, prof)
-    before = simulate(plan, profile=prof, timeline=False, **options)
-    after = simulate(after_plan, profile=prof, timeline=False, **options)
+    before = sim.simulate(plan, profile=prof, timeline=False, **options)
+    after = sim.simulate(after_plan, profile=prof, timeline=False, **options)
     return {"step_time_s": before.step_time_s, "balanced_step_time_s": after.step_time_s,
             "tokens_per_s": before.tokens_per_s, "balanced_tokens_per_s": after.tokens_per_s,
             "speedup": after.tokens_per_s / before.tokens_per_s,

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from sim.lowering import Work, rank_of
-from sim.network import FlowNetwork
-from sim.topology import Topology
+from sandbox.layout import rank_of
+from sim.network.flows import FlowNetwork
+from sim.network.topology import Topology
+from sim.work import Work
 
 
 @dataclass
@@ -36,62 +37,99 @@ class RankStats:
 
 @dataclass
 class EngineResult:
+    """One simulated step: its seconds, per-rank stats, spans and event count."""
+
     step_time_s: float
     stats: dict[tuple[int, int], RankStats]  # (replica, stage) -> stats
     spans: list[dict] = field(default_factory=list)
     events: int = 0
 
 
-def run(work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),
-        timeline: bool = True) -> EngineResult:
-    """Simulate one step of the given data-parallel replicas."""
-    plan, P, v = work.plan, work.p, work.v
-    env = simpy.Environment()
-    net = FlowNetwork(env, topo.capacity)
-    arrive: dict[tuple, simpy.Event] = {}
-    spans: list[dict] = []
-    stats = {(r, s): RankStats() for r in replicas for s in range(P)}
-    send_free: dict[tuple, float] = {}
-    n_rep = len(replicas)
-    rws = {r: work.rep(r) for r in replicas}  # per-replica work (sim.replicas)
+class Engine:
+    """One step of some data-parallel replicas of `work` as simpy processes.
 
-    def ev(key: tuple) -> simpy.Event:
-        e = arrive.get(key)
+    Per simulated rank: a compute stream (`_stage`), pipeline sends per
+    direction (`_send`); per stage: a data-parallel stream reducing the
+    gradient buckets (`_dp_stream`) and, with ZeRO 1/2, the parameter
+    all-gather after every replica's optimizer step (`_gather_stream`).
+    """
+
+    def __init__(self, work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),
+                 timeline: bool = True):
+        self.work, self.replicas, self.timeline = work, replicas, timeline
+        self.plan, self.P, self.v = work.plan, work.p, work.v
+        self.env = env = simpy.Environment()
+        self.net = FlowNetwork(env, topo.capacity)
+        self.arrive: dict[tuple, simpy.Event] = {}
+        self.spans: list[dict] = []
+        self.stats = {(r, s): RankStats() for r in replicas for s in range(self.P)}
+        self.send_free: dict[tuple, float] = {}
+        self.n_rep = len(replicas)
+        self.rws = {r: work.rep(r) for r in replicas}  # per-replica work (sim.replicas)
+        # data-parallel buckets: ready counters across simulated replicas
+        self.ready: dict[tuple[int, int], simpy.Event] = {}
+        self.counts: dict[tuple[int, int], int] = {}
+        self.dp_done = {s: env.event() for s in range(self.P)}
+        # ZeRO 1/2: every replica's optimizer step, then the parameter all-gather
+        self.stepped: dict[int, int] = {}
+        self.gathered = {s: env.event() for s in range(self.P)}
+
+    def run(self) -> EngineResult:
+        """Start every stream, step the simulation to its end."""
+        env, work = self.env, self.work
+        for s in range(self.P):
+            if work.dp_buckets[s]:
+                env.process(self._dp_stream(s))
+            else:
+                self.dp_done[s].succeed()
+            for r in self.replicas:
+                env.process(self._stage(r, s))
+        events = 0
+        while True:
+            try:
+                env.step()
+            except simpy.core.EmptySchedule:
+                break
+            events += 1
+        step = max(x.finish for x in self.stats.values())
+        return EngineResult(step, self.stats, self.spans, events)
+
+    def _ev(self, key: tuple) -> simpy.Event:
+        e = self.arrive.get(key)
         if e is None:
-            e = arrive[key] = env.event()
+            e = self.arrive[key] = self.env.event()
             e.sent_at = None
         return e
 
-    def span(rank: int, stream: str, kind: str, t0: float, t1: float, mb: int = -1) -> None:
-        if timeline and t1 > t0:
-            spans.append({"rank": rank, "stream": stream, "kind": kind, "start_s": t0,
-                          "end_s": t1, "microbatch": mb})
+    def _span(self, rank: int, stream: str, kind: str, t0: float, t1: float,
+              mb: int = -1) -> None:
+        if self.timeline and t1 > t0:
+            self.spans.append({"rank": rank, "stream": stream, "kind": kind, "start_s": t0,
+                               "end_s": t1, "microbatch": mb})
 
-    def send(r: int, s: int, key: tuple, direction: str) -> None:
+    def _send(self, r: int, s: int, key: tuple, direction: str) -> None:
+        env = self.env
         sk = (r, s, direction)
-        start = max(env.now, send_free.get(sk, 0.0))
-        end = start + work.send_of(rws[r], s, direction)
-        send_free[sk] = end
-        target = ev(key)
+        start = max(env.now, self.send_free.get(sk, 0.0))
+        end = start + self.work.send_of(self.rws[r], s, direction)
+        self.send_free[sk] = end
+        target = self._ev(key)
         target.sent_at = env.now
-        span(rank_of(plan, r, s, 0), f"pp_send_{direction}", "pp_comm", start, end, key[2])
+        self._span(rank_of(self.plan, r, s, 0), f"pp_send_{direction}", "pp_comm", start, end,
+                   key[2])
         env.timeout(end - env.now).callbacks.append(lambda _e: target.succeed())
 
-    # data-parallel buckets: ready counters across simulated replicas
-    ready: dict[tuple[int, int], simpy.Event] = {}
-    counts: dict[tuple[int, int], int] = {}
-    dp_done = {s: env.event() for s in range(P)}
+    def _bucket_ready(self, s: int, k: int) -> None:
+        self.counts[(s, k)] = self.counts.get((s, k), 0) + 1
+        if self.counts[(s, k)] == self.n_rep:
+            self.ready.setdefault((s, k), self.env.event()).succeed()
 
-    def bucket_ready(s: int, k: int) -> None:
-        counts[(s, k)] = counts.get((s, k), 0) + 1
-        if counts[(s, k)] == n_rep:
-            ready.setdefault((s, k), env.event()).succeed()
-
-    def dp_stream(s: int):
+    def _dp_stream(self, s: int):
         """Reduce the stage's buckets in order; buckets already ready when the
         stream gets to them go as one transfer (same flows, summed bytes and
         latencies: identical in the fluid model, far fewer events)."""
-        buckets = work.dp_buckets[s]
+        env, ready = self.env, self.ready
+        buckets = self.work.dp_buckets[s]
         k = 0
         while k < len(buckets):
             yield ready.setdefault((s, k), env.event())
@@ -100,38 +138,38 @@ def run(work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),
                     and buckets[j][1] is buckets[k][1]:
                 j += 1
             t0 = env.now
-            yield from _transfer(buckets[k][1], j - k)
-            for r in replicas:
-                span(rank_of(plan, r, s, 0), "dp_comm", "dp_comm", t0, env.now)
+            yield from self._transfer(buckets[k][1], j - k)
+            for r in self.replicas:
+                self._span(rank_of(self.plan, r, s, 0), "dp_comm", "dp_comm", t0, env.now)
             k = j
-        dp_done[s].succeed()
+        self.dp_done[s].succeed()
 
-    def _transfer(phases: list, times: int = 1):
+    def _transfer(self, phases: list, times: int = 1):
         for ph in phases:
             sizes = ph.sizes if times == 1 else tuple(x * times for x in ph.sizes)
-            yield net.transfer(ph.paths, sizes)
-            yield env.timeout(ph.latency_s * times)
+            yield self.net.transfer(ph.paths, sizes)
+            yield self.env.timeout(ph.latency_s * times)
 
-    # ZeRO 1/2: every replica's optimizer step, then the parameter all-gather
-    stepped: dict[int, int] = {}
-    gathered = {s: env.event() for s in range(P)}
+    def _gather_stream(self, s: int):
+        t0 = self.env.now
+        yield from self._transfer(self.work.dp_gather[s])
+        for r in self.replicas:
+            self._span(rank_of(self.plan, r, s, 0), "dp_comm", "param_allgather", t0,
+                       self.env.now)
+        self.gathered[s].succeed()
 
-    def gather_stream(s: int):
-        t0 = env.now
-        yield from _transfer(work.dp_gather[s])
-        for r in replicas:
-            span(rank_of(plan, r, s, 0), "dp_comm", "param_allgather", t0, env.now)
-        gathered[s].succeed()
+    def _optimizer_done(self, s: int) -> None:
+        self.stepped[s] = self.stepped.get(s, 0) + 1
+        if self.stepped[s] == self.n_rep:
+            self.env.process(self._gather_stream(s))
 
-    def optimizer_done(s: int) -> None:
-        stepped[s] = stepped.get(s, 0) + 1
-        if stepped[s] == n_rep:
-            env.process(gather_stream(s))
-
-    def stage(r: int, s: int):
-        st = stats[(r, s)]
-        rank = rank_of(plan, r, s, 0)
-        rw = rws[r]
+    def _stage(self, r: int, s: int):
+        """The compute stream of replica r's stage s: its schedule, waiting for
+        activations / gradients, then the reduction, the optimizer, the gather."""
+        env, work, P, v = self.env, self.work, self.P, self.v
+        st = self.stats[(r, s)]
+        rank = rank_of(self.plan, r, s, 0)
+        rw = self.rws[r]
         ops = rw.ops[s]
         last_kind = "W" if rw.cost[(s, 0, "W")].total else "B"
         n_b = sum(1 for k, _, _ in ops if k == last_kind)
@@ -142,9 +180,9 @@ def run(work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),
             vs = c * P + s
             need = None
             if kind == "F" and vs > 0:
-                need = ev((r, "F", mb, vs - 1))
+                need = self._ev((r, "F", mb, vs - 1))
             elif kind == "B" and vs < P * v - 1:
-                need = ev((r, "B", mb, vs + 1))
+                need = self._ev((r, "B", mb, vs + 1))
             if need is not None and not need.triggered:
                 t_wait = env.now
                 yield need
@@ -157,62 +195,53 @@ def run(work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),
                     t_wait = env.now
                     yield env.timeout(ag_done - env.now)
                     st.dp_comm += env.now - t_wait
-                span(rank, "dp_comm", "param_allgather", ag_done - ag_t, ag_done, mb)
+                self._span(rank, "dp_comm", "param_allgather", ag_done - ag_t, ag_done, mb)
                 ag_done = max(env.now, ag_done) + ag_t  # prefetch the next op's params
             cost = rw.cost[(s, c, kind)]
             t0 = env.now
             if kind == last_kind and c == 0:
                 seen_last += 1
                 if seen_last == max(1, n_b // v) and work.dp_buckets[s]:
-                    _issue_buckets(s, t0, t0 + cost.total)
+                    self._issue_buckets(s, t0, t0 + cost.total)
             yield env.timeout(cost.total)
             st.compute += cost.compute_s
             st.tp_comm += cost.tp_s
             st.host += cost.total - cost.compute_s - cost.tp_s
-            span(rank, "compute", {"F": "fwd", "B": "bwd", "W": "wgrad"}[kind], t0, env.now, mb)
+            self._span(rank, "compute", {"F": "fwd", "B": "bwd", "W": "wgrad"}[kind], t0,
+                       env.now, mb)
             if kind == "F" and vs < P * v - 1:
-                send(r, s, (r, "F", mb, vs), "fwd")
+                self._send(r, s, (r, "F", mb, vs), "fwd")
             elif kind == "B" and vs > 0:
-                send(r, s, (r, "B", mb, vs), "bwd")
+                self._send(r, s, (r, "B", mb, vs), "bwd")
         t_end = env.now
-        yield dp_done[s]
+        yield self.dp_done[s]
         st.dp_comm += env.now - t_end
         t0 = env.now
         yield env.timeout(rw.optimizer_s[s])
         st.optimizer += env.now - t0
-        span(rank, "compute", "optimizer", t0, env.now)
+        self._span(rank, "compute", "optimizer", t0, env.now)
         if work.dp_gather and work.dp_gather[s]:  # wait for every shard, then gather
-            optimizer_done(s)
+            self._optimizer_done(s)
             t0 = env.now
-            yield gathered[s]
+            yield self.gathered[s]
             st.dp_comm += env.now - t0
         st.finish = env.now
 
-    def _issue_buckets(s: int, t0: float, t1: float) -> None:
+    def _issue_buckets(self, s: int, t0: float, t1: float) -> None:
         """The last backward of the stage produced the gradients: with overlap,
         bucket k is ready after its share of that backward (last layers first)."""
-        nb = len(work.dp_buckets[s])
+        env = self.env
+        nb = len(self.work.dp_buckets[s])
         for k in range(nb):
-            at = t0 + (t1 - t0) * (k + 1) / nb if work.dp_overlap else t1
+            at = t0 + (t1 - t0) * (k + 1) / nb if self.work.dp_overlap else t1
             if at <= env.now:
-                bucket_ready(s, k)
+                self._bucket_ready(s, k)
             else:
                 env.timeout(at - env.now).callbacks.append(
-                    lambda _e, s=s, k=k: bucket_ready(s, k))
+                    lambda _e, s=s, k=k: self._bucket_ready(s, k))
 
-    for s in range(P):
-        if work.dp_buckets[s]:
-            env.process(dp_stream(s))
-        else:
-            dp_done[s].succeed()
-        for r in replicas:
-            env.process(stage(r, s))
-    events = 0
-    while True:
-        try:
-            env.step()
-        except simpy.core.EmptySchedule:
-            break
-        events += 1
-    step = max(x.finish for x in stats.values())
-    return EngineResult(step, stats, spans, events)
+
+def run(work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),
+        timeline: bool = True) -> EngineResult:
+    """Simulate one step of the given data-parallel replicas."""
+    return Engine(work, topo, replicas, timeline).run()

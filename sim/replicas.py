@@ -13,12 +13,14 @@ gradient reduction starts when the slowest simulated replica is ready.
 
 from __future__ import annotations
 
+from sandbox.layout import rank_of, replica_microbatches, replica_seq_lens
 from sandbox.profile import Profile
 from sandbox.specs import Plan
 from sim import compute, variation
-from sim.lowering import RepWork, Work, rank_of, send_time, stage_costs
+from sim.costs import send_time, stage_costs
+from sim.network.topology import Topology
 from sim.schedules import schedule
-from sim.topology import Topology
+from sim.work import RepWork, Work
 
 
 def _signature(rw: RepWork) -> tuple:
@@ -57,14 +59,15 @@ def stage_devices(plan: Plan, prof: Profile, d: int, kinds: dict | None = None
 
 
 def attach(work: Work, topo: Topology, prof: Profile, layers: list[int]) -> None:
-    """Fill `work.reps` / `work.rep_class`; replica 0's own work replaces the base."""
+    """Fill `work.reps` / `work.rep_class`; replica 0's own work replaces the base.
+    `topo` is the cluster's network with its slow links (`sim.network.shared`)."""
     plan = work.plan
     p = plan.parallel
     if variation.is_symmetric(plan):
         work.rep_class = [0] * p.dp
         return
-    links = bool(variation.apply_slow_links(topo))
-    mbs, seqs = variation.replica_microbatches(plan), variation.replica_seq_lens(plan)
+    links = bool(topo.slow_edges)
+    mbs, seqs = replica_microbatches(plan), replica_seq_lens(plan)
     P, v = work.p, work.v
     kinds: dict = {}
     times: dict = {}  # kernel times per (device, sequence length)

@@ -6,6 +6,8 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
+from sim.trace import gantt, write_chrome_trace
+
 BREAKDOWN = ("compute", "tp_comm", "pp_comm", "dp_comm", "bubble", "optimizer", "other")
 
 
@@ -60,13 +62,10 @@ class SimResult:
 
     def plot(self, path: str | None = None, title: str | None = None) -> Any:
         """Gantt chart of the timeline (matplotlib Figure; saved when `path`)."""
-        from sim.trace import gantt
-
         return gantt(self, path, title)
 
     def chrome_trace(self, path: str) -> str:
-        from sim.trace import write_chrome_trace
-
+        """Write the timeline as Chrome-trace JSON (Perfetto) to `path`."""
         return write_chrome_trace(self, path)
 
 

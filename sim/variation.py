@@ -1,12 +1,11 @@
 """Stragglers, heterogeneity and uneven work: the plan's asymmetric facts.
 
 Reads the `[cluster]` fields `slow_gpus`, `slow_gpu_fraction`,
-`slow_gpu_slowdown`, `slow_links`, `slow_link_fraction`,
-`slow_link_slowdown`, `node_gpus`, `variation_seed` and the `[parallel]`
-fields `stage_layers`, `replica_microbatches`, `replica_seq_len` (see
-`sandbox.specs`). A slow GPU runs its kernels `slow_gpu_slowdown` times
-longer; a slow link carries 1/`slow_link_slowdown` of its bandwidth both
-ways. Random picks use `numpy.random.default_rng(variation_seed)`, so a plan
+`slow_gpu_slowdown`, `node_gpus`, `variation_seed` and the `[parallel]`
+fields `replica_microbatches`, `replica_seq_len` (see `sandbox.specs`; the
+layout of layers and micro-batches is `sandbox.layout`'s, slow links are
+`sim.network.shared`'s). A slow GPU runs its kernels `slow_gpu_slowdown`
+times longer. Random picks use `numpy.random.default_rng(variation_seed)`, so a plan
 always means the same cluster. Units: seconds, bytes, FLOP/s.
 """
 
@@ -18,26 +17,8 @@ from functools import lru_cache
 import numpy as np
 
 from sandbox import counts, presets
+from sandbox.layout import replica_microbatches, replica_seq_lens
 from sandbox.specs import GPU, Cluster, Plan
-from sim.topology import Topology
-
-
-def stage_layers(plan: Plan) -> list[int]:
-    """Transformer blocks of each pipeline stage (all chunks of a stage)."""
-    p = plan.parallel
-    if p.stage_layers:
-        return list(p.stage_layers)
-    return [plan.model.layers // p.pp] * p.pp
-
-
-def replica_microbatches(plan: Plan) -> list[int]:
-    p = plan.parallel
-    return list(p.replica_microbatches) or [p.microbatches] * p.dp
-
-
-def replica_seq_lens(plan: Plan) -> list[int]:
-    p = plan.parallel
-    return list(p.replica_seq_len) or [plan.model.seq_len] * p.dp
 
 
 def with_seq_len(plan: Plan, seq_len: int) -> Plan:
@@ -83,60 +64,6 @@ def gpu_kinds(c: Cluster) -> list[GPU]:
     return list(kinds.values())
 
 
-def _nic_links(topo: Topology, node: int, k: int) -> list[tuple]:
-    """Directed edges of NIC k of `node` towards the network (both ways)."""
-    g = topo.graph
-    if topo.kind in ("ring", "torus"):
-        gpn = topo.gpn
-        ups = [(("gpu", node * gpn + i), ("rtr", node)) for i in range(gpn)]
-    else:
-        nic = ("nic", node, k)
-        ups = [(nic, topo._leaf(node, k))]
-    return [e for u, v in ups for e in ((u, v), (v, u)) if g.has_edge(*e)]
-
-
-def link_edges(topo: Topology, name: str) -> list[tuple]:
-    """Directed edges of a named link: nvlink:R, nic:N.K or node:N."""
-    kind, _, where = name.partition(":")
-    if kind == "nvlink":
-        r = int(where)
-        a, b = ("gpu", r), ("nvs", topo.node_of(r))
-        return [(a, b), (b, a)]
-    if kind == "nic":
-        n, k = (int(x) for x in where.split("."))
-        return _nic_links(topo, n, k)
-    n = int(where)
-    return [e for k in range(topo.cluster.nics_per_node) for e in _nic_links(topo, n, k)]
-
-
-def slow_link_edges(topo: Topology) -> set[tuple]:
-    """Every directed edge the cluster's slow links name or draw."""
-    c = topo.cluster
-    edges = {e for name in c.slow_links for e in link_edges(topo, name)}
-    nics = c.nodes * c.nics_per_node
-    k = round(c.slow_link_fraction * nics)
-    if k and c.nodes > 1:
-        rng = np.random.default_rng(c.variation_seed + 1)
-        for i in rng.choice(nics, size=k, replace=False):
-            edges.update(_nic_links(topo, int(i) // c.nics_per_node, int(i) % c.nics_per_node))
-    return edges
-
-
-def apply_slow_links(topo: Topology) -> set[tuple]:
-    """Divide the slow links' bandwidth (once per topology); returns their edges."""
-    g = topo.graph
-    done = g.graph.get("slow_links")
-    if done is not None:
-        return done
-    edges = slow_link_edges(topo)
-    if topo.cluster.slow_link_slowdown != 1.0:
-        for e in edges:
-            if g.has_edge(*e):
-                g.edges[e]["bw"] /= topo.cluster.slow_link_slowdown
-    g.graph["slow_links"] = edges
-    return edges
-
-
 def is_symmetric(plan: Plan) -> bool:
     """True when every data-parallel replica does the same work at the same speed."""
     c = plan.cluster
@@ -172,4 +99,5 @@ def peak_flops_total(plan: Plan) -> float:
 
 
 def min_hbm_gb(c: Cluster) -> float:
+    """HBM of the smallest GPU kind of the cluster, GB."""
     return min(g.hbm_gb for g in gpu_kinds(c))

@@ -19,8 +19,9 @@ import pytest
 import sandbox
 from sandbox import counts, memory
 from sandbox.errors import PlanError
-from sim import checkpoint_cost as cc
-from sim import failures as F
+from sandbox.failures_view import failures_html, plot_interval_sweep
+from sim.failures import checkpoint_cost as cc
+from sim.failures import report as F
 
 H = 3600.0
 
@@ -155,9 +156,9 @@ def test_16k_gpus_with_thousands_of_interruptions_price_fast(tmp_path):
     assert r.expected_interruptions > 1500
     assert elapsed < 10.0, elapsed
     path = tmp_path / "sweep.png"
-    r.plot_interval_sweep(str(path))
+    plot_interval_sweep(r, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "<table>" in r._repr_html_()
+    assert "<table>" in failures_html(r)
 
 
 def test_weibull_plan_report_shape_one_matches_exponential():

@@ -7,7 +7,8 @@ import pytest
 from sandbox.memory import memory_per_gpu
 from sandbox.validate import plan_problems
 from sim import search as S
-from sim.search_space import (
+from sim.search.result import py
+from sim.search.space import (
     candidates,
     peak_memory_gb,
     step_time_lower_bound,
@@ -21,7 +22,7 @@ SMALL = dict(model="gpt3-1.3b", cluster="dgx-a100-80g", gpus=16, global_batch=64
 @pytest.fixture(scope="module")
 def small():
     """The small search with the real simulator, over 2 worker processes."""
-    return S.search(**SMALL, top=8, workers=2, max_simulations=24, progress=False)
+    return S.run_search(**SMALL, top=8, workers=2, max_simulations=24, progress=False)
 
 
 def test_pareto_front_toy_set():
@@ -33,31 +34,32 @@ def test_pareto_front_toy_set():
 
 
 def test_results_sorted_feasible_and_valid(small):
-    assert 0 < len(small) <= 8
-    times = list(small["step_time_s"])
+    table = small.table
+    assert 0 < len(table) <= 8
+    times = list(table["step_time_s"])
     assert times == sorted(times)
-    for rank in small.index:
+    for rank in table.index:
         plan = S.plan_of(small, int(rank))
         assert plan_problems(plan) == []
         assert memory_per_gpu(plan)["total"] <= plan.cluster.gpu.hbm_gb
         assert plan.parallel.tp <= plan.cluster.gpus_per_node
-    assert small["fits"].all()
-    assert list(small.index) == list(range(1, len(small) + 1))
+    assert table["fits"].all()
+    assert list(table.index) == list(range(1, len(table) + 1))
 
 
 def test_counts_add_up_and_reasons_kept(small):
-    a = small.attrs
-    rej = a["rejected"]
+    c = small.counts
+    rej = small.rejected
     stages = rej["stage"].value_counts().to_dict()
     accounted = sum(stages.get(s, 0) for s in ("invalid", "memory", "screened", "budget"))
-    assert a["considered"] == accounted + a["simulated"] + a["timed_by_a_twin"]
-    assert a["timed_by_a_twin"] > 0  # ZeRO 2 reuses ZeRO 1's timing
-    assert a["considered"] == len(list(candidates(a["base_plan"])))
+    assert c.considered == accounted + c.simulated + c.timed_by_a_twin
+    assert c.timed_by_a_twin > 0  # ZeRO 2 reuses ZeRO 1's timing
+    assert c.considered == len(list(candidates(small.base_plan)))
     assert (rej["reason"].str.len() > 0).all()
-    assert sum(a["rejected_by_reason"].values()) == a["rejected_count"]
+    assert sum(c.rejected_by_reason.values()) == c.rejected
     # every rejected-as-invalid candidate really breaks a rule, with that reason first
     for _, r in rej[rej["stage"] == "invalid"].head(20).iterrows():
-        plan = with_parallel(a["base_plan"], **{k: S._py(r[k]) for k in S.SEARCHED})
+        plan = with_parallel(small.base_plan, **{k: py(r[k]) for k in S.SEARCHED})
         assert plan_problems(plan)[0] == r["reason"]
 
 
@@ -68,18 +70,18 @@ def test_why_explains_missing_plans(small):
     # tp = 16 spans two nodes: outside the space, but a valid plan
     assert S.why(small, tp=16, pp=1)["stage"].iloc[0] == "not enumerated"
     # a plan in the table is "ranked"
-    best = small.iloc[0]
-    hit = S.why(small, **{k: S._py(best[k]) for k in S.SEARCHED})
+    best = small.table.iloc[0]
+    hit = S.why(small, **{k: py(best[k]) for k in S.SEARCHED})
     assert list(hit["stage"]) == ["ranked"] and hit["reason"].iloc[0] == "rank 1"
     with pytest.raises(Exception, match="unknown field"):
         S.why(small, tpp=2)
 
 
 def test_max_memory_rejects_with_reason():
-    res = S.search(**SMALL, top=3, workers=1, max_simulations=4, progress=False,
-                   max_memory_gb=12.0, fix={"pp": 1})
-    assert (res["memory_gb"] <= 12.0).all()
-    rej = res.attrs["rejected"]
+    res = S.run_search(**SMALL, top=3, workers=1, max_simulations=4, progress=False,
+                       max_memory_gb=12.0, fix={"pp": 1})
+    assert (res.table["memory_gb"] <= 12.0).all()
+    rej = res.rejected
     assert rej["reason"].str.contains("max_memory_gb 12.0 GB").any()
 
 
@@ -93,8 +95,8 @@ def test_fix_restricts_the_space():
 def test_row_resimulated_alone_gives_the_same_numbers(small):
     from sim import simulate
 
-    for rank in list(small.index)[:3]:
-        row = small.loc[rank]
+    for rank in list(small.table.index)[:3]:
+        row = small.table.loc[rank]
         alone = simulate(S.plan_of(small, int(rank))).to_dict()
         for key in ("step_time_s", "tokens_per_s", "mfu", "hfu", "tflops_per_gpu"):
             assert alone[key] == pytest.approx(row[key], rel=1e-12), key
@@ -103,8 +105,8 @@ def test_row_resimulated_alone_gives_the_same_numbers(small):
 
 
 def test_lower_bound_never_exceeds_the_simulation(small):
-    everything = small.attrs["all_simulated"]
-    assert len(everything) >= len(small)
+    everything = small.all_simulated
+    assert len(everything) >= len(small.table)
     for rank in everything.index:
         plan = S.plan_of(small, everything.loc[rank])
         assert step_time_lower_bound(plan) <= everything.loc[rank, "step_time_s"]
@@ -171,3 +173,14 @@ def test_cli_unknown_model_one_line(cli):
             "--global-batch", "64")
     assert r.returncode == 1 and "did you mean 'gpt3-175b'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_parallel_search_simulates_what_one_worker_does(small):
+    """Workers run ahead but results are taken in candidate order: the same
+    plans are simulated, ranked and rejected as with one worker."""
+    one = S.run_search(**SMALL, top=8, workers=1, max_simulations=24, progress=False)
+    assert one.counts == small.counts
+    drop = ["sim_wall_s"]
+    assert one.table.drop(columns=drop).equals(small.table.drop(columns=drop))
+    assert one.all_simulated.drop(columns=drop).equals(small.all_simulated.drop(columns=drop))
+    assert one.rejected.equals(small.rejected)

@@ -4,9 +4,9 @@ import pytest
 
 import sandbox
 from sandbox.profile import Profile
-from sim import topology
-from sim.collectives import Coll, collective_time, concurrent_time
-from sim.network import fluid_finish, max_min_rates
+from sim.network import topology
+from sim.network.collectives import Coll, collective_time, concurrent_time
+from sim.network.flows import fluid_finish, max_min_rates
 
 IDEAL = Profile(collective_efficiency=1.0, collective_step_latency_s=0.0)
 

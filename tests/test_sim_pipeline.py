@@ -4,8 +4,10 @@ import pytest
 
 import sandbox
 from sandbox.profile import Profile
-from sim import engine, lowering, topology
+from sim import engine, lowering
+from sim.network import topology
 from sim.schedules import schedule
+from sim.work import OpCost
 
 TF, TB = 1.0, 2.0  # seconds per stage (whole stage, one microbatch)
 
@@ -22,7 +24,7 @@ def work_of(p: int, m: int, sched: str = "1f1b", v: int = 1, w_split: float = 0.
     for key in work.cost:
         kind = key[2]
         t = {"F": TF, "B": TB * (1 - w_split), "W": TB * w_split}[kind] / v
-        work.cost[key] = lowering.OpCost(t, 0.0)
+        work.cost[key] = OpCost(t, 0.0)
     work.send_s = 0.0
     work.optimizer_s = [0.0] * p
     return work, topo

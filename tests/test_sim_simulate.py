@@ -7,8 +7,8 @@ import pytest
 import sandbox
 from sandbox.profile import Profile, profile_for
 from sim import simulate
-from sim.collectives import Coll, collective_time
-from sim.topology import build
+from sim.network.collectives import Coll, collective_time
+from sim.network.topology import build
 
 
 def plan(**par):

@@ -6,7 +6,8 @@ import sandbox
 from sandbox.profile import profile_for
 from sim import simulate, variation
 from sim.lowering import lower
-from sim.topology import build
+from sim.network.shared import shared
+from sim.network.topology import build
 
 
 def load(model="gpt2-350m", nodes=1, gpn=4, cluster=None, **par):
@@ -21,7 +22,7 @@ def load(model="gpt2-350m", nodes=1, gpn=4, cluster=None, **par):
 
 
 def stage_times(plan):
-    w = lower(plan, build(plan.cluster), profile_for(plan.cluster))
+    w = lower(plan, shared(plan.cluster), profile_for(plan.cluster))
     return [w.cost[(s, 0, "F")].total + w.cost[(s, 0, "B")].total for s in range(plan.parallel.pp)]
 
 
@@ -116,6 +117,23 @@ def test_slow_link_slows_only_the_traffic_that_crosses_it():
     assert simulate(solo).breakdown_s["tp_comm"] == pytest.approx(
         simulate(load(model="gpt3-1.3b", nodes=2, gpn=8, tp=8, pp=2,
                       micro_batch=1)).breakdown_s["tp_comm"])
+
+
+def test_slow_links_live_in_their_own_network_and_lowering_changes_none():
+    """`shared` applies the slow links to a copy of the nominal graph (once,
+    memoised); `lower` reads the network and leaves every bandwidth as it was."""
+    plan = load(cluster={"slow_links": ["node:1"], "slow_link_slowdown": 4.0},
+                model="gpt3-1.3b", nodes=2, gpn=8, tp=8, micro_batch=1)
+    nominal, slow = build(plan.cluster), shared(plan.cluster)
+    assert shared(plan.cluster) is slow and slow.slow_edges
+    for e in slow.slow_edges:
+        assert slow.graph.edges[e]["bw"] == nominal.graph.edges[e]["bw"] / 4.0
+    before = {e: d["bw"] for e, d in slow.graph.edges.items()}
+    lower(plan, slow, profile_for(plan.cluster))
+    lower(plan, slow, profile_for(plan.cluster))
+    assert {e: d["bw"] for e, d in slow.graph.edges.items()} == before
+    assert not shared(load(model="gpt3-1.3b", nodes=2, gpn=8, tp=8,
+                           micro_batch=1).cluster).slow_edges
 
 
 def test_uneven_stages_change_the_bubble_as_in_closed_form():

@@ -5,9 +5,10 @@ import pytest
 import sandbox
 from sandbox import counts
 from sandbox.profile import profile_for
-from sim import compression, compute, simulate
-from sim.collectives import Coll, collective_time
-from sim.topology import build
+from sim import compute, simulate
+from sim.network.collectives import Coll, collective_time
+from sim.network.topology import build
+from sim.sync import compression
 
 STARVED = {"nics_per_node": 1, "nic_gbit_per_s": 25.0}
 

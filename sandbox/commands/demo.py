@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     import sandbox
     from sandbox.plots import plan_label
     from sandbox.report import report
-    from sim.search import plan_of
+    from sim.search import plan_of, run_search
 
     for title, plan in DEMO_PLANS.items():
         print(f"== {title}")
@@ -52,14 +52,15 @@ def main(args: argparse.Namespace) -> int:
 
     print(f"== search: {SEARCH['model']} on {SEARCH['gpus']} GPUs ({SEARCH['cluster']}), "
           f"global batch {SEARCH['global_batch']}")
-    result = sandbox.search(**SEARCH, top=5, max_simulations=args.max_simulations)
+    found = run_search(**SEARCH, top=5, max_simulations=args.max_simulations)
+    result = found.table
     cols = ["dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute", "schedule",
             "step_time_s", "tokens_per_s", "mfu", "memory_gb"]
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(result[cols].to_string(float_format=lambda v: f"{v:.4g}"))
     print()
 
-    plans = [plan_of(result, r) for r in result.index[:3]] + [sandbox.load(HAND_WRITTEN)]
+    plans = [plan_of(found, r) for r in result.index[:3]] + [sandbox.load(HAND_WRITTEN)]
     names = [f"#{i + 1} {plan_label(p)}" for i, p in enumerate(plans[:-1])]
     names.append(f"hand-written {plan_label(plans[-1])}")
     rep = report(plans, args.out, names=names, scaling=(0.5, 1.0, 2.0))

@@ -63,18 +63,17 @@ def parse_fix(items: list[str]) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    import sandbox
-    from sim.search import to_records
+    from sim.search import run_search, to_records
 
     if args.workers is not None and args.workers <= 0:
         raise SandboxError(f"--workers: must be positive, got {args.workers}")
     if args.max_simulations <= 0:
         raise SandboxError(f"--max-simulations: must be positive, got {args.max_simulations}")
-    result = sandbox.search(model=args.model, cluster=args.cluster, gpus=args.gpus,
-                            global_batch=args.global_batch, top=args.top,
-                            objective=args.objective, max_memory_gb=args.max_memory_gb,
-                            fix=parse_fix(args.fix), seq_len=args.seq_len, workers=args.workers,
-                            max_simulations=args.max_simulations, progress=not args.quiet)
+    result = run_search(model=args.model, cluster=args.cluster, gpus=args.gpus,
+                        global_batch=args.global_batch, top=args.top,
+                        objective=args.objective, max_memory_gb=args.max_memory_gb,
+                        fix=parse_fix(args.fix), seq_len=args.seq_len, workers=args.workers,
+                        max_simulations=args.max_simulations, progress=not args.quiet).table
     if args.json:
         print(json.dumps(to_records(result), indent=2))
     elif args.csv:

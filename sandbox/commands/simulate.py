@@ -28,7 +28,7 @@ def _failures(plan, step_time_s: float, seed: int):
     try:
         from sim.failures import failure_report
     except ImportError:
-        raise SandboxError("--failures: the failure model (sim/failures.py) is not "
+        raise SandboxError("--failures: the failure model (sim/failures/) is not "
                            "available in this installation") from None
     return failure_report(plan, step_time_s, seed=seed)
 
@@ -87,7 +87,9 @@ def main(args: argparse.Namespace) -> int:
         report = _failures(plan, result.step_time_s, args.seed)
         d.update(report.to_dict())
         if args.failures_plot:
-            report.plot_interval_sweep(args.failures_plot)
+            from sandbox.failures_view import plot_interval_sweep
+
+            plot_interval_sweep(report, args.failures_plot)
     if args.trace:
         result.chrome_trace(args.trace)
     if args.plot:

@@ -32,6 +32,7 @@ from sandbox.planfile import did_you_mean, load
 from sandbox.profile import profile_for
 from sandbox.specs import Parallel, Plan
 from sandbox.validate import plan_problems
+from sim import compute, host
 
 SEARCHED = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute",
             "sequence_parallel", "schedule")
@@ -46,6 +47,7 @@ OPTIMIZER_BYTES = 16  # HBM bytes per parameter the optimizer at least reads (m,
 
 
 def divisors(n: int) -> list[int]:
+    """Every positive divisor of n, ascending."""
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
@@ -226,8 +228,6 @@ def _microbatch_s(plan: Plan) -> float:
     """Least time of one microbatch on the busiest pipeline rank: the
     simulator's own kernel costs (`sim.compute`) and TP collectives at full
     link bandwidth, or the host's dispatch time if longer (`sim.host`)."""
-    from sim import compute, host
-
     m, c, p, t = plan.model, plan.cluster, plan.parallel, plan.train
     prof = profile_for(c)
     dev = compute.device_of(plan, prof)

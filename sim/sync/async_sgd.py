@@ -1,7 +1,7 @@
 """Asynchronous SGD over parameter servers: no barrier, stale gradients.
 
 Each data-parallel replica is a worker looping on its own: pull the
-parameters from the S servers (`sim.sync_variants.ps_server_ranks`), run its
+parameters from the S servers (`sim.sync.parameter_server.ps_server_ranks`), run its
 forward and backward (its pipeline, as simulated by `sim.engine` without
 data-parallel traffic), compress and push its gradients, and have the
 servers apply them (one update at a time: the servers hold disjoint shards
@@ -25,26 +25,30 @@ from typing import Any
 import simpy
 
 from sandbox import memory
+from sandbox.layout import rank_of, replica_microbatches, replica_seq_lens, stage_layers
 from sandbox.profile import Profile
 from sandbox.specs import Plan
-from sim import compression, compute, variation
-from sim.engine import RankStats
-from sim.lowering import rank_of, stage_params
-from sim.network import FlowNetwork
-from sim.sync_variants import _flows, ps_server_ranks
-from sim.topology import Topology
+from sim import compute, variation
+from sim.costs import stage_params
+from sim.engine import EngineResult, RankStats
+from sim.network.collectives import point_to_point
+from sim.network.flows import FlowNetwork
+from sim.network.topology import Topology
+from sim.sync import compression
+from sim.sync.parameter_server import ps_server_ranks
+from sim.work import Work
 
 
-def run_async(plan: Plan, topo: Topology, prof: Profile, work: Any, res: Any,
+def run_async(plan: Plan, topo: Topology, prof: Profile, work: Work, res: EngineResult,
               replicas: tuple[int, ...], iters: int = 8, warmup: int = 2) -> dict[str, Any]:
-    if iters < warmup + 2:
-        raise ValueError("async: need at least warmup + 2 iterations per worker")
     """Simulate `iters` iterations per worker; sets `res.step_time_s` to the
     time per `global_batch` worth of sequences and returns the extra fields."""
+    if iters < warmup + 2:
+        raise ValueError("async: need at least warmup + 2 iterations per worker")
     p, tr = plan.parallel, plan.train
     P = p.pp
-    layers = variation.stage_layers(plan)
-    mbs, seqs = variation.replica_microbatches(plan), variation.replica_seq_lens(plan)
+    layers = stage_layers(plan)
+    mbs, seqs = replica_microbatches(plan), replica_seq_lens(plan)
     local = {r: max(res.stats[(r, s)].finish for s in range(P)) for r in replicas}
     cls = work.rep_class or [0] * p.dp
     t_local = [local.get(cls[d], local[replicas[0]]) for d in range(p.dp)]
@@ -64,10 +68,10 @@ def run_async(plan: Plan, topo: Topology, prof: Profile, work: Any, res: Any,
         for s in range(P):
             ranks = [rank_of(plan, d, s, t) for t in range(p.tp)]
             if pull:
-                out.append(_flows(topo, prof, [(j, w) for w in ranks for j in servers],
+                out.append(point_to_point(topo, prof, [(j, w) for w in ranks for j in servers],
                                   n_stage[s] * wb / S, 1))
             else:
-                out.append(_flows(topo, prof, [(w, j) for w in ranks for j in servers],
+                out.append(point_to_point(topo, prof, [(w, j) for w in ranks for j in servers],
                                   push_b[s] / S, 0))
         return out
 
@@ -120,7 +124,7 @@ def run_async(plan: Plan, topo: Topology, prof: Profile, work: Any, res: Any,
             "ps_servers": S}
 
 
-def _rescale(res: Any, step: float, comm_s: float) -> None:
+def _rescale(res: EngineResult, step: float, comm_s: float) -> None:
     """Breakdown of worker 0's mean iteration (its local step plus its mean
     pull / push / update time as dp_comm), scaled to the throughput step (the
     two differ when workers run at different speeds)."""

@@ -7,7 +7,8 @@ Builders: fat-tree (leaf per group of nodes, one aggregated spine with the
 cluster's oversubscription), rail-optimized (leaf per NIC index: rail k of
 every node meets in leaf k), and ring / 2-D torus of nodes for study.
 Routes are computed arithmetically for fat-tree and rail (fast at 16k GPUs)
-and with networkx shortest paths for ring and torus.
+and with networkx shortest paths for ring and torus. `build` gives the
+nominal network; `sim.network.shared` the cluster's, slow links applied.
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ Link = tuple  # (u, v) directed edge
 
 @dataclass
 class Topology:
+    """The cluster's network graph (edge `bw` in bytes/s per direction, `lat`
+    in seconds) and its routes, memoised per (src, dst, channel)."""
+
     cluster: Cluster
     graph: nx.DiGraph
     kind: str
     nodes_per_leaf: int = 1
+    # the cluster's slow links, when applied (`sim.network.shared`): directed edges
+    slow_edges: frozenset = frozenset()
     _routes: dict = field(default_factory=dict)
     _latency: dict = field(default_factory=dict)
 
@@ -46,6 +52,7 @@ class Topology:
         return gpu % self.gpn * self.cluster.nics_per_node // self.gpn
 
     def capacity(self, link: Link) -> float:
+        """Bandwidth of a directed link, bytes/s."""
         return self.graph.edges[link]["bw"]
 
     def latency(self, path: tuple[Link, ...]) -> float:
@@ -91,23 +98,6 @@ class Topology:
 def _add(g: nx.DiGraph, u, v, bw: float, lat: float) -> None:
     g.add_edge(u, v, bw=bw, lat=lat)
     g.add_edge(v, u, bw=bw, lat=lat)
-
-
-def shared(cluster: Cluster, kind: str | None = None) -> Topology:
-    """`build`, memoised per (cluster, kind): routes and latencies computed
-    once are reused. Callers must not change the graph, except the cluster's
-    own slow links, which `sim.variation.apply_slow_links` applies once per
-    graph."""
-    key = (cluster, kind or cluster.topology)
-    topo = _SHARED.get(key)
-    if topo is None:
-        if len(_SHARED) >= 8:
-            _SHARED.pop(next(iter(_SHARED)))
-        topo = _SHARED[key] = build(cluster, kind)
-    return topo
-
-
-_SHARED: dict = {}
 
 
 def build(cluster: Cluster, kind: str | None = None) -> Topology:

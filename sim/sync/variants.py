@@ -6,20 +6,20 @@ graph (`sim.network`), never a formula:
 - allreduce: gradient buckets reduced by ring / tree / hierarchical
   collectives while the last backward runs (reduce-scatter, then the updated
   parameters all-gathered, with ZeRO >= 1), compressed by
-  `parallel.grad_compression` (`sim.compression`: its kernels are compute
+  `parallel.grad_compression` (`sim.sync.compression`: its kernels are compute
   phases of the bucket, serialised with its transfers as a DDP comm hook's
   are; their contention with backward kernels for SMs is not modelled).
-- parameter-server: parameters sharded over S = `parallel.ps_servers` server
-  ranks (0: one per node, on local GPU 0, 1, ... of successive nodes). Per
-  bucket every worker GPU pushes 1/S of its (compressed) gradients to each
-  server, each server sums the dp pushes and applies the optimizer to its
-  shard, then every worker pulls its 16-bit parameters back. All pushes into
-  a server cross its node's NICs: with few servers those are the hot spot.
+- parameter-server (`sim.sync.parameter_server`): parameters sharded over S =
+  `parallel.ps_servers` server ranks. Per bucket every worker GPU pushes 1/S
+  of its (compressed) gradients to each server, each server sums the dp
+  pushes and applies the optimizer to its shard, then every worker pulls its
+  16-bit parameters back. All pushes into a server cross its node's NICs:
+  with few servers those are the hot spot.
 - local-sgd: no gradient traffic; every `parallel.sync_every` = k steps the
   fp32 parameters are averaged by an all-reduce over the data-parallel
   groups after the optimizer step. Reported: the local step, the averaging
   step, the k-step time and the amortised step time.
-- async: the parameter-server pattern without a barrier (`sim.async_sgd`).
+- async: the parameter-server pattern without a barrier (`sim.sync.async_sgd`).
 
 Units: bytes, seconds.
 """
@@ -30,55 +30,20 @@ import math
 from typing import Any
 
 from sandbox import memory
+from sandbox.layout import rank_of, stage_layers
 from sandbox.profile import Profile
 from sandbox.specs import Plan
-from sim import compression, compute
-from sim.collectives import Coll, Phase, concurrent_time, phases
-from sim.lowering import merge_phases, rank_of, stage_params
-from sim.topology import Topology
+from sim import compute
+from sim.costs import stage_params
+from sim.engine import EngineResult
+from sim.network.collectives import Coll, Phase, concurrent_time, merge_phases, phases
+from sim.network.topology import Topology
+from sim.sync import compression
+from sim.sync.async_sgd import run_async
+from sim.sync.parameter_server import ps_phases, ps_server_ranks
+from sim.work import Work, virtual_stages
 
 Buckets = list[tuple[float, list[Phase]]]
-
-
-def ps_server_ranks(plan: Plan) -> list[int]:
-    """Global ranks of the parameter servers, spread over nodes first."""
-    c = plan.cluster
-    n = plan.parallel.ps_servers or c.nodes
-    return [(j % c.nodes) * c.gpus_per_node + (j // c.nodes) % c.gpus_per_node
-            for j in range(n)]
-
-
-def _flows(topo: Topology, prof: Profile, pairs: list[tuple[int, int]], nbytes: float,
-           channel_of: int) -> Phase:
-    """Point-to-point flows of `nbytes` each (pairs with src == dst stay local);
-    inter-node traffic uses the NIC next to GPU `pair[channel_of]`."""
-    paths = tuple(topo.route(a, b, topo.nic_of((a, b)[channel_of]))
-                  for a, b in pairs if a != b)
-    if not paths:
-        return Phase((), (), 0.0)
-    lat = max(topo.latency(pa) for pa in paths) + prof.collective_step_latency_s
-    return Phase(paths, (nbytes / prof.collective_efficiency,) * len(paths), lat)
-
-
-def ps_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device,
-              workers: list[int], n: float) -> list[Phase]:
-    """Phases of one bucket of `n` gradients per worker GPU: compress, push
-    1/S to each server, servers sum and update, pull the parameters back.
-    Buckets follow one another; with servers on the workers' nodes every NIC
-    carries pushes and pulls both ways, so overlapping a bucket's pull with
-    the next push would move the same bytes over the same saturated links."""
-    servers = ps_server_ranks(plan)
-    S, tr = len(servers), plan.train
-    push_b, comp_s = compression.push_payload(plan, dev, n)
-    push = _flows(topo, prof, [(w, j) for w in workers for j in servers], push_b / S, 0)
-    pull = _flows(topo, prof, [(j, w) for w in workers for j in servers],
-                  n * memory.weight_bytes_per_param(tr.precision) / S, 1)
-    shard = len(workers) / plan.parallel.dp * n / S  # parameters per server
-    update = Phase((), (), compute.memory_time(dev, plan.parallel.dp * shard * push_b / n
-                                               + shard * compression.grad_bytes(plan))
-                   + compute.optimizer_time(dev, shard, tr.precision))
-    comp = [Phase((), (), comp_s)] if comp_s > 0 else []
-    return comp + [push, update, pull]
 
 
 def _allreduce_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device,
@@ -105,17 +70,11 @@ def gather_phases(plan: Plan, topo: Topology, prof: Profile, s: int,
     p = plan.parallel
     if p.dp == 1 or p.zero not in (1, 2) or p.dp_mode != "allreduce":
         return []
-    n = stage_params(plan, _layers(plan), s)
+    n = stage_params(plan, stage_layers(plan), s)
     wb = memory.weight_bytes_per_param(plan.train.precision)
     groups = [tuple(rank_of(plan, d, s, t) for d in range(p.dp)) for t in range(p.tp)]
     return merge_phases([phases(topo, Coll("all_gather", g, n * wb, algorithm), prof)
                          for g in groups])
-
-
-def _layers(plan: Plan) -> list[int]:
-    from sim.variation import stage_layers
-
-    return stage_layers(plan)
 
 
 def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, layers: list[int],
@@ -125,7 +84,7 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
     all-gather seconds before each op, the ZeRO 1/2 parameter all-gather after
     the step (`gather_phases`), and notes for `SimResult.extra`."""
     m, p = plan.model, plan.parallel
-    P, v = p.pp, p.vpp if p.schedule == "interleaved-1f1b" else 1
+    P, v = p.pp, virtual_stages(plan)
     buckets: list[Buckets] = []
     ag: list[float] = []
     sent, plain = 0.0, 0.0
@@ -167,14 +126,14 @@ def averaging_time(plan: Plan, topo: Topology, prof: Profile, algorithm: str = "
     """Seconds of local SGD's parameter averaging: fp32 parameters all-reduced
     over every data-parallel group at once (all stages, all TP ranks)."""
     p = plan.parallel
-    layers = _layers(plan)
+    layers = stage_layers(plan)
     colls = [Coll("all_reduce", tuple(rank_of(plan, d, s, t) for d in range(p.dp)),
                   stage_params(plan, layers, s) * 4, algorithm)
              for s in range(p.pp) for t in range(p.tp)]
     return concurrent_time(topo, colls, prof)
 
 
-def finish(plan: Plan, topo: Topology, prof: Profile, work: Any, res: Any,
+def finish(plan: Plan, topo: Topology, prof: Profile, work: Work, res: EngineResult,
            replicas: tuple[int, ...], algorithm: str = "ring") -> dict[str, Any]:
     """Turn the engine's step into the variant's step (local-sgd, async):
     adjusts `res` in place; returns the extra result fields."""
@@ -183,8 +142,6 @@ def finish(plan: Plan, topo: Topology, prof: Profile, work: Any, res: Any,
     if p.dp == 1 or p.dp_mode not in ("local-sgd", "async"):
         return extra
     if p.dp_mode == "async":
-        from sim.async_sgd import run_async
-
         extra.update(run_async(plan, topo, prof, work, res, replicas))
         return extra
     k = p.sync_every

@@ -5,7 +5,7 @@
 sequence of steps: `("compute", seconds)` for compress / decompress kernels
 on the GPU and `(op, nbytes)` for collectives over the data-parallel group,
 `op` one of all_reduce | reduce_scatter | all_gather (`nbytes` the buffer,
-as in `sim.collectives`). Gradients are Megatron's main_grad:
+as in `sim.network.collectives`). Gradients are Megatron's main_grad:
 `sandbox.memory.grad_bytes_per_param` bytes each, fp32 except in fp16
 training, whose gradients are already 16-bit.
 

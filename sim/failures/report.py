@@ -8,7 +8,7 @@ Model (all times in seconds of wall clock):
   job is down for `D = restart_s + restore` before computing again. A
   failure during the downtime restarts the downtime.
 - Failures are drawn in wall-clock time, independently of what the job is
-  doing, per component class (see `sim.checkpoint_cost`). Exponential: one
+  doing, per component class (see `sim.failures.checkpoint_cost`). Exponential: one
   Poisson process of the summed rate, each event labelled with its cause.
   Weibull (`cluster.failure_distribution = "weibull"`, `weibull_shape` k):
   every component is a renewal process with Weibull lifetimes of mean
@@ -17,6 +17,8 @@ Model (all times in seconds of wall clock):
   (common random numbers), so the curve of time to train against `T` is
   smooth; the best interval is the vertex of a quadratic in log T fitted
   around the grid's minimum. Deterministic for a seed.
+
+Rendering (an HTML table, the interval sweep plot) is `sandbox.failures_view`'s.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from sandbox.specs import Plan
-from sim import checkpoint_cost as cc
+from sim.failures import checkpoint_cost as cc
 
 HOUR = 3600.0
 
@@ -212,47 +214,6 @@ class FailureReport:
                 return [clean(x) for x in v]
             return v
         return {k: clean(v) for k, v in self.__dict__.items()}
-
-    def _repr_html_(self) -> str:
-        from sandbox.report_html import table_html
-
-        rows = [(k, f"{v:.4g}" if isinstance(v, float) else v)
-                for k, v in self.to_dict().items() if not isinstance(v, dict | list)]
-        rows += [(f"interruptions: {c}", f"{n:.1f} ({self.interruption_share[c]:.1%})")
-                 for c, n in self.interruptions_by_cause.items()]
-        return table_html(rows, "whole run with failures")
-
-    def plot_interval_sweep(self, path: str | None = None):
-        """Expected time to train against checkpoint interval; saves a PNG to `path`."""
-        import matplotlib
-        from matplotlib.figure import Figure
-
-        from sandbox.plots import STYLE
-
-        s = self.sweep
-        with matplotlib.rc_context(STYLE):
-            fig = Figure(figsize=(7, 4.5), layout="constrained")
-            ax = fig.subplots()
-            x, y = np.array(s["interval_s"]), np.array(s["mean_time_to_train_h"])
-            ax.fill_between(x, s["p10_time_to_train_h"], s["p90_time_to_train_h"],
-                            alpha=0.2, label="p10-p90 of runs")
-            ax.plot(x, y, "o-", ms=3, label=f"mean of {self.runs} runs")
-            ax.axhline(self.failure_free_time_h, color="gray", ls=":",
-                       label="no failures, no checkpoints")
-            if math.isfinite(self.young_daly_interval_s):
-                ax.axvline(self.young_daly_interval_s, color="C3", ls="--",
-                           label=f"Young/Daly √(2MC) = {self.young_daly_interval_s:.0f} s")
-            ax.axvline(self.checkpoint_interval_s, color="C2", ls="-.",
-                       label=f"{self.interval_source} = {self.checkpoint_interval_s:.0f} s")
-            ax.set_xscale("log")
-            ax.set_xlabel("checkpoint interval (s of compute)")
-            ax.set_ylabel("time to train (h)")
-            ax.set_title(f"Time to train vs checkpoint interval (job MTBF "
-                         f"{self.job_mtbf_h:.2f} h, C = {self.checkpoint_cost_s:.3g} s)")
-            ax.legend()
-        if path:
-            fig.savefig(path, dpi=120)
-        return fig
 
 
 def failure_report(plan: Plan, step_time_s: float, *, seed: int = 0, runs: int = 100,

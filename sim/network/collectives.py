@@ -25,14 +25,16 @@ import math
 from dataclasses import dataclass
 
 from sandbox.profile import Profile, bus_factor
-from sim.network import fluid_finish
-from sim.topology import Topology
+from sim.network.flows import fluid_finish
+from sim.network.topology import Topology
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 
 
 @dataclass(frozen=True)
 class Coll:
+    """One collective on one group of GPUs; `nbytes` in bytes."""
+
     op: str
     ranks: tuple[int, ...]  # global GPU ranks, in ring order
     nbytes: float  # buffer size N (all-reduce input; all-gather output)
@@ -41,12 +43,16 @@ class Coll:
 
 @dataclass(frozen=True)
 class Phase:
+    """Concurrent flows (paths of directed links, bytes each) and the phase's
+    latency in seconds."""
+
     paths: tuple[tuple, ...]
     sizes: tuple[float, ...]
     latency_s: float
 
 
 def ring_steps(op: str, p: int) -> int:
+    """Latency steps of a ring collective over p ranks."""
     return 2 * (p - 1) if op == "all_reduce" else (p - 1 if op != "send_recv" else 1)
 
 
@@ -136,3 +142,25 @@ def concurrent_time(topo: Topology, colls: list[Coll], prof: Profile) -> float:
 def collective_time(topo: Topology, coll: Coll, prof: Profile) -> float:
     """Seconds for one collective alone on an idle network."""
     return concurrent_time(topo, [coll], prof)
+
+
+def merge_phases(per_coll: list[list[Phase]]) -> list[Phase]:
+    """Phase k of concurrent collectives as one phase of all their flows."""
+    out = []
+    for k in range(max((len(x) for x in per_coll), default=0)):
+        ph = [x[k] for x in per_coll if len(x) > k]
+        out.append(Phase(tuple(pa for x in ph for pa in x.paths),
+                         tuple(sz for x in ph for sz in x.sizes), max(x.latency_s for x in ph)))
+    return out
+
+
+def point_to_point(topo: Topology, prof: Profile, pairs: list[tuple[int, int]], nbytes: float,
+           channel_of: int) -> Phase:
+    """Point-to-point flows of `nbytes` each (pairs with src == dst stay local);
+    inter-node traffic uses the NIC next to GPU `pair[channel_of]`."""
+    paths = tuple(topo.route(a, b, topo.nic_of((a, b)[channel_of]))
+                  for a, b in pairs if a != b)
+    if not paths:
+        return Phase((), (), 0.0)
+    lat = max(topo.latency(pa) for pa in paths) + prof.collective_step_latency_s
+    return Phase(paths, (nbytes / prof.collective_efficiency,) * len(paths), lat)

@@ -1,0 +1,124 @@
+"""Per-stage costs of one replica: op seconds, pipeline sends, optimizer seconds.
+
+Per (stage, chunk) and op kind the compute seconds (`sim.compute`, on the
+stage's device and slowdown) and the tensor-parallel communication seconds
+(TP collectives block the compute stream in Megatron-LM, so they are
+serialised with it, `sim.network.collectives`); the host's dispatch seconds
+(`sim.host`); the pipeline send time between stages; the optimizer step.
+Stage s holds `layers[s]` blocks (`sandbox.layout.stage_layers`), its chunks
+`layers[s] // vpp` each. Units: seconds, bytes.
+"""
+
+from __future__ import annotations
+
+from sandbox import memory
+from sandbox.layout import rank_of
+from sandbox.profile import Profile
+from sandbox.specs import Plan
+from sim import compute
+from sim.host import ATTENTION_GEMMS, host_ops
+from sim.network.collectives import Coll, collective_time, concurrent_time
+from sim.network.topology import Topology
+from sim.work import OpCost, virtual_stages
+
+
+def tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
+              lt: compute.LayerTimes, d: int = 0) -> tuple[float, float]:
+    """(forward, backward) exposed TP communication seconds of one block.
+
+    Two collectives each way (attention and MLP). With `tp_overlap` the two
+    backward ones, at the column-parallel QKV and MLP-in layers, run while
+    that layer's weight-gradient GEMM computes (not under zero-bubble, whose
+    W is deferred): only the part longer than the GEMM is exposed.
+    """
+    m, p = plan.model, plan.parallel
+    if p.tp == 1:
+        return 0.0, 0.0
+    w = 4 if plan.train.precision == "fp32" else 2
+    nbytes = p.micro_batch * m.seq_len * m.hidden * w
+    group = tuple(rank_of(plan, d, stage, t) for t in range(p.tp))
+    if p.sequence_parallel:
+        one = (collective_time(topo, Coll("all_gather", group, nbytes), prof)
+               + collective_time(topo, Coll("reduce_scatter", group, nbytes), prof))
+    else:
+        one = collective_time(topo, Coll("all_reduce", group, nbytes), prof)
+    if p.tp_overlap and p.schedule != "zero-bubble":
+        return 2 * one, sum(max(0.0, one - w) for w in lt.wgrad_column)
+    return 2 * one, 2 * one  # attention and MLP, forward; the conjugates backward
+
+
+def send_time(plan: Plan, topo: Topology, prof: Profile, d: int = 0, a: int = 0,
+              b: int = 1) -> float:
+    """Activation send of replica d from stage a to b by every TP rank at once;
+    with tp > 1 each rank sends 1/tp (Megatron's scatter-gather) and the
+    receiver all-gathers inside its node."""
+    m, p = plan.model, plan.parallel
+    if p.pp == 1:
+        return 0.0
+    w = 4 if plan.train.precision == "fp32" else 2
+    nbytes = p.micro_batch * m.seq_len * m.hidden * w
+    share = nbytes / p.tp
+    colls = [Coll("send_recv", (rank_of(plan, d, a, t), rank_of(plan, d, b, t)), share)
+             for t in range(p.tp)]
+    t = concurrent_time(topo, colls, prof)
+    if p.tp > 1 and not p.sequence_parallel:
+        group = tuple(rank_of(plan, d, b, t) for t in range(p.tp))
+        t += collective_time(topo, Coll("all_gather", group, nbytes), prof)
+    return t
+
+
+def stage_params(plan: Plan, layers: list[int], s: int) -> float:
+    """Parameters held by one GPU of stage s when stages have `layers` blocks."""
+    m, p = plan.model, plan.parallel
+    return memory.stage_params_per_gpu(m, p.tp, p.pp, s, layers[s])
+
+
+def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.Device],
+                slow: list[float], layers: list[int], d: int = 0, cache: dict | None = None
+                ) -> tuple[dict[tuple[int, int, str], OpCost], list[float]]:
+    """Op costs of replica d's stages and their optimizer seconds: stage s runs
+    on `devs[s]` with its kernels `slow[s]` times slower, `layers[s]` blocks
+    (`cache` keeps kernel times per device and sequence length between calls)."""
+    p, tr = plan.parallel, plan.train
+    P, v = p.pp, virtual_stages(plan)
+    zb = p.schedule == "zero-bubble"
+    ho, host = host_ops(plan), prof.host_op_overhead_s
+    cost: dict[tuple[int, int, str], OpCost] = {}
+    opt: list[float] = []
+    per_dev: dict = {} if cache is None else cache
+    for s in range(P):
+        dev, k = devs[s], slow[s]
+        key = (dev, plan.model.seq_len)
+        if key not in per_dev:
+            per_dev[key] = (compute.layer_times(plan, dev), compute.embedding_times(plan, dev),
+                            compute.head_times(plan, dev))
+        lt0, (emb_f, emb_b), (head_f, head_b) = per_dev[key]
+        per_chunk = layers[s] // v
+        tp_f, tp_b = tp_times(plan, topo, prof, s, lt0, d)
+        lt = compute.calibrated_layer(plan, dev, lt0, tp_f + tp_b)  # a measured layer, if any
+        for c in range(v):
+            vs = c * P + s
+            f = per_chunk * lt.fwd + (emb_f if vs == 0 else 0) + (head_f if vs == P * v - 1 else 0)
+            tf = per_chunk * tp_f
+            first, last = vs == 0, vs == P * v - 1
+            re, tre, host_re = 0.0, 0.0, 0
+            if p.recompute == "full":
+                re, tre, host_re = per_chunk * lt.fwd, per_chunk * tp_f, ho.block_fwd
+            elif p.recompute == "selective":
+                re, host_re = per_chunk * lt.attn_core, ATTENTION_GEMMS + 1
+            extra_b = (emb_b if first else 0) + (head_b if last else 0)
+            b_in = per_chunk * (lt.bwd_input if zb else lt.bwd) + re + extra_b
+            host_f = per_chunk * ho.block_fwd + ho.embedding_fwd * first + ho.head_fwd * last
+            host_w = per_chunk * ho.block_bwd_weight
+            host_b = (per_chunk * (ho.block_bwd_input + host_re) + ho.embedding_bwd * first
+                      + ho.head_bwd * last + (0 if zb else host_w))
+            cost[(s, c, "F")] = OpCost(k * f, tf, host * host_f)
+            cost[(s, c, "B")] = OpCost(k * b_in, per_chunk * tp_b + tre, host * host_b)
+            cost[(s, c, "W")] = (OpCost(k * per_chunk * lt.bwd_weight, 0.0, host * host_w)
+                                 if zb else OpCost(0.0, 0.0))
+        shard = stage_params(plan, layers, s) / (p.dp if p.zero >= 1 else 1)
+        server_side = p.dp_mode in ("parameter-server", "async") and p.dp > 1
+        opt.append(0.0 if server_side else k * (
+            compute.optimizer_time(dev, shard, tr.precision)
+            + layers[s] * compute.block_optimizer_correction(plan, dev)))
+    return cost, opt

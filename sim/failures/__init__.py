@@ -1,0 +1,7 @@
+"""A whole training run with failures: what a failure costs as pure functions
+(`checkpoint_cost`) and a Monte Carlo of checkpoints, restarts and lost work
+(`report`: `failure_report(plan, step_time_s) -> FailureReport`)."""
+
+from sim.failures.report import FailureReport, failure_report
+
+__all__ = ["FailureReport", "failure_report"]

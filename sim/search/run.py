@@ -1,0 +1,265 @@
+"""Strategy search: rank the feasible parallel plans for a model, a cluster and
+a GPU budget by simulated step time or cost per token.
+
+Pipeline: enumerate (`sim.search.space.candidates`) -> drop what cannot run
+or fit, keeping the reason (`screen`) -> order by an analytic lower bound on
+the step time -> simulate with the discrete-event simulator, in parallel over
+cores, best bound first, until no remaining candidate can enter the top
+`top` (its bound is above the top-th simulated time) or `max_simulations`
+plans are simulated -> rank, mark the Pareto fronts.
+
+Deterministic: candidate i is simulated exactly when its bound beats the
+top-th result of candidates 0..i-1, whatever the number of workers (they run
+ahead speculatively; results are taken in candidate order), and the budget is
+a count of simulations, never a time. `run_search` returns a
+`sim.search.result.SearchResult`; `search` its table (the DESIGN.md
+contract: a pandas DataFrame, one row per simulated plan, sorted by the
+objective). Times in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+import sim
+from sandbox.errors import SandboxError
+from sandbox.specs import Plan
+from sim.search.result import SearchCounts, SearchResult, flatten, summary
+from sim.search.space import (
+    SEARCHED,
+    Screened,
+    base_plan,
+    candidates,
+    check_fix,
+    reason_kind,
+    screen,
+)
+
+OBJECTIVES = ("time", "cost")
+CONTRACT = ("params", "flops_per_step", "step_time_s", "tokens_per_s", "tflops_per_gpu",
+            "hw_tflops_per_gpu", "mfu", "hfu", "memory_gb_per_gpu", "fits", "breakdown_s",
+            "events", "sim_wall_s")
+
+
+def _simulate_dict(simulator: Callable | None, plan: Plan) -> dict:
+    """Simulate one plan -> the `simulate` contract as a dict (runs in a worker)."""
+    result = (simulator or sim.simulate)(plan)
+    return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+
+
+def pareto_front(x: list[float], y: list[float]) -> list[bool]:
+    """True where no other point is <= in both coordinates and < in one (minimise both)."""
+    pts = list(zip(x, y, strict=True))
+    return [not any(a <= px and b <= py and (a < px or b < py) for a, b in pts)
+            for px, py in pts]
+
+
+def usd_per_million_tokens(step_time_s: float, plan: Plan) -> float:
+    """Rental cost of the GPUs for one million trained tokens, US dollars."""
+    gpu_s = step_time_s * plan.world_size
+    return gpu_s / 3600.0 * plan.cluster.usd_per_gpu_hour / plan.tokens_per_step * 1e6
+
+
+def parallel_fields(plan: Plan) -> dict:
+    """The searched parallel fields of a plan, by name."""
+    return {k: getattr(plan.parallel, k) for k in SEARCHED}
+
+
+def _row(plan: Plan, result: dict) -> dict:
+    row = {**parallel_fields(plan), "gpus": plan.world_size,
+           "microbatches": plan.parallel.microbatches}
+    mem = result.get("memory_gb_per_gpu")
+    row.update(flatten({k: result[k] for k in CONTRACT if k in result}))
+    row["memory_gb"] = mem["total"] if isinstance(mem, dict) else mem
+    row["usd_per_million_tokens"] = usd_per_million_tokens(result["step_time_s"], plan)
+    return row
+
+
+def _resolve_workers(workers: int | None, jobs: int) -> int:
+    n = workers if workers is not None else (os.cpu_count() or 1)
+    return max(1, min(n, jobs))
+
+
+def _simulate_all(todo: list[Screened], top: int, objective_of: Callable, workers: int,
+                  max_simulations: int, simulator: Callable | None, progress: bool
+                  ) -> tuple[list[tuple[Screened, dict]], int, int]:
+    """Simulate `todo` (sorted by bound) until the bound prunes the rest:
+    candidate i is simulated when its bound beats the top-th objective of the
+    results of candidates 0..i-1. With workers > 1 candidates are simulated
+    ahead and their results taken in order, so the outcome is the same.
+
+    Returns (results in candidate order, index where simulation stopped, how
+    many were pruned by the bound rather than by the budget).
+    """
+    done: list[tuple[Screened, dict]] = []
+    best: list[float] = []  # objective values taken so far, sorted
+    bar = tqdm(total=min(len(todo), max_simulations), desc="simulating", unit="plan",
+               file=sys.stderr, disable=not progress, leave=False)
+
+    def admits(j: int) -> bool:
+        kth = best[top - 1] if len(best) >= top else float("inf")
+        return objective_of(todo[j].plan, todo[j].lower_bound_s) < kth
+
+    def record(item: Screened, result: dict) -> None:
+        done.append((item, result))
+        if result.get("fits", True):
+            best.append(objective_of(item.plan, result["step_time_s"]))
+            best.sort()
+        bar.update(1)
+
+    i, pruned = 0, 0
+    stop = min(len(todo), max_simulations)
+    if workers == 1:
+        while i < stop and admits(i):
+            record(todo[i], _simulate_dict(simulator, todo[i].plan))
+            i += 1
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            ahead: dict = {}  # candidate index -> future
+            nxt = 0
+            while True:
+                # the taken results only lower the top-th value: what fails now fails later
+                while nxt < stop and len(ahead) < 2 * workers and admits(nxt):
+                    ahead[nxt] = pool.submit(_simulate_dict, simulator, todo[nxt].plan)
+                    nxt += 1
+                if i not in ahead:
+                    break
+                result = ahead.pop(i).result()
+                if not admits(i):
+                    break
+                record(todo[i], result)
+                i += 1
+            for f in ahead.values():
+                f.cancel()
+    bar.close()
+    if i < len(todo) and not admits(i):
+        pruned = len(todo) - i
+    return done, i, pruned
+
+
+def _timing_groups(feasible: list[Screened], simulator: Callable | None
+                   ) -> tuple[list[Screened], dict[int, list[Screened]]]:
+    """Candidates the default simulator times identically (`sim.same_timing`:
+    ZeRO 1 and 2) are simulated once; each keeps its own memory. Returns the
+    representatives, in order, and id(representative) -> its group."""
+    if simulator is not None:
+        return feasible, {id(f): [f] for f in feasible}
+    first: dict = {}
+    members: dict[int, list[Screened]] = {}
+    reps = []
+    for f in feasible:
+        key = sim.same_timing(f.plan)
+        rep = first.setdefault(key, f)
+        if rep is f:
+            reps.append(f)
+            members[id(f)] = []
+        members[id(rep)].append(f)
+    return reps, members
+
+
+def _with_memory(plan: Plan, result: dict) -> dict:
+    """A twin's simulation result with the plan's own memory and fit."""
+    mem, fits = sim.memory_fields(plan)
+    return {**result, "memory_gb_per_gpu": mem, "fits": fits}
+
+
+def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int = 10,
+               objective: str = "time", max_memory_gb: float | None = None,
+               fix: dict | None = None, seq_len: int | None = None,
+               workers: int | None = None, progress: bool = True, max_simulations: int = 128,
+               simulator: Callable | None = None, **plan_overrides: Any) -> SearchResult:
+    """Rank feasible plans -> `SearchResult` (see the module docstring).
+
+    model, cluster: preset names or section dicts; gpus: world size;
+    global_batch: sequences per step; top: rows in the table; objective: "time"
+    (step time, s) or "cost" (USD per million tokens at the cluster's
+    usd_per_gpu_hour); max_memory_gb: cap on memory per GPU, GB; fix:
+    {field: value or list of values} over dp, tp, pp, vpp, micro_batch, zero,
+    recompute, sequence_parallel, schedule; seq_len: overrides the model's;
+    workers: simulation processes (default: all cores); max_simulations:
+    simulation budget (a count); simulator: `plan -> result with .to_dict()`
+    (default `sim.simulate`; must be picklable for workers > 1); progress: a
+    progress bar and the `summary` on stderr; plan_overrides: other plan
+    fields (precision="fp8", nic_gbit_per_s=100.0, ...).
+    """
+    if objective not in OBJECTIVES:
+        raise SandboxError(f"objective: unknown value '{objective}'; choose time or cost")
+    if not isinstance(top, int) or top <= 0:
+        raise SandboxError(f"top: must be a positive integer, got {top!r}")
+    if max_memory_gb is not None and max_memory_gb <= 0:
+        raise SandboxError(f"max_memory_gb: must be positive, got {max_memory_gb}")
+    start = time.perf_counter()
+    fix = check_fix(fix)
+    for key in [k for k in plan_overrides if k in SEARCHED]:
+        fix[key] = plan_overrides.pop(key)
+    base = base_plan(model, cluster, gpus, global_batch, seq_len, **plan_overrides)
+    settings = list(candidates(base, fix))
+    feasible, rejected = screen(base, settings, max_memory_gb)
+
+    def objective_of(plan: Plan, step_s: float) -> float:
+        return step_s if objective == "time" else usd_per_million_tokens(step_s, plan)
+
+    feasible.sort(key=lambda s: (objective_of(s.plan, s.lower_bound_s), s.memory_gb))
+    reps, members = _timing_groups(feasible, simulator)
+    done, stopped, pruned = _simulate_all(
+        reps, top, objective_of, _resolve_workers(workers, len(reps)),
+        max_simulations, simulator, progress)
+    simulated = len(done)
+    done = [(m, res if m is item else _with_memory(m.plan, res))
+            for item, res in done for m in members[id(item)]]
+    for item in [m for rep in reps[stopped:] for m in members[id(rep)]]:
+        stage = "screened" if pruned else "budget"
+        why = (f"screened: lower bound {item.lower_bound_s:.3g} s cannot beat the top {top}"
+               if pruned else f"not simulated: simulation budget ({max_simulations}) spent")
+        rejected.append((item.plan.parallel, stage, why))
+    rows = []
+    for item, res in done:
+        if not res.get("fits", True):
+            mem = res.get("memory_gb_per_gpu")
+            total = mem["total"] if isinstance(mem, dict) else mem
+            rejected.append((item.plan.parallel, "sim-memory",
+                             f"memory: the simulator finds {total:.1f} GB per GPU, > "
+                             f"{base.cluster.gpu.hbm_gb:.1f} GB"))
+            continue
+        rows.append(_row(item.plan, res))
+    table = pd.DataFrame(rows)
+    if len(table):
+        key = "step_time_s" if objective == "time" else "usd_per_million_tokens"
+        table["pareto_time_memory"] = pareto_front(table["step_time_s"], table["memory_gb"])
+        table["pareto_time_cost"] = pareto_front(table["step_time_s"],
+                                                 table["usd_per_million_tokens"])
+        table = table.sort_values([key, "memory_gb"], kind="stable").reset_index(drop=True)
+        table.index = table.index + 1
+        table.index.name = "rank"
+    rej = pd.DataFrame([{**{k: getattr(p, k) for k in SEARCHED}, "stage": stage,
+                         "reason": reason} for p, stage, reason in rejected],
+                       columns=[*SEARCHED, "stage", "reason"])
+    by_reason = Counter(reason_kind(r) for _, s, r in rejected
+                        if s in ("invalid", "memory", "sim-memory"))
+    counts = SearchCounts(
+        considered=len(settings),
+        rejected=int(rej["stage"].isin(["invalid", "memory", "sim-memory"]).sum()),
+        screened_out=int((rej["stage"] == "screened").sum()),
+        not_simulated=int((rej["stage"] == "budget").sum()),
+        simulated=simulated, timed_by_a_twin=len(done) - simulated,
+        rejected_by_reason=dict(by_reason.most_common()))
+    result = SearchResult(table=table.head(top), all_simulated=table, rejected=rej,
+                          counts=counts, base_plan=base, objective=objective, top=top,
+                          wall_s=time.perf_counter() - start)
+    if progress:
+        print(summary(result), file=sys.stderr)
+    return result
+
+
+def search(**options: Any) -> pd.DataFrame:
+    """`run_search(**options).table`: the ranked plans as a pandas DataFrame."""
+    return run_search(**options).table
