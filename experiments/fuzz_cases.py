@@ -76,6 +76,7 @@ BAD_NUMBERS = [
     ("vpp 10**6", "parallel", 'pp = 2\nvpp = 1000000\nschedule = "interleaved-1f1b"', {}),
     ("micro_batch 10**9", "parallel", "micro_batch = 1000000000", {}),
     ("global_batch 10**15", "parallel", "global_batch = 1000000000000000", {}),
+    ("2**28 micro-batches", "parallel", "global_batch = 268435456", {}),
     ("lr nan", "train", "lr = nan", {}),
     ("lr inf", "train", "lr = inf", {}),
     ("steps -1", "train", "steps = -1", {}),

@@ -62,6 +62,10 @@ def _numbers(section: str, obj: object):
             yield section, f.name, value
 
 
+def _num(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
 def bound_problems(plan: Plan) -> list[str]:
     """One line per number that is not finite or beyond its limit (empty: all sane)."""
     problems: list[str] = []
@@ -70,7 +74,8 @@ def bound_problems(plan: Plan) -> list[str]:
             if isinstance(value, float) and not math.isfinite(value):
                 problems.append(f"{where}.{name}: must be a finite number, got {value}")
             elif (limit := LIMITS.get((where, name))) is not None and value > limit:
-                problems.append(f"{where}.{name}: {value:g} is beyond the limit of {limit:g}")
+                problems.append(f"{where}.{name}: {_num(value)} is beyond the limit of "
+                                f"{_num(limit)}")
     c = plan.cluster
     if not problems and c.world_size > MAX_WORLD_SIZE:
         problems.append(f"cluster.nodes: {c.nodes} x {c.gpus_per_node} GPUs = "

@@ -21,6 +21,7 @@ from sandbox.layout import rank_of
 from sandbox.profile import Profile, profile_for
 from sandbox.specs import Plan
 from sim import engine, lowering, variation
+from sim.budget import check_budget
 from sim.engine import EngineResult
 from sim.network.shared import shared
 from sim.result import BREAKDOWN, SimResult
@@ -42,9 +43,11 @@ def simulate(plan: Plan, *, profile: Profile | None = None, replicas: str = "aut
     buckets during the last backward (False: one reduction after it, as with
     Megatron's no-bucketing runs);
     bucket_params: parameters per gradient bucket; dp_algorithm: ring | tree
-    | hierarchical; topology: override `cluster.topology`.
+    | hierarchical; topology: override `cluster.topology`. Raises SandboxError
+    when the plan is too large to simulate (`sim.budget`).
     """
     t_start = time.perf_counter()
+    check_budget(plan, replicas)
     prof = profile or profile_for(plan.cluster)
     topo = shared(plan.cluster, topology)
     work = lowering.lower(plan, topo, prof, dp_overlap=dp_overlap,
