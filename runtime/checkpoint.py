@@ -18,9 +18,13 @@ and `load_full_model_state` reads any layout back in one process.
 
 from __future__ import annotations
 
+import collections
+import io
 import json
 import logging
 import os
+import pathlib
+import pickle
 import random
 import shutil
 import warnings
@@ -31,7 +35,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+import torch.distributed.checkpoint.filesystem as dcp_fs
+import torch.distributed.checkpoint.metadata as dcp_md
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -61,12 +68,31 @@ def _step_of(path: Path) -> int:
 
 def latest_complete(run_dir: str | Path) -> Path | None:
     """The newest `checkpoints/step_*` folder with a COMPLETE marker, or None."""
+    done = complete_checkpoints(run_dir)
+    return done[0] if done else None
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Every `checkpoints/step_*` folder with a COMPLETE marker, newest first."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
-        return None
+        return []
     done = [p for p in root.glob("step_*") if p.is_dir() and (p / COMPLETE).is_file()
             and _step_of(p) >= 0]
-    return max(done, key=_step_of) if done else None
+    return sorted(done, key=_step_of, reverse=True)
+
+
+def newest_intact(run_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint that verifies, and one line per newer one
+    that does not (why it was passed over). Nothing is changed or deleted."""
+    skipped = []
+    for ck in complete_checkpoints(run_dir):
+        try:
+            verify(ck)
+            return ck, skipped
+        except SandboxError as e:
+            skipped.append(str(e).splitlines()[0])
+    return None, skipped
 
 
 def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
@@ -94,16 +120,63 @@ def _quiet():
             log.setLevel(level)
 
 
-def _check_storage(ckpt_dir: Path) -> Any:
-    """DCP metadata, and every .distcp file at least as long as the data it
-    indexes (catches truncated and missing shards without reading tensors)."""
-    from torch.distributed.checkpoint import FileSystemReader
+def _allowed(module: str, name: str) -> Any:
+    """What a DCP `.metadata` pickle may name, or None: DCP's own metadata
+    types, torch.Size, dtypes and layouts, and paths (all `dcp.save` writes)."""
+    if module == dcp_md.__name__:
+        obj = getattr(dcp_md, name, None)
+        return obj if isinstance(obj, type) else None
+    if (module, name) == (dcp_fs.__name__, "_StorageInfo"):
+        return dcp_fs._StorageInfo
+    if module == "torch":
+        obj = getattr(torch, name, None)
+        return obj if obj is torch.Size or isinstance(obj, torch.dtype) else None
+    if (module, name) == ("torch.serialization", "_get_layout"):
+        return torch.serialization._get_layout
+    if module == "pathlib" and name in ("Path", "PosixPath", "WindowsPath", "PurePosixPath",
+                                        "PureWindowsPath"):
+        return getattr(pathlib, name)
+    if (module, name) == ("collections", "OrderedDict"):
+        return collections.OrderedDict
+    return None
 
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata and nothing else: any other global is refused, so a
+    planted `__reduce__` cannot run code (DCP's own reader uses plain pickle)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        obj = _allowed(module, name)
+        if obj is None:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in DCP metadata")
+        return obj
+
+
+class SafeReader(FileSystemReader):
+    """DCP's FileSystemReader with `.metadata` read by the allow-list unpickler;
+    every DCP load in the sandbox goes through it."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_md.Metadata:
+        path = self._get_metadata_path(kwargs.get("rank"))
+        with self.fs.create_stream(path, "rb") as f:
+            md = _MetadataUnpickler(io.BytesIO(f.read())).load()
+        if not isinstance(md, dcp_md.Metadata):
+            raise pickle.UnpicklingError("DCP metadata is not a Metadata object")
+        if getattr(md, "storage_meta", None) is None:
+            md.storage_meta = dcp_md.StorageMeta()
+        md.storage_meta.load_id = self.load_id
+        return md
+
+
+def _check_storage(ckpt_dir: Path) -> Any:
+    """DCP metadata (read safely), every .distcp file at least as long as the
+    data it indexes (catches truncated and missing shards without reading
+    tensors), and the RNG files loadable as plain tensors."""
     if not (ckpt_dir / ".metadata").is_file():
         raise SandboxError(f"{ckpt_dir}: corrupt checkpoint (no .metadata)")
     try:
         with _quiet():
-            md = FileSystemReader(str(ckpt_dir)).read_metadata()
+            md = SafeReader(str(ckpt_dir)).read_metadata()
     except Exception as e:  # noqa: BLE001 - any unreadable metadata is a corrupt checkpoint
         raise SandboxError(f"{ckpt_dir}: corrupt checkpoint (unreadable .metadata: "
                            f"{e.__class__.__name__})") from None
@@ -117,7 +190,21 @@ def _check_storage(ckpt_dir: Path) -> Any:
         if size < end:
             what = "missing" if size < 0 else f"truncated ({size} of {end} bytes)"
             raise SandboxError(f"{path}: corrupt checkpoint ({what})")
+    for rng in sorted(ckpt_dir.glob("rng_rank*.pt")):
+        _load_rng(rng)
     return md
+
+
+def _load_rng(path: Path) -> dict[str, Any]:
+    """A rank's RNG states: tensors and plain values only (`weights_only=True`)."""
+    try:
+        state = torch.load(path, weights_only=True)
+        if not isinstance(state, dict) or "torch" not in state:
+            raise ValueError("not an RNG state")
+        return state
+    except Exception as e:  # noqa: BLE001 - a refused or unreadable file is corruption
+        raise SandboxError(f"{path}: corrupt checkpoint (unreadable RNG state: "
+                           f"{e.__class__.__name__})") from None
 
 
 def verify(ckpt_dir: str | Path) -> dict[str, Any]:
@@ -237,7 +324,7 @@ def load(ckpt_dir: str | Path, parts: list[nn.Module], optimizer: torch.optim.Op
         with _quiet():
             saved = set(_check_storage(ckpt_dir).state_dict_metadata)
             aliased = _tied_aliases(state, saved)
-            dcp.load(aliased, checkpoint_id=str(ckpt_dir))
+            dcp.load(aliased, storage_reader=SafeReader(str(ckpt_dir)))
             for section, sub in state.items():  # non-tensor values are replaced, not copied
                 names = _tied_aliases({section: {k: k for k in sub}}, saved)[section]
                 for new_key, key in names.items():
@@ -255,7 +342,7 @@ def load(ckpt_dir: str | Path, parts: list[nn.Module], optimizer: torch.optim.Op
     rng = ckpt_dir / f"rng_rank{_rank()}.pt"
     if rng.is_file() and meta.get("world_size") == (dist.get_world_size()
                                                     if dist.is_initialized() else 1):
-        _set_rng_state(torch.load(rng, weights_only=False))
+        _set_rng_state(_load_rng(rng))
     return meta
 
 
@@ -272,7 +359,7 @@ def load_full_model_state(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
             keys = {k for k in md.state_dict_metadata if k.startswith("model.")}
             if not keys:
                 raise SandboxError(f"{ckpt_dir}: checkpoint holds no model weights")
-            state = _load_state_dict_from_keys(keys, checkpoint_id=str(ckpt_dir))
+            state = _load_state_dict_from_keys(keys, storage_reader=SafeReader(str(ckpt_dir)))
     except SandboxError:
         raise
     except BaseException as e:

@@ -1,0 +1,132 @@
+"""A run directory is owned: one launch at a time, and a finished run is never overwritten.
+
+`DIR/.lock` holds the owner's host, pid and start time as JSON; it is created
+with O_EXCL, so of two launches into one folder exactly one gets it. A lock
+whose process is gone (same host, pid not alive) is stale and taken over,
+saying so; a lock of another host is never taken (its process cannot be
+checked from here): the message names it, and removing the file by hand is
+the way out. `sandbox run` takes the lock before it writes anything and
+passes it to its workers (`SANDBOX_RUN_LOCK`); `torchrun -m runtime.train`
+started by hand takes it on global rank 0.
+
+`holds_run(DIR)` is what every entry point without `--resume` refuses: a
+folder with metrics, a summary or checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from sandbox.errors import SandboxError
+
+LOCK = ".lock"
+LOCK_ENV = "SANDBOX_RUN_LOCK"  # the token of the lock a launcher holds for its workers
+RUN_FILES = ("metrics.jsonl", "summary.json")
+
+
+def holds_run(out: Path) -> str | None:
+    """What in `out` shows an earlier run (a file name), or None."""
+    for name in RUN_FILES:
+        if (out / name).exists():
+            return name
+    ck = out / "checkpoints"
+    if ck.is_dir() and any(ck.iterdir()):
+        return "checkpoints/"
+    return None
+
+
+def refuse_existing_run(out: Path) -> None:
+    """Raise unless `out` is free for a new run (no --resume)."""
+    if out.exists() and not out.is_dir():
+        raise SandboxError(f"{out}: exists and is not a directory")
+    found = holds_run(out) if out.is_dir() else None
+    if found:
+        raise SandboxError(f"{out}: already holds a run ({found}); use --resume to continue "
+                           f"it or choose another --out")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+class RunLock:
+    """The lock of one run directory (a context manager; `release()` is idempotent)."""
+
+    def __init__(self, out: Path, token: str):
+        self.path, self.token = Path(out) / LOCK, token
+
+    @classmethod
+    def acquire(cls, out: Path) -> RunLock:
+        """Take the lock of `out` (creating the folder), or raise naming its owner."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+        owner = {"host": socket.gethostname(), "pid": os.getpid(),
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "token": token}
+        for _ in range(2):  # a second try after removing a stale lock
+            try:
+                fd = os.open(out / LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                cls._clear_stale(out)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(owner, f)
+            return cls(out, token)
+        raise SandboxError(f"{out}: could not take the run lock")
+
+    @staticmethod
+    def _clear_stale(out: Path) -> None:
+        path = out / LOCK
+        try:
+            held = json.loads(path.read_text())
+            host, pid = str(held["host"]), int(held["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise SandboxError(f"{path}: unreadable run lock; if no run uses {out}, "
+                               "remove it") from None
+        if host != socket.gethostname():
+            raise SandboxError(f"{out}: in use by pid {pid} on {host} (since "
+                               f"{held.get('started', '?')}); if that run is gone, remove "
+                               f"{path}")
+        if _alive(pid):
+            raise SandboxError(f"{out}: in use by a run (pid {pid}, since "
+                               f"{held.get('started', '?')}); wait for it or choose another "
+                               "--out")
+        print(f"note: {path}: stale lock of pid {pid} (no longer running) taken over",
+              flush=True)
+        path.unlink(missing_ok=True)
+
+    @classmethod
+    def held_by_launcher(cls, out: Path) -> RunLock | None:
+        """The lock a launcher took for this worker (its token in the environment)."""
+        token = os.environ.get(LOCK_ENV)
+        if not token:
+            return None
+        try:
+            held = json.loads((Path(out) / LOCK).read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(out, token) if held.get("token") == token else None
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours."""
+        try:
+            if json.loads(self.path.read_text()).get("token") == self.token:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
