@@ -22,29 +22,11 @@ import tomli_w
 from sandbox import presets
 from sandbox.errors import PlanError, did_you_mean
 from sandbox.report_html import plan_html
-from sandbox.sections import (
-    ACTIVATIONS,
-    DP_MODES,
-    FAILURE_DISTRIBUTIONS,
-    GPU,
-    LR_SCHEDULES,
-    NORMS,
-    OPTIMIZERS,
-    POSITIONS,
-    PRECISIONS,
-    RECOMPUTE,
-    SCHEDULES,
-    TOPOLOGIES,
-    Cluster,
-    Model,
-    Parallel,
-    Train,
-)
+from sandbox.sections import GPU, Cluster, Model, Parallel, Train
 from sandbox.validate import validate
 
-__all__ = ["ACTIVATIONS", "DP_MODES", "FAILURE_DISTRIBUTIONS", "GPU", "LR_SCHEDULES", "NORMS",
-           "OPTIMIZERS", "POSITIONS", "PRECISIONS", "RECOMPUTE", "SCHEDULES", "TOPOLOGIES",
-           "Cluster", "Model", "Parallel", "Plan", "Train", "plan_from_dict", "replace_plan"]
+__all__ = ["GPU", "Cluster", "Model", "Parallel", "Plan", "Train", "plan_from_dict",
+           "replace_plan"]
 
 DEFAULT_MODEL = "gpt-mini"
 DEFAULT_CLUSTER = "localhost"
