@@ -11,7 +11,8 @@ they are no dependency (they only name types for annotations).
 - sandbox/ imports sim/ and runtime/ only inside functions (lazily), so
   importing either interpreter never loads the other through sandbox;
 - no module over 400 lines; runtime/ has at most 15 top-level modules;
-- `import sandbox` loads neither torch nor simpy nor networkx.
+- `import sandbox` loads neither torch nor simpy nor networkx;
+- no code edits `sys.path` (experiments run as `python -m experiments.NAME`).
 """
 
 from __future__ import annotations
@@ -242,6 +243,34 @@ def test_runtime_has_at_most_15_top_level_modules():
     top = sorted(p.name for p in (ROOT / "runtime").glob("*.py") if p.name != "__init__.py")
     assert len(top) <= MAX_RUNTIME_MODULES, (
         f"runtime/ has {len(top)} top-level modules (at most {MAX_RUNTIME_MODULES}): {top}")
+
+
+def _edits_sys_path(node: ast.AST) -> bool:
+    """`sys.path.insert(...)` (append, extend, remove, ...) or `sys.path = ...`."""
+    def is_sys_path(e: ast.AST) -> bool:
+        return (isinstance(e, ast.Attribute) and e.attr == "path"
+                and isinstance(e.value, ast.Name) and e.value.id == "sys")
+
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return is_sys_path(node.func.value)
+    if isinstance(node, (ast.Assign, ast.AugAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return any(is_sys_path(t) for t in targets)
+    return False
+
+
+def test_edits_sys_path_is_seen(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text("import sys\nsys.path.insert(0, '.')\n")
+    path = tmp_path / "pkg" / "m.py"
+    assert any(_edits_sys_path(n) for n in ast.walk(ast.parse(path.read_text())))
+
+
+def test_no_code_edits_sys_path():
+    found = [f"{path.relative_to(ROOT)}:{node.lineno}"
+             for path in module_files(ROOT, (*PACKAGES, "experiments", "tests")).values()
+             for node in ast.walk(ast.parse(path.read_text())) if _edits_sys_path(node)]
+    assert not found, f"sys.path edited at {found}"
 
 
 def test_import_sandbox_loads_no_heavy_dependency():
