@@ -1,7 +1,7 @@
 """Benchmark every export mode on a gpt-mini trained on CPU for a few minutes.
 
-    .venv/bin/python experiments/bench_export.py --train-only     # 1. train (sandbox run)
-    .venv/bin/python experiments/bench_export.py                  # 2. export every mode
+    .venv/bin/python -m experiments.bench_export --train-only     # 1. train (sandbox run)
+    .venv/bin/python -m experiments.bench_export                  # 2. export every mode
 
 Step 1 trains gpt-mini with `sandbox run` (one CPU process, fp32, AdamW,
 `--train-steps` steps of `--train-batch` x 256 bytes of the builtin corpus)
@@ -25,17 +25,15 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments import provenance
 
-from experiments.machine import machine  # noqa: E402
+ROOT = provenance.ROOT
 
 MODES = {  # label -> export() options
     "fp32": {"quantize": "none"},
@@ -101,7 +99,7 @@ def train(run_dir: Path, steps: int, batch: int, lr: float) -> dict:
     plan_path.write_text(plan.to_toml())
     cli = _sandbox_cli()
     cmd = [*cli, "run", str(plan_path), "--out", str(run_dir)]
-    load0 = os.getloadavg()
+    load0 = provenance.load_average()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -116,7 +114,7 @@ def train(run_dir: Path, steps: int, batch: int, lr: float) -> dict:
             "wall_s": wall, "step_time_s": summary["step_time_s"],
             "first_loss": losses[0], "last_loss": losses[-1],
             "eval_loss": summary.get("eval_loss"), "device": summary.get("device"),
-            "load_before": load0, "load_after": os.getloadavg(),
+            "load_before": load0, "load_after": provenance.load_average(),
             "stdout": proc.stdout.strip().splitlines()[-1:]}
     (run_dir / "bench_train.json").write_text(json.dumps(info, indent=2))
     return info
@@ -126,7 +124,7 @@ def export_row(label: str, run_dir: Path, work: Path, args: argparse.Namespace) 
     from runtime.export import export
 
     mode = MODES[label]
-    load0 = os.getloadavg()
+    load0 = provenance.load_average()
     t0 = time.perf_counter()
     rep = export(run_dir, work / "onnx" / label / "model.onnx", quantize=mode["quantize"],
                  prune=mode.get("prune", 0.0),
@@ -138,11 +136,10 @@ def export_row(label: str, run_dir: Path, work: Path, args: argparse.Namespace) 
                  fp32_cache=work / "cache")
     r = rep.to_dict()
     r.update(mode=label, targets=_targets(label, r), row_wall_s=time.perf_counter() - t0,
-             git_commit=machine()["git_commit"],
-             load_before=load0, load_after=os.getloadavg(),
-             date_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-             command=shlex.join([".venv/bin/python", "experiments/bench_export.py",
-                                 *sys.argv[1:]]))
+             git_commit=provenance.git_commit(),
+             load_before=load0, load_after=provenance.load_average(),
+             date_utc=provenance.utc_now("%Y-%m-%d %H:%M"),
+             command=provenance.command("bench_export"))
     return r
 
 
@@ -165,7 +162,7 @@ def control(run_dir: Path, args: argparse.Namespace) -> dict:
                                 run.plan.train.data)  # export's held-out batches
     before = ev.perplexity(ev.torch_logits(run.model, evals), evals)
     torch.manual_seed(seed)
-    load0 = os.getloadavg()
+    load0 = provenance.load_average()
     t0 = time.perf_counter()
     log = train_ce(run.model, src.train_batches(args.distill_batch, ctx, seed + 2,
                                                  run.plan.train.data),
@@ -176,7 +173,7 @@ def control(run_dir: Path, args: argparse.Namespace) -> dict:
                     f"{lr:g}, same schedule), PyTorch",
             "ppl_before": before, "ppl_after": after, "steps": args.distill_steps,
             "wall_s": time.perf_counter() - t0, "log": log.to_dict(),
-            "load_before": load0, "load_after": os.getloadavg()}
+            "load_before": load0, "load_after": provenance.load_average()}
 
 
 def main() -> int:
@@ -250,7 +247,7 @@ def main() -> int:
                  "use --redo")
     import torch
 
-    meta = {"machine": machine(("torch", "onnx", "onnxruntime", "onnxscript", "numpy")),
+    meta = {"machine": provenance.machine(("torch", "onnx", "onnxruntime", "onnxscript", "numpy")),
             "torch_threads": torch.get_num_threads(), "train": tinfo, "run_dir": str(run_dir),
             "checkpoint": rows[0]["checkpoint"] if rows else None,
             "distill": {"steps": args.distill_steps, "batch": args.distill_batch,

@@ -1,7 +1,7 @@
 """Single-device runtime benchmark: tokens/s, MFU and peak memory, eager vs compiled.
 
-    python experiments/bench_runtime.py                       # GPU: the three GPT sizes
-    python experiments/bench_runtime.py --models tiny --steps 3 --modes eager   # CPU check
+    python -m experiments.bench_runtime                     # GPU: the three GPT sizes
+    python -m experiments.bench_runtime --models tiny --steps 3 --modes eager   # CPU check
 
 Each (model, mode) trains `--steps` steps through `sandbox run`'s own path
 (`runtime.launch.run`: torchrun, one process, bf16 autocast on GPU, fp32 on
@@ -17,31 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments import provenance
+
+ROOT = provenance.ROOT
 
 MODELS = ("gpt2-124m", "gpt2-350m", "gpt3-1.3b")
 MICRO_BATCH = {"gpt2-124m": 16, "gpt2-350m": 8, "gpt3-1.3b": 4, "tiny": 8}
-
-
-def machine() -> dict:
-    import torch
-
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "cpu": platform.processor() or platform.machine()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    else:
-        info["gpu"] = None
-    return info
 
 
 def bench_one(model: str, compiled: bool, steps: int, micro_batch: int, gpu: bool) -> dict:
@@ -69,9 +55,9 @@ def bench_one(model: str, compiled: bool, steps: int, micro_batch: int, gpu: boo
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    where = meta["machine"]["gpu"] or "CPU (no GPU on this machine: smoke test only)"
+    where = meta["machine"].get("gpu") or "CPU (no GPU on this machine: smoke test only)"
     lines = [f"# Runtime benchmark on {where}", "",
-             f"`{meta['command']}`  ", f"torch {meta['machine']['torch']}, "
+             f"`{meta['command']}`  ", f"torch {meta['machine']['versions']['torch']}, "
              f"python {meta['machine']['python']}, {meta['date']}", "",
              "| model | mode | micro batch | step (s) | tokens/s | MFU | peak mem (GB) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -112,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"model": model, "mode": mode, "error": str(e).splitlines()[0]}
             rows.append(row)
             print(json.dumps(row))
-    meta = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+    meta = {"machine": provenance.machine(("torch",), "cuda" if gpu else "cpu"),
+            "date": provenance.utc_now("%Y-%m-%d %H:%M UTC"),
+            "command": provenance.command("bench_runtime", argv),
             "note": None if gpu else "ran on CPU: no GPU on this machine; not GPU numbers"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

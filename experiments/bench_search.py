@@ -6,7 +6,7 @@ interleaved 1F1B; Narayanan et al. 2021), simulated on the same cluster. The
 Megatron baseline is the best of its variants (PP 8 or 16, every valid number
 of virtual stages), so the comparison is against Megatron's strongest layout.
 
-    .venv/bin/python experiments/bench_search.py [--repeats N]
+    .venv/bin/python -m experiments.bench_search [--repeats N]
 
 Writes experiments/results/search_175b.md and .json (machine, versions,
 command, wall times, counts, the top-10 table, the comparison).
@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from machine import machine as machine_info
+from experiments import provenance
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = provenance.ROOT
 RESULTS = ROOT / "experiments" / "results"
 ARGS = ["--model", "gpt3-175b", "--cluster", "dgx-a100-80g", "--gpus", "1024",
         "--global-batch", "1536", "--top", "10"]
@@ -32,13 +30,9 @@ TABLE = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute", "sequence_
          "schedule", "step_time_s", "tokens_per_s", "mfu", "memory_gb_per_gpu")
 
 
-def machine() -> dict:
-    return machine_info(("simpy", "networkx", "pandas", "numpy"))
-
-
 def run_search() -> tuple[float, list[dict], str, float]:
     cmd = [sys.executable, "-m", "sandbox", "search", *ARGS, "--json"]
-    load = os.getloadavg()[0]
+    load = provenance.load_average()[0]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -146,7 +140,8 @@ def main() -> int:
     best = top[0]["tokens_per_s"]
     walls_sorted = sorted(walls)
     res = {"command": "sandbox search " + " ".join(ARGS),
-           "machine": machine(), "wall_s": walls_sorted[len(walls) // 2], "wall_s_all": walls,
+           "machine": provenance.machine(("simpy", "networkx", "pandas", "numpy")),
+           "wall_s": walls_sorted[len(walls) // 2], "wall_s_all": walls,
            "load_before": loads, "counts": counts_from(stderr), "top": top,
            "megatron": meg, "megatron_best": meg_best, "best_tokens_per_s": best,
            "megatron_best_tokens_per_s": meg_best["tokens_per_s"],

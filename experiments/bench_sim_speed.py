@@ -6,7 +6,7 @@ strategy search does); the table reports the first and the median of the
 rest. The target plan of issue 3 is the 1T-parameter model on 512 GPUs
 (TP 8 x PP 64, 512 microbatches).
 
-    python experiments/bench_sim_speed.py [--repeats N] [--only NAME,...]
+    python -m experiments.bench_sim_speed [--repeats N] [--only NAME,...]
 
 Writes experiments/results/sim_speed.{md,json}.
 """
@@ -15,18 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments import provenance
 
-from experiments.machine import machine  # noqa: E402
-
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = provenance.ROOT / "experiments" / "results"
 # name -> (model, cluster, nodes, parallel)
 PLANS = {
     "1.3b-8gpu": ("gpt3-1.3b", "dgx-a100-80g", 1,
@@ -84,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "sim_speed"))
     args = ap.parse_args(argv)
     names = args.only.split(",") if args.only else list(PLANS)
-    load = os.getloadavg()
+    load = provenance.load_average()
     rows = []
     for name in names:
         rows.append(bench(name, args.repeats))
@@ -92,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:15} {r['gpus']:6d} GPUs {r['events']:8,d} events  "
               f"first {r['first_wall_s']:6.2f} s  median {r['wall_s']:6.2f} s  "
               f"{r['events_per_s']:9,.0f} ev/s", flush=True)
-    meta = {"command": "python experiments/bench_sim_speed.py " + " ".join(argv or sys.argv[1:]),
-            "machine": machine(("simpy", "networkx", "numpy")),
-            "loadavg_before": load, "loadavg_after": os.getloadavg(), "repeats": args.repeats}
+    meta = {"command": provenance.command("bench_sim_speed", argv),
+            "machine": provenance.machine(("simpy", "networkx", "numpy")),
+            "loadavg_before": load, "loadavg_after": provenance.load_average(),
+            "repeats": args.repeats}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

@@ -20,13 +20,13 @@ of the large GEMMs of big models (a fit on them alone over-predicts
 multi-node speed by ~13%), hence both sets. Honesty checks, written to
 `experiments/results/vtrain_calibration.{md,json}`: two-fold
 cross-validation by model (each fold's models predicted by a fit that never
-saw them), and `experiments/validate_published.py`, which compares with
+saw them), and `experiments.validate_published`, which compares with
 published Megatron-LM results that no fit uses.
 
 Writes the fitted profile to `sandbox/profiles/a100-megatron.toml`, which
 the `vtrain-a100` and `dgx-a100-80g` cluster presets name.
 
-    python experiments/calibrate_vtrain_a100.py [--stride K] [--iters N]
+    python -m experiments.calibrate_vtrain_a100 [--stride K] [--iters N]
 """
 
 from __future__ import annotations
@@ -35,17 +35,15 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments import provenance
+from experiments.validate_vtrain import plan_of, read_rows
 
-from experiments.machine import machine  # noqa: E402
-from experiments.validate_vtrain import plan_of, read_rows  # noqa: E402
+ROOT = provenance.ROOT
 
 PROFILE_OUT = ROOT / "sandbox" / "profiles" / "a100-megatron.toml"
 RESULTS = ROOT / "experiments" / "results"
@@ -174,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * cv[list(cv)[-1]]['mape']:.1f}%", flush=True)
     values, best = fit([single[:: args.stride], multi], args.iters)
     final = {"single-node": errors(single, values), "multi-node": errors(multi, values)}
-    wall = time.perf_counter() - t0
-    cmd = "python experiments/calibrate_vtrain_a100.py " + " ".join(argv or sys.argv[1:])
+    wall = provenance.wall_s(t0)
+    cmd = provenance.command("calibrate_vtrain_a100", argv)
     source = (f"fitted by `{cmd.strip()}` to vTrain's A100 iteration times (1,440 single-node "
               f"and 109 multi-node rows; MAPE {100 * final['single-node']['mape']:.1f}% / "
               f"{100 * final['multi-node']['mape']:.1f}%); other constants are "
@@ -184,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     cv_mape = {name: statistics.fmean(c["mape"] for k, c in cv.items() if k.endswith(name))
                for name in ("single-node", "multi-node")}
     out = Path(args.out)
-    report = {"command": cmd, "machine": machine(("simpy", "numpy")), "wall_s": wall,
+    report = {"command": cmd, "machine": provenance.machine(("simpy", "numpy")), "wall_s": wall,
               "params": values, "start": {k: v for k, (_, v) in PARAMS.items()},
               "in_sample": final, "cross_validation": cv, "cv_mape": cv_mape,
               "profile": str(PROFILE_OUT.relative_to(ROOT))}

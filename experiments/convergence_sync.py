@@ -25,8 +25,8 @@ warm-up; on a shared 2-core machine it is noisy and says little about a
 cluster (gloo over loopback is fast next to CPU compute), so the table
 records the load average around each run.
 
-    flock /tmp/cpu.lock .venv/bin/python experiments/convergence_sync.py --only fp16
-    .venv/bin/python experiments/convergence_sync.py             # all missing, then report
+    flock /tmp/cpu.lock .venv/bin/python -m experiments.convergence_sync --only fp16
+    .venv/bin/python -m experiments.convergence_sync             # all missing, then report
 
 A finished run in WORKDIR/NAME (same plan) is reused, so variants can be run
 one locked command at a time; the report is written from every finished run.
@@ -39,22 +39,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from machine import machine as machine_info
+import sandbox
+from experiments import provenance
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import sandbox  # noqa: E402
-
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = provenance.ROOT / "experiments" / "results"
 MARGIN = 0.03  # converged: final held-out loss within 3% of all-reduce's
 SMOOTH = 10  # steps in the moving average of the plotted training loss
 VARIANTS = {  # name -> parallel overrides
@@ -104,13 +98,13 @@ def train(name: str, steps: int, workdir: Path) -> None:
         return
     if out.exists():  # an unfinished or different run of this script's scratch folder
         shutil.rmtree(out)
-    load_before = os.getloadavg()[0]
+    load_before = provenance.load_average()[0]
     t0 = time.perf_counter()
     run(plan, out, progress=False, no_final_checkpoint=True)
-    wall = time.perf_counter() - t0
+    wall = provenance.wall_s(t0)
     (out / "provenance.json").write_text(json.dumps({
-        "wall_s": wall, "load_before": load_before, "load_after": os.getloadavg()[0],
-        "command": " ".join(sys.argv)}) + "\n")
+        "wall_s": wall, "load_before": load_before, "load_after": provenance.load_average()[0],
+        "command": provenance.command("convergence_sync")}) + "\n")
     print(f"{name}: {wall:.0f} s")
 
 
@@ -262,15 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     if not results or results[0]["variant"] != "allreduce":
         print("no finished all-reduce run to compare with yet")
         return 0 if args.only else 1
-    machine = machine_info(("torch", "numpy", "matplotlib"))
+    machine = provenance.machine(("torch", "numpy", "matplotlib"))
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.name == "convergence_sync":
-        command = ("`flock /tmp/cpu.lock .venv/bin/python experiments/convergence_sync.py "
-                   "--only NAME` per variant, then `.venv/bin/python "
-                   "experiments/convergence_sync.py --report`")
+        each, last = (provenance.command("convergence_sync", [a]) for a in ("--only", "--report"))
+        command = f"`flock /tmp/cpu.lock {each} NAME` per variant, then `{last}`"
     else:
-        command = "`flock /tmp/cpu.lock .venv/bin/python experiments/convergence_sync.py " + \
-            " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)) + "`"
+        command = f"`flock /tmp/cpu.lock {provenance.command('convergence_sync', argv)}`"
     md = report(results, args.steps, machine, command)
     (RESULTS / f"{args.name}.md").write_text(md)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(

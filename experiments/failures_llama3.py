@@ -19,7 +19,7 @@ construction; it checks the simulator's bookkeeping, it does not validate
 the rates. What the simulation adds: goodput, time to train, the best
 checkpoint interval and the cost, with the spread over runs.
 
-    .venv/bin/python experiments/failures_llama3.py [--runs N] [--seed S]
+    .venv/bin/python -m experiments.failures_llama3 [--runs N] [--seed S]
 
 Writes experiments/results/failures_llama3.md, .json and .png.
 """
@@ -29,22 +29,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
-from pathlib import Path
 
-from machine import machine as machine_info
+import sandbox
+from experiments import provenance
+from sandbox import counts
+from sandbox.failures_view import plot_interval_sweep
+from sim.failures import checkpoint_cost as cc
+from sim.failures import failure_report
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import sandbox  # noqa: E402
-from sandbox import counts  # noqa: E402
-from sandbox.failures_view import plot_interval_sweep  # noqa: E402
-from sim.failures import checkpoint_cost as cc  # noqa: E402
-from sim.failures import failure_report  # noqa: E402
-
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = provenance.ROOT / "experiments" / "results"
 TOKENS = 15.6e12
 MFU_RANGE = (0.38, 0.43)
 VPPS = (1, 2, 4, 8)  # interleaving depths tried (128 layers / PP 16 = 8 per stage)
@@ -55,10 +49,6 @@ PAPER_LABEL = {"gpu": "GPU (faulty GPU, HBM3, SRAM, GSP, SDC, thermal)",
                "node": "host and other (software, maintenance, SSD, PSU, CPU, ...)",
                "link": "network switch/cable + NIC",
                "switch": "switch (folded into links above)"}
-
-
-def machine() -> dict:
-    return machine_info(("numpy", "matplotlib", "simpy"))
 
 
 def build_plan():
@@ -114,7 +104,7 @@ def main() -> None:
     st, source, by_mfu, by_vpp = step_time(base, plan)
     t0 = time.perf_counter()
     rep = failure_report(plan, st, seed=args.seed, runs=args.runs)
-    wall = time.perf_counter() - t0
+    wall = provenance.wall_s(t0)
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot_interval_sweep(rep, str(RESULTS / "failures_llama3.png"))
 
@@ -139,8 +129,8 @@ def main() -> None:
         "checkpoint_cost_s": r.checkpoint_cost_s, "checkpoint_interval_s":
         r.checkpoint_interval_s, "young_daly_interval_s": r.young_daly_interval_s,
         "goodput": r.goodput, "time_to_train_days": r.expected_time_to_train_h / 24}
-    cmd = ".venv/bin/python experiments/failures_llama3.py " + " ".join(sys.argv[1:])
-    out = {"command": cmd.strip(), "machine": machine(), "report_wall_s": wall,
+    out = {"command": provenance.command("failures_llama3"),
+           "machine": provenance.machine(("numpy", "matplotlib", "simpy")), "report_wall_s": wall,
            "plan": {"model": "llama3-405b (126 layers)", "cluster": "dgx-h100",
                     "gpus": plan.world_size, "nodes": plan.cluster.nodes, "tp": 8, "pp": 16,
                     "dp": 128, "global_batch": 2048, "seq_len": plan.model.seq_len,

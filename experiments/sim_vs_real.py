@@ -1,6 +1,6 @@
 """Simulator vs runtime on this machine: every plan it can run, calibrated first.
 
-    python experiments/sim_vs_real.py [--profile experiments/results/cpu_profile.toml]
+    python -m experiments.sim_vs_real [--profile experiments/results/cpu_profile.toml]
         [--calibrate] [--steps 6] [--models tiny,gpt-mini] [--only NAME,...]
 
 1. Calibrate unless PROFILE exists and --calibrate is not given (then the
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,10 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments import provenance
+from experiments.sim_vs_real_report import markdown
 
-from experiments.sim_vs_real_report import markdown  # noqa: E402
+ROOT = provenance.ROOT
 
 RESULTS = ROOT / "experiments" / "results"
 PROFILE = RESULTS / "cpu_profile.toml"
@@ -263,8 +262,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="an earlier calibration's --json file to check reproducibility "
                          "(default: PROFILE.first.json when it exists)")
     args = ap.parse_args(argv)
-    from runtime.calibrate import machine_info
-
     profile = Path(args.profile).resolve()
     rel = profile.relative_to(ROOT) if profile.is_relative_to(ROOT) else profile
     calib = {"reused": str(rel)}
@@ -312,10 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # the simulator cannot do it: report it
             rows.append({"model": model, "plan": name, "failed": f"simulate: "
                          f"{e.__class__.__name__}: {(str(e).splitlines() or [''])[0][:200]}"})
-    meta = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": machine_info("cpu"), "platform": platform.platform(),
-            "command": "python experiments/sim_vs_real.py " + " ".join(
-                sys.argv[1:] if argv is None else argv),
+    meta = {"date_utc": provenance.utc_now(),
+            "machine": provenance.machine(("torch", "simpy", "networkx")),
+            "command": provenance.command("sim_vs_real", argv),
             "profile": str(rel), "calibration": calib, "steps": args.steps,
             "measurements": str(cache_path.relative_to(ROOT) if cache_path.is_relative_to(ROOT)
                                 else cache_path)}

@@ -1,6 +1,6 @@
 """Simulator vs runtime on one GPU: single-GPU plans from gpt2-124m to gpt3-1.3b.
 
-    python experiments/sim_vs_real_gpu.py [--profile experiments/results/gpu_profile.toml]
+    python -m experiments.sim_vs_real_gpu [--profile experiments/results/gpu_profile.toml]
         [--calibrate] [--models gpt2-124m,gpt2-350m,gpt3-1.3b] [--shapes mb1,mb4,mb8,mb16-s4]
         [--steps 10] [--remeasure]
 
@@ -38,17 +38,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from experiments.sim_vs_real import (  # noqa: E402
+from experiments import provenance
+from experiments.sim_vs_real import (
     RESULTS,
     calibrate,
     calibration_stats,
     first_of,
     profile_for_world,
 )
-from experiments.sim_vs_real_report import pct  # noqa: E402
+from experiments.sim_vs_real_report import pct
 
 MODELS = ("gpt2-124m", "gpt2-350m", "gpt3-1.3b")
 SHAPES = {"mb1": (1, 1.0), "mb4": (4, 1.0), "mb8": (8, 1.0), "mb16-s4": (16, 0.25)}
@@ -119,7 +117,7 @@ def markdown(meta: dict, rows: list[dict], summ: dict) -> str:
     m = meta["machine"]
     lines = [f"# Simulator vs runtime on one device ({meta['device']})", "",
              f"- date (UTC): {meta['date_utc']}; host {m['host']}: "
-             f"{m.get('gpu') or m['cpu']}; Python {m['python']}, torch {m['torch']}"
+             f"{m.get('gpu') or m['cpu']}; Python {m['python']}, torch {m['versions']['torch']}"
              + (f", CUDA {m['cuda']}, NCCL {m['nccl']}" if m.get("cuda") else ""),
              f"- command: `{meta['command']}`",
              f"- profile: `{meta['profile']}` ({meta['calibration']})",
@@ -180,8 +178,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sim_vs_real_gpu: unknown shape {bad[0]!r}; choose from {', '.join(SHAPES)}",
               file=sys.stderr)
         return 2
-    from runtime.calibrate import machine_info
-
     profile = Path(args.profile).resolve()
     calib = {"reused": profile.name}
     if args.calibrate or not profile.exists():
@@ -210,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                     else predict_one(model, shape, args.device, profile, meas))
     summ = summary(rows)
     prev = first_of(profile).with_suffix(".json")
-    meta = {"device": args.device, "machine": machine_info(args.device),
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": "python experiments/sim_vs_real_gpu.py " + " ".join(argv or sys.argv[1:]),
+    meta = {"device": args.device,
+            "machine": provenance.machine(("torch", "simpy", "networkx"), args.device),
+            "date_utc": provenance.utc_now(),
+            "command": provenance.command("sim_vs_real_gpu", argv),
             "profile": profile.name, "calibration": calib,
             "calibration_stats": calibration_stats(profile, str(prev) if prev.exists() else "")}
     out.with_suffix(".json").write_text(json.dumps(

@@ -1,4 +1,4 @@
-"""Markdown page of `experiments/sim_vs_real.py` (`sim_vs_real.md`): what each
+"""Markdown page of `experiments.sim_vs_real` (`sim_vs_real.md`): what each
 plan measured and what the simulator predicted, the calibration's spread and
 reproducibility, and the target."""
 
@@ -22,7 +22,7 @@ def markdown(meta: dict, rows: list[dict], summ: dict, target: tuple[str, ...]) 
     lines = [
         "# Simulator vs runtime on this machine (CPU, gloo)", "",
         f"- date (UTC): {meta['date_utc']}; host {m['host']}: {m['cpu']}, {m['cores']} cores; "
-        f"Python {m['python']}, torch {m['torch']}",
+        f"Python {m['python']}, torch {m['versions']['torch']}",
         f"- command: `{meta['command']}`",
         f"- profile: `{meta['profile']}` ({meta['calibration']})",
         f"- runtime: `sandbox.compare` = `sandbox run` for {meta['steps']} steps, step time = "

@@ -17,7 +17,7 @@ Every number is a `sim.simulate` prediction with the clusters' profiles
 (the A100 presets name `sandbox/profiles/a100-megatron.toml`); nothing is
 fitted here.
 
-    .venv/bin/python experiments/sync_variants_sim.py
+    .venv/bin/python -m experiments.sync_variants_sim
 
 Writes experiments/results/sync_variants_sim.md, .json and .png.
 """
@@ -25,19 +25,14 @@ Writes experiments/results/sync_variants_sim.md, .json and .png.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
-from machine import machine
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import sandbox  # noqa: E402
+import sandbox
+from experiments import provenance
 from sim import balance, simulate  # noqa: E402
 
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = provenance.ROOT / "experiments" / "results"
 MODEL = "gpt3-1.3b"
 PAR = {"tp": 1, "pp": 1, "global_batch": 256, "micro_batch": 2, "zero": 0}
 CLUSTERS = {"normal (8 x 200 Gbit/s)": {},
@@ -218,18 +213,16 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main() -> int:
-    import os
-
     t = time.perf_counter()
-    load_before = os.getloadavg()
+    load_before = provenance.load_average()
     res = {"plan": "dgx-a100-80g x 4 nodes, dp 32 unless noted, global batch 256, "
                    "micro-batch 2, ZeRO 0, bf16",
-           "machine": machine(("numpy", "simpy", "networkx", "matplotlib")),
+           "machine": provenance.machine(("numpy", "simpy", "networkx", "matplotlib")),
            "load_before": [round(x, 2) for x in load_before],
-           "command": ".venv/bin/python experiments/sync_variants_sim.py",
+           "command": provenance.command("sync_variants_sim", []),
            "sync_variants": part1(), "balance": part2()}
-    res["wall_s"] = time.perf_counter() - t
-    res["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    res["wall_s"] = provenance.wall_s(t)
+    res["load_after"] = [round(x, 2) for x in provenance.load_average()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sync_variants_sim.json").write_text(json.dumps(res, indent=1))
     md = markdown(res)

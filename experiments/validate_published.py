@@ -20,22 +20,17 @@ the paper's stated setup.
 
 Writes experiments/results/published.{md,json}.
 
-    python experiments/validate_published.py
+    python -m experiments.validate_published
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments import provenance
 
-from experiments.machine import machine  # noqa: E402
-
-RESULTS = ROOT / "experiments" / "results"
+RESULTS = provenance.ROOT / "experiments" / "results"
 
 # name, heads, hidden, layers, tp, pp, gpus, global batch, full-recompute s, present-work s
 KORTHIKANTI = [
@@ -116,8 +111,8 @@ def main() -> int:
     for src in ("Korthikanti 2022 T5", "Narayanan 2021 T1"):
         errs = [abs(r["error"]) for r in rows if r["source"] == src]
         summary[src] = {"rows": len(errs), "mape": statistics.fmean(errs), "max_ape": max(errs)}
-    meta = {"command": "python experiments/validate_published.py",
-            "machine": machine(("simpy", "numpy")),
+    meta = {"command": provenance.command("validate_published", []),
+            "machine": provenance.machine(("simpy", "numpy")),
             "cluster": "dgx-a100-80g (profile sandbox/profiles/a100-megatron.toml)"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "published.json").write_text(json.dumps(

@@ -15,7 +15,7 @@ measured time and error, mean absolute percentage error (MAPE), the worst
 row, and Spearman rank correlation per model (rows of the same model
 ordered by measured vs predicted time).
 
-    python experiments/validate_vtrain.py [--limit N] [--profile FILE] [--data DIR]
+    python -m experiments.validate_vtrain [--limit N] [--profile FILE] [--data DIR]
 """
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiments import provenance
+from experiments import vtrain_diagnostics as diagnostics
+from experiments.vtrain_diagnostics import group_by, spearman
 
-from experiments import vtrain_diagnostics as diagnostics  # noqa: E402
-from experiments.machine import machine  # noqa: E402
-from experiments.vtrain_diagnostics import group_by, spearman  # noqa: E402
-
+ROOT = provenance.ROOT
 VALIDATION = ROOT.parent / "shared" / "validation"
 RESULTS = ROOT / "experiments" / "results"
 VOCAB = 51200
@@ -225,12 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         sets = {k: v[: args.limit] for k, v in sets.items()}
     for rows in sets.values():
         predict(rows, args.profile)
-    wall = time.perf_counter() - t0
+    wall = provenance.wall_s(t0)
     summary = {k: stats(v) for k, v in sets.items()}
     summary["multi-node"]["by_model_and_tp"] = by_model_and_tp(sets["multi-node"])
     summary["multi-node"].update(diagnostics.summarize(sets["multi-node"], model_key))
-    meta = {"command": "python experiments/validate_vtrain.py " + " ".join(argv or sys.argv[1:]),
-            "machine": machine(("simpy", "networkx", "numpy")), "wall_s": wall,
+    meta = {"command": provenance.command("validate_vtrain", argv),
+            "machine": provenance.machine(("simpy", "networkx", "numpy")), "wall_s": wall,
             "rows": sum(len(v) for v in sets.values()),
             "profile": args.profile or plan_of(sets["multi-node"][0]).cluster.profile,
             "assumptions": "vtrain-a100 cluster, fp16, recompute=full, 1F1B, zero=0 (DDP), "

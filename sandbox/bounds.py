@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
-from sandbox.specs import Plan
+if TYPE_CHECKING:  # type hints only: sandbox.specs builds plans and validates them
+    from sandbox.specs import Plan
 
 # (section, field) -> the largest value accepted
 LIMITS: dict[tuple[str, str], float] = {

@@ -1,4 +1,10 @@
-"""Errors that reach the user as one readable line (no traceback)."""
+"""Errors that reach the user as one readable line (no traceback), and the
+"did you mean" hint those lines carry."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
 
 
 class SandboxError(Exception):
@@ -14,3 +20,9 @@ class PlanError(SandboxError, ValueError):
     def __init__(self, problems: list[str] | str):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+
+def did_you_mean(word: str, options: Any) -> str:
+    """" (did you mean 'X'?)" for the option closest to `word`, or ""."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

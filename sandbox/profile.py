@@ -80,6 +80,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from sandbox.errors import SandboxError
 from sandbox.files import PLAN_FILE_LIMIT, read_text_file
 
@@ -308,30 +310,13 @@ def load_profile(path: str | Path) -> Profile:
     return profile_from_dict(data, str(p))
 
 
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    return repr(v)
+_HEADER = "# Simulator calibration profile (sandbox/profile.py); units: s, FLOP/s, bytes/s.\n"
 
 
 def dump_profile(profile: Profile, path: str | Path | None = None) -> str:
-    """The profile as TOML text (loads back equal); also written to `path` if given."""
-    d = profile.to_dict()
-    comp, colls = d.pop("compute", None), d.pop("collective", [])
-    blocks = comp.pop("block", []) if comp else []
-    lines = ["# Simulator calibration profile (sandbox/profile.py); units: s, FLOP/s, bytes/s."]
-    lines += [f"{k} = {_toml(v)}" for k, v in d.items()]
-    if comp:
-        lines += ["", "[compute]"] + [f"{k} = {_toml(v)}" for k, v in comp.items()]
-    for b in blocks:
-        lines += ["", "[[compute.block]]"] + [f"{k} = {_toml(v)}" for k, v in b.items()]
-    for c in colls:
-        lines += ["", "[[collective]]"] + [f"{k} = {_toml(v)}" for k, v in c.items()]
-    text = "\n".join(lines) + "\n"
+    """The profile as TOML text (tomli-w; loads back equal): the constants,
+    then `[compute]` and the measured points; also written to `path` if given."""
+    text = _HEADER + tomli_w.dumps(profile.to_dict())
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)

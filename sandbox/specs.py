@@ -1,10 +1,14 @@
-"""Plain data specs of an experiment: what to train, where, and how.
+"""A plan: one experiment (model x cluster x parallel strategy x training),
+built from nested dicts, edited, and written back as TOML.
 
-`Model`, `GPU`, `Cluster`, `Parallel`, `Train` and `Plan` are frozen
-dataclasses with no behaviour beyond derived sizes; the engines (`sim/`,
-`runtime/`) interpret them. Units are in the field names or docstrings:
-GB = 1e9 bytes, GB/s = 1e9 bytes per second, Gbit/s = 1e9 bits per second.
-Build them with `sandbox.load(...)`, which applies presets and validates.
+`Plan` is a frozen dataclass holding one of each section (`sandbox.sections`:
+`Model`, `GPU`, `Cluster`, `Parallel`, `Train`, re-exported here).
+`plan_from_dict` builds one: each section may name a `preset`, override single
+fields, or give every field; missing sections take the defaults below; names
+and types are checked and the plan is validated (`sandbox.validate`), every
+problem one line naming the field. `Plan.replace` edits through the same path,
+`Plan.to_toml` writes every field explicitly (tomli-w). Reading plan files and
+TOML text is `sandbox.planfile.load`.
 """
 
 from __future__ import annotations
@@ -13,191 +17,22 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-ACTIVATIONS = ("gelu", "swiglu")
-NORMS = ("layernorm", "rmsnorm")
-POSITIONS = ("learned", "rope")
-TOPOLOGIES = ("fat-tree", "rail", "torus", "ring")
-SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zero-bubble")
-RECOMPUTE = ("none", "selective", "full")
-DP_MODES = ("allreduce", "parameter-server", "async", "local-sgd")
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
-OPTIMIZERS = ("adamw", "sgd")
-LR_SCHEDULES = ("cosine", "constant")
-FAILURE_DISTRIBUTIONS = ("exponential", "weibull")
+import tomli_w
 
+from sandbox import presets
+from sandbox.errors import PlanError, did_you_mean
+from sandbox.report_html import plan_html
+from sandbox.sections import GPU, Cluster, Model, Parallel, Train
+from sandbox.validate import validate
 
-@dataclass(frozen=True)
-class Model:
-    """A decoder-only transformer (GPT-2/3 style or Llama style)."""
+__all__ = ["GPU", "Cluster", "Model", "Parallel", "Plan", "Train", "plan_from_dict",
+           "replace_plan"]
 
-    layers: int
-    hidden: int
-    heads: int
-    vocab: int
-    seq_len: int
-    kv_heads: int = 0  # 0: same as heads (multi-head attention); fewer: GQA
-    ffn_hidden: int = 0  # 0: 4*hidden for gelu, Llama's 8/3 rule for swiglu
-    activation: str = "gelu"  # gelu (2-matrix MLP) | swiglu (3-matrix gated MLP)
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    position: str = "learned"  # learned absolute embeddings | rope
-    bias: bool = True  # biases in linear layers and LayerNorm
-    tied_embeddings: bool = True  # output head shares the token embedding
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    name: str = "custom"
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    @property
-    def q_dim(self) -> int:
-        """Width of the query projection (= hidden when heads divide it)."""
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        """Width of each of the key and value projections."""
-        return self.kv_heads * self.head_dim
-
-
-@dataclass(frozen=True)
-class GPU:
-    """One accelerator (or one CPU process): dense peak rates and memory."""
-
-    name: str
-    tflops_fp32: float  # dense FP32 (non-tensor-core) TFLOP/s
-    tflops_tf32: float  # dense TF32 tensor-core TFLOP/s (0: none)
-    tflops_fp16: float  # dense FP16 tensor-core TFLOP/s
-    tflops_bf16: float  # dense BF16 tensor-core TFLOP/s
-    tflops_fp8: float  # dense FP8 tensor-core TFLOP/s (0: not supported)
-    hbm_gb: float  # device memory, GB (1e9 bytes)
-    hbm_gb_per_s: float  # device memory bandwidth, GB/s
-
-    def peak_flops(self, precision: str) -> float:
-        """Dense peak of the matmul dtype used by `precision`, in FLOP/s."""
-        tflops = {
-            "fp32": self.tflops_fp32,
-            "fp16": self.tflops_fp16,
-            "bf16": self.tflops_bf16,
-            "fp8": self.tflops_fp8,
-        }[precision]
-        return tflops * 1e12
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """Nodes of GPUs, the links inside a node and the network between nodes."""
-
-    gpu: GPU
-    nodes: int = 1
-    gpus_per_node: int = 8
-    intra_node_link: str = "nvlink3"  # label of the in-node fabric (all-to-all switch)
-    intra_node_gb_per_s: float = 300.0  # per GPU, per direction, GB/s
-    intra_node_latency_us: float = 1.0  # one hop GPU -> switch -> GPU, microseconds
-    topology: str = "fat-tree"  # fat-tree | rail | torus | ring
-    nics_per_node: int = 8
-    nic_gbit_per_s: float = 200.0  # per NIC, per direction, Gbit/s
-    inter_node_latency_us: float = 5.0  # NIC -> switch(es) -> NIC, microseconds
-    oversubscription: float = 1.0  # fat-tree leaf uplink oversubscription ratio
-    gpu_mtbf_h: float = 0.0  # mean time between failures of one GPU, hours (0: never)
-    node_mtbf_h: float = 0.0  # host failures per node (CPU, memory, PSU, software), hours
-    link_mtbf_h: float = 0.0  # one NIC/cable link, hours
-    switch_mtbf_h: float = 0.0  # one network switch, hours
-    failure_distribution: str = "exponential"  # exponential | weibull
-    weibull_shape: float = 1.0
-    restart_s: float = 600.0  # detect + re-queue + restart a job, seconds
-    storage_gb_per_s: float = 10.0  # checkpoint write/read bandwidth per node, GB/s
-    storage_total_gb_per_s: float = 0.0  # the shared filesystem's cap, GB/s (0: none)
-    usd_per_gpu_hour: float = 0.0
-    profile: str = ""  # calibration profile TOML (see `sandbox calibrate`)
-    # Stragglers and heterogeneity (simulator): GPUs given by global rank, and a
-    # random fraction of all GPUs drawn with `variation_seed`, run their kernels
-    # `slow_gpu_slowdown` times slower; links named "nvlink:R" (GPU R's in-node
-    # port), "nic:N.K" (NIC K of node N to its switch) or "node:N" (every NIC of
-    # node N), and a random fraction of NIC links, carry 1/`slow_link_slowdown`
-    # of their bandwidth; `node_gpus` names each node's GPU preset (mixed kinds).
-    slow_gpus: tuple[int, ...] = ()
-    slow_gpu_fraction: float = 0.0
-    slow_gpu_slowdown: float = 2.0
-    slow_links: tuple[str, ...] = ()
-    slow_link_fraction: float = 0.0
-    slow_link_slowdown: float = 2.0
-    node_gpus: tuple[str, ...] = ()  # one GPU preset name per node; empty: all `gpu`
-    variation_seed: int = 0
-    name: str = "custom"
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-    @property
-    def node_nic_gb_per_s(self) -> float:
-        """Injection bandwidth of one node into the network, GB/s per direction."""
-        return self.nics_per_node * self.nic_gbit_per_s / 8.0
-
-
-@dataclass(frozen=True)
-class Parallel:
-    """How the work is split: 3D parallelism, sharding, schedule, sync."""
-
-    dp: int = 1
-    tp: int = 1
-    pp: int = 1
-    vpp: int = 1  # virtual stages per pipeline rank (interleaved schedule)
-    micro_batch: int = 1  # sequences per microbatch per data-parallel replica
-    global_batch: int = 8  # sequences per optimizer step
-    schedule: str = "1f1b"
-    zero: int = 1  # 0 DDP, 1 optimizer states, 2 +grads, 3 +params (FSDP)
-    sequence_parallel: bool = True  # only has an effect with tp > 1
-    # backward TP all-reduce (SP: reduce-scatter) of the input gradient overlapped
-    # with the weight-gradient GEMM (Megatron-LM's async grad all-reduce); the
-    # runtime's DTensor TP does not overlap, so it is off by default
-    tp_overlap: bool = False
-    recompute: str = "selective"
-    dp_mode: str = "allreduce"
-    grad_compression: str = "none"  # none | fp16 | int8 | topk:F | powersgd:R
-    sync_every: int = 1  # local-sgd: average parameters every k steps
-    ps_servers: int = 0  # parameter-server / async: server ranks (0: one per node)
-    # Uneven work (simulator): layers of each pipeline stage (empty: layers / pp
-    # each); micro-batches of each data-parallel replica per step (empty: equal;
-    # they sum to global_batch / micro_batch); sequence length of each replica's
-    # sequences (empty: model.seq_len; data skew).
-    stage_layers: tuple[int, ...] = ()
-    replica_microbatches: tuple[int, ...] = ()
-    replica_seq_len: tuple[int, ...] = ()
-
-    @property
-    def microbatches(self) -> int:
-        """Microbatches per replica per step (gradient-accumulation steps)."""
-        return self.global_batch // (self.dp * self.micro_batch)
-
-    @property
-    def compression(self) -> tuple[str, float]:
-        """`grad_compression` as (kind, argument): ('topk', 0.01), ('powersgd',
-        4.0), ('fp16', 0.0); the values `sandbox.validate` accepts."""
-        kind, _, arg = self.grad_compression.partition(":")
-        return kind, float(arg) if arg else 0.0
-
-
-@dataclass(frozen=True)
-class Train:
-    """The optimisation itself and the run's bookkeeping."""
-
-    precision: str = "bf16"
-    optimizer: str = "adamw"
-    lr: float = 3e-4
-    lr_schedule: str = "cosine"  # cosine (with warmup) | constant
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # max global grad norm (0: off)
-    seed: int = 0
-    steps: int = 100
-    checkpoint_every: int = 0  # steps; 0 = off for runs, auto for simulate --failures
-    eval_every: int = 0  # steps; 0 = only at the end
-    data: str = "builtin"  # builtin corpus, or a path to .txt / .jsonl files
-    compile: bool = False  # torch.compile (GPU only)
+DEFAULT_MODEL = "gpt-mini"
+DEFAULT_CLUSTER = "localhost"
+SECTIONS = ("model", "cluster", "parallel", "train")
+_SPEC = {"model": Model, "cluster": Cluster, "parallel": Parallel, "train": Train,
+         "gpu": GPU}
 
 
 @dataclass(frozen=True)
@@ -222,9 +57,9 @@ class Plan:
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
-        from sandbox.planfile import dump_toml
-
-        return dump_toml(self)
+        """The whole plan with every field explicit, a table per section (and
+        `[cluster.gpu]`); `sandbox.load` reads it back to an equal plan."""
+        return tomli_w.dumps(self.to_dict())
 
     def replace(self, **changes: Any) -> Plan:
         """A validated copy with some fields changed.
@@ -234,11 +69,237 @@ class Plan:
         `cluster="dgx-h100"` swaps a preset. Changing tp, pp or the cluster's
         size re-derives dp unless dp is given.
         """
-        from sandbox.planfile import replace_plan
-
         return replace_plan(self, changes)
 
     def _repr_html_(self) -> str:
-        from sandbox.report_html import plan_html
-
         return plan_html(self)
+
+
+# ------------------------------------------------------------------ building
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _check_type(where: str, value: Any, kind: Any, problems: list[str]) -> Any:
+    """Coerce `value` to the field's type or record a problem; returns the value."""
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{where}: expected true or false, got {value!r}")
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        problems.append(f"{where}: expected an integer, got {value!r}")
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{where}: expected a number, got {value!r}")
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+        problems.append(f"{where}: expected a string, got {value!r}")
+    elif kind.startswith("tuple["):  # tuple[int, ...] / tuple[str, ...]: a TOML array
+        inner = kind[len("tuple["):].split(",")[0].strip()
+        if isinstance(value, (list, tuple)):
+            bad: list[str] = []
+            items = tuple(_check_type(f"{where}[{i}]", v, inner, bad)
+                          for i, v in enumerate(value))
+            if not bad:
+                return items
+        problems.append(f"{where}: expected a list of {_KIND_WORDS.get(inner, inner)}, "
+                        f"got {value!r}")
+    else:
+        return value
+    return None
+
+
+_KIND_WORDS = {"int": "integers", "str": "strings", "float": "numbers"}
+
+
+def _build(section: str, cls: type, given: dict, base: dict, problems: list[str]) -> dict:
+    """Merge `given` over `base`, checking names and types. Returns field values."""
+    fields = _fields(cls)
+    values = dict(base)
+    for key, value in given.items():
+        if key == "preset":
+            continue
+        if key not in fields:
+            problems.append(f"{section}.{key}: unknown key{did_you_mean(key, fields)}")
+            continue
+        if key == "gpu" and cls is Cluster:
+            continue  # handled by the caller
+        checked = _check_type(f"{section}.{key}", value, fields[key].type, problems)
+        if checked is not None:
+            values[key] = checked
+    return values
+
+
+def _preset(section: str, given: dict, table: dict, problems: list[str]) -> tuple[str, dict]:
+    name = given.get("preset")
+    if name is None:
+        return "", {}
+    if not isinstance(name, str):
+        problems.append(f"{section}.preset: expected a string, got {name!r}")
+        return "", {}
+    if name not in table:
+        problems.append(f"{section}.preset: unknown preset '{name}'{did_you_mean(name, table)}"
+                        f"; known: {', '.join(table)}")
+        return "", {}
+    return name, dict(table[name])
+
+
+def _missing(section: str, cls: type, values: dict, problems: list[str]) -> bool:
+    need = [f.name for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            and f.name not in values and f.name != "gpu"]
+    for name in need:
+        problems.append(f"{section}.{name}: missing (give it, or name a preset)")
+    return bool(need)
+
+
+def _model(given: dict, problems: list[str]) -> Model | None:
+    if not given:
+        given = {"preset": DEFAULT_MODEL}
+    before = len(problems)
+    name, base = _preset("model", given, presets.MODELS, problems)
+    values = _build("model", Model, given, base, problems)
+    if len(problems) > before and given.get("preset") and not name:
+        return None  # unknown preset: the missing fields would only add noise
+    values.setdefault("name", name or "custom")
+    if _missing("model", Model, values, problems):
+        return None
+    if not values.get("kv_heads"):
+        values["kv_heads"] = values["heads"]
+    if not values.get("ffn_hidden") and isinstance(values.get("hidden"), int):
+        h = values["hidden"]
+        if values.get("activation") == "swiglu":  # Llama: 2/3 of 4h, rounded up to 256
+            values["ffn_hidden"] = 256 * ((int(8 * h / 3) + 255) // 256)
+        else:
+            values["ffn_hidden"] = 4 * h
+    return Model(**values)
+
+
+def _gpu(given: Any, problems: list[str]) -> GPU | None:
+    if isinstance(given, GPU):
+        return given
+    if isinstance(given, str):
+        given = {"preset": given}
+    if not isinstance(given, dict):
+        problems.append(f"cluster.gpu: expected a GPU preset name or a table, got {given!r}")
+        return None
+    if "preset" in given:
+        name, base = _preset("cluster.gpu", given, presets.GPUS, problems)
+        if not name:
+            return None
+    else:
+        name, base = given.get("name", "custom"), {}
+    values = _build("cluster.gpu", GPU, given, base, problems)
+    values.setdefault("name", name or "custom")
+    if _missing("cluster.gpu", GPU, values, problems):
+        return None
+    return GPU(**values)
+
+
+def _cluster(given: dict, processes: int, problems: list[str]) -> Cluster | None:
+    if not given:
+        given = {"preset": DEFAULT_CLUSTER}
+    if given.get("preset") == "localhost":
+        n = given.get("gpus_per_node") if isinstance(given.get("gpus_per_node"), int) else None
+        name, base = "localhost", presets.localhost_cluster(n or processes)
+    else:
+        name, base = _preset("cluster", given, {**presets.CLUSTERS, "localhost": {}}, problems)
+        if given.get("preset") and not name:
+            return None
+    values = _build("cluster", Cluster, given, base, problems)
+    values.setdefault("name", name or "custom")
+    gpu_given = given.get("gpu", base.get("gpu"))
+    if isinstance(gpu_given, dict) and "gpu" in given and "preset" not in gpu_given:
+        if isinstance(base.get("gpu"), dict):  # override fields of the preset's GPU
+            gpu_given = {**base["gpu"], **gpu_given}
+        elif isinstance(base.get("gpu"), str):
+            gpu_given = {"preset": base["gpu"], **gpu_given}
+    if gpu_given is None:
+        problems.append("cluster.gpu: missing (give a GPU preset name or a [cluster.gpu] table)")
+        return None
+    gpu = _gpu(gpu_given, problems)
+    if gpu is None:
+        return None
+    values["gpu"] = gpu
+    return Cluster(**values)
+
+
+def plan_from_dict(data: dict) -> Plan:
+    """Build and validate a plan from nested dicts (the TOML's structure)."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise PlanError(f"plan: expected a table of sections, got {type(data).__name__}")
+    for key in data:
+        if key not in SECTIONS:
+            problems.append(f"{key}: unknown section{did_you_mean(key, SECTIONS)}; "
+                            f"sections are {', '.join(SECTIONS)}")
+    sections = {}
+    for s in SECTIONS:
+        v = data.get(s, {})
+        if not isinstance(v, dict):
+            problems.append(f"{s}: expected a table, got {v!r}")
+            v = {}
+        sections[s] = dict(v)
+    parallel = _build("parallel", Parallel, sections["parallel"], {}, problems)
+    train = _build("train", Train, sections["train"], {}, problems)
+    tp, pp = parallel.get("tp", 1), parallel.get("pp", 1)
+    # localhost grows to as many processes as the plan needs unless sized explicitly.
+    processes = parallel.get("dp", 1) * tp * pp
+    model = _model(sections["model"], problems)
+    cluster = _cluster(sections["cluster"], processes, problems)
+    if cluster is not None and "dp" not in parallel and tp > 0 and pp > 0:
+        if cluster.world_size % (tp * pp) == 0:
+            parallel["dp"] = cluster.world_size // (tp * pp)
+    if cluster is not None and cluster.gpu.name == "cpu" and "precision" not in train:
+        train["precision"] = "fp32"  # CPU processes train in fp32
+    if problems or model is None or cluster is None:
+        raise PlanError(problems or ["plan: incomplete"])
+    plan = Plan(model=model, cluster=cluster, parallel=Parallel(**parallel), train=Train(**train))
+    validate(plan)
+    return plan
+
+
+# ------------------------------------------------------------------ editing
+_SECTION_OF: dict[str, str] = {}
+for _s in ("parallel", "train", "cluster", "model"):
+    for _f in dataclasses.fields(_SPEC[_s]):
+        _SECTION_OF.setdefault(_f.name, _s)  # 'name' resolves to parallel/train first: none
+
+
+def replace_plan(plan: Plan, changes: dict[str, Any]) -> Plan:
+    """See `Plan.replace`."""
+    d = plan.to_dict()
+    for key, value in changes.items():
+        if key in ("model", "cluster") and isinstance(value, str):
+            d[key] = {"preset": value}
+            continue
+        if key in SECTIONS and isinstance(value, dict):
+            d[key] = {**d[key], **value}
+            continue
+        path = key.split(".")
+        if len(path) == 1:
+            if key not in _SECTION_OF:
+                raise PlanError(f"{key}: unknown field{did_you_mean(key, _SECTION_OF)}")
+            path = [_SECTION_OF[key], key]
+        target = d
+        for p in path[:-1]:
+            if not isinstance(target.get(p), dict):
+                raise PlanError(f"{key}: unknown field")
+            target = target[p]
+        target[path[-1]] = value
+    keys = {k.split(".")[-1] for k in changes}
+    local = d["cluster"].get("name") == "localhost"
+    if local and "gpus_per_node" in keys:
+        d["cluster"] = {"preset": "localhost", "gpus_per_node": d["cluster"]["gpus_per_node"]}
+    elif local and keys & {"dp", "tp", "pp"} and "nodes" not in keys:
+        d["cluster"] = {"preset": "localhost"}  # one process per dp*tp*pp rank
+    elif not local and keys & {"tp", "pp", "nodes", "gpus_per_node"} and "dp" not in keys:
+        d["parallel"].pop("dp", None)  # re-derived from the world size
+    return plan_from_dict(d)

@@ -6,11 +6,15 @@ simulator models every synchronisation variant on every layout)."""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from sandbox import specs
+from sandbox import sections
 from sandbox.bounds import bound_problems
-from sandbox.errors import PlanError
-from sandbox.specs import Plan
+from sandbox.errors import PlanError, did_you_mean
+from sandbox.presets import GPUS
+
+if TYPE_CHECKING:  # type hints only: sandbox.specs builds plans and calls validate
+    from sandbox.specs import Plan
 
 _COMPRESSION = re.compile(r"^(none|fp16|bf16|int8|topk:(0?\.\d+|1(\.0*)?)|powersgd:[1-9]\d*)$")
 
@@ -31,8 +35,6 @@ def _non_negative(problems: list[str], section: str, obj: object, names: tuple[s
 
 def _choice(problems: list[str], where: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
-        from sandbox.planfile import did_you_mean
-
         problems.append(f"{where}: unknown value '{value}'{did_you_mean(value, options)}; "
                         f"choose one of {', '.join(options)}")
 
@@ -60,18 +62,18 @@ def plan_problems(plan: Plan) -> list[str]:
     _positive(problems, "train", t, ("lr", "steps"))
     _non_negative(problems, "train", t, ("warmup_steps", "min_lr_ratio", "weight_decay",
                                          "grad_clip", "checkpoint_every", "eval_every"))
-    _choice(problems, "model.activation", m.activation, specs.ACTIVATIONS)
-    _choice(problems, "model.norm", m.norm, specs.NORMS)
-    _choice(problems, "model.position", m.position, specs.POSITIONS)
-    _choice(problems, "cluster.topology", c.topology, specs.TOPOLOGIES)
+    _choice(problems, "model.activation", m.activation, sections.ACTIVATIONS)
+    _choice(problems, "model.norm", m.norm, sections.NORMS)
+    _choice(problems, "model.position", m.position, sections.POSITIONS)
+    _choice(problems, "cluster.topology", c.topology, sections.TOPOLOGIES)
     _choice(problems, "cluster.failure_distribution", c.failure_distribution,
-            specs.FAILURE_DISTRIBUTIONS)
-    _choice(problems, "parallel.schedule", p.schedule, specs.SCHEDULES)
-    _choice(problems, "parallel.recompute", p.recompute, specs.RECOMPUTE)
-    _choice(problems, "parallel.dp_mode", p.dp_mode, specs.DP_MODES)
-    _choice(problems, "train.precision", t.precision, specs.PRECISIONS)
-    _choice(problems, "train.optimizer", t.optimizer, specs.OPTIMIZERS)
-    _choice(problems, "train.lr_schedule", t.lr_schedule, specs.LR_SCHEDULES)
+            sections.FAILURE_DISTRIBUTIONS)
+    _choice(problems, "parallel.schedule", p.schedule, sections.SCHEDULES)
+    _choice(problems, "parallel.recompute", p.recompute, sections.RECOMPUTE)
+    _choice(problems, "parallel.dp_mode", p.dp_mode, sections.DP_MODES)
+    _choice(problems, "train.precision", t.precision, sections.PRECISIONS)
+    _choice(problems, "train.optimizer", t.optimizer, sections.OPTIMIZERS)
+    _choice(problems, "train.lr_schedule", t.lr_schedule, sections.LR_SCHEDULES)
     if p.zero not in (0, 1, 2, 3):
         problems.append(f"parallel.zero: must be 0, 1, 2 or 3, got {p.zero}")
     if not _COMPRESSION.match(p.grad_compression):
@@ -130,8 +132,6 @@ def _per_item(problems: list[str], where: str, values: tuple, n: int, what: str)
 
 def variation_problems(plan: Plan) -> list[str]:
     """Rules of the straggler / heterogeneity / uneven-work fields."""
-    from sandbox.presets import GPUS
-
     m, c, p = plan.model, plan.cluster, plan.parallel
     problems: list[str] = []
     for r in c.slow_gpus:
@@ -159,8 +159,6 @@ def variation_problems(plan: Plan) -> list[str]:
             problems.append(f"cluster.slow_links: '{link}': no node {g.group(5)}")
     if _per_item(problems, "cluster.node_gpus", c.node_gpus, c.nodes, "node"):
         for name in sorted(set(c.node_gpus) - set(GPUS)):
-            from sandbox.planfile import did_you_mean
-
             problems.append(f"cluster.node_gpus: unknown GPU preset '{name}'"
                             f"{did_you_mean(name, GPUS)}; known: {', '.join(GPUS)}")
     if p.grad_compression.startswith("powersgd") and p.dp_mode != "allreduce":

@@ -1,13 +1,29 @@
-"""Loading plans: presets, overrides, defaults, replace, TOML round trip."""
+"""Loading plans: presets, overrides, defaults, replace, TOML round trip (of
+plans and of calibration profiles, with any string)."""
 
+import dataclasses
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
 import sandbox
 from sandbox import presets
 from sandbox.errors import PlanError
+from sandbox.profile import (
+    BlockPoint,
+    CollectivePoint,
+    Profile,
+    dump_profile,
+    load_profile,
+    profile_from_dict,
+)
+
+# strings a hand-written TOML writer gets wrong: newlines, quotes, backslashes,
+# control characters, unicode, and text that looks like TOML itself
+HARD_STRINGS = ['two\nlines', 'say "hi"', "it's", "C:\\path\\to\\file", "tab\there",
+                "bell\x07 del\x7f", "ünïcødé ☃ 日本", 'x = 1\n[model]\nname = "y" # no', ""]
 
 
 def test_missing_sections_take_documented_defaults():
@@ -64,6 +80,67 @@ def test_toml_round_trip(tmp_path):
     path.write_text(plan.to_toml())
     assert sandbox.load(path) == plan
     assert sandbox.load(plan.to_dict()) == plan
+
+
+def test_plan_with_any_string_round_trips():
+    """Every free-text string field of a plan holds each hard string and loads back equal."""
+    plan = sandbox.load({"model": {"preset": "tiny"}})
+    for s in HARD_STRINGS:
+        p = dataclasses.replace(
+            plan, model=dataclasses.replace(plan.model, name=s),
+            cluster=dataclasses.replace(plan.cluster, name=s, intra_node_link=s, profile=s,
+                                        gpu=dataclasses.replace(plan.cluster.gpu, name=s)),
+            train=dataclasses.replace(plan.train, data=s))
+        assert sandbox.load(p.to_toml()) == p, repr(s)
+
+
+def _as_lists(d):
+    if isinstance(d, dict):
+        return {k: _as_lists(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_as_lists(v) for v in d]
+    return d
+
+
+def test_to_toml_writes_every_string_field_verbatim():
+    """Every string field, and every list of strings, as TOML that parses back to
+    the same values (validation aside: most of these fields take fixed words)."""
+    def hard(obj, s):
+        changes = {f.name: s if f.type == "str" else (s, "x") for f in dataclasses.fields(obj)
+                   if f.type in ("str", "tuple[str, ...]")}
+        return dataclasses.replace(obj, **changes)
+
+    plan = sandbox.load({"model": {"preset": "tiny"}})
+    for s in HARD_STRINGS:
+        cluster = dataclasses.replace(hard(plan.cluster, s), gpu=hard(plan.cluster.gpu, s))
+        p = dataclasses.replace(plan, model=hard(plan.model, s), cluster=cluster,
+                                parallel=hard(plan.parallel, s), train=hard(plan.train, s))
+        assert p.model.activation == s and p.cluster.slow_links == (s, "x")
+        assert tomllib.loads(p.to_toml()) == _as_lists(p.to_dict()), repr(s)
+
+
+def test_to_toml_is_a_table_per_section_in_field_order():
+    plan = sandbox.load({"model": {"preset": "tiny"}})
+    text = plan.to_toml()
+    headers = [line for line in text.splitlines() if line.startswith("[")]
+    assert headers == ["[model]", "[cluster]", "[cluster.gpu]", "[parallel]", "[train]"]
+    model_keys = [line.split(" = ")[0] for line in text.split("\n\n")[0].splitlines()[1:]]
+    assert model_keys == [f.name for f in dataclasses.fields(plan.model)]
+
+
+def test_profile_with_any_string_and_every_table_round_trips(tmp_path):
+    for s in HARD_STRINGS:
+        prof = Profile(name=s, source=s, device=s, peak_flops=1e12, memory_bytes_per_s=2e11,
+                       matmul=((1e6, 1e10), (1e9, 5e11)), attention=((1e6, 2e9),),
+                       gemm_tile=(1, 1, 1), attention_fused=True,
+                       block=(BlockPoint(2, True, 4, 256, 384, 6, 1536, 0.0125, 1e-3),),
+                       collective=(CollectivePoint(s, 2, 1.5e-5, 3e9, s),
+                                   CollectivePoint("all_gather", 4, 2e-5, 1e9)))
+        text = dump_profile(prof, tmp_path / "p.toml")
+        assert profile_from_dict(tomllib.loads(text)) == prof, repr(s)
+        assert load_profile(tmp_path / "p.toml") == prof
+    assert text.startswith("# Simulator calibration profile")
+    assert "[compute]" in text and "name = " in text.split("[compute]")[0]
 
 
 def test_replace_rederives_dp_and_validates():

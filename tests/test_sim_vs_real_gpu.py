@@ -1,24 +1,20 @@
-"""experiments/sim_vs_real_gpu.py: its plans, its refusal without CUDA, and
+"""experiments.sim_vs_real_gpu: its plans, its refusal without CUDA, and
 the whole pipeline on the CPU (`--device cpu`, a tiny model)."""
 
-import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+
+from experiments import sim_vs_real_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def svr():
-    sys.path.insert(0, str(ROOT))
-    try:
-        yield importlib.import_module("experiments.sim_vs_real_gpu")
-    finally:
-        sys.path.remove(str(ROOT))
+    return sim_vs_real_gpu
 
 
 def test_plans_cover_the_shapes(svr):

@@ -1,25 +1,17 @@
-"""experiments/validate_vtrain.py and its diagnostics (vtrain_diagnostics.py):
+"""experiments.validate_vtrain and its diagnostics (vtrain_diagnostics):
 the diagnostics' arithmetic on hand-made rows, and the script end to end on the
 first rows of each CSV."""
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from experiments import validate_vtrain, vtrain_diagnostics
 
 
 @pytest.fixture(scope="module")
 def modules():
-    sys.path.insert(0, str(ROOT))
-    try:
-        yield (importlib.import_module("experiments.vtrain_diagnostics"),
-               importlib.import_module("experiments.validate_vtrain"))
-    finally:
-        sys.path.remove(str(ROOT))
+    return vtrain_diagnostics, validate_vtrain
 
 
 def row(tp, pp, mb, measured, predicted, **breakdown):

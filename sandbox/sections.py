@@ -1,0 +1,200 @@
+"""The sections of a plan, as plain data: what to train, where, and how.
+
+`Model`, `GPU`, `Cluster`, `Parallel` and `Train` are frozen dataclasses
+with no behaviour beyond derived sizes; the engines (`sim/`, `runtime/`)
+interpret them, and `sandbox.specs.Plan` holds one of each. Units are in the
+field names or docstrings: GB = 1e9 bytes, GB/s = 1e9 bytes per second,
+Gbit/s = 1e9 bits per second. Build them with `sandbox.load(...)`, which
+applies presets and validates. This module imports nothing from sandbox: every
+other module may depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ACTIVATIONS = ("gelu", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+TOPOLOGIES = ("fat-tree", "rail", "torus", "ring")
+SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zero-bubble")
+RECOMPUTE = ("none", "selective", "full")
+DP_MODES = ("allreduce", "parameter-server", "async", "local-sgd")
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
+FAILURE_DISTRIBUTIONS = ("exponential", "weibull")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A decoder-only transformer (GPT-2/3 style or Llama style)."""
+
+    layers: int
+    hidden: int
+    heads: int
+    vocab: int
+    seq_len: int
+    kv_heads: int = 0  # 0: same as heads (multi-head attention); fewer: GQA
+    ffn_hidden: int = 0  # 0: 4*hidden for gelu, Llama's 8/3 rule for swiglu
+    activation: str = "gelu"  # gelu (2-matrix MLP) | swiglu (3-matrix gated MLP)
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    position: str = "learned"  # learned absolute embeddings | rope
+    bias: bool = True  # biases in linear layers and LayerNorm
+    tied_embeddings: bool = True  # output head shares the token embedding
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    name: str = "custom"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the query projection (= hidden when heads divide it)."""
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of each of the key and value projections."""
+        return self.kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class GPU:
+    """One accelerator (or one CPU process): dense peak rates and memory."""
+
+    name: str
+    tflops_fp32: float  # dense FP32 (non-tensor-core) TFLOP/s
+    tflops_tf32: float  # dense TF32 tensor-core TFLOP/s (0: none)
+    tflops_fp16: float  # dense FP16 tensor-core TFLOP/s
+    tflops_bf16: float  # dense BF16 tensor-core TFLOP/s
+    tflops_fp8: float  # dense FP8 tensor-core TFLOP/s (0: not supported)
+    hbm_gb: float  # device memory, GB (1e9 bytes)
+    hbm_gb_per_s: float  # device memory bandwidth, GB/s
+
+    def peak_flops(self, precision: str) -> float:
+        """Dense peak of the matmul dtype used by `precision`, in FLOP/s."""
+        tflops = {
+            "fp32": self.tflops_fp32,
+            "fp16": self.tflops_fp16,
+            "bf16": self.tflops_bf16,
+            "fp8": self.tflops_fp8,
+        }[precision]
+        return tflops * 1e12
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Nodes of GPUs, the links inside a node and the network between nodes."""
+
+    gpu: GPU
+    nodes: int = 1
+    gpus_per_node: int = 8
+    intra_node_link: str = "nvlink3"  # label of the in-node fabric (all-to-all switch)
+    intra_node_gb_per_s: float = 300.0  # per GPU, per direction, GB/s
+    intra_node_latency_us: float = 1.0  # one hop GPU -> switch -> GPU, microseconds
+    topology: str = "fat-tree"  # fat-tree | rail | torus | ring
+    nics_per_node: int = 8
+    nic_gbit_per_s: float = 200.0  # per NIC, per direction, Gbit/s
+    inter_node_latency_us: float = 5.0  # NIC -> switch(es) -> NIC, microseconds
+    oversubscription: float = 1.0  # fat-tree leaf uplink oversubscription ratio
+    gpu_mtbf_h: float = 0.0  # mean time between failures of one GPU, hours (0: never)
+    node_mtbf_h: float = 0.0  # host failures per node (CPU, memory, PSU, software), hours
+    link_mtbf_h: float = 0.0  # one NIC/cable link, hours
+    switch_mtbf_h: float = 0.0  # one network switch, hours
+    failure_distribution: str = "exponential"  # exponential | weibull
+    weibull_shape: float = 1.0
+    restart_s: float = 600.0  # detect + re-queue + restart a job, seconds
+    storage_gb_per_s: float = 10.0  # checkpoint write/read bandwidth per node, GB/s
+    storage_total_gb_per_s: float = 0.0  # the shared filesystem's cap, GB/s (0: none)
+    usd_per_gpu_hour: float = 0.0
+    profile: str = ""  # calibration profile TOML (see `sandbox calibrate`)
+    # Stragglers and heterogeneity (simulator): GPUs given by global rank, and a
+    # random fraction of all GPUs drawn with `variation_seed`, run their kernels
+    # `slow_gpu_slowdown` times slower; links named "nvlink:R" (GPU R's in-node
+    # port), "nic:N.K" (NIC K of node N to its switch) or "node:N" (every NIC of
+    # node N), and a random fraction of NIC links, carry 1/`slow_link_slowdown`
+    # of their bandwidth; `node_gpus` names each node's GPU preset (mixed kinds).
+    slow_gpus: tuple[int, ...] = ()
+    slow_gpu_fraction: float = 0.0
+    slow_gpu_slowdown: float = 2.0
+    slow_links: tuple[str, ...] = ()
+    slow_link_fraction: float = 0.0
+    slow_link_slowdown: float = 2.0
+    node_gpus: tuple[str, ...] = ()  # one GPU preset name per node; empty: all `gpu`
+    variation_seed: int = 0
+    name: str = "custom"
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def node_nic_gb_per_s(self) -> float:
+        """Injection bandwidth of one node into the network, GB/s per direction."""
+        return self.nics_per_node * self.nic_gbit_per_s / 8.0
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """How the work is split: 3D parallelism, sharding, schedule, sync."""
+
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    vpp: int = 1  # virtual stages per pipeline rank (interleaved schedule)
+    micro_batch: int = 1  # sequences per microbatch per data-parallel replica
+    global_batch: int = 8  # sequences per optimizer step
+    schedule: str = "1f1b"
+    zero: int = 1  # 0 DDP, 1 optimizer states, 2 +grads, 3 +params (FSDP)
+    sequence_parallel: bool = True  # only has an effect with tp > 1
+    # backward TP all-reduce (SP: reduce-scatter) of the input gradient overlapped
+    # with the weight-gradient GEMM (Megatron-LM's async grad all-reduce); the
+    # runtime's DTensor TP does not overlap, so it is off by default
+    tp_overlap: bool = False
+    recompute: str = "selective"
+    dp_mode: str = "allreduce"
+    grad_compression: str = "none"  # none | fp16 | int8 | topk:F | powersgd:R
+    sync_every: int = 1  # local-sgd: average parameters every k steps
+    ps_servers: int = 0  # parameter-server / async: server ranks (0: one per node)
+    # Uneven work (simulator): layers of each pipeline stage (empty: layers / pp
+    # each); micro-batches of each data-parallel replica per step (empty: equal;
+    # they sum to global_batch / micro_batch); sequence length of each replica's
+    # sequences (empty: model.seq_len; data skew).
+    stage_layers: tuple[int, ...] = ()
+    replica_microbatches: tuple[int, ...] = ()
+    replica_seq_len: tuple[int, ...] = ()
+
+    @property
+    def microbatches(self) -> int:
+        """Microbatches per replica per step (gradient-accumulation steps)."""
+        return self.global_batch // (self.dp * self.micro_batch)
+
+    @property
+    def compression(self) -> tuple[str, float]:
+        """`grad_compression` as (kind, argument): ('topk', 0.01), ('powersgd',
+        4.0), ('fp16', 0.0); the values `sandbox.validate` accepts."""
+        kind, _, arg = self.grad_compression.partition(":")
+        return kind, float(arg) if arg else 0.0
+
+
+@dataclass(frozen=True)
+class Train:
+    """The optimisation itself and the run's bookkeeping."""
+
+    precision: str = "bf16"
+    optimizer: str = "adamw"
+    lr: float = 3e-4
+    lr_schedule: str = "cosine"  # cosine (with warmup) | constant
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm (0: off)
+    seed: int = 0
+    steps: int = 100
+    checkpoint_every: int = 0  # steps; 0 = off for runs, auto for simulate --failures
+    eval_every: int = 0  # steps; 0 = only at the end
+    data: str = "builtin"  # builtin corpus, or a path to .txt / .jsonl files
+    compile: bool = False  # torch.compile (GPU only)
