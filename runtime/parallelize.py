@@ -234,7 +234,7 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
         autocast = None  # CPU runs train in fp32
     model = build_model(plan.model, seed=plan.train.seed).to(device)
     if p.pp > 1:
-        chunks = split_model(model, mesh["pp"].get_local_rank(), p.pp, p.vpp)
+        chunks = split_model(model, plan, mesh["pp"].get_local_rank())
     else:
         chunks = [(0, model)]
     parts, sync = [], None

@@ -26,10 +26,12 @@ STEPS = 12
 TOKEN_RANGE = 32  # ids drawn from [0, 32) of the vocabulary: a learnable signal
 
 
-def plan_of(model: str = "tiny", train: dict | None = None, **parallel) -> sandbox.specs.Plan:
-    """The test plan with `parallel` overrides (and `train` overrides, a dict)."""
+def plan_of(model: str = "tiny", train: dict | None = None, model_fields: dict | None = None,
+            **parallel) -> sandbox.specs.Plan:
+    """The test plan with `parallel` overrides (and `train` / `model_fields`
+    overrides, dicts of train / model fields)."""
     return sandbox.load({
-        "model": {"preset": model},
+        "model": {"preset": model, **(model_fields or {})},
         "cluster": {"preset": "localhost"},
         "parallel": {"global_batch": 8, "micro_batch": 2, **parallel},
         "train": {"precision": "fp32", "lr": 1e-3, "lr_schedule": "constant", "seed": 0,
@@ -38,8 +40,8 @@ def plan_of(model: str = "tiny", train: dict | None = None, **parallel) -> sandb
 
 
 def single_process(plan: sandbox.specs.Plan) -> sandbox.specs.Plan:
-    """The same plan on one process (schedule and vpp reset to valid values)."""
-    return plan.replace(dp=1, tp=1, pp=1, vpp=1, schedule="1f1b")
+    """The same plan on one process (schedule, vpp and stage_layers reset to valid values)."""
+    return plan.replace(dp=1, tp=1, pp=1, vpp=1, schedule="1f1b", stage_layers=())
 
 
 def batch(step: int, plan: sandbox.specs.Plan) -> tuple[torch.Tensor, torch.Tensor]:
