@@ -13,7 +13,7 @@ Run with `-s` to print the table of max relative differences.
 from __future__ import annotations
 
 import pytest
-from parallel_harness import plan_of, single_process, spawn_plans, train
+from helpers.parallel import plan_of, single_process, spawn_plans, train
 
 TOL = 1e-4  # fp32 layouts agree to ~1e-7 on CPU; 1e-4 would catch a dropped layer
 

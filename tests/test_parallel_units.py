@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from parallel_harness import batch, plan_of, train
+from helpers.parallel import batch, plan_of, train
 
 from runtime.model import build_model
-from runtime.parallelize import parallelize
-from runtime.pipeline_parallel import split_model
-from runtime.recompute import apply_recompute
+from runtime.parallel.parallelize import parallelize
+from runtime.parallel.pipeline import split_model
+from runtime.parallel.recompute import apply_recompute
 
 
 def test_interleaved_stage_layout() -> None:

@@ -8,14 +8,14 @@ in torchtitan's order, for each model chunk this rank owns:
     -> (torch.compile, by the training loop) -> DDP / FSDP2 -> pipeline stages
 
 Plain data parallelism with ZeRO 0 (tp = pp = 1) goes through
-`runtime.sync_variants` instead of `apply_dp`: DDP with a communication hook
+`runtime.sync.variants` instead of `apply_dp`: DDP with a communication hook
 for `grad_compression`, local SGD, or a parameter server (`dp_mode`). The
 training loop calls `after_optimizer_step` after `optimizer.step()` and
 before `zero_grad()`.
 
 and returns a `Parallelized` that runs one optimizer step's forward and
 backward, evaluates, clips gradients and builds the optimizer. `mesh` is the
-(pp, dp, tp) DeviceMesh from `runtime.mesh.build_mesh` (None for one process).
+(pp, dp, tp) DeviceMesh from `runtime.parallel.mesh.build_mesh` (None for one process).
 """
 
 from __future__ import annotations
@@ -28,19 +28,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from runtime.data_parallel import apply_dp, grad_sync
-from runtime.mesh import side_group
 from runtime.model import build_model
-from runtime.pipeline_parallel import (
+from runtime.parallel.data import apply_dp, grad_sync
+from runtime.parallel.mesh import side_group
+from runtime.parallel.pipeline import (
     build_schedule,
     split_model,
     sync_tied_grads,
     tied_copies,
     tied_group,
 )
-from runtime.recompute import apply_recompute
-from runtime.sync_variants import apply_sync, uses_sync_variants
-from runtime.tensor_parallel import apply_tp
+from runtime.parallel.recompute import apply_recompute
+from runtime.parallel.tensor import apply_tp
+from runtime.sync.variants import apply_sync, uses_sync_variants
 from sandbox.specs import Plan
 from sandbox.validate import validate_runtime
 
@@ -60,7 +60,7 @@ class Parallelized:
         first/last stage), "tied" (copies of a tied embedding), "tied_group",
         "norm_skip" (ids of copies left out of the gradient norm),
         "side_groups" (process groups for the loss / norm reductions).
-    sync: how plain dp replicas synchronise (`runtime.sync_variants`), or None.
+    sync: how plain dp replicas synchronise (`runtime.sync.variants`), or None.
     """
 
     plan: Plan

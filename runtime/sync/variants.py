@@ -7,7 +7,7 @@ to the replica or already averaged) and `after_optimizer_step(step, sync)`:
 
 - allreduce: DDP, its gradient all-reduce in buckets overlapped with
   backward, through the communication hook for `grad_compression`
-  (`runtime.grad_compression`: none, fp16, bf16, int8, topk:F, powersgd:R).
+  (`runtime.sync.grad_compression`: none, fp16, bf16, int8, topk:F, powersgd:R).
 - local-sgd: no gradient synchronisation; each replica steps its own
   optimizer on its own gradients and the parameters are averaged over dp
   every `sync_every` steps with PyTorch's `PeriodicModelAverager` (local SGD,
@@ -17,9 +17,9 @@ to the replica or already averaged) and `after_optimizer_step(step, sync)`:
   PyTorch's `PostLocalSGDOptimizer`). With sync_every = 1 and a linear
   optimizer (SGD with momentum, no clipping) this is DDP exactly; with AdamW
   or clipping it is not, because each replica normalises its own gradient.
-- parameter-server, async: `runtime.parameter_server`.
+- parameter-server, async: `runtime.sync.parameter_server`.
 
-Every variant counts the bytes it sends in `traffic` (`runtime.comm_traffic`).
+Every variant counts the bytes it sends in `traffic` (`runtime.sync.traffic`).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from torch.distributed.algorithms.model_averaging.utils import average_parameter
 from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from runtime.comm_traffic import Traffic
-from runtime.grad_compression import register_compression
-from runtime.mesh import side_group
-from runtime.parameter_server import AsyncParameterServer, ParameterServer
+from runtime.parallel.mesh import side_group
+from runtime.sync.grad_compression import register_compression
+from runtime.sync.parameter_server import AsyncParameterServer, ParameterServer
+from runtime.sync.traffic import Traffic
 from sandbox.specs import Plan
 
 BUCKET_CAP_MB: float | None = None  # DDP's gradient bucket size (None: DDP's default, 25)
