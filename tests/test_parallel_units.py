@@ -61,3 +61,8 @@ def test_uneven_stage_layers_keep_every_block() -> None:
     held = [[name for _, chunk in split_model(build_model(plan.model), plan, rank)
              for name in chunk.layers] for rank in range(4)]
     assert held == [["0"], ["1"], ["2", "3"], ["4", "5"]]
+
+
+def test_single_process_has_no_pipeline_or_sync_state() -> None:
+    par = parallelize(plan_of(), None, torch.device("cpu"))
+    assert par.pipeline is None and par.sync is None and par.side_groups == {}

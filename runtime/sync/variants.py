@@ -25,6 +25,7 @@ Every variant counts the bytes it sends in `traffic` (`runtime.sync.traffic`).
 from __future__ import annotations
 
 import warnings
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -40,6 +41,20 @@ from runtime.sync.traffic import Traffic
 from sandbox.specs import Plan
 
 BUCKET_CAP_MB: float | None = None  # DDP's gradient bucket size (None: DDP's default, 25)
+
+
+class ReplicaSync(Protocol):
+    """What the step asks of a synchronisation variant (DDPSync, LocalSGD,
+    ParameterServer, AsyncParameterServer)."""
+
+    norm_over_dp: bool  # the gradient norm sums over dp (each rank holds a shard's grads)
+    traffic: Traffic  # bytes this rank sent for dp synchronisation
+
+    def after_backward(self) -> None:
+        """Gradients are local (or already averaged by DDP's hook)."""
+
+    def after_optimizer_step(self, step: int, sync: bool = False) -> None:
+        """After `optimizer.step()` of step `step` (1-based); `sync`: replicas must end equal."""
 
 
 class DDPSync:
@@ -93,7 +108,7 @@ def uses_sync_variants(plan: Plan) -> bool:
     return p.dp > 1 and p.tp == 1 and p.pp == 1 and p.zero == 0
 
 
-def apply_sync(model: nn.Module, plan: Plan, mesh: DeviceMesh) -> tuple[nn.Module, object]:
+def apply_sync(model: nn.Module, plan: Plan, mesh: DeviceMesh) -> tuple[nn.Module, ReplicaSync]:
     """(module to run, sync object) for `model` replicated over mesh["dp"].
     Collective: every rank calls it (it may create a process group). The plan
     is one `sandbox.validate.validate_runtime` accepts."""
