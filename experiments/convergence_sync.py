@@ -18,7 +18,7 @@ Converged (criterion fixed before the runs): the final held-out loss is
 within 3% (relative) of plain all-reduce's.
 
 Bytes per step: what rank 0 sent to synchronise replicas, from the metrics'
-`dp_comm_bytes` (`runtime.comm_traffic`: the tensors handed to
+`dp_comm_bytes` (`runtime.sync.traffic`: the tensors handed to
 torch.distributed priced with bandwidth-optimal algorithms; for dp 2 that is
 exactly the payload a rank gives away). Step time: the run's median after
 warm-up; on a shared 2-core machine it is noisy and says little about a
@@ -218,7 +218,7 @@ def report(results: list[dict], steps: int, machine: dict, command: str) -> str:
         "",
         "Notes:",
         "- fp16 / bf16 / int8 / topk:0.01 / powersgd:4 / powersgd:32 are DDP communication "
-        "hooks (`runtime/grad_compression.py`); int8 (one scale per 1,024 entries) and top-k "
+        "hooks (`runtime/sync/grad_compression.py`); int8 (one scale per 1,024 entries) and top-k "
         "keep an error-feedback residual; PowerSGD (PyTorch's hook, with its error feedback) "
         "all-reduces plainly for its first 2 steps and leaves vectors and matrices that the "
         "rank would not halve uncompressed.",
@@ -226,7 +226,7 @@ def report(results: list[dict], steps: int, machine: dict, command: str) -> str:
         "a few large entries set the scale and most others rounded to zero.",
         "- local SGD averages parameters every k steps (PyTorch's PeriodicModelAverager) and "
         "after the last step; each replica steps AdamW on its own 8 sequences in between.",
-        "- the parameter server (`runtime/parameter_server.py`) computes the same update as "
+        "- the parameter server (`runtime/sync/parameter_server.py`) computes the same update as "
         "all-reduce; its bytes equal all-reduce's at dp 2 (reduce + broadcast of each shard).",
         "- async applies each gradient one step late (staleness 1): its first step applies "
         "nothing.",

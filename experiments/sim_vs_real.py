@@ -6,16 +6,16 @@
 1. Calibrate unless PROFILE exists and --calibrate is not given (then the
    committed profile is reused): twice in a row, `sandbox calibrate --out
    PROFILE.first.toml` then `--out PROFILE`, and report how well the two
-   agree point by point (`runtime.calibration_profile.agreement`); the
+   agree point by point (`runtime.calibrate.profile.agreement`); the
    second is the profile the predictions use.
 2. Measure each plan (CPU: `tiny` and `gpt-mini` on 1 and 2 processes:
    dp 1, dp 2 with ZeRO 0 / 1 / 3, tp 2 with and without sequence
    parallelism, pp 2 with GPipe / 1F1B / interleaved 1F1B) with
-   `runtime.compare.measure` (`sandbox run` + one profiled step); the
+   `runtime.measure.measure` (`sandbox run` + one profiled step); the
    measurements are cached in `sim_vs_real_measured.json` (--remeasure runs
    them again), then predict each with the cluster naming PROFILE and once
    more without it (preset defaults) for reference, and combine them
-   (`runtime.compare.combine`, the same code as `sandbox compare`).
+   (`sandbox.compare.combine`, the same code as `sandbox compare`).
 3. Write `experiments/results/sim_vs_real.json` and `.md`: machine, versions,
    command, per-plan predicted vs measured step time, relative error, the
    spread of the measured step times, and the load average while measuring.
@@ -115,7 +115,7 @@ def measure_one(model: str, name: str, overrides: dict, steps: int, work: Path) 
     profiled step's intervals are coarsened (`coarsen`) before caching; the
     breakdown was computed from the exact ones."""
     import sandbox
-    from runtime.compare import measure
+    from runtime.measure import measure
 
     plan = sandbox.load(plan_dict(model, overrides, ""))
     t = time.time()
@@ -161,7 +161,8 @@ def predict_one(model: str, name: str, overrides: dict, profile: str, runs: list
     (the median over the plan's runs, see `representative`); with
     `other_profile` (the first of the two calibrations) predict once more with it."""
     import sandbox
-    from runtime.compare import Measurement, combine
+    from runtime.measure import Measurement
+    from sandbox.compare import combine
 
     world = sandbox.load(plan_dict(model, overrides, "")).world_size
     profile = str(profile_for_world(Path(profile), world))
@@ -205,8 +206,8 @@ def calibration_stats(profile: Path, previous: str) -> dict:
     """Spread of the profile's points and agreement with an earlier calibration."""
     import tomllib
 
-    from runtime.calibrate import Calibration
-    from runtime.calibration_profile import _points, agreement, measurements, median_spread
+    from runtime.calibrate.profile import _points, agreement, measurements, median_spread
+    from runtime.calibrate.run import Calibration
 
     meas = tomllib.loads(profile.read_text()).get("measurements", {})
     if not meas:

@@ -4,8 +4,9 @@
 
 Each process: init the process group (NCCL on GPUs, gloo on CPU), build the
 (pp, dp, tp) mesh, `parallelize` the plan, then per step: this dp rank's
-slice of the layout-free global batch -> `par.step` -> clip -> optimizer ->
-LR schedule. Rank 0 appends one JSON line per step to DIR/metrics.jsonl
+slice of the layout-free global batch -> `runtime.step.train_step`
+(forward/backward, unscale, clip, optimizer, after-step sync, LR schedule).
+Rank 0 appends one JSON line per step to DIR/metrics.jsonl
 (`step, loss, step_time_s, tokens_per_s, mem_gb, lr, grad_norm`, plus
 `eval_loss` when evaluated and, on plain data parallelism, `dp_comm_bytes`:
 the bytes rank 0 sent to synchronise replicas in that step), prints
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
-import math
 import os
 import random
 import resource
@@ -40,6 +40,7 @@ from runtime import checkpoint as ckpt
 from runtime.data import DataLoader, check_data, dp_slice
 from runtime.loss_scale import DynamicLossScale
 from runtime.lr import build_scheduler, lr_at
+from runtime.step import train_step
 from sandbox.errors import SandboxError
 from sandbox.specs import GPU, Plan
 
@@ -166,7 +167,7 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace):
         import sandbox
-        from runtime.parallelize import parallelize
+        from runtime.parallel.parallelize import parallelize
 
         self.args, self.out = args, Path(args.out)
         plan = sandbox.load(args.plan)
@@ -190,7 +191,7 @@ class Trainer:
         self.data = DataLoader.from_plan(plan)
         mesh = None
         if self.world > 1:
-            from runtime.mesh import build_mesh
+            from runtime.parallel.mesh import build_mesh
 
             mesh = build_mesh(plan, self.device.type)
         self.par = parallelize(plan, mesh, self.device)
@@ -274,29 +275,21 @@ class Trainer:
                 self._sync()
                 t0 = time.perf_counter()
                 x, y = self._batch(step - 1)
-                loss = self.par.step(x, y)
-                self._maybe_fail(step)
-                self.par.unscale_grads()
-                norm = self.par.clip_grad_norm_(t.grad_clip)
-                lr = self.optimizer.param_groups[0]["lr"]
-                # fp16: a non-finite norm (an overflow on some rank) skips the step
-                update = self.scaler is None or self.scaler.update(math.isfinite(norm))
-                if update:
-                    self.optimizer.step()
                 ckpt_now = bool(t.checkpoint_every and step % t.checkpoint_every == 0)
-                self.par.after_optimizer_step(step, sync=ckpt_now or step == t.steps)
-                self.scheduler.step()  # a skipped step still advances the schedule
-                self.optimizer.zero_grad(set_to_none=True)
+                res = train_step(self.par, self.optimizer, x, y, step, t.grad_clip,
+                                 scheduler=self.scheduler, scaler=self.scaler,
+                                 sync=ckpt_now or step == t.steps,
+                                 after_backward=lambda s=step: self._maybe_fail(s))
+                loss = res.loss
                 self._sync()
                 dt = time.perf_counter() - t0
                 times.append(dt)
                 row = {"step": step, "loss": loss, "step_time_s": dt,
                        "tokens_per_s": tokens / dt,
                        "mem_gb": _max_over_ranks(peak_memory_gb(self.device), self.device),
-                       "lr": lr, "grad_norm": norm}
+                       "lr": res.lr, "grad_norm": res.grad_norm}
                 if self.scaler is not None:
-                    row.update(loss_scale=self.par.loss_scale, skipped=not update)
-                    self.par.loss_scale = self.scaler.scale  # for the next step
+                    row.update(loss_scale=res.loss_scale, skipped=not res.updated)
                 if (sent := self.par.comm_bytes()) is not None:
                     row["dp_comm_bytes"] = sent  # sent by this rank for dp sync
                 if t.eval_every and step % t.eval_every == 0 and step != t.steps:

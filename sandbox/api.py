@@ -37,7 +37,7 @@ def run(plan: Plan | str | dict, out: str, **options: Any) -> Any:
 
 def compare(plan: Plan | str | dict, out: str, **options: Any) -> Any:
     """Run and simulate the plan; write compare.json and a timeline plot."""
-    from runtime.compare import compare as _compare
+    from sandbox.compare import compare as _compare
 
     return _compare(load(plan), out, **options)
 

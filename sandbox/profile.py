@@ -2,7 +2,7 @@
 
 A cluster names one with `profile = "path.toml"`; without one the simulator
 uses `Profile()` (the documented defaults below). `sandbox calibrate` writes
-measured profiles (`runtime.calibration_profile`) and
+measured profiles (`runtime.calibrate.profile`) and
 `experiments/calibrate_vtrain_a100.py` writes the A100 one. Units: seconds,
 FLOP, FLOP/s, bytes, bytes/s; efficiencies are fractions of the datasheet
 peak (dense FLOP/s of the dtype, HBM bytes/s) or of a link's bandwidth.
@@ -33,7 +33,7 @@ kernel_overhead_s = 5e-6
 gemm_tile = [128, 128, 32]      # M, N, K the kernels pad to ([1, 1, 1]: no padding)
 attention_fused = false         # true: the attention rate covers QK^T, softmax and PV
 
-[[compute.block]]               # a measured whole layer (runtime.layer_bench), one rank
+[[compute.block]]               # a measured whole layer (runtime.calibrate.layer), one rank
 tp = 2
 sequence_parallel = true
 micro_batch = 4

@@ -191,11 +191,10 @@ def variation_problems(plan: Plan) -> list[str]:
     return problems
 
 
-def runtime_problems(plan: Plan) -> list[str]:
-    """What `run` cannot execute although the plan is valid: dp_mode other
-    than allreduce and gradient compression run only on plain data
-    parallelism with DDP (dp > 1, ZeRO 0, tp = pp = 1), and compression only
-    through DDP's all-reduce (dp_mode = 'allreduce'). One line per problem."""
+def _sync_problem(plan: Plan) -> list[str]:
+    """dp_mode other than allreduce and gradient compression run only on plain
+    data parallelism with DDP (dp > 1, ZeRO 0, tp = pp = 1), and compression
+    only through DDP's all-reduce (dp_mode = 'allreduce')."""
     p = plan.parallel
     if p.dp_mode == "allreduce" and p.grad_compression == "none":
         return []
@@ -212,6 +211,48 @@ def runtime_problems(plan: Plan) -> list[str]:
     if p.dp < 2:
         return [f"{where}: '{value}' needs data parallelism (dp >= 2), got dp = {p.dp}"]
     return []
+
+
+_SIM_ONLY = "the simulator models it; run cannot make it real"
+
+
+def _unexecutable_fields(plan: Plan) -> list[str]:
+    """Fields only the simulator executes: uneven work per replica, a TP
+    overlap the DTensor runtime does not do, a server count other than its
+    one per replica, and stragglers / mixed GPU kinds (a slowdown is not
+    something a run can impose on its hardware)."""
+    p, c, problems = plan.parallel, plan.cluster, []
+    if p.replica_microbatches and set(p.replica_microbatches) != {p.microbatches}:
+        problems.append(f"parallel.replica_microbatches: {list(p.replica_microbatches)}: run "
+                        f"gives every replica {p.microbatches} micro-batches ({_SIM_ONLY})")
+    if p.replica_seq_len and set(p.replica_seq_len) != {plan.model.seq_len}:
+        problems.append(f"parallel.replica_seq_len: {list(p.replica_seq_len)}: run trains on "
+                        f"model.seq_len = {plan.model.seq_len} tokens ({_SIM_ONLY})")
+    if p.tp_overlap:
+        problems.append("parallel.tp_overlap: the runtime's DTensor TP does not overlap its "
+                        "collectives with the weight-gradient GEMM; set it to false for run")
+    if p.dp_mode in ("parameter-server", "async") and p.ps_servers not in (0, p.dp):
+        problems.append(f"parallel.ps_servers: run co-locates one server with each of the "
+                        f"dp = {p.dp} replicas, got {p.ps_servers} (0 or {p.dp} for run)")
+    if c.slow_gpus:
+        problems.append(f"cluster.slow_gpus: {list(c.slow_gpus)}: {_SIM_ONLY}")
+    if c.slow_gpu_fraction > 0:
+        problems.append(f"cluster.slow_gpu_fraction: {c.slow_gpu_fraction}: {_SIM_ONLY}")
+    if c.slow_links:
+        problems.append(f"cluster.slow_links: {list(c.slow_links)}: {_SIM_ONLY}")
+    if c.slow_link_fraction > 0:
+        problems.append(f"cluster.slow_link_fraction: {c.slow_link_fraction}: {_SIM_ONLY}")
+    if len(set(c.node_gpus)) > 1:
+        problems.append(f"cluster.node_gpus: mixed GPU kinds {sorted(set(c.node_gpus))}: "
+                        f"{_SIM_ONLY}")
+    return problems
+
+
+def runtime_problems(plan: Plan) -> list[str]:
+    """What `run` cannot execute although the plan is valid, one line per
+    field: synchronisation variants off plain DDP, and the fields only the
+    simulator models (`_unexecutable_fields`). Uneven `stage_layers` run."""
+    return _sync_problem(plan) + _unexecutable_fields(plan)
 
 
 def validate_runtime(plan: Plan) -> Plan:

@@ -9,10 +9,10 @@ import tomllib
 import pytest
 
 import sandbox
-from runtime.calibrate import Budget, calibrate
-from runtime.calibration_profile import agreement, measurements
-from runtime.collective_bench import CollectiveFit, fit_alpha_beta
-from runtime.microbench import summarize
+from runtime.calibrate.collectives import CollectiveFit, fit_alpha_beta
+from runtime.calibrate.kernels import summarize
+from runtime.calibrate.profile import agreement, measurements
+from runtime.calibrate.run import Budget, calibrate
 from sandbox.profile import bus_factor
 
 # One process x 1 thread: a single-threaded rank (stable on a loaded 2-core box);
@@ -60,6 +60,21 @@ def test_profile_is_loadable_toml_with_sane_values(profile_path):
     for c in m["collective"]:
         assert c["latency_s"] > 0 and c["busbw_bytes_per_s"] > 0
         assert c["bytes"] == sorted(c["bytes"]) and all(t > 0 for t in c["time_s"])
+
+
+def test_measurements_round_trip_through_toml(cal, profile_path):
+    """The [measurements] table (written by tomli_w) loads back exactly, and the
+    profile part loads back as the profile the calibration gives."""
+    from runtime.calibrate.profile import _plain, measurements
+    from sandbox.profile import load_profile
+
+    m = tomllib.loads(profile_path.read_text())["measurements"]
+    assert {k: m[k] for k in m if k != "compute_by_processes"} == _plain(measurements(cal))
+    assert load_profile(profile_path) == cal.to_profile()
+    tricky = {"note": 'a "quoted"\nline\\', "nested": {"x y": [1.5, float("inf")]}}
+    from runtime.calibrate.profile import dumps_toml
+
+    assert tomllib.loads(dumps_toml(tricky)) == tricky
 
 
 def test_profile_loads_and_the_simulator_uses_it(cal, profile_path):
@@ -141,7 +156,7 @@ def test_cpu_profile_matches_the_runtime_kernels(cal, profile_path):
     """A CPU calibration runs each rank with the threads `sandbox run` gives it,
     says that a CPU BLAS pads nothing and that the measured attention (SDPA)
     covers the softmax; the profile keeps both through TOML."""
-    from runtime.calibrate import rank_threads
+    from runtime.calibrate.run import rank_threads
     from sandbox.profile import dump_profile, load_profile, profile_from_dict
 
     assert all(pk.threads == rank_threads() for pk in cal.kernels)

@@ -8,8 +8,9 @@ import json
 import pytest
 
 import sandbox
-from runtime.compare import errors, noise, predicted_fields, rel_error
-from runtime.step_profile import analyse
+from runtime.calibrate.step_profile import analyse
+from runtime.measure import noise
+from sandbox.compare import errors, predicted_fields, rel_error
 
 
 def _ev(name, start, end, thread=1, parent=""):
@@ -74,7 +75,7 @@ def test_noise_reports_spread_after_warmup():
 
 def test_foreign_load_counts_other_processes_only(monkeypatch):
     """Other jobs' cores = (machine busy - own CPU, children included) / wall."""
-    from runtime import microbench
+    from runtime.calibrate import kernels as microbench
 
     clock = iter([10.0, 12.0])  # 2 s of wall time
     busy = iter([100.0, 103.0])  # the machine was busy 3 core-seconds
@@ -88,7 +89,7 @@ def test_foreign_load_counts_other_processes_only(monkeypatch):
 
 
 def test_foreign_load_on_this_machine():
-    from runtime.microbench import ForeignLoad
+    from runtime.calibrate.kernels import ForeignLoad
 
     with ForeignLoad() as f:
         sum(range(200_000))

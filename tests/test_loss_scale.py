@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from run_helpers import write_plan
+from helpers.runs import write_plan
 
 import sandbox
 from runtime.loss_scale import DynamicLossScale
@@ -29,7 +29,7 @@ def test_rule_backs_off_grows_and_round_trips():
 
 
 def test_scaled_gradients_are_exact_and_overflow_is_caught():
-    from runtime.parallelize import parallelize
+    from runtime.parallel.parallelize import parallelize
 
     plan = sandbox.load({"model": {"preset": "tiny"}, "parallel": {"global_batch": 4,
                                                                    "micro_batch": 2},

@@ -3,7 +3,7 @@
 The `tiny` preset (and `tiny-llama` under tp 2), fp32, seed 0, 12 steps of
 constant-LR AdamW with clipping at 1.0, global batch 8 of micro_batch 2: the
 per-step losses, the global gradient norms (before clipping) and a final
-evaluation loss of each layout must be within 1% (relative) of the single-
+evaluation loss of each layout must be within 1e-4 (relative) of the single-
 process run of the same plan. All 2-process plans share one spawned process
 group, all 4-process plans another (process start-up is the slow part).
 
@@ -13,9 +13,9 @@ Run with `-s` to print the table of max relative differences.
 from __future__ import annotations
 
 import pytest
-from parallel_harness import plan_of, single_process, spawn_plans, train
+from helpers.parallel import plan_of, single_process, spawn_plans, train
 
-TOL = 0.01
+TOL = 1e-4  # fp32 layouts agree to ~1e-7 on CPU; 1e-4 would catch a dropped layer
 
 CASES_2 = {
     "dp2 (ZeRO-0, DDP)": dict(dp=2, zero=0),
@@ -38,6 +38,9 @@ CASES_4 = {
     "dp2 x tp2 ZeRO-0 (replicate)": dict(dp=2, tp=2, zero=0),
     "pp2 x dp2 ZeRO-0 (replicate)": dict(pp=2, dp=2, zero=0),
     "pp4 1f1b (tied over 4 stages)": dict(pp=4, schedule="1f1b"),
+    # uneven stages (issue 15): all six blocks run, none dropped
+    "pp4 6 layers stage_layers [1,1,2,2]": dict(model_fields={"layers": 6}, pp=4,
+                                                stage_layers=[1, 1, 2, 2]),
 }
 
 _refs: dict = {}

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from parallel_harness import batch, plan_of, train
+from helpers.parallel import batch, plan_of, train
 
 from runtime.model import build_model
-from runtime.parallelize import parallelize
-from runtime.pipeline_parallel import split_model, stage_ids
-from runtime.recompute import apply_recompute
+from runtime.parallel.parallelize import parallelize
+from runtime.parallel.pipeline import split_model
+from runtime.parallel.recompute import apply_recompute
 
 
 def test_interleaved_stage_layout() -> None:
-    assert stage_ids(0, 2, 2) == [0, 2] and stage_ids(1, 2, 2) == [1, 3]
     plan = plan_of(pp=2, vpp=2, schedule="interleaved-1f1b")
-    first = dict(split_model(build_model(plan.model), 0, 2, 2))
-    last = dict(split_model(build_model(plan.model), 1, 2, 2))
+    first = dict(split_model(build_model(plan.model), plan, 0))
+    last = dict(split_model(build_model(plan.model), plan, 1))
     assert list(first[0].layers) == ["0"] and list(first[2].layers) == ["2"]
     assert list(last[1].layers) == ["1"] and list(last[3].layers) == ["3"]
     assert first[0].tok_embeddings is not None and first[0].output is None
@@ -55,3 +54,15 @@ def test_clip_matches_torch_single_process() -> None:
 def test_parallel_plan_needs_a_mesh() -> None:
     with pytest.raises(ValueError, match="needs a DeviceMesh"):
         parallelize(plan_of(dp=2), None, torch.device("cpu"))
+
+
+def test_uneven_stage_layers_keep_every_block() -> None:
+    plan = plan_of(model_fields={"layers": 6}, pp=4, stage_layers=[1, 1, 2, 2])
+    held = [[name for _, chunk in split_model(build_model(plan.model), plan, rank)
+             for name in chunk.layers] for rank in range(4)]
+    assert held == [["0"], ["1"], ["2", "3"], ["4", "5"]]
+
+
+def test_single_process_has_no_pipeline_or_sync_state() -> None:
+    par = parallelize(plan_of(), None, torch.device("cpu"))
+    assert par.pipeline is None and par.sync is None and par.side_groups == {}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_helpers import PLAN, losses, write_plan
+from helpers.runs import PLAN, losses, write_plan
 
 from runtime import checkpoint as ckpt
 from runtime.launch import run

@@ -31,18 +31,14 @@ Run with `-s` to print the table.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
-
 import pytest
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from parallel_harness import plan_of, train
+from helpers.parallel import plan_of, train
 
 import sandbox
+from runtime.parallel.mesh import build_mesh
+from runtime.spawn import Worker, spawn
+from runtime.sync import grad_compression
+from runtime.sync import variants as sync_variants
 from sandbox.validate import runtime_problems
 
 DDP = dict(dp=2, zero=0)
@@ -69,12 +65,7 @@ ROUNDING = {"fp16": 1e-3, "bf16": 1e-2, "int8": 1e-2}
 LOSSY = ("powersgd:4", "topk:0.1", "local-sgd k=4", "async")
 
 
-def _worker(rank: int, rdv: str, out: str) -> None:
-    from runtime import grad_compression, sync_variants
-    from runtime.mesh import build_mesh
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=2)
+def _worker(w: Worker) -> dict:
     # 0.25 MB buckets: tiny's 0.88 MB of gradients in 4 buckets, so that the
     # hooks' collectives of several buckets are in flight at once
     sync_variants.BUCKET_CAP_MB = 0.25
@@ -88,17 +79,12 @@ def _worker(rank: int, rdv: str, out: str) -> None:
             results[name] = train(plan, build_mesh(plan, "cpu"))
         except Exception as e:  # reported by the tests
             results[name] = {"error": f"{e.__class__.__name__}: {e}"}
-    if rank == 0:
-        Path(out).write_text(json.dumps(results))
-    dist.destroy_process_group()
+    return results
 
 
 @pytest.fixture(scope="module")
 def runs() -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        rdv, out = os.path.join(tmp, "rdv"), os.path.join(tmp, "out.json")
-        mp.start_processes(_worker, args=(rdv, out), nprocs=2, start_method="spawn")
-        return json.loads(Path(out).read_text())
+    return spawn(_worker, 2, timeout_s=1800)[0]
 
 
 def max_rel(a: list[float], b: list[float]) -> float:
@@ -210,7 +196,7 @@ def test_run_rejects_before_writing(cli, tmp_path):
 def test_sent_bytes_follow_the_ring_formulas():
     """The traffic counter prices each collective from the shared bus factor:
     all-reduce 2(n-1)/n S, all-gather (n-1) s, reduce and broadcast (n-1)/n S."""
-    from runtime.comm_traffic import sent_bytes
+    from runtime.sync.traffic import sent_bytes
 
     n, s = 4, 1000.0
     assert sent_bytes("all_reduce", s, n) == pytest.approx(1500.0)

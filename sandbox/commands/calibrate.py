@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
         raise SandboxError(f"{out}: is a directory; give the profile's file name")
     if not out.parent.exists():
         raise SandboxError(f"{out.parent}: no such directory")
-    from runtime.calibrate import calibrate
+    from runtime.calibrate.run import calibrate
 
     try:
         cal = calibrate(args.device, quick=args.quick)

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from runtime.comm_traffic import Traffic
+from runtime.sync.traffic import Traffic
 
 
 def assign_shards(sizes: list[int], n: int) -> list[int]:

@@ -1,13 +1,13 @@
 """Calibrate the simulator on this machine: kernels and collectives, measured.
 
-`calibrate(device="cpu"|"cuda", quick=False)` runs `runtime.microbench` (the
+`calibrate(device="cpu"|"cuda", quick=False)` runs `runtime.calibrate.kernels` (the
 model's GEMM shapes, attention, memory-bound ops, a large copy, AdamW) and
-`runtime.layer_bench` (a whole layer and its AdamW step, plain and, with as
+`runtime.calibrate.layer` (a whole layer and its AdamW step, plain and, with as
 many processes as tp, tensor-parallel) for each process count a plan may use
 on this machine (on CPU every process gets the intra-op threads a rank of
 `sandbox run` gets, `rank_threads()`, and with more than one process all of
-them run each kernel at once: `runtime.concurrent_bench`), then
-`runtime.collective_bench` (gloo on CPU, NCCL on GPU) for each group size.
+them run each kernel at once: `runtime.calibrate.concurrent`), then
+`runtime.calibrate.collectives` (gloo on CPU, NCCL on GPU) for each group size.
 It returns a `Calibration` holding every measurement with its spread (median,
 quartiles, min, max over repeats); `Calibration.to_profile()` turns it into
 the simulator's profile (`sandbox.profile`), and `write(path)` writes that as
@@ -30,43 +30,13 @@ from typing import Any
 
 import torch
 
-from runtime import microbench as mb
-from runtime.collective_bench import CollectiveResult, bench_collectives, default_sizes
-from runtime.concurrent_bench import run_concurrently
-from runtime.layer_bench import bench_layer
+from runtime.calibrate import kernels as mb
+from runtime.calibrate.collectives import CollectivePoint, CollectiveResult, bench_collectives
+from runtime.calibrate.concurrent import run_concurrently
+from runtime.calibrate.jobs import Budget, kernel_plan, run_job
 from sandbox import presets
 from sandbox.planfile import load
-from sandbox.specs import GPU, Model
-
-MODELS = ("tiny", "gpt-mini")  # whose GEMM / attention shapes are measured
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much to measure: repeats per point, the time one repeat should last
-    (s; collectives: `collective_min_time_s`, longer, as their small-message
-    times jitter with thread wake-ups), the micro-batches, tp degrees, square
-    GEMM sizes, collective sizes (bytes), copy size (bytes), AdamW parameters
-    and the models whose shapes are measured."""
-
-    repeats: int = 7
-    min_time_s: float = 0.004
-    collective_min_time_s: float = 0.02
-    micro_batches: tuple[int, ...] = (1, 4)
-    tps: tuple[int, ...] = (1, 2)
-    squares: tuple[int, ...] = (1024,)
-    collective_sizes: tuple[int, ...] = tuple(default_sizes())
-    copy_bytes: int = 256 << 20
-    adamw_params: int = 4_000_000
-    models: tuple[str, ...] = MODELS
-
-    @staticmethod
-    def quick() -> Budget:
-        """A few seconds: for tests and smoke checks, not for a real profile."""
-        return Budget(repeats=5, min_time_s=0.002, collective_min_time_s=0.002,
-                      micro_batches=(1,), tps=(1,),
-                      squares=(), collective_sizes=tuple(default_sizes(quick=True)),
-                      copy_bytes=32 << 20, adamw_params=500_000)
+from sandbox.specs import GPU
 
 
 @dataclass
@@ -106,8 +76,6 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
         """Back from `to_dict()` (e.g. the `--json` file), to re-derive profiles."""
-        from runtime.collective_bench import CollectivePoint
-
         kernels = []
         for pk in d["kernels"]:
             ks = [mb.KernelResult(r["kind"], r["name"], tuple(r["shape"]), r["dtype"],
@@ -147,13 +115,13 @@ class Calibration:
     def to_profile(self, processes: int | None = None) -> Any:
         """The simulator's profile (`sandbox.profile.Profile`) for one rank of
         `processes` ranks (default: the most measured)."""
-        from runtime.calibration_profile import to_profile
+        from runtime.calibrate.profile import to_profile
 
         return to_profile(self, processes)
 
     def write(self, path: str | Path, processes: int | None = None) -> Path:
-        """Write the profile TOML (see `runtime.calibration_profile`)."""
-        from runtime.calibration_profile import write_profile
+        """Write the profile TOML (see `runtime.calibrate.profile`)."""
+        from runtime.calibrate.profile import write_profile
 
         return write_profile(self, Path(path), processes)
 
@@ -200,64 +168,6 @@ def rank_gpu(device: str, processes: int) -> GPU:
         return load({"cluster": {"preset": "localhost", "gpus_per_node": processes}}).cluster.gpu
     name = presets._match_gpu(torch.cuda.get_device_name(0))
     return GPU(name=name, **presets.GPUS[name])
-
-
-def model_specs(names: tuple[str, ...] = MODELS) -> list[Model]:
-    return [load({"model": {"preset": name}}).model for name in names]
-
-
-def kernel_plan(budget: Budget, max_tp: int | None = None) -> list[tuple]:
-    """The kernel measurements to take, as (kind, args) tuples (deduplicated);
-    tensor-parallel shapes only up to `max_tp` (a rank of p processes never
-    runs tp > p)."""
-    jobs: list[tuple] = []
-    seen: set = set()
-    for spec in model_specs(budget.models):
-        for b in budget.micro_batches:
-            for tp in budget.tps:
-                if spec.heads % tp or (max_tp is not None and tp > max_tp):
-                    continue
-                for name, t, k, n in mb.gemm_shapes(spec, b, tp):
-                    for bwd in (False, True):
-                        key = ("gemm", t, k, n, bwd)
-                        if key not in seen:
-                            seen.add(key)
-                            jobs.append((*key, name))
-                for bwd in (False, True):
-                    jobs.append(("attention", spec, b, tp, bwd))
-                # the whole layer; tensor-parallel over all p processes only
-                if tp == 1 or tp == max_tp:
-                    for sp in ((False,) if tp == 1 else (True, False)):
-                        jobs.append(("block", spec, b, tp, sp))
-            jobs.append(("memory", spec, b))
-    for h in budget.squares:
-        for bwd in (False, True):
-            key = ("gemm", 1024, h, h, bwd)
-            if key not in seen:
-                seen.add(key)
-                jobs.append((*key, f"square{h}"))
-    jobs.append(("copy",))
-    jobs.append(("adamw",))
-    return jobs
-
-
-def _run_job(job: tuple, device: torch.device, dtype: str, b: Budget) -> list[mb.KernelResult]:
-    kind = job[0]
-    if kind == "gemm":
-        _, t, k, n, bwd, name = job
-        return [mb.bench_linear(t, k, n, device, dtype, bwd, b.repeats, b.min_time_s, name)]
-    if kind == "attention":
-        _, spec, mbatch, tp, bwd = job
-        return [mb.bench_attention(spec, mbatch, device, dtype, bwd, tp, b.repeats, b.min_time_s)]
-    if kind == "block":
-        _, spec, mbatch, tp, sp = job
-        return bench_layer(spec, mbatch, device, dtype, tp, sp, b.repeats, b.min_time_s)
-    if kind == "memory":
-        _, spec, mbatch = job
-        return mb.bench_memory_ops(spec, mbatch, device, dtype, b.repeats, b.min_time_s)
-    if kind == "copy":
-        return [mb.bench_copy(b.copy_bytes, device, b.repeats, b.min_time_s)]
-    return [mb.bench_adamw(b.adamw_params, device, max(3, b.repeats // 2), b.min_time_s)]
 
 
 def calibrate(device: str = "cpu", quick: bool = False, budget: Budget | None = None,
@@ -314,7 +224,7 @@ def calibrate(device: str = "cpu", quick: bool = False, budget: Budget | None = 
                                                        on_job=bar.update))
                 else:
                     for job in jobs:
-                        pk.kernels.extend(_run_job(job, dev, dtype, budget))
+                        pk.kernels.extend(run_job(job, dev, dtype, budget))
                         bar.update()
                 kernels.append(pk)
     finally:

@@ -7,7 +7,7 @@ to the replica or already averaged) and `after_optimizer_step(step, sync)`:
 
 - allreduce: DDP, its gradient all-reduce in buckets overlapped with
   backward, through the communication hook for `grad_compression`
-  (`runtime.grad_compression`: none, fp16, bf16, int8, topk:F, powersgd:R).
+  (`runtime.sync.grad_compression`: none, fp16, bf16, int8, topk:F, powersgd:R).
 - local-sgd: no gradient synchronisation; each replica steps its own
   optimizer on its own gradients and the parameters are averaged over dp
   every `sync_every` steps with PyTorch's `PeriodicModelAverager` (local SGD,
@@ -17,14 +17,15 @@ to the replica or already averaged) and `after_optimizer_step(step, sync)`:
   PyTorch's `PostLocalSGDOptimizer`). With sync_every = 1 and a linear
   optimizer (SGD with momentum, no clipping) this is DDP exactly; with AdamW
   or clipping it is not, because each replica normalises its own gradient.
-- parameter-server, async: `runtime.parameter_server`.
+- parameter-server, async: `runtime.sync.parameter_server`.
 
-Every variant counts the bytes it sends in `traffic` (`runtime.comm_traffic`).
+Every variant counts the bytes it sends in `traffic` (`runtime.sync.traffic`).
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -33,13 +34,27 @@ from torch.distributed.algorithms.model_averaging.utils import average_parameter
 from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from runtime.comm_traffic import Traffic
-from runtime.grad_compression import register_compression
-from runtime.mesh import side_group
-from runtime.parameter_server import AsyncParameterServer, ParameterServer
+from runtime.parallel.mesh import side_group
+from runtime.sync.grad_compression import register_compression
+from runtime.sync.parameter_server import AsyncParameterServer, ParameterServer
+from runtime.sync.traffic import Traffic
 from sandbox.specs import Plan
 
 BUCKET_CAP_MB: float | None = None  # DDP's gradient bucket size (None: DDP's default, 25)
+
+
+class ReplicaSync(Protocol):
+    """What the step asks of a synchronisation variant (DDPSync, LocalSGD,
+    ParameterServer, AsyncParameterServer)."""
+
+    norm_over_dp: bool  # the gradient norm sums over dp (each rank holds a shard's grads)
+    traffic: Traffic  # bytes this rank sent for dp synchronisation
+
+    def after_backward(self) -> None:
+        """Gradients are local (or already averaged by DDP's hook)."""
+
+    def after_optimizer_step(self, step: int, sync: bool = False) -> None:
+        """After `optimizer.step()` of step `step` (1-based); `sync`: replicas must end equal."""
 
 
 class DDPSync:
@@ -93,7 +108,7 @@ def uses_sync_variants(plan: Plan) -> bool:
     return p.dp > 1 and p.tp == 1 and p.pp == 1 and p.zero == 0
 
 
-def apply_sync(model: nn.Module, plan: Plan, mesh: DeviceMesh) -> tuple[nn.Module, object]:
+def apply_sync(model: nn.Module, plan: Plan, mesh: DeviceMesh) -> tuple[nn.Module, ReplicaSync]:
     """(module to run, sync object) for `model` replicated over mesh["dp"].
     Collective: every rank calls it (it may create a process group). The plan
     is one `sandbox.validate.validate_runtime` accepts."""

@@ -1,7 +1,7 @@
 """One whole transformer layer as the runtime runs it: forward + backward, and
 one AdamW step over its parameters.
 
-The per-kernel benchmarks (`runtime.microbench`) time each GEMM, the
+The per-kernel benchmarks (`runtime.calibrate.kernels`) time each GEMM, the
 attention core and the memory-bound ops alone. A training step also pays for
 what lies between them: autograd bookkeeping, views and bias reductions and,
 under tensor parallelism, DTensor's dispatch, its redistributions (the
@@ -9,9 +9,9 @@ all-gathers and reduce-scatters of sequence parallelism with their
 functional-collective waits and layout copies) and an optimizer over
 DTensor parameters of mixed placements. `bench_layer` measures one block of
 the runtime's `GPT` exactly as a rank runs it: plain for tp = 1, and for
-tp > 1 a one-layer stage sharded with `runtime.tensor_parallel.apply_tp` over
+tp > 1 a one-layer stage sharded with `runtime.parallel.tensor.apply_tp` over
 all processes of the default process group (run it from every rank at once,
-`runtime.concurrent_bench`). The simulator uses the two times to calibrate a
+`runtime.calibrate.concurrent`). The simulator uses the two times to calibrate a
 whole layer (`sim.compute.calibrated_layer`, `block_optimizer_correction`).
 
 Units: seconds (per call), FLOPs, bytes.
@@ -23,7 +23,7 @@ import dataclasses
 
 import torch
 
-from runtime.microbench import DTYPES, KernelResult, time_fn
+from runtime.calibrate.kernels import DTYPES, KernelResult, time_fn
 from sandbox import counts, memory
 from sandbox.specs import Model
 
@@ -47,7 +47,7 @@ def bench_layer(spec: Model, micro_batch: int, device: torch.device, dtype: str 
     The input is what the block receives in a model: (b, s, h), or with
     sequence parallelism this rank's (b, s / tp, h) shard. The optimizer is
     `torch.optim.AdamW` with foreach kernels only when the parameters are all
-    DTensors or all plain tensors, as `runtime.parallelize` builds it.
+    DTensors or all plain tensors, as `runtime.parallel.parallelize` builds it.
     Shape recorded: (micro_batch, seq_len, hidden, heads, ffn_hidden, tp,
     sequence_parallel).
     """
@@ -59,7 +59,7 @@ def bench_layer(spec: Model, micro_batch: int, device: torch.device, dtype: str 
     if tp > 1:
         from torch.distributed.device_mesh import init_device_mesh
 
-        from runtime.tensor_parallel import apply_tp
+        from runtime.parallel.tensor import apply_tp
 
         apply_tp(stage, init_device_mesh(device.type, (tp,)), sp)
     x = torch.randn(micro_batch, spec.seq_len // tp if sp else spec.seq_len, spec.hidden,

@@ -1,11 +1,12 @@
 """Profile one training step of a plan with torch.profiler, per rank.
 
-`profile_step(plan, steps=...)` spawns one process per rank (gloo on CPU,
-file:// rendezvous), applies the plan with `runtime.parallelize` exactly as
-the training loop does, runs warm-up steps, times `steps` steps (wall seconds
-per step, slowest rank), then records one more step under torch.profiler
-with three labelled regions: `fwd_bwd` (`Parallelized.step`), `clip`
-(`clip_grad_norm_`) and `optimizer` (`opt.step` + `zero_grad`).
+`profile_step(plan, steps=...)` spawns one process per rank (`runtime.spawn`:
+gloo on CPU), applies the plan with `runtime.parallel.parallelize` and runs
+the training loop's step (`runtime.step.train_step`, constant LR): warm-up
+steps, then `steps` timed steps (wall seconds per step, slowest rank), then
+one more under torch.profiler with three labelled regions: `fwd_bwd`
+(`Parallelized.step`), `clip` (unscale + `clip_grad_norm_`) and `optimizer`
+(`opt.step`, the replicas' after-step sync, `zero_grad`).
 
 Memory: the peak resident set of each process, and that peak minus the
 resident set before the model was built (`model_mem_gb`: weights, gradients,
@@ -32,19 +33,20 @@ all-reduces) `other`; with both tp and dp > 1 the class is `tp+dp`.
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import resource
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from torch.profiler import ProfilerActivity, profile
 
+import sandbox
+from runtime.calibrate.run import rank_threads
+from runtime.parallel.mesh import build_mesh
+from runtime.parallel.parallelize import parallelize
+from runtime.spawn import Worker, spawn
+from runtime.step import train_step
 from sandbox.specs import Plan
 
 REGIONS = ("fwd_bwd", "clip", "optimizer")
@@ -190,19 +192,9 @@ def _batch(plan: Plan, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids[:, :-1], ids[:, 1:]
 
 
-def _worker(rank: int, world: int, rdv: str, plan_dict: dict, warmup: int, steps: int,
-            threads: int, out: str) -> None:
-    import sandbox
-    from runtime.mesh import build_mesh
-    from runtime.parallelize import parallelize
-
-    torch.set_num_threads(threads)
+def _worker(w: Worker, plan_dict: dict, warmup: int, steps: int) -> dict:
     plan = sandbox.load(plan_dict)
-    mesh = None
-    if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=300))
-        mesh = build_mesh(plan, "cpu")
+    mesh = build_mesh(plan, "cpu") if w.world > 1 else None
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes
     par = parallelize(plan, mesh, torch.device("cpu"))
     opt = par.build_optimizer()
@@ -212,36 +204,23 @@ def _worker(rank: int, world: int, rdv: str, plan_dict: dict, warmup: int, steps
 
     def one(step: int) -> None:
         x, y = _batch(plan, step)
-        with torch.profiler.record_function("fwd_bwd"):
-            par.step(x[rows], y[rows])
-        with torch.profiler.record_function("clip"):
-            par.clip_grad_norm_(plan.train.grad_clip)
-        with torch.profiler.record_function("optimizer"):
-            opt.step()
-            opt.zero_grad()
+        train_step(par, opt, x[rows], y[rows], step + 1, plan.train.grad_clip,
+                   mark=torch.profiler.record_function)
 
     times = []
     for s in range(warmup + steps):
-        if world > 1:
-            dist.barrier()
+        dist.barrier()
         t = time.perf_counter()
         one(s)
         el = torch.tensor([time.perf_counter() - t], dtype=torch.float64)
-        if world > 1:
-            dist.all_reduce(el, op=dist.ReduceOp.MAX)
+        dist.all_reduce(el, op=dist.ReduceOp.MAX)
         if s >= warmup:
             times.append(el.item())
-    if world > 1:
-        dist.barrier()
-    from torch.profiler import ProfilerActivity, profile
-
+    dist.barrier()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         one(warmup + steps)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    Path(f"{out}.{rank}").write_text(json.dumps({"times": times, "events": _events(prof),
-                                                 "base_rss": base_rss, "peak_rss": peak_rss}))
-    if world > 1:
-        dist.destroy_process_group()
+    return {"times": times, "events": _events(prof), "base_rss": base_rss, "peak_rss": peak_rss}
 
 
 def profile_step(plan: Plan, warmup: int = 1, steps: int = 3, threads: int | None = None,
@@ -249,17 +228,11 @@ def profile_step(plan: Plan, warmup: int = 1, steps: int = 3, threads: int | Non
     """Run the plan on `plan.world_size` CPU processes; see the module docstring.
 
     threads: intra-op threads per process (default: a `sandbox run` rank's,
-    `runtime.calibrate.rank_threads()`).
+    `runtime.calibrate.run.rank_threads()`).
     """
     world = plan.world_size
-    from runtime.calibrate import rank_threads
-
     threads = threads or rank_threads()
-    with tempfile.TemporaryDirectory() as tmp:
-        rdv, out = os.path.join(tmp, "rdv"), os.path.join(tmp, "prof")
-        mp.start_processes(_worker, nprocs=world, start_method="spawn",
-                           args=(world, rdv, plan.to_dict(), warmup, steps, threads, out))
-        raw = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
+    raw = spawn(_worker, world, plan.to_dict(), warmup, steps, threads=threads)
     ranks = []
     for r, d in enumerate(raw):
         a = analyse(d["events"], plan)

@@ -8,19 +8,20 @@ in torchtitan's order, for each model chunk this rank owns:
     -> (torch.compile, by the training loop) -> DDP / FSDP2 -> pipeline stages
 
 Plain data parallelism with ZeRO 0 (tp = pp = 1) goes through
-`runtime.sync_variants` instead of `apply_dp`: DDP with a communication hook
+`runtime.sync.variants` instead of `apply_dp`: DDP with a communication hook
 for `grad_compression`, local SGD, or a parameter server (`dp_mode`). The
 training loop calls `after_optimizer_step` after `optimizer.step()` and
 before `zero_grad()`.
 
 and returns a `Parallelized` that runs one optimizer step's forward and
 backward, evaluates, clips gradients and builds the optimizer. `mesh` is the
-(pp, dp, tp) DeviceMesh from `runtime.mesh.build_mesh` (None for one process).
+(pp, dp, tp) DeviceMesh from `runtime.parallel.mesh.build_mesh` (None for one process).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,19 +29,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from runtime.data_parallel import apply_dp, grad_sync
-from runtime.mesh import side_group
 from runtime.model import build_model
-from runtime.pipeline_parallel import (
+from runtime.parallel.data import apply_dp, grad_sync
+from runtime.parallel.mesh import side_group
+from runtime.parallel.pipeline import (
     build_schedule,
     split_model,
     sync_tied_grads,
     tied_copies,
     tied_group,
 )
-from runtime.recompute import apply_recompute
-from runtime.sync_variants import apply_sync, uses_sync_variants
-from runtime.tensor_parallel import apply_tp
+from runtime.parallel.recompute import apply_recompute
+from runtime.parallel.tensor import apply_tp
+from runtime.sync.variants import ReplicaSync, apply_sync, uses_sync_variants
 from sandbox.specs import Plan
 from sandbox.validate import validate_runtime
 
@@ -51,16 +52,36 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class PipelineState:
+    """This rank's part of a pipeline (pp > 1).
+
+    schedule: the `torch.distributed.pipelining` schedule over its chunks.
+    first / last: it holds the first / last chunk (embeddings / head).
+    tied: its copies of a tied embedding matrix (first chunk's embedding,
+        last chunk's head); tied_group: the first and last rank's group
+        that sums their gradients (None on middle ranks).
+    norm_skip: ids of copies left out of the gradient norm (the head's copy,
+        counted once as the embedding).
+    """
+
+    schedule: Any
+    first: bool
+    last: bool
+    tied: list[nn.Parameter] = field(default_factory=list)
+    tied_group: dist.ProcessGroup | None = None
+    norm_skip: set[int] = field(default_factory=set)
+
+
+@dataclass
 class Parallelized:
     """The model parts this rank owns and how to run a step over them.
 
     parts: model chunks on this rank (one, or vpp chunks with interleaving).
     mesh: the (pp, dp, tp) DeviceMesh, or None in a single process.
-    extra: pipeline state: "schedule", "first"/"last" (this rank holds the
-        first/last stage), "tied" (copies of a tied embedding), "tied_group",
-        "norm_skip" (ids of copies left out of the gradient norm),
-        "side_groups" (process groups for the loss / norm reductions).
-    sync: how plain dp replicas synchronise (`runtime.sync_variants`), or None.
+    pipeline: this rank's pipeline state (pp > 1), or None.
+    side_groups: per mesh dimension ("pp", "dp"), the process group for the
+        loss / norm reductions (None: the dimension has size 1).
+    sync: how plain dp replicas synchronise (`runtime.sync.variants`), or None.
     """
 
     plan: Plan
@@ -68,8 +89,9 @@ class Parallelized:
     device: torch.device
     mesh: object | None = None
     autocast_dtype: torch.dtype | None = None
-    extra: dict = field(default_factory=dict)
-    sync: object | None = None
+    pipeline: PipelineState | None = None
+    side_groups: dict[str, dist.ProcessGroup | None] = field(default_factory=dict)
+    sync: ReplicaSync | None = None
     loss_scale: float = 1.0  # fp16: the loss is multiplied by this before backward
 
     def scaled_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -100,7 +122,7 @@ class Parallelized:
 
     def _group(self, dim: str) -> dist.ProcessGroup | None:
         """Group for this rank's loss / norm reductions along `dim` (or None)."""
-        return self.extra.get("side_groups", {}).get(dim)
+        return self.side_groups.get(dim)
 
     def _global_mean(self, local: torch.Tensor) -> float:
         """This replica's mean loss (held by the last stage) -> the global mean."""
@@ -114,12 +136,12 @@ class Parallelized:
     def _pipeline(self, tokens: torch.Tensor, targets: torch.Tensor, train: bool) -> torch.Tensor:
         """Run the schedule over this replica's batch; the mean microbatch loss
         on the rank holding the last stage, zero elsewhere."""
-        sched, losses = self.extra["schedule"], []
-        args = (tokens,) if self.extra["first"] else ()
-        kwargs = {"target": targets, "losses": losses} if self.extra["last"] else {}
+        pipe, losses = self.pipeline, []
+        args = (tokens,) if pipe.first else ()
+        kwargs = {"target": targets, "losses": losses} if pipe.last else {}
         with self._autocast():
-            sched.step(*args, **kwargs) if train else sched.eval(*args, **kwargs)
-        if not self.extra["last"]:
+            pipe.schedule.step(*args, **kwargs) if train else pipe.schedule.eval(*args, **kwargs)
+        if not pipe.last:
             return torch.zeros((), device=self.device)
         return torch.stack([loss.detach().float() for loss in losses]).mean() / self.loss_scale
 
@@ -132,9 +154,9 @@ class Parallelized:
         whole global batch, and returns that mean loss (same on every rank).
         """
         tokens, targets = tokens.to(self.device), targets.to(self.device)
-        if "schedule" in self.extra:
+        if self.pipeline is not None:
             local = self._pipeline(tokens, targets, train=True)
-            sync_tied_grads(self.extra["tied"], self.extra["tied_group"])
+            sync_tied_grads(self.pipeline.tied, self.pipeline.tied_group)
             return self._global_mean(local)
         model, zero = self.parts[0], self.plan.parallel.zero
         chunks = tokens.split(self.plan.parallel.micro_batch)
@@ -157,7 +179,7 @@ class Parallelized:
         every rank). Each dp rank passes its share (or all ranks the same
         batch). With pp the batch is a multiple of the training share."""
         tokens, targets = tokens.to(self.device), targets.to(self.device)
-        if "schedule" in self.extra:
+        if self.pipeline is not None:
             n = self.plan.parallel.microbatches * self.plan.parallel.micro_batch
             if len(tokens) % n:
                 raise ValueError(f"evaluate: with pp > 1 the batch ({len(tokens)} sequences) "
@@ -175,7 +197,7 @@ class Parallelized:
     def clip_grad_norm_(self, max_norm: float) -> float:
         """Clip the global gradient norm over all ranks' shards and stages
         (a tied embedding counted once); returns the norm before clipping."""
-        skip = self.extra.get("norm_skip", set())
+        skip = self.pipeline.norm_skip if self.pipeline is not None else set()
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         by_mesh: dict[object, list[torch.Tensor]] = {}
         for p in self.parameters():
@@ -234,7 +256,7 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
         autocast = None  # CPU runs train in fp32
     model = build_model(plan.model, seed=plan.train.seed).to(device)
     if p.pp > 1:
-        chunks = split_model(model, mesh["pp"].get_local_rank(), p.pp, p.vpp)
+        chunks = split_model(model, plan, mesh["pp"].get_local_rank())
     else:
         chunks = [(0, model)]
     parts, sync = [], None
@@ -250,16 +272,19 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
     par = Parallelized(plan=plan, parts=parts, device=device, mesh=mesh, autocast_dtype=autocast,
                        sync=sync)
     if mesh is not None:
-        par.extra["side_groups"] = {dim: side_group(mesh, dim) for dim in ("pp", "dp")}
+        par.side_groups = {dim: side_group(mesh, dim) for dim in ("pp", "dp")}
     if p.pp > 1:
         n_stages = p.pp * p.vpp
         stages = [s for s, _ in chunks]
-        par.extra.update(first=0 in stages, last=n_stages - 1 in stages, tied=[], tied_group=None)
+        last = n_stages - 1 in stages
+        tied, tied_pg, skip = [], None, set()
         if plan.model.tied_embeddings:
-            par.extra["tied"] = tied_copies(chunks, n_stages)
-            if par.extra["last"]:  # the head's copy is counted once, as the embedding
-                par.extra["norm_skip"] = {id(par.extra["tied"][-1])}
-            par.extra["tied_group"] = tied_group(mesh)
-        par.extra["schedule"] = build_schedule(plan, list(zip(stages, parts, strict=True)),
-                                               mesh["pp"], device, par.scaled_loss)
+            tied = tied_copies(chunks, n_stages)
+            if last:  # the head's copy is counted once, as the embedding
+                skip = {id(tied[-1])}
+            tied_pg = tied_group(mesh)
+        schedule = build_schedule(plan, list(zip(stages, parts, strict=True)), mesh["pp"],
+                                  device, par.scaled_loss)
+        par.pipeline = PipelineState(schedule, first=0 in stages, last=last, tied=tied,
+                                     tied_group=tied_pg, norm_skip=skip)
     return par

@@ -17,57 +17,27 @@ import math
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from sandbox.profile import padded_gemm_flops
 
 HEADER = "# Calibration profile written by `sandbox calibrate`; units: s, bytes, FLOP/s, bytes/s.\n"
 
 
 # ------------------------------------------------------------------ TOML out
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v) or math.isinf(v):
-            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
+def _plain(v: Any) -> Any:
+    """`v` with every None replaced by "" (TOML has no null), tuples as lists."""
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + "}"
-    if v is None:
-        return '""'
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{s}"'
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return "" if v is None else v
 
 
-def _key(k: str) -> str:
-    k = str(k)
-    return k if k.replace("_", "").replace("-", "").isalnum() else _value(k)
-
-
-def dumps_toml(data: dict, prefix: str = "") -> str:
-    """Nested dicts -> TOML: scalars and lists inline, dicts as tables, lists of
-    dicts as arrays of tables."""
-    lines: list[str] = []
-    tables, arrays = [], []
-    for k, v in data.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
-            arrays.append((k, v))
-        else:
-            lines.append(f"{_key(k)} = {_value(v)}")
-    text = "\n".join(lines) + ("\n" if lines else "")
-    for k, v in tables:
-        name = f"{prefix}{_key(k)}"
-        text += f"\n[{name}]\n" + dumps_toml(v, name + ".")
-    for k, v in arrays:
-        name = f"{prefix}{_key(k)}"
-        for item in v:
-            text += f"\n[[{name}]]\n" + dumps_toml(item, name + ".")
-    return text
+def dumps_toml(data: dict) -> str:
+    """Nested dicts -> TOML (`tomli_w`): dicts as tables, lists of dicts as
+    arrays of tables, None as ""."""
+    return tomli_w.dumps(_plain(data))
 
 
 # ---------------------------------------------------------------- the profile
@@ -137,7 +107,7 @@ def compute_section(pk: Any, device: str, tile: tuple[int, int, int] = GPU_TILE)
       (norm, GELU, add, softmax, cross-entropy) over the measured shapes.
     - kernel_overhead_s: the fastest median of the elementwise adds (almost
       no work: dispatch plus launch).
-    - block: per measured layer (`runtime.layer_bench`: model dims, micro-batch,
+    - block: per measured layer (`runtime.calibrate.layer`: model dims, micro-batch,
       tp, sequence parallelism), the median seconds of its forward + backward
       and of its AdamW step.
     """

@@ -2,8 +2,10 @@
 
 tp is the innermost dimension, so tensor-parallel peers are neighbouring ranks
 (the same node on a GPU cluster), pipeline stages the outermost, as in
-Megatron-LM and torchtitan. The caller initialises the default process group
-(torchrun / `dist.init_process_group`) before building the mesh.
+Megatron-LM and torchtitan: rank (stage, replica, tp_rank) is
+`sandbox.layout.rank_of`, the rank the simulator places there too. The
+caller initialises the default process group (torchrun /
+`dist.init_process_group`) before building the mesh.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from sandbox.layout import rank_of
 from sandbox.specs import Plan
 
 MESH_DIMS = ("pp", "dp", "tp")
@@ -19,7 +22,13 @@ MESH_DIMS = ("pp", "dp", "tp")
 def build_mesh(plan: Plan, device_type: str) -> DeviceMesh:
     """The (pp, dp, tp) mesh over all ranks of the default process group."""
     p = plan.parallel
-    return init_device_mesh(device_type, (p.pp, p.dp, p.tp), mesh_dim_names=MESH_DIMS)
+    mesh = init_device_mesh(device_type, (p.pp, p.dp, p.tp), mesh_dim_names=MESH_DIMS)
+    grid = [[[rank_of(plan, d, s, t) for t in range(p.tp)] for d in range(p.dp)]
+            for s in range(p.pp)]
+    if mesh.mesh.tolist() != grid:
+        raise RuntimeError(f"build_mesh: ranks {mesh.mesh.tolist()} differ from "
+                           f"sandbox.layout.rank_of {grid}")
+    return mesh
 
 
 def side_group(mesh: DeviceMesh, dim: str) -> dist.ProcessGroup | None:

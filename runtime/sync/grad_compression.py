@@ -37,7 +37,7 @@ tp = pp = 1), each one the PyTorch building block where PyTorch has it:
   does, because DDP renumbers its buckets after it (residuals are per bucket).
 
 Every hook is wrapped to record what it hands to torch.distributed in a
-`runtime.comm_traffic.Traffic`.
+`runtime.sync.traffic.Traffic`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from runtime.comm_traffic import Traffic
+from runtime.sync.traffic import Traffic
 
 POWERSGD_START_ITER = 2  # plain all-reduce before this step (PyTorch's minimum)
 POWERSGD_MIN_COMPRESSION_RATE = 2.0  # PyTorch's default

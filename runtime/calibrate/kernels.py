@@ -12,7 +12,7 @@ The kernels are the ones `runtime.model` runs: `nn.Linear` layers of a
 (`make_norm`), tanh-GELU, residual add, softmax and the fp32 cross-entropy of
 the logits, a large copy for DRAM/HBM bandwidth and AdamW over a flat buffer.
 A whole layer (kernels plus framework overhead, plain or tensor-parallel) is
-`runtime.layer_bench`.
+`runtime.calibrate.layer`.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class ForeignLoad:
 
 MAX_POINT_S = 0.6  # stop repeating a point after this long (at least 3 repeats)
 
-# Lockstep with other processes (runtime.concurrent_bench): (barrier, max over
+# Lockstep with other processes (runtime.calibrate.concurrent): (barrier, max over
 # processes); None = this process alone.
 _LOCKSTEP: tuple[Callable[[], object], Callable[[float], float]] | None = None
 

@@ -1,6 +1,7 @@
 """Pipeline parallelism with `torch.distributed.pipelining`.
 
-The model is cut into pp*vpp chunks of consecutive layers; the first chunk
+The model is cut into pp*vpp chunks of consecutive layers, exactly as
+`sandbox.layout.chunk_layers` says (uneven `stage_layers` too); the first chunk
 keeps the embeddings, the last the final norm and head, and a chunk drops
 what it does not own (the GPT's forward skips missing parts). Pipeline rank
 r owns chunks r, r+pp, r+2pp, ... (Megatron's interleaved / "loop" layout;
@@ -48,6 +49,7 @@ from torch.distributed.pipelining.schedules import PipelineScheduleSingle, _Pipe
 from torch.distributed.tensor import DTensor
 
 from runtime.model import GPT
+from sandbox.layout import chunk_ids, chunk_layers
 from sandbox.specs import Plan
 
 SCHEDULES: dict[str, type[_PipelineSchedule]] = {
@@ -58,25 +60,28 @@ SCHEDULES: dict[str, type[_PipelineSchedule]] = {
 }
 
 
-def stage_ids(pp_rank: int, pp: int, vpp: int) -> list[int]:
-    """Global stage indices owned by pipeline rank `pp_rank` (loop layout)."""
-    return [pp_rank + i * pp for i in range(vpp)]
+def split_model(model: GPT, plan: Plan, pp_rank: int) -> list[tuple[int, GPT]]:
+    """(chunk index, chunk) for each chunk pipeline rank `pp_rank` owns.
 
-
-def split_model(model: GPT, pp_rank: int, pp: int, vpp: int) -> list[tuple[int, GPT]]:
-    """(stage index, chunk) for each chunk this pipeline rank owns."""
-    n_stages, layers = pp * vpp, len(model.layers)
-    per = layers // n_stages
-    ids = stage_ids(pp_rank, pp, vpp)
+    The blocks of every chunk come from `sandbox.layout.chunk_layers` (uneven
+    `parallel.stage_layers` included), the chunks of a rank from
+    `sandbox.layout.chunk_ids`: the layout the simulator times.
+    """
+    p = plan.parallel
+    layers = chunk_layers(plan)
+    if layers[-1].stop != len(model.layers):
+        raise ValueError(f"split_model: the plan's chunks hold {layers[-1].stop} blocks, "
+                         f"the model has {len(model.layers)}")
+    ids, n_chunks = chunk_ids(pp_rank, p.pp, p.vpp), len(layers)
     chunks = []
     for stage in ids:
         chunk = model if len(ids) == 1 else copy.deepcopy(model)
-        keep = {str(i) for i in range(stage * per, (stage + 1) * per)}
+        keep = {str(i) for i in layers[stage]}
         for name in [n for n in chunk.layers if n not in keep]:
             del chunk.layers[name]
         if stage != 0:
             chunk.tok_embeddings, chunk.pos_embeddings = None, None
-        if stage != n_stages - 1:
+        if stage != n_chunks - 1:
             chunk.norm, chunk.output = None, None
         chunks.append((stage, chunk))
     return chunks

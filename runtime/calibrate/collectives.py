@@ -20,19 +20,14 @@ small messages count).
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from runtime.microbench import Stat, summarize
+from runtime.calibrate.kernels import Stat, summarize
+from runtime.spawn import Worker, spawn
 from sandbox.profile import bus_factor
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
@@ -168,33 +163,23 @@ def _measure(op: str, nbytes: int, rank: int, world: int, device: torch.device, 
     return summarize(samples)
 
 
-def _worker(rank: int, world: int, rdv: str, backend: str, device_type: str, ops: list[str],
-            sizes: list[int], repeats: int, min_time_s: float, out: str, progress: str) -> None:
+def _worker(w: Worker, device_type: str, ops: list[str], sizes: list[int], repeats: int,
+            min_time_s: float) -> list[dict]:
     import warnings
 
     # torch 2.13 deprecates the *_into_tensor names; they are what FSDP2 calls.
     warnings.filterwarnings("ignore", message=".*is deprecated.*", category=FutureWarning)
-    torch.set_num_threads(1)
     if device_type == "cuda":
-        torch.cuda.set_device(rank % torch.cuda.device_count())
-        device = torch.device("cuda", rank % torch.cuda.device_count())
+        device = torch.device("cuda", w.rank % torch.cuda.device_count())
     else:
         device = torch.device("cpu")
-    dist.init_process_group(backend, init_method=f"file://{rdv}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
     points = []
-    try:
-        for op in ops:
-            for s in sizes:
-                st = _measure(op, s, rank, world, device, repeats, min_time_s)
-                points.append({"op": op, "bytes": s, "time": st.to_dict()})
-                if rank == 0:
-                    with open(progress, "a") as f:
-                        f.write(".")
-    finally:
-        dist.destroy_process_group()
-    if rank == 0:
-        Path(out).write_text(json.dumps(points))
+    for op in ops:
+        for s in sizes:
+            st = _measure(op, s, w.rank, w.world, device, repeats, min_time_s)
+            points.append({"op": op, "bytes": s, "time": st.to_dict()})
+            w.tick()
+    return points
 
 
 def default_sizes(quick: bool = False) -> list[int]:
@@ -214,22 +199,7 @@ def bench_collectives(group_size: int = 2, sizes: list[int] | None = None,
     """
     backend = "nccl" if device == "cuda" else "gloo"
     sizes = sizes or default_sizes()
-    with tempfile.TemporaryDirectory() as tmp:
-        rdv, out, prog = (os.path.join(tmp, n) for n in ("rdv", "out.json", "progress"))
-        Path(prog).write_text("")
-        ctx = mp.start_processes(_worker, nprocs=group_size, join=False, start_method="spawn",
-                                 args=(group_size, rdv, backend, device, list(ops), sizes,
-                                       repeats, min_time_s, out, prog))
-        seen = 0
-        while not ctx.join(timeout=0.2):
-            done = len(Path(prog).read_text())
-            for _ in range(done - seen):
-                if on_point:
-                    on_point()
-            seen = done
-        for _ in range(len(Path(prog).read_text()) - seen):
-            if on_point:
-                on_point()
-        raw = json.loads(Path(out).read_text())
+    raw = spawn(_worker, group_size, device, list(ops), sizes, repeats, min_time_s,
+                backend=backend, timeout_s=120, on_tick=on_point)[0]
     pts = [CollectivePoint(r["op"], r["bytes"], Stat(**r["time"])) for r in raw]
     return CollectiveResult(backend, group_size, device, pts)

@@ -1,0 +1,78 @@
+"""The one training step: what every loop (`Trainer`, the step profiler, the
+tests' harness) runs per optimizer step.
+
+    forward + backward over this rank's parts (`Parallelized.step`)
+    -> unscale the gradients (fp16 loss scale) -> clip the global norm
+    -> optimizer step (skipped on an fp16 overflow) -> replicas' after-step
+    sync (local SGD, parameter server) -> LR schedule -> zero the gradients
+
+`mark(name)` wraps the phases "fwd_bwd", "clip" and "optimizer" (e.g.
+`torch.profiler.record_function`, which `runtime.calibrate.step_profile`
+splits a step by).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from runtime.loss_scale import DynamicLossScale
+from runtime.parallel.parallelize import Parallelized
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step's mean loss, gradient norm before clipping, learning rate and
+    loss scale it ran with, and whether the optimizer stepped."""
+
+    loss: float
+    grad_norm: float
+    lr: float
+    loss_scale: float
+    updated: bool
+
+
+def _no_mark(name: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def train_step(par: Parallelized, optimizer: torch.optim.Optimizer, tokens: torch.Tensor,
+               targets: torch.Tensor, step: int, grad_clip: float, *,
+               scheduler: Any = None, scaler: DynamicLossScale | None = None,
+               sync: bool = False, after_backward: Callable[[], None] | None = None,
+               mark: Callable[[str], contextlib.AbstractContextManager] = _no_mark,
+               ) -> StepResult:
+    """Run optimizer step `step` (1-based) on this dp rank's batch.
+
+    tokens, targets: (sequences of this dp rank, seq_len) int64. grad_clip:
+    max global gradient norm (0: off). scheduler: an LR scheduler stepped
+    after the update (None: constant). scaler: fp16 dynamic loss scale (a
+    non-finite norm skips the optimizer step; the schedule still advances).
+    sync: a checkpoint or the last step follows, replicas must end equal.
+    after_backward: called right after forward + backward (failure injection).
+    """
+    scale = par.loss_scale
+    with mark("fwd_bwd"):
+        loss = par.step(tokens, targets)
+    if after_backward is not None:
+        after_backward()
+    with mark("clip"):
+        par.unscale_grads()
+        norm = par.clip_grad_norm_(grad_clip)
+    lr = optimizer.param_groups[0]["lr"]
+    with mark("optimizer"):
+        updated = scaler is None or scaler.update(math.isfinite(norm))
+        if updated:
+            optimizer.step()
+        par.after_optimizer_step(step, sync=sync)
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        par.loss_scale = scaler.scale  # for the next step
+    return StepResult(loss, norm, lr, scale, updated)
