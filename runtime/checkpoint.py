@@ -95,6 +95,23 @@ def newest_intact(run_dir: str | Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
+def set_aside(run_dir: str | Path, kept: Path | None) -> list[Path]:
+    """Rename the complete checkpoints newer than `kept` (the ones a resume
+    passed over as corrupt) to `corrupt_step_N`: never deleted, and out of the
+    way of the saves that will write those steps again. Returns the new paths."""
+    floor = _step_of(kept) if kept is not None else -1
+    moved = []
+    for ck in complete_checkpoints(run_dir):
+        if _step_of(ck) > floor:
+            target = ck.with_name(f"corrupt_{ck.name}")
+            n = 1
+            while target.exists():
+                target, n = ck.with_name(f"corrupt_{ck.name}.{n}"), n + 1
+            os.replace(ck, target)
+            moved.append(target)
+    return moved
+
+
 def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     """meta.json of a complete checkpoint (step, scheduler, world_size, ...)."""
     path = Path(ckpt_dir) / META

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from runtime.result import RunResult
+from runtime.rundir import LOCK_ENV, RunLock, refuse_existing_run
 from sandbox.errors import SandboxError
 from sandbox.specs import Plan
 from sandbox.validate import validate_runtime
@@ -77,18 +78,19 @@ def check_out_dir(plan: Plan, out: Path, resume: bool) -> Path | None:
     """Refuse to overwrite a run; when resuming, return the intact checkpoint."""
     from runtime import checkpoint as ckpt
 
+    if not resume:
+        refuse_existing_run(out)
+        return None
     if out.exists() and not out.is_dir():
         raise SandboxError(f"{out}: exists and is not a directory")
-    has_run = (out / "metrics.jsonl").exists() or (out / "checkpoints").exists()
-    if not resume:
-        if has_run:
-            raise SandboxError(f"{out}: already holds a run; use --resume to continue it "
-                               f"or choose another --out")
-        return None
-    found = ckpt.latest_complete(out)
+    found, skipped = ckpt.newest_intact(out)
+    if skipped and found is None:
+        raise SandboxError(f"no intact checkpoint to resume from: {skipped[0]}")
     if found is None:
         return None
-    ckpt.verify(found)
+    if skipped:
+        print(f"note: resuming from {found.name}, the newest checkpoint that verifies; "
+              f"passed over: {'; '.join(skipped)}", file=sys.stderr)
     if (out / "plan.toml").is_file():
         import sandbox
 
@@ -131,13 +133,14 @@ def torchrun_command(plan: Plan, out: Path, resume: bool = False, fail_at_step: 
     return cmd
 
 
-def _stream(cmd: list[str], out: Path, steps: int, progress: bool) -> tuple[int, list[str]]:
+def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
+            env_extra: dict[str, str]) -> tuple[int, list[str]]:
     """Run the workers; log their output, draw the bar; returns (exit code, log lines)."""
     import json
 
     from tqdm import tqdm
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
     # one thread per CPU process unless told otherwise: OpenMP thread pools
@@ -204,11 +207,12 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
     check_out_dir(plan, out, resume)
     if note and progress:
         print(note, file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "plan.toml").write_text(plan.to_toml())
-    cmd = torchrun_command(plan, out, resume, fail_at_step, fail_rank, max_restarts,
-                           no_final_checkpoint)
-    code, lines = _stream(cmd, out, plan.train.steps, progress)
+    with RunLock.acquire(out) as lock:  # one launch per directory; nothing written before
+        check_out_dir(plan, out, resume)  # again under the lock: another launch may have won
+        (out / "plan.toml").write_text(plan.to_toml())
+        cmd = torchrun_command(plan, out, resume, fail_at_step, fail_rank, max_restarts,
+                               no_final_checkpoint)
+        code, lines = _stream(cmd, out, plan.train.steps, progress, {LOCK_ENV: lock.token})
     if code != 0:
         why = _last_error(lines) or f"the workers exited with code {code}"
         raise SandboxError(f"run failed: {why} (log: {out / 'train.log'})")

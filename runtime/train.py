@@ -40,6 +40,7 @@ from runtime import checkpoint as ckpt
 from runtime.data import DataLoader, check_data, dp_slice
 from runtime.loss_scale import DynamicLossScale
 from runtime.lr import build_scheduler, lr_at
+from runtime.rundir import RunLock, refuse_existing_run
 from runtime.step import train_step
 from sandbox.errors import SandboxError
 from sandbox.specs import GPU, Plan
@@ -179,12 +180,26 @@ class Trainer:
         if self.world != plan.world_size:
             raise SandboxError(f"this job has {self.world} processes but the plan needs "
                                f"dp*tp*pp = {plan.world_size}")
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
+        self.resuming = bool(args.resume or restarted)
+        if not self.resuming:  # every rank, before any rank writes anything
+            refuse_existing_run(self.out)
         if self.world > 1 and not dist.is_initialized():
             init_process_group(backend, self.device)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
-        if self.rank == 0:  # the run directory describes itself (export reads plan.toml)
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "plan.toml").write_text(plan.to_toml())
+        self.lock: RunLock | None = None  # ours to release; None under `sandbox run`'s
+        if self.rank == 0:
+            if RunLock.held_by_launcher(self.out) is None:
+                self.lock = RunLock.acquire(self.out)
+            try:
+                if not self.resuming:  # again under the lock: a launch may have won the race
+                    refuse_existing_run(self.out)
+            except SandboxError:
+                self.release()
+                raise
+            if not self.resuming or not (self.out / "plan.toml").exists():
+                # the run directory describes itself (export reads plan.toml)
+                (self.out / "plan.toml").write_text(plan.to_toml())
         self.backend = backend
         _seed_everything(plan.train.seed)
         check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)
@@ -205,6 +220,12 @@ class Trainer:
         if self.scaler is not None:
             self.par.loss_scale = self.scaler.scale
 
+    def release(self) -> None:
+        """Give up the run directory's lock if this process took it."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def _meta(self) -> dict[str, Any]:
         """What a checkpoint keeps besides tensors and the scheduler."""
         meta: dict[str, Any] = {"plan": self.plan.model.name}
@@ -214,12 +235,17 @@ class Trainer:
 
     def _restore(self) -> int:
         """Load the newest complete checkpoint if resuming; returns the first step."""
-        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-        if not (self.args.resume or restarts > 0):
+        if not self.resuming:
             if self.rank == 0:
                 self.metrics_path.write_text("")
             return 0
-        found = ckpt.latest_complete(self.out)
+        found, skipped = ckpt.newest_intact(self.out)
+        if skipped and found is None:
+            raise SandboxError(f"no intact checkpoint to resume from: {skipped[0]}")
+        if skipped and self.rank == 0:  # kept for inspection, out of the way of later saves
+            ckpt.set_aside(self.out, found)
+            print(f"note: resuming from {found.name}; passed over: {'; '.join(skipped)}",
+                  flush=True)
         start = 0
         if found is not None:
             meta = ckpt.load(found, self.par.parts, self.optimizer, self.scheduler)
@@ -361,12 +387,17 @@ class Trainer:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
+    trainer = None
     try:
-        Trainer(args).run()
+        trainer = Trainer(args)
+        trainer.run()
         code = 0
     except SandboxError as e:
         print(f"{ERROR} {str(e).splitlines()[0]}", flush=True)
         code = 1
+    finally:
+        if trainer is not None:
+            trainer.release()
     if dist.is_initialized():
         if code == 0:
             dist.barrier()  # no rank tears its groups down while a peer still uses them

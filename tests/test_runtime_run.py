@@ -149,23 +149,40 @@ def test_bad_input_is_one_line_and_touches_nothing(runs, cli, tmp_path):
     assert tree_hashes(half) == before
 
 
-def test_corrupt_checkpoint_is_one_line_and_touches_nothing(runs, cli, tmp_path):
+def test_corrupt_newest_checkpoint_falls_back_and_keeps_it(runs, cli, tmp_path):
     copy = tmp_path / "copy"
-    shutil.copytree(runs["half"], copy)
+    shutil.copytree(runs["half"], copy)  # 12 steps, checkpoints after 3, 6, 9, 12
     latest = ckpt.latest_complete(copy)
     shard = next(latest.glob("*.distcp"))
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    corrupt = tree_hashes(latest)
+    p = cli("run", str(runs["plan"]), "--out", str(copy), "--resume", "--steps", "15")
+    assert p.returncode == 0, p.stderr
+    assert "resuming from step_00000009" in p.stderr and "truncated" in p.stderr, p.stderr
+    kept = copy / "checkpoints" / "corrupt_step_00000012"  # set aside, bytes unchanged
+    assert tree_hashes(kept) == corrupt
+    assert [s for s, _ in losses(copy)] == list(range(1, 16))  # each step once
+    straight = dict(losses(runs["straight"].out))
+    for s, loss in losses(copy)[9:12]:  # steps 10-12 again, from step 9's checkpoint
+        assert abs(loss - straight[s]) < 1e-5, (s, loss, straight[s])
+    with pytest.raises(SandboxError, match="corrupt checkpoint"):
+        ckpt.load_full_model_state(kept)
+    (kept / ".metadata").write_bytes(b"garbage")
+    with pytest.raises(SandboxError, match="corrupt checkpoint"):
+        ckpt.load_full_model_state(kept)
+    with pytest.raises(SandboxError, match="corrupt checkpoint"):
+        ckpt.verify(kept)
+
+
+def test_no_intact_checkpoint_is_one_line_and_touches_nothing(runs, cli, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(runs["half"], copy)
+    for ck in ckpt.complete_checkpoints(copy):
+        (ck / "meta.json").write_text("{not json")
     before = tree_hashes(copy)
     p = cli("run", str(runs["plan"]), "--out", str(copy), "--resume", "--steps", "15")
-    _assert_one_line_failure(p, "corrupt checkpoint", shard.name)
+    _assert_one_line_failure(p, "no intact checkpoint", "meta.json")
     assert tree_hashes(copy) == before
-    with pytest.raises(SandboxError, match="corrupt checkpoint"):
-        ckpt.load_full_model_state(latest)
-    (latest / ".metadata").write_bytes(b"garbage")
-    with pytest.raises(SandboxError, match="corrupt checkpoint"):
-        ckpt.load_full_model_state(latest)
-    with pytest.raises(SandboxError, match="corrupt checkpoint"):
-        ckpt.verify(latest)
 
 
 def test_injected_failure_restarts_and_matches(runs, tmp_path):
