@@ -107,6 +107,8 @@ class Exporter:
 
     def teacher_graph(self, kind: str) -> tuple[Path, GraphInfo]:
         """The unpruned model's fp32 graph, "full" or "decoder", made once."""
+        if kind not in ("full", "decoder"):
+            raise ValueError(f"graph kind must be 'full' or 'decoder', got {kind!r}")
         path = self._dir / f"{kind}.onnx"
         if kind not in self._graphs:
             make = export_full if kind == "full" else export_decoder
