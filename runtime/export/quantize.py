@@ -47,17 +47,6 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import (
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_dynamic,
-    quantize_static,
-)
-from onnxruntime.quantization.matmul_nbits_quantizer import (
-    DefaultWeightOnlyQuantConfig,
-    MatMulNBitsQuantizer,
-)
 
 from runtime.export.onnx_files import session
 
@@ -117,11 +106,28 @@ def quantize(src: str | Path, dst: str | Path, mode: str,
 
 def _quantize(src: Path, dst: Path, mode: str,
               calibration: Iterable[dict[str, np.ndarray]] | None) -> None:
+    # The quantizers are imported here, while `quantize` holds the root logger
+    # at ERROR, and the int4 one only for int4: importing matmul_nbits_quantizer
+    # calls logging.basicConfig(level=INFO), which at module level would leave
+    # the root logger printing every library's INFO lines (onnxscript's export).
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
     model = _named(onnx.load(str(src)))
     if mode == "none":
         onnx.save(model, str(dst))
         return
     if mode == "int4":
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+
         config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=True,
                                               accuracy_level=4)
         q = MatMulNBitsQuantizer(model, nodes_to_exclude=[], algo_config=config)
