@@ -124,8 +124,8 @@ class Exporter:
             return Student(self.run.model)
         key = (prune, distill_steps, distill_batch, distill_lr, seed)
         if key not in self._students:
-            teacher, ctx, data = self.run.model, self.run.plan.model.seq_len, \
-                self.run.plan.train.data
+            teacher = self.run.model
+            ctx, data = self.run.plan.model.seq_len, self.run.plan.train.data
             cal_it = train_batches(4, ctx, seed + 1, data)
             model, result = prune_model(teacher, prune, [next(cal_it)[:, :-1] for _ in range(4)])
             log = None
