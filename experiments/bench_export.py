@@ -8,8 +8,10 @@ Step 1 trains gpt-mini with `sandbox run` (one CPU process, fp32, AdamW,
 into `--run-dir` (default WORK/run). Step 2 exports that run with each mode:
 fp32 (none), int8 (dynamic), int8-static (QDQ), int4 (MatMulNBits), 25%
 structured pruning without and with distillation (fp32), and pruning +
-distillation + int8. Each row is one `runtime.export.export` call; it is
-kept in WORK/rows/ so a later call (e.g. `--modes int8`) only does what is
+distillation + int8. Each row is one `Exporter.export` call
+(`runtime.export.pipeline`; one Exporter per invocation, so its rows share the
+traced fp32 graphs and each pruned, distilled student); it is kept in
+WORK/rows/ so a later call (e.g. `--modes int8`) only does what is
 missing (the heavy steps stay short enough to run one at a time under the
 shared CPU lock), and the table is written from every row of the same run:
 `OUT/export.md` and `OUT/export.json`, with the machine, versions, the
@@ -120,20 +122,19 @@ def train(run_dir: Path, steps: int, batch: int, lr: float) -> dict:
     return info
 
 
-def export_row(label: str, run_dir: Path, work: Path, args: argparse.Namespace) -> dict:
-    from runtime.export import export
-
+def export_row(label: str, exporter, work: Path, args: argparse.Namespace) -> dict:
+    """One mode's export report plus its targets and provenance."""
     mode = MODES[label]
     load0 = provenance.load_average()
     t0 = time.perf_counter()
-    rep = export(run_dir, work / "onnx" / label / "model.onnx", quantize=mode["quantize"],
-                 prune=mode.get("prune", 0.0),
-                 distill_steps=args.distill_steps if mode.get("distill") else 0,
-                 distill_batch=args.distill_batch, eval_batches=args.eval_batches,
-                 latency_batch=args.latency_batch, latency_length=args.latency_length,
-                 latency_threads=args.latency_threads, latency_repeats=args.latency_repeats,
-                 decode_prompts=args.decode_prompts, decode_tokens=args.decode_tokens,
-                 fp32_cache=work / "cache")
+    rep = exporter.export(work / "onnx" / label / "model.onnx", quantize=mode["quantize"],
+                          prune=mode.get("prune", 0.0),
+                          distill_steps=args.distill_steps if mode.get("distill") else 0,
+                          distill_batch=args.distill_batch, eval_batches=args.eval_batches,
+                          latency_batch=args.latency_batch, latency_length=args.latency_length,
+                          latency_threads=args.latency_threads,
+                          latency_repeats=args.latency_repeats,
+                          decode_prompts=args.decode_prompts, decode_tokens=args.decode_tokens)
     r = rep.to_dict()
     r.update(mode=label, targets=_targets(label, r), row_wall_s=time.perf_counter() - t0,
              git_commit=provenance.git_commit(),
@@ -148,13 +149,14 @@ def control(run_dir: Path, args: argparse.Namespace) -> dict:
     schedule as the distillation, with plain cross-entropy: how much of the
     distilled student's perplexity comes from the extra training itself."""
     import torch
+    import torch.nn.functional as F
 
-    from runtime import evaluate_onnx as ev
-    from runtime import export_source as src
-    from runtime.distill import train_ce
-    from runtime.export import export
+    from runtime.export import evaluate as ev
+    from runtime.export import source as src
+    from runtime.export.distill import train_loop
+    from runtime.export.pipeline import Exporter
 
-    defaults = {k: p.default for k, p in inspect.signature(export).parameters.items()}
+    defaults = {k: p.default for k, p in inspect.signature(Exporter.export).parameters.items()}
     lr, seed = defaults["distill_lr"], defaults["seed"]
     run = src.load_run(run_dir)
     ctx = run.plan.model.seq_len
@@ -164,9 +166,13 @@ def control(run_dir: Path, args: argparse.Namespace) -> dict:
     torch.manual_seed(seed)
     load0 = provenance.load_average()
     t0 = time.perf_counter()
-    log = train_ce(run.model, src.train_batches(args.distill_batch, ctx, seed + 2,
-                                                 run.plan.train.data),
-                   args.distill_steps, lr=lr)  # the distillation's batches and schedule
+    def cross_entropy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = run.model(x)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    log = train_loop(run.model, src.train_batches(args.distill_batch, ctx, seed + 2,
+                                                   run.plan.train.data),
+                     args.distill_steps, lr, cross_entropy)  # the distillation's batches, schedule
     after = ev.perplexity(ev.torch_logits(run.model, evals), evals)
     return {"what": f"unpruned model + {args.distill_steps} cross-entropy steps x "
                     f"{args.distill_batch} x {ctx} bytes (the distillation's batches, lr "
@@ -222,17 +228,19 @@ def main() -> int:
         sys.exit(f"bench_export: unknown mode(s) {', '.join(unknown)}; known: {', '.join(MODES)}")
     rows_dir = work / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
-    for label in labels:
-        path = rows_dir / f"{label}.json"
-        if path.is_file() and not args.redo:
-            continue
-        r = export_row(label, run_dir, work, args)
-        path.write_text(json.dumps(r, indent=2))
-        print(f"{label}: {r['row_wall_s']:.0f} s, size {r['size_ratio']:.3f}, "
-              f"{r['latency_ms']:.2f} ms vs {r['baseline_latency_ms']:.2f}, ppl "
-              f"{r['ppl_onnx']:.4f} vs {r['baseline_ppl_onnx']:.4f}, top1 "
-              f"{r['top1_agreement']:.4f}, diff {r['max_abs_diff']:.2e}; {r['targets']}",
-              flush=True)
+    todo = [label for label in labels if args.redo or not (rows_dir / f"{label}.json").is_file()]
+    if todo:
+        from runtime.export.pipeline import Exporter
+
+        with Exporter(run_dir) as exporter:
+            for label in todo:
+                r = export_row(label, exporter, work, args)
+                (rows_dir / f"{label}.json").write_text(json.dumps(r, indent=2))
+                print(f"{label}: {r['row_wall_s']:.0f} s, size {r['size_ratio']:.3f}, "
+                      f"{r['latency_ms']:.2f} ms vs {r['baseline_latency_ms']:.2f}, ppl "
+                      f"{r['ppl_onnx']:.4f} vs {r['baseline_ppl_onnx']:.4f}, top1 "
+                      f"{r['top1_agreement']:.4f}, diff {r['max_abs_diff']:.2e}; "
+                      f"{r['targets']}", flush=True)
     ctl_path = rows_dir / "control.json"
     if args.control and (args.redo or not ctl_path.is_file()):
         ctl_path.write_text(json.dumps(control(run_dir, args), indent=2))

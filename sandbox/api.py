@@ -51,6 +51,6 @@ def search(**options: Any) -> Any:
 
 def export(run_dir: str, out: str, **options: Any) -> Any:
     """Compress and export a trained run to ONNX -> export report."""
-    from runtime.export import export as _export
+    from runtime.export.pipeline import export as _export
 
     return _export(run_dir, out, **options)

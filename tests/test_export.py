@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli
+from helpers.export_fixtures import train_run
 
-from runtime.distill import train_run
-from runtime.export import export
-from runtime.export_source import heldout_batches, load_run, train_batches
-from runtime.onnx_export import decoder_path, empty_past
-from runtime.quantize import session
+import runtime.export.pipeline as pipeline
+from runtime.export.graphs import empty_past
+from runtime.export.onnx_files import decoder_path, session
+from runtime.export.pipeline import Exporter, export
+from runtime.export.source import heldout_batches, load_run, train_batches
 from sandbox.errors import SandboxError
 
 FAST = {"eval_batches": 2, "latency_repeats": 3, "decode_tokens": 12}
@@ -40,9 +41,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 def exported(runs, tmp_path_factory):
     """Lazily exported files, cached per (preset, mode); tiny int8 goes
     through the CLI (`sandbox export`) with its default settings. The other
-    modes share each preset's traced fp32 graphs (`fp32_cache`)."""
+    modes go through one `Exporter` per preset, which traces the preset's
+    fp32 graphs once."""
     root = tmp_path_factory.mktemp("onnx")
     cache: dict[tuple, tuple[Path, dict]] = {}
+    exporters: dict[str, Exporter] = {}
 
     def get(preset: str, quantize: str, prune: float = 0.0, distill: int = 0):
         key = (preset, quantize, prune, distill)
@@ -54,13 +57,16 @@ def exported(runs, tmp_path_factory):
                 assert "wrote" in r.stdout and "latency" in r.stdout
                 rep = json.loads(path.with_suffix(".report.json").read_text())
             else:
-                rep = export(runs[preset], path, quantize=quantize, prune=prune,
-                             distill_steps=distill, fp32_cache=root / f"cache-{preset}",
-                             **FAST).to_dict()
+                if preset not in exporters:
+                    exporters[preset] = Exporter(runs[preset])
+                rep = exporters[preset].export(path, quantize=quantize, prune=prune,
+                                               distill_steps=distill, **FAST).to_dict()
             cache[key] = (path, rep)
         return cache[key]
 
-    return get
+    yield get
+    for exporter in exporters.values():
+        exporter.close()
 
 
 def _check_shapes(path: Path, model, tol: float | None) -> None:
@@ -140,7 +146,7 @@ def test_other_quantizers_run(mode, exported):
 
 
 def test_structured_pruning_really_shrinks(runs):
-    from runtime.prune import n_params, prune
+    from runtime.export.prune import n_params, prune
 
     for preset, heads, kv, ffn in (("tiny", 3, 3, 192), ("tiny-llama", 2, 2, 144)):
         model = load_run(runs[preset]).model
@@ -168,16 +174,17 @@ def test_pruned_distilled_export(runs, exported):
     _check_shapes(path, None, tol=None)
 
 
-def test_no_partial_file_on_failure(runs, tmp_path, monkeypatch):
-    import runtime.export as ex
+@pytest.mark.parametrize("stage", ["export_full", "quantize"])
+def test_no_partial_file_on_failure(stage, runs, tmp_path, monkeypatch):
+    """A failure while tracing or while quantizing leaves nothing next to OUT."""
 
-    def broken(model, path):
+    def broken(model_or_src, path, *args):
         Path(path).write_bytes(b"partial")
-        raise SandboxError("boom")
+        raise RuntimeError("boom")
 
-    monkeypatch.setattr(ex, "export_full", broken)
+    monkeypatch.setattr(pipeline, stage, broken)
     out = tmp_path / "m" / "model.onnx"
-    with pytest.raises(SandboxError):
+    with pytest.raises((SandboxError, RuntimeError), match="boom"):
         export(runs["tiny"], out, quantize="none")
     assert list(out.parent.iterdir()) == []
 
@@ -242,28 +249,49 @@ def test_export_of_a_tensor_parallel_sandbox_run(cli, tmp_path):
     assert rep.max_abs_diff <= 1e-4 and rep.decode_check["cache_matches_torch"]
 
 
-def test_student_cache_reuses_the_pruned_model(runs, tmp_path):
-    """Benchmarks export one pruned + distilled student several ways: the
-    second call with the same key loads it instead of pruning again."""
-    from runtime.distill import TrainLog
-    from runtime.export import _cached_student
-    from runtime.prune import prune
+def test_exporter_makes_each_student_and_teacher_graph_once(runs, tmp_path, monkeypatch):
+    """Exporting one run several ways (benchmarks, notebook 03) prunes and
+    distils each setting once and traces the teacher's fp32 graphs once;
+    `close()` removes them."""
+    calls = {"prune": 0, "teacher_full": 0}
+    real_prune, real_full = pipeline.prune_model, pipeline.export_full
 
-    calls = []
+    def counting_prune(*args, **kwargs):
+        calls["prune"] += 1
+        return real_prune(*args, **kwargs)
 
-    def make():
-        calls.append(1)
-        model = load_run(runs["tiny"]).model
-        student, res = prune(model, 0.25, [next(train_batches(2, 64, 0))[:, :-1]])
-        return student, res, TrainLog(3, 2.0, 1.5, 0.1)
+    with Exporter(runs["tiny"]) as ex:
+        def counting_full(model, path):
+            calls["teacher_full"] += model is ex.run.model
+            return real_full(model, path)
 
-    a, ra, la = _cached_student(tmp_path, "k", make)
-    b, rb, lb = _cached_student(tmp_path, "k", make)
-    assert len(calls) == 1 and ra == rb and la == lb
-    ids = torch.randint(0, 256, (2, 9))
-    with torch.no_grad():
-        assert torch.equal(a(ids), b(ids))
-    assert b.layers["0"].attention.wq.out_features == 3 * 16
+        monkeypatch.setattr(pipeline, "prune_model", counting_prune)
+        monkeypatch.setattr(pipeline, "export_full", counting_full)
+        a = ex.student(0.25, 2, distill_batch=2)
+        b = ex.student(0.25, 2, distill_batch=2)
+        assert a is b and calls["prune"] == 1
+        assert a.model.layers["0"].attention.wq.out_features == 3 * 16
+        assert a.distill_log is not None and a.distill_log.steps == 2
+        assert ex.student(0.0, 0).model is ex.run.model  # no pruning: the trained model
+        assert ex.student(0.25, 3, distill_batch=2) is not a and calls["prune"] == 2
+        path, _ = ex.teacher_graph("full")
+        assert ex.teacher_graph("full")[0] == path and calls["teacher_full"] == 1
+        rep = ex.export(tmp_path / "m" / "model.onnx", quantize="none", prune=0.25,
+                        distill_steps=2, distill_batch=2, **FAST)
+        assert calls == {"prune": 2, "teacher_full": 1}
+        assert rep.prune_result == a.prune_result.to_dict()
+        assert rep.distill_log == a.distill_log.to_dict() and rep.max_abs_diff <= 1e-4
+        kept = path.parent
+        assert kept.is_dir()
+    assert not kept.exists()
+
+
+def test_cli_quantize_modes_are_the_quantizer_modes():
+    """`sandbox export` checks --quantize before importing torch, with its own list."""
+    from runtime.export.quantize import MODES
+    from sandbox.commands.export import QUANTIZE_MODES
+
+    assert QUANTIZE_MODES == MODES
 
 
 def test_int8_token_logits_do_not_depend_on_later_tokens(exported, tmp_path):
@@ -271,7 +299,7 @@ def test_int8_token_logits_do_not_depend_on_later_tokens(exported, tmp_path):
     or not later tokens are in the call (what makes the KV-cache decoder,
     which sees one token per step, agree with the full graph). onnxruntime's
     per-tensor quantize_dynamic, kept for comparison, does not have this."""
-    from runtime.quantize import quantize
+    from runtime.export.quantize import quantize
 
     fp32, _ = exported("tiny", "none")
     ids = heldout_batches(2, 24, 1)[0].numpy()

@@ -6,7 +6,7 @@ import argparse
 import json
 
 HELP = "compress a trained run and export it to ONNX, verified with onnxruntime"
-QUANTIZE_MODES = ("none", "int8", "int8-static", "int4")  # = runtime.quantize.MODES
+QUANTIZE_MODES = ("none", "int8", "int8-static", "int4")  # = runtime.export.quantize.MODES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

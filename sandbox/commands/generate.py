@@ -25,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
         raise SandboxError(f"--max-new-tokens: must be >= 0, got {args.max_new_tokens}")
     if args.temperature < 0:
         raise SandboxError(f"--temperature: must be >= 0, got {args.temperature}")
-    from runtime.generate import Generator, decode, encode
+    from runtime.export.generate import Generator, decode, encode
 
     gen = Generator.open(args.model)
     if gen.vocab != 256:

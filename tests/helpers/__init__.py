@@ -1,1 +1,2 @@
-"""What only the tests (and benchmarks) use: multi-process harnesses and run helpers."""
+"""What only the tests (and benchmarks) use: multi-process harnesses, run helpers and
+export fixtures; not part of the sandbox's API."""

@@ -1,7 +1,7 @@
 """Text generation with onnxruntime from an exported model.
 
 `Generator(path)` opens `model.onnx` and its decoder graph
-`model.decoder.onnx` (see `runtime.onnx_export`). With the cache, the prompt
+`model.decoder.onnx` (see `runtime.export.graphs`). With the cache, the prompt
 is run once with an empty past, then one token per step with the returned
 key/values; without it, the full graph re-reads the whole sequence each
 step. Greedy when temperature is 0, else sampling from softmax(logits / T)
@@ -17,14 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.quantize import session
+from runtime.export.onnx_files import decoder_path, session
 from sandbox.errors import SandboxError
-
-
-def decoder_path(model_path: str | Path) -> Path:
-    """Where the decoder graph of `model.onnx` lives: `model.decoder.onnx`."""
-    p = Path(model_path)
-    return p.with_name(p.stem + ".decoder" + p.suffix)
 
 
 def encode(text: str) -> list[int]:
@@ -33,6 +27,7 @@ def encode(text: str) -> list[int]:
 
 
 def decode(tokens: list[int]) -> str:
+    """Text of byte-level tokens (invalid UTF-8 replaced)."""
     return bytes(int(t) for t in tokens).decode("utf-8", errors="replace")
 
 
@@ -116,16 +111,3 @@ class Generator:
         if not out:
             return [[] for _ in range(ids.shape[0])]
         return np.stack(out, axis=1).tolist()
-
-
-def torch_greedy(model, prompt: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy tokens from the PyTorch model (the reference for the ONNX decoders)."""
-    import torch
-
-    model.eval()
-    seq = torch.tensor(prompt, dtype=torch.long)
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            nxt = model(seq)[:, -1].argmax(-1, keepdim=True)
-            seq = torch.cat([seq, nxt], dim=1)
-    return seq[:, len(prompt[0]):].tolist()

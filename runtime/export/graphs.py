@@ -1,7 +1,7 @@
 """Export a `runtime.model.GPT` to ONNX with `torch.onnx.export(..., dynamo=True)`.
 
 Two graphs per model, both fp32 (quantization happens afterwards in
-onnxruntime, see `runtime.quantize`):
+onnxruntime, see `runtime.export.quantize`):
 
 - the *full* graph: ``input_ids`` int64 (batch, seq) -> ``logits`` float32
   (batch, seq, vocab), batch and seq dynamic (seq up to the context length);
@@ -24,11 +24,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.generate import decoder_path  # noqa: F401  (re-exported)
 from runtime.model import GPT, Attention, apply_rope, rope_cos_sin
 
 OPSET = 18  # ONNX default opset of torch.onnx's dynamo exporter in torch 2.x
@@ -151,8 +151,6 @@ def _past_names(n_layers: int, prefix: str) -> list[str]:
 def _save(program, path: Path) -> None:
     """Save without the exporter's per-node debug metadata (stack traces, FX
     names: about 1 KB per node, which a deployed file does not need)."""
-    import onnx
-
     program.save(str(path), external_data=False)
     model = onnx.load(str(path))
     for node in model.graph.node:
@@ -162,8 +160,7 @@ def _save(program, path: Path) -> None:
 
 
 def _check(path: Path) -> None:
-    import onnx
-
+    """ONNX checker (full, with shape inference) and strict shape inference."""
     onnx.checker.check_model(str(path), full_check=True)  # includes shape inference
     onnx.shape_inference.infer_shapes_path(str(path), str(path), check_type=True,
                                            strict_mode=True)

@@ -30,8 +30,9 @@ Modes (`MODES`):
 Only MatMuls whose weight is a constant initializer are quantized (the
 projections, the MLP, and the output head unless it is tied to the token
 embedding, which stays fp32 and is stored once); the activation x activation
-products inside attention stay fp32. Inference sessions run with all graph
-optimizations on (`session`).
+products inside attention stay fp32. The int8-static calibration of the decoder graph
+(`decoder_calibration`) feeds it each held-out batch twice: the first half
+with an empty past, then the second half with the fp32 decoder's past.
 """
 
 from __future__ import annotations
@@ -44,26 +45,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from runtime.export.onnx_files import session
 
 MODES = ("none", "int8", "int8-static", "int4")
 COMPARISON_MODES = ("int8-per-tensor",)  # for benchmarks: onnxruntime's quantize_dynamic
 INT4_BLOCK = 32  # weights per quantization block for MatMulNBits
-
-
-def session(path: str | Path, threads: int = 0):
-    """An onnxruntime CPU session with ORT_ENABLE_ALL graph optimizations.
-
-    `threads` intra-op threads (0: onnxruntime's default).
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts,
-                                providers=["CPUExecutionProvider"])
 
 
 def weight_matmuls(model: onnx.ModelProto) -> list[str]:
@@ -117,6 +106,10 @@ def quantize(src: str | Path, dst: str | Path, mode: str,
 
 def _quantize(src: Path, dst: Path, mode: str,
               calibration: Iterable[dict[str, np.ndarray]] | None) -> None:
+    # The quantizers are imported here, while `quantize` holds the root logger
+    # at ERROR, and the int4 one only for int4: importing matmul_nbits_quantizer
+    # calls logging.basicConfig(level=INFO), which at module level would leave
+    # the root logger printing every library's INFO lines (onnxscript's export).
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -166,8 +159,6 @@ def _quantize(src: Path, dst: Path, mode: str,
 
 
 def _const(name: str, value) -> onnx.TensorProto:
-    from onnx import numpy_helper
-
     return numpy_helper.from_array(np.asarray(value), name)
 
 
@@ -183,8 +174,6 @@ def quantize_int8_per_token(model: onnx.ModelProto) -> onnx.ModelProto:
     Inputs shared by several MatMuls (query, key, value) are quantized once.
     Needs opset >= 18 (ReduceMax with axes as an input). Returns `model`.
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 18:
         raise ValueError(f"int8 per-token quantization needs opset >= 18, got {opset}")
@@ -251,14 +240,23 @@ def quantize_int8_per_token(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def file_size(path: str | Path) -> int:
-    """Bytes of an ONNX file plus any external data files it references."""
-    path = Path(path)
-    total = path.stat().st_size
-    model = onnx.load(str(path), load_external_data=False)
-    locations = set()
-    for init in model.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location":
-                locations.add(entry.value)
-    return total + sum((path.parent / loc).stat().st_size for loc in locations)
+def decoder_calibration(fp32_decoder: str | Path,
+                        batches: list[torch.Tensor]) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds for the decoder graph: each (batch, seq) token batch's
+    first half with an empty past, then its second half with the past that
+    the fp32 decoder returned for the first."""
+    sess = session(fp32_decoder)
+    names = [o.name for o in sess.get_outputs()]
+    feeds = []
+    for b in batches:
+        ids = b.numpy().astype(np.int64)
+        half = ids.shape[1] // 2
+        first = {"input_ids": ids[:, :half]}
+        for inp in sess.get_inputs()[1:]:
+            first[inp.name] = np.zeros((ids.shape[0], inp.shape[1], 0, inp.shape[3]), np.float32)
+        res = sess.run(names, first)
+        second = {"input_ids": ids[:, half:]}
+        second.update({n.replace("present", "past"): r for n, r in zip(names[1:], res[1:],
+                                                                       strict=True)})
+        feeds += [first, second]
+    return feeds
