@@ -109,7 +109,7 @@ def train(name: str, steps: int, workdir: Path) -> None:
 
 
 def collect(name: str, steps: int, workdir: Path) -> dict | None:
-    from runtime.train import read_metrics
+    from runtime.rundir import read_metrics
 
     out = run_dir(workdir, name)
     if not finished(out, plan_for(name, steps)):

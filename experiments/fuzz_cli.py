@@ -28,9 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from experiments import provenance
 from experiments.fuzz_cases import Case, all_cases
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = provenance.ROOT
 RESULTS = ROOT / "experiments" / "results"
 FAST_S = 5.0  # the plan cases must answer within this
 
@@ -125,26 +126,26 @@ def _classify(case: Case, results: list[dict], wall: float, lost: list, problem:
     return "clean error"
 
 
-def _provenance(argv: list[str]) -> dict:
-    from experiments.machine import machine
-
-    return {**machine(("torch", "simpy", "networkx")), "command": "python -m "
-            "experiments.fuzz_cli " + " ".join(argv),
-            "load_avg": os.getloadavg()[0]}
+def _provenance(argv: list[str], t0: float) -> dict:
+    return {"command": provenance.command("fuzz_cli", argv), "date_utc": provenance.utc_now(),
+            "wall_s": round(provenance.wall_s(t0), 1),
+            "machine": provenance.machine(("torch", "simpy", "networkx"))}
 
 
-def write_results(rows: list[dict], name: str, argv: list[str]) -> dict:
+def write_results(rows: list[dict], name: str, argv: list[str], t0: float) -> dict:
     counts: dict[str, int] = {}
     for r in rows:
         key = r["class"].split(":")[0]
         counts[key] = counts.get(key, 0) + 1
-    doc = {"provenance": _provenance(argv), "counts": counts, "cases": rows}
+    doc = {"provenance": _provenance(argv, t0), "counts": counts, "cases": rows}
+    pv, mach = doc["provenance"], doc["provenance"]["machine"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = [f"# CLI fuzz: {len(rows)} cases", "",
-             f"`{doc['provenance']['command']}` at {doc['provenance']['git_commit']} on "
-             f"{doc['provenance']['cpu']} ({doc['provenance']['cores']} cores), "
-             f"Python {doc['provenance']['python']}.", "",
+             f"`{pv['command']}` at {mach['git_commit']}, {pv['date_utc']}, "
+             f"{pv['wall_s']} s on {mach['cpu']} ({mach['cores']} cores, load "
+             f"{mach['loadavg_1m']:.1f}), Python {mach['python']}, torch "
+             f"{mach['versions']['torch']}.", "",
              "| class | cases |", "|---|---|",
              *(f"| {k} | {v} |" for k, v in sorted(counts.items())), "",
              "| case | class | exit | wall s | last stderr line |", "|---|---|---|---|---|"]
@@ -162,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="fuzz", help="results file name")
     args = ap.parse_args(argv)
     cases = [c for c in all_cases() if (c.cheap or not args.cheap) and args.only in c.name]
-    rows = []
+    rows, t0 = [], time.perf_counter()
     for case in cases:
         row = run_case(case)
         rows.append(row)
         print(f"{row['class']:14s} {row['wall_s']:6.2f} s  {case.name}  | {row['stderr']}",
               flush=True)
-    doc = write_results(rows, args.name, sys.argv[1:] if argv is None else argv)
+    doc = write_results(rows, args.name, sys.argv[1:] if argv is None else argv, t0)
     print(json.dumps(doc["counts"]))
     bad = sum(v for k, v in doc["counts"].items() if k not in ("clean error", "ok"))
     return 1 if bad else 0

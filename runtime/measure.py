@@ -26,7 +26,8 @@ import torch
 from runtime.calibrate.kernels import ForeignLoad
 from runtime.calibrate.step_profile import profile_step
 from runtime.launch import run
-from runtime.train import WARMUP_STEPS, read_metrics
+from runtime.rundir import read_metrics
+from runtime.train import WARMUP_STEPS
 from sandbox.compare import FIELDS
 from sandbox.specs import Plan
 

@@ -29,7 +29,7 @@ class RunResult:
     def load(cls, out: str | Path) -> RunResult:
         import pandas as pd
 
-        from runtime.train import read_metrics
+        from runtime.rundir import read_metrics
 
         out = Path(out)
         summary_path = out / "summary.json"

@@ -10,7 +10,8 @@ passes it to its workers (`SANDBOX_RUN_LOCK`); `torchrun -m runtime.train`
 started by hand takes it on global rank 0.
 
 `holds_run(DIR)` is what every entry point without `--resume` refuses: a
-folder with metrics, a summary or checkpoints.
+folder with metrics, a summary or checkpoints. `read_metrics` / `trim_metrics`
+read and cut back `DIR/metrics.jsonl` (one JSON object per step).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from sandbox.errors import SandboxError
 
@@ -130,3 +132,23 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The metrics.jsonl lines that parse (a torn last line is skipped)."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Keep only metrics lines with step <= last_step (atomic rewrite)."""
+    rows = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)

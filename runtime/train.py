@@ -40,7 +40,7 @@ from runtime import checkpoint as ckpt
 from runtime.data import DataLoader, check_data, dp_slice
 from runtime.loss_scale import DynamicLossScale
 from runtime.lr import build_scheduler, lr_at
-from runtime.rundir import RunLock, refuse_existing_run
+from runtime.rundir import RunLock, read_metrics, refuse_existing_run, trim_metrics
 from runtime.step import train_step
 from sandbox.errors import SandboxError
 from sandbox.specs import GPU, Plan
@@ -60,26 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-final-checkpoint", action="store_true",
                    help="do not checkpoint after the last step")
     return p.parse_args(argv)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The metrics.jsonl lines that parse (a torn last line is skipped)."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
-def trim_metrics(path: Path, last_step: int) -> None:
-    """Keep only metrics lines with step <= last_step (atomic rewrite)."""
-    rows = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
 
 
 def setup_device() -> tuple[torch.device, str]:
