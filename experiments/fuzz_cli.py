@@ -2,11 +2,12 @@
 
     python -m experiments.fuzz_cli [--cheap] [--only SUBSTRING] [--name fuzz]
 
-Each case of `experiments.fuzz_cases` runs in a fresh scratch folder, under a
+Each case of `experiments.fuzz` runs in a fresh scratch folder, under a
 time limit, and is classed:
 
-- clean error: non-zero exit, no traceback, one `sandbox CMD: error: ...` line per
-  problem on stderr and nothing else (torchrun's own report aside), within 5 s for the plan cases;
+- clean error: non-zero exit, no traceback, one `sandbox CMD: error: ...` line
+  per problem on stderr and nothing else (torchrun's own report aside), within
+  5 s for the cheap cases;
 - ok: exit 0 where that is right (an empty plan, a resume that falls back);
 - hang: the time limit ran out;
 - traceback: a Python traceback or "internal error" reached the user;
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 from experiments import provenance
-from experiments.fuzz_cases import Case, all_cases
+from experiments.fuzz import Case, all_cases
 
 ROOT = provenance.ROOT
 RESULTS = ROOT / "experiments" / "results"
@@ -38,7 +39,7 @@ FAST_S = 5.0  # the plan cases must answer within this
 
 def _command(case: Case, argv: list[str], d: Path) -> list[str]:
     args = [a.replace("{dir}", str(d)) for a in argv]
-    if case.name.startswith("torchrun"):
+    if case.entry == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node", "1", "-m", "runtime.train", *args]
     return [sys.executable, "-m", "sandbox", *args]
@@ -103,7 +104,7 @@ def _classify(case: Case, results: list[dict], wall: float, lost: list, problem:
     if any(r["hang"] for r in results):
         return "hang"
     text = "".join(r["stdout"] + r["stderr"] for r in results)
-    if "Traceback (most recent call last)" in text and not case.name.startswith("torchrun") \
+    if "Traceback (most recent call last)" in text and case.entry != "torchrun" \
             or "internal error" in text:
         return "traceback"
     if lost:
@@ -118,7 +119,7 @@ def _classify(case: Case, results: list[dict], wall: float, lost: list, problem:
     if rc == 0:
         return "wrong: accepted"
     err = [ln for ln in results[0]["stderr"].splitlines() if ln.strip()]
-    if not case.name.startswith("torchrun") and (
+    if case.entry != "torchrun" and (
             not err or any(": error: " not in ln for ln in err)):
         return "wrong: not one line per problem"
     if case.cheap and wall > FAST_S:

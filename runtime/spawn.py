@@ -4,7 +4,8 @@
 joins them in a gloo (or NCCL) process group over a file:// rendezvous in a
 temporary directory, calls `fn(worker, *args)` on each with a `Worker`
 (rank, world, `tick()` for progress), and returns every rank's return value
-in rank order (pickled through files). `on_tick()` is called in this process
+in rank order (pickled through files in a private temporary folder that this
+process made; nothing a user hands us is unpickled). `on_tick()` is called in this process
 once per `tick()` of rank 0 (a progress bar). Used by the calibration
 benchmarks, the step profiler and the tests' multi-process harnesses;
 `sandbox run` uses torchrun instead (`runtime.launch`).

@@ -228,6 +228,13 @@ def test_cli_export_report_and_generate(cli, exported):
     s2 = cli("generate", str(out), "--prompt", "def ", "--max-new-tokens", "10",
              "--temperature", "1.0", "--seed", "7")
     assert s1.returncode == 0 and s1.stdout == s2.stdout
+    context = rep["shape"]["seq_len"]
+    for args, words in ((("--prompt", "ab", "--temperature", "nan"), ("--temperature", "nan")),
+                        (("--prompt", "ab", "--max-new-tokens", "1000000000"), ("0..65,536",)),
+                        (("--prompt", "ab", "--max-new-tokens", str(context)),
+                         ("context", str(context))),
+                        (("--prompt", ""), ("--prompt", "empty"))):
+        _one_line_error(cli("generate", str(out), *args), *words)
 
 
 def test_export_of_a_tensor_parallel_sandbox_run(cli, tmp_path):

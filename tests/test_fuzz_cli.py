@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.fuzz_cases import all_cases
+from experiments.fuzz import all_cases
 from experiments.fuzz_cli import run_case
 
 CHEAP = [c for c in all_cases() if c.cheap]

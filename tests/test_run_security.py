@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.fuzz_cases import RUN_PLAN, planted_pickle
+from experiments.fuzz.case import RUN_PLAN, planted_pickle
 from runtime import checkpoint as ckpt
 from runtime.rundir import LOCK, RunLock, holds_run, refuse_existing_run
 from sandbox.errors import SandboxError

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
+MAX_NEW_TOKENS = 65_536  # tokens one call may generate (also without a known context)
 HELP = "generate text with onnxruntime from an exported model (uses its KV-cache graph)"
 
 
@@ -21,15 +23,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from sandbox.errors import SandboxError
 
-    if args.max_new_tokens < 0:
-        raise SandboxError(f"--max-new-tokens: must be >= 0, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise SandboxError(f"--temperature: must be >= 0, got {args.temperature}")
+    if not 0 <= args.max_new_tokens <= MAX_NEW_TOKENS:
+        raise SandboxError(f"--max-new-tokens: must be in 0..{MAX_NEW_TOKENS:,}, "
+                           f"got {args.max_new_tokens:,}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise SandboxError(f"--temperature: must be a finite number >= 0, got {args.temperature}")
+    if not args.prompt:
+        raise SandboxError("--prompt: empty; the model continues a prompt of at least one byte")
     from runtime.export.generate import Generator, decode, encode
 
     gen = Generator.open(args.model)
     if gen.vocab != 256:
         raise SandboxError(f"{args.model}: vocab {gen.vocab} is not byte-level (256)")
+    n_prompt = len(encode(args.prompt))
+    if gen.context and n_prompt + args.max_new_tokens > gen.context:
+        raise SandboxError(f"--max-new-tokens: the prompt's {n_prompt} tokens + "
+                           f"{args.max_new_tokens:,} new ones exceed the model's context of "
+                           f"{gen.context} tokens")
     tokens = gen.generate(encode(args.prompt), args.max_new_tokens, args.temperature,
                           args.seed, use_cache=not args.no_cache)[0]
     sys.stdout.write(args.prompt + decode(tokens) + "\n")
