@@ -41,6 +41,7 @@ class Case:
     check: Callable[[Path, list], str] | None = None  # returns "" when fine, else the problem
     concurrent: bool = False
     entry: str = "sandbox"
+    max_wall_s: float | None = None  # a clean error must also come this fast
 
 
 def plan_text(model: str = "", cluster: str = "", parallel: str = "", train: str = "",
