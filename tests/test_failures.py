@@ -218,3 +218,11 @@ def test_millions_of_failures_per_run_are_refused_before_drawing_them():
     assert time.perf_counter() - t0 < 1.0
     with pytest.raises(SandboxError, match="--seed"):
         F.failure_report(_plan(), 1.0, seed=-1)
+    # before simulating: at the step time's lower bound it already fails too often
+    gpt3 = sandbox.load({"model": {"preset": "gpt3-175b"},
+                         "cluster": {"preset": "dgx-a100-80g", "nodes": 32},
+                         "parallel": {"tp": 8, "pp": 8, "global_batch": 1536},
+                         "train": {"steps": 10**9}})
+    with pytest.raises(SandboxError, match="failures per simulated run"):
+        F.check_failure_inputs(gpt3)
+    F.check_failure_inputs(_plan())

@@ -167,6 +167,25 @@ def check_seed(seed: int) -> None:
         raise SandboxError(f"--seed: must be an integer from 0 to 2**63 - 1, got {seed!r}")
 
 
+def check_failure_inputs(plan: Plan, seed: int = 0, step_time_s: float | None = None) -> None:
+    """Refuse (one line), before the step is simulated, a bad seed or a run that
+    fails more than MAX_FAILURES_PER_RUN times even at the step time's lower
+    bound (`sim.search.space.step_time_lower_bound`, s) when `step_time_s` is
+    not known yet. The Monte Carlo checks its own horizon again."""
+    check_seed(seed)
+    if step_time_s is None:
+        from sim.search.space import step_time_lower_bound
+
+        try:
+            step_time_s = step_time_lower_bound(plan)
+        except Exception:  # best effort: simulate_intervals still refuses in time
+            return
+    m_s = cc.job_mtbf_h(plan.cluster) * HOUR
+    if math.isfinite(m_s) and m_s > 0:
+        wall = 1.5 * plan.train.steps * step_time_s  # the horizon is at least this
+        _check_failures(wall / m_s, wall)
+
+
 def _check_failures(expected: float, horizon_s: float) -> None:
     """Refuse (one line) a Monte Carlo expecting more than MAX_FAILURES_PER_RUN failures per run."""
     if expected > MAX_FAILURES_PER_RUN:
@@ -246,7 +265,7 @@ def failure_report(plan: Plan, step_time_s: float, *, seed: int = 0, runs: int =
     """
     if step_time_s <= 0:
         raise ValueError("step_time_s must be > 0")
-    check_seed(seed)
+    check_failure_inputs(plan, seed, step_time_s)
     cl = plan.cluster
     work = plan.train.steps * step_time_s
     C, D = cc.checkpoint_cost_s(plan), cc.downtime_s(plan)
