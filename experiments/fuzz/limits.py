@@ -24,6 +24,9 @@ GPT3 = plan_text(preset="gpt3-175b", cluster_preset="dgx-a100-80g", cluster="nod
                  parallel="tp = 8\npp = 8\nglobal_batch = 1536", train="steps = 1000000000")
 SMALL = plan_text(cluster_preset="dgx-a100-80g", preset="gpt-mini",
                   parallel="global_batch = 1024")
+# 2**16 micro-batches on 4 pipeline stages: simulated in seconds, too many for a timeline
+TIMELINE = plan_text(cluster_preset="dgx-a100-80g", preset="gpt3-1.3b", cluster="nodes = 1",
+                     parallel="tp = 2\npp = 4\nglobal_batch = 65536\nmicro_batch = 1")
 SEARCH = ["search", "--model", "gpt3-1.3b", "--cluster", "dgx-a100-80g", "--quiet"]
 
 
@@ -40,6 +43,8 @@ def simulate_cases() -> list[Case]:
         Case("simulate global_batch 10**9", sim,
              files={"plan.toml": plan_text(parallel="global_batch = 1000000000")},
              timeout_s=20, max_rss_mb=512),
+        Case("simulate --trace, 2**16 micro-batches", [*sim, "--trace", "{dir}/t.json"],
+             files={"plan.toml": TIMELINE}, timeout_s=20, max_rss_mb=512),
         Case("simulate --failures, 10**9 steps of 175B", [*sim, "--failures"],
              files={"plan.toml": GPT3}, timeout_s=30, max_rss_mb=1024),
         Case("simulate --failures --seed -1", [*sim, "--failures", "--seed", "-1"],
@@ -74,6 +79,9 @@ def report_cases() -> list[Case]:
     rep = ["report", "{dir}/plan.toml", "--out", "{dir}/rep", "--scaling"]
     files = {"plan.toml": SMALL}
     return [
+        Case("report of a plan of 2**16 micro-batches (timeline)",
+             ["report", "{dir}/a.toml", "{dir}/plan.toml", "--out", "{dir}/rep"],
+             files={"a.toml": SMALL, "plan.toml": TIMELINE}, timeout_s=20, max_rss_mb=512),
         Case("report --scaling 1e6", [*rep, "1e6"], files=files, timeout_s=20, max_rss_mb=512),
         Case("report --scaling nan", [*rep, "nan"], files=files, timeout_s=20, max_rss_mb=512),
         Case("report --scaling inf", [*rep, "1,inf"], files=files, timeout_s=20,

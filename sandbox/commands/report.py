@@ -37,14 +37,16 @@ def _factors(text: str) -> list[float]:
     return factors
 
 
-def _check_scaling(paths: list[str], factors: list[float]) -> None:
-    """Every scaled plan within the simulator's limits, before any simulation."""
+def _check_budget(paths: list[str], factors: list[float]) -> None:
+    """Every plan and every scaled plan within the simulator's limits (with a
+    timeline: the report simulates with one), before any simulation."""
     import sandbox
     from sandbox.report import scaled
     from sim.budget import MAX_GPUS, check_budget
 
     for path in paths:
         plan = sandbox.load(path)
+        check_budget(plan, timeline=True)
         p = plan.parallel
         for f in factors:
             gpus = p.dp * f * p.tp * p.pp
@@ -53,14 +55,14 @@ def _check_scaling(paths: list[str], factors: list[float]) -> None:
                                    f"GPUs, more than the simulator's limit of {MAX_GPUS:,}")
             q = scaled(plan, f)
             if q is not None:
-                check_budget(q)
+                check_budget(q, timeline=True)
 
 
 def main(args: argparse.Namespace) -> int:
     from sandbox.report import report
 
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    _check_scaling(args.plans, _factors(args.scaling))
+    _check_budget(args.plans, _factors(args.scaling))
     result = report(args.plans, args.out, names=names, scaling=_factors(args.scaling))
     print(f"wrote {result.path} with {len(result.pngs)} figures: "
           + ", ".join(p.name for p in result.pngs))
