@@ -88,9 +88,11 @@ def _tree_rss_mb(sid: int) -> float:
     return total_kb / 1024
 
 
-def _finish(procs: list[subprocess.Popen], deadline: float, max_rss_mb: float) -> list[dict]:
+def _finish(procs: list[subprocess.Popen], deadline: float, max_rss_mb: float
+            ) -> tuple[list[dict], float]:
     """Wait for every process, sampling the trees' summed RSS every SAMPLE_S;
-    kill them all past the deadline (hang) or past max_rss_mb (unbounded memory)."""
+    kill them all past the deadline (hang) or past max_rss_mb (unbounded memory).
+    Returns one result per process and the peak summed RSS, MB."""
     outs: dict[int, tuple[str, str]] = {}
     peak, why = 0.0, ""
     while len(outs) < len(procs):
