@@ -196,6 +196,7 @@ def test_parallel_search_simulates_what_one_worker_does(small):
     ({"max_memory_gb": float("inf")}, "max_memory_gb"),
     ({"seq_len": -1}, "seq_len"),
     ({"max_simulations": 0}, "max_simulations"),
+    ({"fix": {"micro_batch": list(range(1, 5001))}}, "more than 50,000 candidate plans"),
 ])
 def test_unbounded_search_is_refused_before_any_work(options, words):
     from sandbox.errors import SandboxError

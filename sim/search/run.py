@@ -19,6 +19,7 @@ objective). Times in seconds.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -49,6 +50,8 @@ from sim.search.space import (
 
 OBJECTIVES = ("time", "cost")
 MAX_WORKERS = 64  # simulation processes at most (each holds a simulator: 100 MB and more)
+SCREEN_S = 0.00025  # seconds to validate and bound one candidate (6,480 in 1.6 s)
+MAX_CANDIDATES = 50_000  # candidates screened at most (the default space holds about 7,000)
 CONTRACT = ("params", "flops_per_step", "step_time_s", "tokens_per_s", "tflops_per_gpu",
             "hw_tflops_per_gpu", "mfu", "hfu", "memory_gb_per_gpu", "fits", "breakdown_s",
             "events", "sim_wall_s")
@@ -216,7 +219,11 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
     if problems:
         raise SandboxError(problems[0])
     check_search_budget(base.world_size, max_simulations)
-    settings = list(candidates(base, fix))
+    settings = list(itertools.islice(candidates(base, fix), MAX_CANDIDATES + 1))
+    if len(settings) > MAX_CANDIDATES:
+        raise SandboxError(f"fix: more than {MAX_CANDIDATES:,} candidate plans to screen "
+                           f"(about {MAX_CANDIDATES * SCREEN_S:.0f} s and more); fix fewer "
+                           f"values")
     feasible, rejected = screen(base, settings, max_memory_gb)
 
     def objective_of(plan: Plan, step_s: float) -> float:
