@@ -10,6 +10,9 @@ time limit, and is classed:
   the case's `max_wall_s` (5 s for the bad numbers and files);
 - ok: exit 0 where that is right (an empty plan, a resume that falls back);
 - hang: the time limit ran out;
+- unbounded memory: the process tree's resident memory passed the case's
+  `max_rss_mb` (default 1,536 MB; sampled every 50 ms, summed over the child
+  and every process of its session); it is killed then;
 - traceback: a Python traceback or "internal error" reached the user;
 - data loss: a protected file changed or vanished;
 - code ran: a planted pickle was unpickled (its marker file appeared).
@@ -31,9 +34,11 @@ from pathlib import Path
 
 from experiments import provenance
 from experiments.fuzz import Case, all_cases
+from experiments.fuzz.case import DEFAULT_RSS_MB
 
 ROOT = provenance.ROOT
 RESULTS = ROOT / "experiments" / "results"
+SAMPLE_S = 0.05  # how often the process trees' RSS is read
 
 
 def _command(case: Case, argv: list[str], d: Path) -> list[str]:
@@ -60,14 +65,66 @@ def _start(cmd: list[str]) -> subprocess.Popen:
                             errors="replace", start_new_session=True)
 
 
-def _finish(proc: subprocess.Popen, deadline: float) -> dict:
-    try:
-        out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
-        return {"rc": proc.returncode, "stdout": out, "stderr": err, "hang": False}
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        out, err = proc.communicate()
-        return {"rc": None, "stdout": out, "stderr": err, "hang": True}
+def _tree_rss_mb(sid: int) -> float:
+    """Resident memory (MB) of every process in session `sid` (the child and its
+    descendants, which `_start` puts in a session of their own)."""
+    total_kb = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[3]) != sid:  # fields[3] is the session id (field 6 of stat)
+                continue
+            with open(f"/proc/{entry.name}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total_kb += int(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+    return total_kb / 1024
+
+
+def _finish(procs: list[subprocess.Popen], deadline: float, max_rss_mb: float
+            ) -> tuple[list[dict], float]:
+    """Wait for every process, sampling the trees' summed RSS every SAMPLE_S;
+    kill them all past the deadline (hang) or past max_rss_mb (unbounded memory).
+    Returns one result per process and the peak summed RSS, MB."""
+    outs: dict[int, tuple[str, str]] = {}
+    peak, why = 0.0, ""
+    while len(outs) < len(procs):
+        for p in procs:
+            if p.pid in outs:
+                continue
+            try:
+                outs[p.pid] = p.communicate(timeout=SAMPLE_S / len(procs))
+            except subprocess.TimeoutExpired:
+                pass
+        rss = sum(_tree_rss_mb(p.pid) for p in procs if p.pid not in outs)
+        peak = max(peak, rss)
+        if rss > max_rss_mb:
+            why = "memory"
+        elif time.monotonic() > deadline:
+            why = "hang"
+        if why:
+            break
+    for p in procs:
+        if p.pid not in outs:
+            try:
+                os.killpg(p.pid, 9)
+            except ProcessLookupError:
+                pass
+            outs[p.pid] = p.communicate()
+    results = []
+    for p in procs:
+        out, err = outs[p.pid]
+        killed = why and p.returncode is not None and p.returncode < 0
+        results.append({"rc": None if killed else p.returncode, "stdout": out, "stderr": err,
+                        "hang": bool(killed) and why == "hang",
+                        "memory": bool(killed) and why == "memory"})
+    return results, peak
 
 
 def run_case(case: Case) -> dict:
@@ -82,12 +139,13 @@ def run_case(case: Case) -> dict:
         argvs = case.argv if case.concurrent else [case.argv]
         t0 = time.monotonic()
         procs = [_start(_command(case, a, d)) for a in argvs]
-        results = [_finish(p, t0 + case.timeout_s) for p in procs]
+        results, peak = _finish(procs, t0 + case.timeout_s, case.max_rss_mb)
         wall = time.monotonic() - t0
         after = _hashes(d, case.protect)
         lost = sorted(k for k in before if after.get(k) != before[k])
         problem = case.check(d, results) if case.check else ""
-    return {"case": case.name, "wall_s": round(wall, 2), "rc": [r["rc"] for r in results],
+    return {"case": case.name, "wall_s": round(wall, 2), "peak_rss_mb": round(peak),
+            "max_rss_mb": case.max_rss_mb, "rc": [r["rc"] for r in results],
             "stderr": _last_line(results[0]["stderr"]), "lost": lost,
             "class": _classify(case, results, wall, lost, problem)}
 
@@ -100,6 +158,8 @@ def _last_line(text: str) -> str:
 def _classify(case: Case, results: list[dict], wall: float, lost: list, problem: str) -> str:
     if problem == "planted pickle executed":
         return "code ran"
+    if any(r["memory"] for r in results):
+        return "unbounded memory"
     if any(r["hang"] for r in results):
         return "hang"
     text = "".join(r["stdout"] + r["stderr"] for r in results)
@@ -148,10 +208,15 @@ def write_results(rows: list[dict], name: str, argv: list[str], t0: float) -> di
              f"{mach['versions']['torch']}.", "",
              "| class | cases |", "|---|---|",
              *(f"| {k} | {v} |" for k, v in sorted(counts.items())), "",
-             "| case | class | exit | wall s | last stderr line |", "|---|---|---|---|---|"]
+             f"Peak RSS: the case's whole process tree, sampled every {SAMPLE_S * 1000:.0f} ms; "
+             f"a case past its limit (default {DEFAULT_RSS_MB:,.0f} MB, the column) is killed "
+             "and classed unbounded memory.", "",
+             "| case | class | exit | wall s | peak RSS MB | limit MB | last stderr line |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         msg = r["stderr"].replace("|", "\\|")
-        lines.append(f"| {r['case']} | {r['class']} | {r['rc']} | {r['wall_s']} | {msg} |")
+        lines.append(f"| {r['case']} | {r['class']} | {r['rc']} | {r['wall_s']} | "
+                     f"{r['peak_rss_mb']} | {r['max_rss_mb']:.0f} | {msg} |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     return doc
 
@@ -167,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         row = run_case(case)
         rows.append(row)
-        print(f"{row['class']:14s} {row['wall_s']:6.2f} s  {case.name}  | {row['stderr']}",
+        print(f"{row['class']:16s} {row['wall_s']:6.2f} s {row['peak_rss_mb']:5d} MB  "
+              f"{case.name}  | {row['stderr']}",
               flush=True)
     doc = write_results(rows, args.name, sys.argv[1:] if argv is None else argv, t0)
     print(json.dumps(doc["counts"]))

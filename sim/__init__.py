@@ -47,7 +47,7 @@ def simulate(plan: Plan, *, profile: Profile | None = None, replicas: str = "aut
     when the plan is too large to simulate (`sim.budget`).
     """
     t_start = time.perf_counter()
-    check_budget(plan, replicas)
+    check_budget(plan, replicas, timeline)
     prof = profile or profile_for(plan.cluster)
     topo = shared(plan.cluster, topology)
     work = lowering.lower(plan, topo, prof, dp_overlap=dp_overlap,

@@ -206,3 +206,23 @@ def test_cli_simulate_failures_json_and_interval_plot(cli, tmp_path):
     assert abs(every - round(every)) < 1e-6 and every >= 1
     assert 0.5 < d["checkpoint_interval_s"] / d["young_daly_interval_s"] < 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_millions_of_failures_per_run_are_refused_before_drawing_them():
+    from sandbox.errors import SandboxError
+
+    plan = _plan(steps=10**9, nodes=512)  # 4,096 GPUs for 10**9 steps of 30 s
+    t0 = time.perf_counter()
+    with pytest.raises(SandboxError, match=r"failures per simulated run .* limit of 20,000"):
+        F.failure_report(plan, 30.0)
+    assert time.perf_counter() - t0 < 1.0
+    with pytest.raises(SandboxError, match="--seed"):
+        F.failure_report(_plan(), 1.0, seed=-1)
+    # before simulating: at the step time's lower bound it already fails too often
+    gpt3 = sandbox.load({"model": {"preset": "gpt3-175b"},
+                         "cluster": {"preset": "dgx-a100-80g", "nodes": 32},
+                         "parallel": {"tp": 8, "pp": 8, "global_batch": 1536},
+                         "train": {"steps": 10**9}})
+    with pytest.raises(SandboxError, match="failures per simulated run"):
+        F.check_failure_inputs(gpt3)
+    F.check_failure_inputs(_plan())

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.fuzz import all_cases
+from experiments.fuzz import Case, all_cases
+from experiments.fuzz.case import plan_text
 from experiments.fuzz_cli import run_case
 
 CHEAP = [c for c in all_cases() if c.cheap]
@@ -17,7 +18,9 @@ def test_the_probe_set_covers_the_issue() -> None:
     names = " ".join(c.name for c in all_cases())
     for probe in ("nan", "inf", "layers 10**7", "vpp 10**6", "micro_batch 10**9", "seq_len 0",
                   "fifo", "/dev/zero", "planted rng pickle", "planted .metadata pickle",
-                  "two runs into one fresh folder", "torchrun"):
+                  "two runs into one fresh folder", "torchrun", "262,144 GPUs",
+                  "nodes 10**5", "global_batch 10**9", "search --global-batch 10**12",
+                  "report --scaling 1e6", "--failures, 10**9 steps"):
         assert probe in names, probe
 
 
@@ -25,3 +28,15 @@ def test_the_probe_set_covers_the_issue() -> None:
 def test_cheap_case_is_clean(case) -> None:
     row = run_case(case)
     assert row["class"] in ("clean error", "ok"), row
+
+
+def test_a_case_past_its_rss_limit_is_killed_as_unbounded_memory() -> None:
+    plan = plan_text(preset="gpt-mini", cluster_preset="dgx-a100-80g",
+                     parallel="global_batch = 1024")
+    case = Case("simulate under 30 MB", ["simulate", "{dir}/plan.toml"],
+                files={"plan.toml": plan}, expect="ok", max_rss_mb=30)
+    row = run_case(case)
+    assert row["class"] == "unbounded memory" and row["rc"] == [None], row
+    assert 30 < row["peak_rss_mb"] < 200, row
+    fine = run_case(Case("the same under 1.5 GB", case.argv, files=case.files, expect="ok"))
+    assert fine["class"] == "ok" and fine["peak_rss_mb"] > 30, fine

@@ -87,6 +87,9 @@ def test_cli_report(cli, plans, tmp_path):
 @pytest.mark.parametrize("extra,words", [
     (["nope.toml"], ["no such plan file"]),
     (["--scaling", "a,b"], ["--scaling"]),
+    (["--scaling", "nan"], ["--scaling", "finite"]),
+    (["--scaling", "1e6"], ["--scaling", "GPUs", "limit of 131,072"]),
+    (["--scaling", ",".join(["1"] * 17)], ["--scaling", "limit of 16"]),
 ])
 def test_cli_report_bad_input_one_line(cli, plans, tmp_path, extra, words):
     args = [*plans[:1], "--out", str(tmp_path / "r")]

@@ -157,6 +157,9 @@ def test_cli_json_fields(cli):
     (["--gpus", "16", "--fix", "tp"], ["KEY=VALUE"]),
     (["--gpus", "0"], ["gpus", "positive"]),
     (["--gpus", "16", "--max-memory-gb", "-1"], ["max_memory_gb"]),
+    (["--gpus", "16", "--max-memory-gb", "nan"], ["max_memory_gb", "nan"]),
+    (["--gpus", "16", "--seq-len", "0"], ["seq_len"]),
+    (["--gpus", "65536", "--max-simulations", "128"], ["--max-simulations 32"]),
 ])
 def test_cli_bad_input_one_line(cli, args, words):
     r = cli("search", "--model", "gpt3-1.3b", "--cluster", "dgx-a100-80g",
@@ -184,3 +187,23 @@ def test_parallel_search_simulates_what_one_worker_does(small):
     assert one.table.drop(columns=drop).equals(small.table.drop(columns=drop))
     assert one.all_simulated.drop(columns=drop).equals(small.all_simulated.drop(columns=drop))
     assert one.rejected.equals(small.rejected)
+
+
+@pytest.mark.parametrize("options,words", [
+    ({"global_batch": 10**12}, "global_batch: 1,000,000,000,000 is beyond the limit"),
+    ({"gpus": 2**20}, "1,048,576 GPUs is more than the simulator"),
+    ({"workers": 10**6}, "workers: must be from 1 to 64"),
+    ({"max_memory_gb": float("inf")}, "max_memory_gb"),
+    ({"seq_len": -1}, "seq_len"),
+    ({"max_simulations": 0}, "max_simulations"),
+    ({"fix": {"micro_batch": list(range(1, 5001))}}, "more than 50,000 candidate plans"),
+])
+def test_unbounded_search_is_refused_before_any_work(options, words):
+    from sandbox.errors import SandboxError
+
+    args = {"model": "gpt3-1.3b", "cluster": "dgx-a100-80g", "gpus": 16, "global_batch": 64,
+            "progress": False, **options}
+    calls = []
+    with pytest.raises(SandboxError, match=words):
+        S.run_search(simulator=lambda plan: calls.append(plan), **args)
+    assert not calls

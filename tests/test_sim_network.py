@@ -109,3 +109,30 @@ def test_point_to_point_sends_leave_through_the_gpus_own_nic(nics, share):
     assert one == pytest.approx(n / 25e9)
     eight = concurrent_time(topo, [Coll("send_recv", (i, 8 + i), n) for i in range(8)], IDEAL)
     assert eight == pytest.approx(share * one)
+
+
+@pytest.mark.parametrize("topo_kind,nics", [("fat-tree", 8), ("rail", 8), ("fat-tree", 1)])
+def test_leaf_uplinks_carry_every_nic_below_them(topo_kind, nics):
+    c = cluster(nodes=80, nics_per_node=nics, oversubscription=2.0, topology=topo_kind)
+    topo = topology.build(c)
+    nic_bw = c.nic_gbit_per_s / 8 * 1e9
+    below: dict = {}
+    for n in range(c.nodes):
+        for k in range(nics):
+            below[topo._leaf(n, k)] = below.get(topo._leaf(n, k), 0) + 1
+    assert len(below) > 1
+    for leaf, count in below.items():
+        assert topo.graph.edges[leaf, ("spine", 0)]["bw"] == pytest.approx(
+            count * nic_bw / 2.0)
+
+
+def test_building_a_large_network_is_linear_in_the_nodes():
+    import time
+
+    def build_s(nodes: int) -> float:
+        t0 = time.perf_counter()
+        topology.build(cluster(nodes=nodes, nics_per_node=8))
+        return time.perf_counter() - t0
+
+    small, large = build_s(256), build_s(2048)  # 2,048 and 16,384 GPUs
+    assert large < 16 * small + 0.5, (small, large)  # 8x the nodes: linear, not 64x

@@ -2,6 +2,8 @@
 input as a tester would. One module per area, each with `cases()`:
 
 - `plans`: bad numbers (NaN, inf, huge sizes) and plan files that are not plans;
+- `limits`: values every field allows that ask for unbounded work (a huge world,
+  a search or scaling sweep over it, millions of failures), with RSS limits;
 - `rundirs`: planted pickles, corrupt checkpoints, launches into finished or busy
   folders, bad generation arguments, concurrent searches.
 
@@ -10,10 +12,10 @@ input as a tester would. One module per area, each with `cases()`:
 
 from __future__ import annotations
 
-from experiments.fuzz import plans, rundirs
+from experiments.fuzz import limits, plans, rundirs
 from experiments.fuzz.case import Case
 
-AREAS = (plans, rundirs)
+AREAS = (plans, limits, rundirs)
 
 
 def all_cases() -> list[Case]:

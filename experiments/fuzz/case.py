@@ -6,7 +6,8 @@ standing for it), the files to write there first, a setup step that needs more
 than files (a FIFO, a finished run, a planted pickle), what it expects
 (`"error"`: a non-zero exit with one clean line; `"ok"`: exit 0; `"custom"`:
 `check` decides), the paths whose bytes must not change (data loss), and
-whether it is cheap (seconds: the test suite runs those). Concurrent cases run
+whether it is cheap (seconds: the test suite runs those), and the peak resident
+memory its process tree may reach (`max_rss_mb`). Concurrent cases run
 their commands at once and are checked together.
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+DEFAULT_RSS_MB = 1536.0  # a case's process tree past this resident memory is "unbounded memory"
 MARKER = "PWNED"  # a planted pickle creates this file when it is unpickled
 
 
@@ -28,7 +30,8 @@ class Case:
     with the scratch folder after the files; expect: "error" | "ok" | "custom"
     (then `check` decides); protect: globs (in the folder) that must keep their
     bytes; entry: "sandbox" (the CLI) or "torchrun" (`torchrun -m runtime.train`,
-    whose own failure report is not held to the one-line rule)."""
+    whose own failure report is not held to the one-line rule); max_rss_mb:
+    the whole process tree's peak resident memory limit, MB."""
 
     name: str
     argv: list
@@ -42,6 +45,7 @@ class Case:
     concurrent: bool = False
     entry: str = "sandbox"
     max_wall_s: float | None = None  # a clean error must also come this fast
+    max_rss_mb: float = DEFAULT_RSS_MB  # peak RSS of the whole process tree, MB
 
 
 def plan_text(model: str = "", cluster: str = "", parallel: str = "", train: str = "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from sandbox.errors import SandboxError
 
@@ -18,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(comma-separated; 'none' for no scaling plot)")
 
 
+MAX_SCALING_POINTS = 16  # points of one scaling curve (each is a simulation)
+
+
 def _factors(text: str) -> list[float]:
     if text.strip().lower() in ("", "none", "0"):
         return []
@@ -25,15 +29,40 @@ def _factors(text: str) -> list[float]:
         factors = [float(x) for x in text.split(",")]
     except ValueError:
         raise SandboxError(f"--scaling: expected numbers like 0.5,1,2, got '{text}'") from None
-    if any(f <= 0 for f in factors):
-        raise SandboxError(f"--scaling: factors must be positive, got '{text}'")
+    if not all(math.isfinite(f) and f > 0 for f in factors):
+        raise SandboxError(f"--scaling: factors must be positive finite numbers, got '{text}'")
+    if len(factors) > MAX_SCALING_POINTS:
+        raise SandboxError(f"--scaling: {len(factors):,} factors, more than the limit of "
+                           f"{MAX_SCALING_POINTS} points per curve")
     return factors
+
+
+def _check_budget(paths: list[str], factors: list[float]) -> None:
+    """Every plan and every scaled plan within the simulator's limits (with a
+    timeline: the report simulates with one), before any simulation."""
+    import sandbox
+    from sandbox.report import scaled
+    from sim.budget import MAX_GPUS, check_budget
+
+    for path in paths:
+        plan = sandbox.load(path)
+        check_budget(plan, timeline=True)
+        p = plan.parallel
+        for f in factors:
+            gpus = p.dp * f * p.tp * p.pp
+            if gpus > MAX_GPUS:
+                raise SandboxError(f"--scaling: {f:g} x dp {p.dp} of {path} is {gpus:,.0f} "
+                                   f"GPUs, more than the simulator's limit of {MAX_GPUS:,}")
+            q = scaled(plan, f)
+            if q is not None:
+                check_budget(q, timeline=True)
 
 
 def main(args: argparse.Namespace) -> int:
     from sandbox.report import report
 
     names = [n.strip() for n in args.names.split(",")] if args.names else None
+    _check_budget(args.plans, _factors(args.scaling))
     result = report(args.plans, args.out, names=names, scaling=_factors(args.scaling))
     print(f"wrote {result.path} with {len(result.pngs)} figures: "
           + ", ".join(p.name for p in result.pngs))

@@ -78,9 +78,10 @@ def main(args: argparse.Namespace) -> int:
     args.failures = args.failures or bool(args.failures_plot)
     if args.failures:  # fail early, before simulating, if the module is missing
         try:
-            import sim.failures  # noqa: F401
+            from sim.failures import check_failure_inputs
         except ImportError:
             _failures(plan, 0.0, args.seed)
+        check_failure_inputs(plan, args.seed)
     result = sandbox.simulate(plan, timeline=bool(args.trace or args.plot))
     d = result.to_dict()
     if args.failures:

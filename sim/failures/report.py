@@ -29,10 +29,16 @@ from typing import Any
 
 import numpy as np
 
+from sandbox.errors import SandboxError
 from sandbox.specs import Plan
 from sim.failures import checkpoint_cost as cc
 
 HOUR = 3600.0
+# Failures drawn per simulated run: the traces hold runs x this many times and
+# causes (16 bytes each) and the replay loops once per failure. Measured: 100
+# runs x 25 intervals with 12,500 failures drawn per run take 3.2 s and 90 MB,
+# so 20,000 is about 5 s per sweep (a report sweeps twice); more is refused.
+MAX_FAILURES_PER_RUN = 20_000
 
 
 # ----------------------------------------------------------- failure traces
@@ -143,6 +149,7 @@ def simulate_intervals(work_s: float, intervals_s: np.ndarray, checkpoint_s: flo
     horizon = 1.5 * max(cc.daly_expected_wall_s(work_s, float(t), checkpoint_s, downtime_s, m)
                         for t in intervals_s) + 20 * (downtime_s + m if total > 0 else 0.0)
     while True:
+        _check_failures(total * horizon, horizon)
         rng = np.random.default_rng(seed)
         if distribution == "weibull":
             times, causes = weibull_trace(counts, mtbf, shape, horizon, runs, rng)
@@ -153,6 +160,39 @@ def simulate_intervals(work_s: float, intervals_s: np.ndarray, checkpoint_s: flo
         if total == 0 or np.nanmax(out["wall_s"]) <= horizon:
             return out
         horizon *= 2.0
+
+
+def check_seed(seed: int) -> None:
+    """Refuse (one line) a seed numpy cannot take."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise SandboxError(f"--seed: must be an integer from 0 to 2**63 - 1, got {seed!r}")
+
+
+def check_failure_inputs(plan: Plan, seed: int = 0, step_time_s: float | None = None) -> None:
+    """Refuse (one line), before the step is simulated, a bad seed or a run that
+    fails more than MAX_FAILURES_PER_RUN times even at the step time's lower
+    bound (`sim.search.space.step_time_lower_bound`, s) when `step_time_s` is
+    not known yet. The Monte Carlo checks its own horizon again."""
+    check_seed(seed)
+    if step_time_s is None:
+        from sim.search.space import step_time_lower_bound
+
+        try:
+            step_time_s = step_time_lower_bound(plan)
+        except Exception:  # best effort: simulate_intervals still refuses in time
+            return
+    m_s = cc.job_mtbf_h(plan.cluster) * HOUR
+    if math.isfinite(m_s) and m_s > 0:
+        wall = 1.5 * plan.train.steps * step_time_s  # the horizon is at least this
+        _check_failures(wall / m_s, wall)
+
+
+def _check_failures(expected: float, horizon_s: float) -> None:
+    """Refuse (one line) a Monte Carlo expecting more than MAX_FAILURES_PER_RUN failures per run."""
+    if expected > MAX_FAILURES_PER_RUN:
+        raise SandboxError(f"failures: about {expected:,.0f} failures per simulated run "
+                           f"({horizon_s / HOUR:,.0f} h of wall clock), more than the limit "
+                           f"of {MAX_FAILURES_PER_RUN:,}; train fewer steps or on fewer GPUs")
 
 
 def best_interval(intervals_s: np.ndarray, mean_wall_s: np.ndarray) -> float:
@@ -226,6 +266,7 @@ def failure_report(plan: Plan, step_time_s: float, *, seed: int = 0, runs: int =
     """
     if step_time_s <= 0:
         raise ValueError("step_time_s must be > 0")
+    check_failure_inputs(plan, seed, step_time_s)
     cl = plan.cluster
     work = plan.train.steps * step_time_s
     C, D = cc.checkpoint_cost_s(plan), cc.downtime_s(plan)

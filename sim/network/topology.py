@@ -14,6 +14,7 @@ nominal network; `sim.network.shared` the cluster's, slow links applied.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -144,8 +145,9 @@ def build(cluster: Cluster, kind: str | None = None) -> Topology:
             _add(g, nic, topo._leaf(n, k), nic_bw, lat_out / 4)
     leaves = {topo._leaf(n, k) for n in range(cluster.nodes) for k in range(nics)}
     if len(leaves) > 1:
+        # NICs under each leaf, counted once (was a scan per leaf: quadratic in the nodes)
+        downlinks = Counter(topo._leaf(n, k) for n in range(cluster.nodes) for k in range(nics))
         for leaf in leaves:
-            down = sum(1 for n in range(cluster.nodes) for k in range(nics)
-                       if topo._leaf(n, k) == leaf)
-            _add(g, leaf, ("spine", 0), down * nic_bw / cluster.oversubscription, lat_out / 4)
+            _add(g, leaf, ("spine", 0), downlinks[leaf] * nic_bw / cluster.oversubscription,
+                 lat_out / 4)
     return topo

@@ -19,6 +19,8 @@ objective). Times in seconds.
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import sys
 import time
@@ -31,8 +33,10 @@ import pandas as pd
 from tqdm import tqdm
 
 import sim
+from sandbox.bounds import bound_problems
 from sandbox.errors import SandboxError
 from sandbox.specs import Plan
+from sim.budget import check_search_budget, search_workers
 from sim.search.result import SearchCounts, SearchResult, flatten, summary
 from sim.search.space import (
     SEARCHED,
@@ -45,6 +49,9 @@ from sim.search.space import (
 )
 
 OBJECTIVES = ("time", "cost")
+MAX_WORKERS = 64  # simulation processes at most (each holds a simulator: 100 MB and more)
+SCREEN_S = 0.00025  # seconds to validate and bound one candidate (6,480 in 1.6 s)
+MAX_CANDIDATES = 50_000  # candidates screened at most (the default space holds about 7,000)
 CONTRACT = ("params", "flops_per_step", "step_time_s", "tokens_per_s", "tflops_per_gpu",
             "hw_tflops_per_gpu", "mfu", "hfu", "memory_gb_per_gpu", "fits", "breakdown_s",
             "events", "sim_wall_s")
@@ -84,9 +91,11 @@ def _row(plan: Plan, result: dict) -> dict:
     return row
 
 
-def _resolve_workers(workers: int | None, jobs: int) -> int:
+def _resolve_workers(workers: int | None, jobs: int, gpus: int) -> int:
+    """Processes to simulate with: `workers` (default: cores), no more than the
+    jobs, nor than fit together in `sim.budget.search_workers`'s memory."""
     n = workers if workers is not None else (os.cpu_count() or 1)
-    return max(1, min(n, jobs))
+    return max(1, min(search_workers(gpus, n), jobs))
 
 
 def _simulate_all(todo: list[Screened], top: int, objective_of: Callable, workers: int,
@@ -195,14 +204,26 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
         raise SandboxError(f"objective: unknown value '{objective}'; choose time or cost")
     if not isinstance(top, int) or top <= 0:
         raise SandboxError(f"top: must be a positive integer, got {top!r}")
-    if max_memory_gb is not None and max_memory_gb <= 0:
-        raise SandboxError(f"max_memory_gb: must be positive, got {max_memory_gb}")
+    if max_memory_gb is not None and not (math.isfinite(max_memory_gb) and max_memory_gb > 0):
+        raise SandboxError(f"max_memory_gb: must be a positive number of GB, got {max_memory_gb}")
+    if workers is not None and not (isinstance(workers, int) and 0 < workers <= MAX_WORKERS):
+        raise SandboxError(f"workers: must be from 1 to {MAX_WORKERS} processes, got {workers!r}")
+    if not isinstance(max_simulations, int) or max_simulations <= 0:
+        raise SandboxError(f"max_simulations: must be a positive integer, got {max_simulations!r}")
     start = time.perf_counter()
     fix = check_fix(fix)
     for key in [k for k in plan_overrides if k in SEARCHED]:
         fix[key] = plan_overrides.pop(key)
     base = base_plan(model, cluster, gpus, global_batch, seq_len, **plan_overrides)
-    settings = list(candidates(base, fix))
+    problems = bound_problems(base)  # a global batch of 10**12 or a NaN: before any work
+    if problems:
+        raise SandboxError(problems[0])
+    check_search_budget(base.world_size, max_simulations)
+    settings = list(itertools.islice(candidates(base, fix), MAX_CANDIDATES + 1))
+    if len(settings) > MAX_CANDIDATES:
+        raise SandboxError(f"fix: more than {MAX_CANDIDATES:,} candidate plans to screen "
+                           f"(about {MAX_CANDIDATES * SCREEN_S:.0f} s and more); fix fewer "
+                           f"values")
     feasible, rejected = screen(base, settings, max_memory_gb)
 
     def objective_of(plan: Plan, step_s: float) -> float:
@@ -211,7 +232,7 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
     feasible.sort(key=lambda s: (objective_of(s.plan, s.lower_bound_s), s.memory_gb))
     reps, members = _timing_groups(feasible, simulator)
     done, stopped, pruned = _simulate_all(
-        reps, top, objective_of, _resolve_workers(workers, len(reps)),
+        reps, top, objective_of, _resolve_workers(workers, len(reps), base.world_size),
         max_simulations, simulator, progress)
     simulated = len(done)
     done = [(m, res if m is item else _with_memory(m.plan, res))

@@ -64,7 +64,7 @@ def base_plan(model: Any, cluster: Any, gpus: int, global_batch: int,
     if not isinstance(global_batch, int) or global_batch <= 0:
         raise SandboxError(f"global_batch: must be a positive integer, got {global_batch!r}")
     msec = {"preset": model} if isinstance(model, str) else dict(model)
-    if seq_len:
+    if seq_len is not None:  # 0 or negative: the plan's validator names it
         msec["seq_len"] = seq_len
     csec = {"preset": cluster} if isinstance(cluster, str) else dict(cluster)
     if csec.get("preset") == "localhost" and "gpus_per_node" not in csec:
