@@ -301,12 +301,16 @@ def profile_from_dict(d: dict, where: str = "profile") -> Profile:
 
 def load_profile(path: str | Path) -> Profile:
     """Read a profile TOML (keys in the module docstring)."""
-    p = Path(path)
+    from sandbox.outputs import checked_path
+
+    p = checked_path(path, "cluster.profile")
     text = read_text_file(p, "calibration profile", limit=16 * PLAN_FILE_LIMIT)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SandboxError(f"{p}: cannot read calibration profile ({e})") from None
+    except RecursionError:
+        raise SandboxError(f"{p}: calibration profile nested too deeply") from None
     return profile_from_dict(data, str(p))
 
 
@@ -332,7 +336,9 @@ def profile_for(cluster: Any) -> Profile:
     name = getattr(cluster, "profile", "")
     if not name:
         return Profile()
-    path = Path(name)
+    from sandbox.outputs import checked_path
+
+    path = checked_path(name, "cluster.profile")
     if not path.is_absolute():
         for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
             if (root / path).exists():

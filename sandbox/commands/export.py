@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from sandbox.commands._args import integer, number
+
 HELP = "compress a trained run and export it to ONNX, verified with onnxruntime"
 QUANTIZE_MODES = ("none", "int8", "int8-static", "int4")  # = runtime.export.quantize.MODES
 
@@ -15,16 +17,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "decoder graph and model.report.json are written next to it")
     p.add_argument("--quantize", default="int8",
                    help=f"{' | '.join(QUANTIZE_MODES)} (default: int8)")
-    p.add_argument("--prune", type=float, default=0.0,
+    p.add_argument("--prune", type=number(0.0, 1.0, high_open=True), default=0.0,
                    help="fraction of attention heads and MLP channels to remove (default 0)")
-    p.add_argument("--distill-steps", type=int, default=0,
+    p.add_argument("--distill-steps", type=integer(0), default=0,
                    help="knowledge-distillation steps after pruning (default 0)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
 
 def main(args: argparse.Namespace) -> int:
     from sandbox.errors import SandboxError
+    from sandbox.outputs import checked_path, output_file
 
+    output_file(args.out, "--out", (".onnx",))  # its folder must exist: none is created
+    checked_path(args.run_dir, "RUN_DIR")
     if args.quantize not in QUANTIZE_MODES:  # before importing torch: fail fast
         raise SandboxError(f"--quantize: unknown mode '{args.quantize}'; "
                            f"known: {', '.join(QUANTIZE_MODES)}")

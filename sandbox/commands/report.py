@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from sandbox.errors import SandboxError
 
@@ -25,16 +26,19 @@ def _factors(text: str) -> list[float]:
         factors = [float(x) for x in text.split(",")]
     except ValueError:
         raise SandboxError(f"--scaling: expected numbers like 0.5,1,2, got '{text}'") from None
-    if any(f <= 0 for f in factors):
-        raise SandboxError(f"--scaling: factors must be positive, got '{text}'")
+    if not all(math.isfinite(f) and f > 0 for f in factors):
+        raise SandboxError(f"--scaling: factors must be finite and positive, got '{text}'")
     return factors
 
 
 def main(args: argparse.Namespace) -> int:
+    from sandbox.outputs import output_dir
     from sandbox.report import report
 
+    output_dir(args.out, "--out")
+    factors = _factors(args.scaling)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    result = report(args.plans, args.out, names=names, scaling=_factors(args.scaling))
+    result = report(args.plans, args.out, names=names, scaling=factors)
     print(f"wrote {result.path} with {len(result.pngs)} figures: "
           + ", ".join(p.name for p in result.pngs))
     return 0

@@ -195,8 +195,10 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
         raise SandboxError(f"objective: unknown value '{objective}'; choose time or cost")
     if not isinstance(top, int) or top <= 0:
         raise SandboxError(f"top: must be a positive integer, got {top!r}")
-    if max_memory_gb is not None and max_memory_gb <= 0:
-        raise SandboxError(f"max_memory_gb: must be positive, got {max_memory_gb}")
+    if max_memory_gb is not None and not 0 < max_memory_gb < float("inf"):  # NaN too
+        raise SandboxError(f"max_memory_gb: must be finite and positive, got {max_memory_gb}")
+    if seq_len is not None and not (isinstance(seq_len, int) and seq_len > 0):
+        raise SandboxError(f"seq_len: must be a positive integer, got {seq_len!r}")
     start = time.perf_counter()
     fix = check_fix(fix)
     for key in [k for k in plan_overrides if k in SEARCHED]:
