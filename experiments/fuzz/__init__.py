@@ -3,17 +3,20 @@ input as a tester would. One module per area, each with `cases()`:
 
 - `plans`: bad numbers (NaN, inf, huge sizes) and plan files that are not plans;
 - `rundirs`: planted pickles, corrupt checkpoints, launches into finished or busy
-  folders, bad generation arguments, concurrent searches.
+  folders, bad generation arguments, concurrent searches;
+- `cli`: output paths (missing, a folder for a file and back, read-only, bad
+  extension, empty, a full disk), input paths (too long, NUL, nested TOML) and
+  numeric flags (negative, zero, NaN, inf) of every subcommand.
 
 `case.Case` is the data of one probe; `fuzz_cli` runs and classes them.
 """
 
 from __future__ import annotations
 
-from experiments.fuzz import plans, rundirs
+from experiments.fuzz import cli, plans, rundirs
 from experiments.fuzz.case import Case
 
-AREAS = (plans, rundirs)
+AREAS = (plans, rundirs, cli)
 
 
 def all_cases() -> list[Case]:
