@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     from sandbox.errors import SandboxError
 
     parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a bad argument (one line already printed)
+        return e.code if isinstance(e.code, int) else 1
     if not args.command:
         parser.print_help()
         return 1

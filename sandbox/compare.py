@@ -139,16 +139,16 @@ def combine(plan: Plan, simres: Any, m: Any, out: str | Path | None = None,
     if out is not None:
         from sandbox.outputs import output_dir, writing
 
-        out = output_dir(out, "compare: out")
-        with writing(out, "compare: out"):
+        out = output_dir(out, "out")
+        with writing(out, "out"):
             out.mkdir(exist_ok=True)
         if plot:
             from sandbox.timeline_plot import plot_timelines
 
-            with writing(out / "timeline.png", "compare: out"):
+            with writing(out / "timeline.png", "out"):
                 cmp.plot = str(plot_timelines(simres, m.profile, out / "timeline.png",
                                               title=_title(plan)))
-        with writing(out / "compare.json", "compare: out"):
+        with writing(out / "compare.json", "out"):
             (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=2) + "\n")
     return cmp
 
@@ -163,7 +163,7 @@ def compare(plan: Plan, out: str | Path, steps: int | None = None, profile_steps
     from sandbox.outputs import output_dir
     from sim import simulate
 
-    output_dir(out, "compare: out")  # before simulating or training
+    output_dir(out, "out")  # before simulating or training
     simres = simulate(plan)
     m = measure(plan, out, steps, profile_steps, progress)
     return combine(plan, simres, m, out, plot)

@@ -222,10 +222,10 @@ def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = 
 
     if not plans:
         raise SandboxError("report: give at least one plan")
-    out = output_dir(out, "report: out")
+    out = output_dir(out, "out")
     loaded = [load(p) for p in plans]
     labels = _names(plans, loaded, names)
-    with writing(out, "report: out"):
+    with writing(out, "out"):
         out.mkdir(exist_ok=True)
     results = list(results) if results is not None else [simulate(p) for p in loaded]
     dicts = [_as_dict(r) for r in results]
@@ -256,10 +256,10 @@ def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = 
                                                     list(measured["measured"]))))
     pngs = []
     for fname, _, fig in figures:
-        save_figure(fig, out / fname, "report: out")
+        save_figure(fig, out / fname, "out")
         pngs.append(out / fname)
     path = out / "report.html"
-    with writing(path, "report: out"):
+    with writing(path, "out"):
         path.write_text(_html(table, figures, out, measured))
     return Report(path=path, pngs=pngs, table=table, measured=measured)
 
