@@ -48,6 +48,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 def main(argv: list[str] | None = None) -> int:
     from sandbox.errors import SandboxError
 
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 file name is printed, not a crash
+        if getattr(stream, "errors", "") == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser, modules = build_parser()
     try:
         args = parser.parse_args(argv)

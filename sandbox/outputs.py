@@ -74,9 +74,12 @@ def _writable_dir(folder: Path, flag: str, path: Path) -> None:
         raise SandboxError(f"{flag} {path}: cannot write in {folder} ({why(e)})") from None
 
 
-def output_file(path: str | os.PathLike, flag: str,
-                suffixes: Sequence[str] | None = None) -> Path:
-    """`path` checked as a file to write (see the module docstring); raises SandboxError."""
+def output_file(path: str | os.PathLike, flag: str, suffixes: Sequence[str] | None = None,
+                make_parents: bool = False) -> Path:
+    """`path` checked as a file to write (see the module docstring); raises SandboxError.
+
+    make_parents: a missing parent folder is allowed (the caller creates it and
+    says so) when its nearest existing ancestor is a writable folder."""
     p = checked_path(path, flag)
     if os.fspath(path).endswith(os.sep) or p.is_dir():
         raise SandboxError(f"{flag} {p}: is a directory; give a file name")
@@ -91,7 +94,10 @@ def output_file(path: str | os.PathLike, flag: str,
     if suffixes is not None and p.suffix.lower() not in suffixes:
         got = f"'{p.suffix}'" if p.suffix else "no extension"
         raise SandboxError(f"{flag} {p}: {got}; use one of {', '.join(suffixes)}")
-    _writable_dir(p.parent, flag, p)
+    folder = p.parent
+    while make_parents and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    _writable_dir(folder, flag, p)
     return p
 
 

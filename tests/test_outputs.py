@@ -144,10 +144,13 @@ def test_export_and_calibrate_refuse_before_work(tmp_path, capsys, monkeypatch) 
 
     monkeypatch.setattr(runtime.calibrate.run, "calibrate", boom)
     (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for out, words in [(tmp_path / "afile" / "m.onnx", "not a directory"),
+                       (tmp_path / "adir", "is a directory"), (tmp_path / "m.txt", ".onnx")]:
+        one_line(capsys, main(["export", str(tmp_path), "--out", str(out)]), "--out", words)
     one_line(capsys, main(["export", str(tmp_path), "--out", str(tmp_path / "no" / "m.onnx")]),
-             "--out", "no such directory")
-    assert not (tmp_path / "no").exists()  # export creates no folder
-    one_line(capsys, main(["export", str(tmp_path), "--out", str(tmp_path / "m.txt")]), ".onnx")
+             "not a run directory")
+    assert not (tmp_path / "no").exists()  # a refused export creates no folder
     for flags, words in [(["--out", str(tmp_path / "no" / "p.toml")], ["--out", "no such"]),
                          (["--out", str(tmp_path / "adir")], ["--out", "is a directory"]),
                          (["--out", str(tmp_path / "p.toml"), "--json", str(tmp_path / "adir")],
@@ -169,3 +172,22 @@ def test_environment_errors_are_one_line(plan, capsys, monkeypatch) -> None:
 
     monkeypatch.setattr(info, "main", full)
     one_line(capsys, main(["info", plan]), "no space left on device", "/some/file")
+
+
+def test_export_says_it_created_the_folder(tmp_path, capsys, monkeypatch) -> None:
+    import sandbox
+
+    class Done:
+        def to_dict(self) -> dict:
+            return {"files": {"model": "m.onnx"}}
+
+    def export(run_dir, out, **kw):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        return Done()
+
+    monkeypatch.setattr(sandbox, "export", export)
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "a" / "b" / "m.onnx"),
+                 "--json"]) == 0
+    assert capsys.readouterr().err.strip() == f"created folder {tmp_path / 'a'} for --out"
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
+    assert capsys.readouterr().err == ""  # an existing folder: nothing to say
