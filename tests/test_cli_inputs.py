@@ -27,7 +27,7 @@ def test_argument_types() -> None:
                                (_args.number(0.0), "inf", "finite"),
                                (_args.number(0.0), "-1", ">= 0"),
                                (_args.number(0.0, low_open=True), "0", "> 0"),
-                               (_args.number(0.0, 1.0, high_open=True), "1", "excluded"),
+                               (_args.number(0.0, 1.0, high_open=True), "1", r"in \[0, 1\)"),
                                (_args.text, "a\udc80", "not valid text")]:
         with pytest.raises(argparse.ArgumentTypeError, match=words):
             parse(text)
@@ -39,7 +39,7 @@ def test_argument_types() -> None:
     (["search", "--model", "tiny", "--cluster", "localhost", "--gpus", "1",
       "--global-batch", "4", "--seq-len", "0"], ["--seq-len", "positive"]),
     (["search", "--model", "tiny", "--cluster", "localhost", "--gpus", "1",
-      "--global-batch", "4", "--max-memory-gb", "nan"], ["--max-memory-gb", "nan"]),
+      "--global-batch", "4", "--max-memory-gb", "nan"], ["max_memory_gb", "nan"]),
     (["search", "--model", "tiny", "--cluster", "localhost", "--gpus", "0",
       "--global-batch", "4"], ["--gpus"]),
     (["run", "{plan}", "--out", "{dir}/r", "--max-restarts", "-1"], ["--max-restarts"]),
@@ -116,3 +116,20 @@ def test_argparse_errors_are_one_line_exit_1(capsys) -> None:
     one_line(capsys, main(["simulate"]), "sandbox simulate: error: ", "plan", "--help")
     one_line(capsys, main(["simulate", "p.toml", "--no-such-flag"]), "--no-such-flag")
     assert main(["simulate", "--help"]) == 0
+
+
+def test_the_cli_probe_set_covers_issue_24() -> None:
+    from experiments.fuzz import AREAS, cli
+
+    assert cli in AREAS
+    names = " ".join(c.name for c in cli.cases())
+    for probe in ("--plot x.xyz", "run --out ''", "--failures-plot DIR", "100k deep",
+                  "NUL byte", "path too long", "full disk", "read-only", "lone-surrogate",
+                  "generate --seed -5", "corrupt model.report.json", "search --seq-len 0",
+                  "--max-memory-gb nan", "info broken cluster.profile", "compare --out FILE",
+                  "report --scaling nan", "--failures --seed -1", "calibrate --out in a missing",
+                  "export --out in a missing folder"):
+        assert probe in names, probe
+    for cmd in ("simulate", "run", "report", "export", "calibrate", "compare", "demo"):
+        assert any(c.name.startswith(f"{cmd} --") and "--out" in " ".join(map(str, c.argv))
+                   or c.name.startswith(f"{cmd} --trace") for c in cli.cases()), cmd

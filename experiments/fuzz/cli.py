@@ -115,6 +115,14 @@ def _corrupt_report(d: Path) -> None:
     (d / "m.report.json").write_text('{"shape": {"seq_len": ')
 
 
+def _exported_corrupt_report(d: Path) -> None:
+    """A real export (tens of seconds), then its model.report.json cut short."""
+    from experiments.fuzz.rundirs import _exported
+
+    _exported(d)
+    (d / "m.report.json").write_text('{"shape": {"seq_len": ')
+
+
 def input_cases() -> list[Case]:
     """Bad input paths and files that are too deep to parse."""
     return [
@@ -149,6 +157,9 @@ def input_cases() -> list[Case]:
         _c("export run dir path too long", ["export", f"{{dir}}/{LONG}", "--out", "{dir}/m.onnx"]),
         _c("generate corrupt model.report.json", ["generate", "{dir}/m.onnx", "--prompt", "a"],
            setup=_corrupt_report),
+        Case("generate corrupt model.report.json of a real export",
+             ["generate", "{dir}/m.onnx", "--prompt", "a"], setup=_exported_corrupt_report,
+             cheap=False, timeout_s=180),
     ]
 
 

@@ -15,12 +15,18 @@ from collections.abc import Callable
 SEED_MAX = 2**32 - 1  # numpy's and onnxruntime's seeds are 32-bit
 
 
-def _range(low: float | None, high: float | None, high_open: bool = False) -> str:
+def _range(low: float | None, high: float | None, low_open: bool = False,
+           high_open: bool = False) -> str:
+    """"in [low, high)", ">= low", "positive", ...: the words of an error."""
     if low is not None and high is not None:
-        return f"in {low}..{high}" + (" (excluded)" if high_open else "")
+        if isinstance(low, int) and isinstance(high, int) and not (low_open or high_open):
+            return f"in {low:,}..{high:,}"
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     if low is not None:
-        return "positive" if low == 1 else f">= {low}"
-    return f"<= {high}"
+        if low == 1 and not low_open and isinstance(low, int):
+            return "positive"
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"{'<' if high_open else '<='} {high:g}"
 
 
 def integer(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
@@ -32,7 +38,7 @@ def integer(low: int | None = None, high: int | None = None) -> Callable[[str], 
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
         if (low is not None and v < low) or (high is not None and v > high):
-            raise argparse.ArgumentTypeError(f"must be {_range(low, high)}, got {v}")
+            raise argparse.ArgumentTypeError(f"must be {_range(low, high)}, got {v:,}")
         return v
 
     parse.__name__ = "integer"
@@ -51,12 +57,9 @@ def number(low: float | None = None, high: float | None = None, low_open: bool =
         bad = not math.isfinite(v) or (low is not None and (v < low or low_open and v == low)) \
             or (high is not None and (v > high or high_open and v == high))
         if bad:
-            what = "a finite number" + ("" if low is None and high is None else " ")
-            if low is not None and low_open and high is None:
-                what += f"> {low}"
-            elif low is not None or high is not None:
-                what += _range(low, high, high_open)
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+            what = "" if low is None and high is None else " " + _range(low, high, low_open,
+                                                                         high_open)
+            raise argparse.ArgumentTypeError(f"must be a finite number{what}, got {text}")
         return v
 
     parse.__name__ = "number"

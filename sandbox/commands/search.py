@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from sandbox.commands._args import integer, number
+from sandbox.commands._args import integer
 from sandbox.errors import SandboxError
 
 HELP = "rank feasible parallel plans by simulated step time or cost per token"
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=integer(1), default=10, help="rows to show (default 10)")
     p.add_argument("--objective", default="time", choices=("time", "cost"),
                    help="rank by step time or by USD per token (default time)")
-    p.add_argument("--max-memory-gb", type=number(0.0, low_open=True), default=None,
+    p.add_argument("--max-memory-gb", type=float, default=None,
                    help="cap on memory per GPU, GB (default: the GPU's memory)")
     p.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a searched field, e.g. tp=8 or pp=8,16 (repeatable)")
