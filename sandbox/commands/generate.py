@@ -52,9 +52,9 @@ def main(args: argparse.Namespace) -> int:
     model = checked_path(args.model, "MODEL")
     if not args.prompt:
         raise SandboxError("--prompt: empty; the model continues a prompt of at least one byte")
+    check_report(model)  # before importing onnxruntime (seconds)
     from runtime.export.generate import Generator, decode, encode
 
-    check_report(model)
     gen = Generator.open(model)
     if gen.vocab != 256:
         raise SandboxError(f"{args.model}: vocab {gen.vocab} is not byte-level (256)")
