@@ -119,10 +119,15 @@ def _corrupt_report(d: Path) -> None:
     (d / "m.report.json").write_text('{"shape": {"seq_len": ')
 
 
-def _exported_corrupt_report(d: Path) -> None:
-    """A real export (tens of seconds), then its model.report.json cut short."""
-    from experiments.fuzz.rundirs import _exported
+def _exported(d: Path) -> None:
+    """A tiny run trained and exported to d/m.onnx (tens of seconds)."""
+    from experiments.fuzz.rundirs import _exported as exported
 
+    exported(d)
+
+
+def _exported_corrupt_report(d: Path) -> None:
+    """A real export, then its model.report.json cut short."""
     _exported(d)
     (d / "m.report.json").write_text('{"shape": {"seq_len": ')
 
@@ -164,6 +169,12 @@ def input_cases() -> list[Case]:
         Case("generate corrupt model.report.json of a real export",
              ["generate", "{dir}/m.onnx", "--prompt", "a"], setup=_exported_corrupt_report,
              cheap=False, timeout_s=180),
+        Case("generate lone-surrogate prompt, real model",
+             ["generate", "{dir}/m.onnx", "--prompt", "a\udc80b"], setup=_exported,
+             cheap=False, timeout_s=180),
+        Case("generate --seed -5, real model",
+             ["generate", "{dir}/m.onnx", "--prompt", "ab", "--seed", "-5",
+              "--temperature", "1"], setup=_exported, cheap=False, timeout_s=180),
     ]
 
 
