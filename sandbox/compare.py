@@ -137,14 +137,19 @@ def combine(plan: Plan, simres: Any, m: Any, out: str | Path | None = None,
     cmp = Comparison(plan, predicted, m.measured, errors(predicted, m.measured), m.noise,
                      m.provenance, list(m.not_measured))
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        from sandbox.outputs import output_dir, writing
+
+        out = output_dir(out, "out")
+        with writing(out, "out"):
+            out.mkdir(exist_ok=True)
         if plot:
             from sandbox.timeline_plot import plot_timelines
 
-            cmp.plot = str(plot_timelines(simres, m.profile, out / "timeline.png",
-                                          title=_title(plan)))
-        (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=2) + "\n")
+            with writing(out / "timeline.png", "out"):
+                cmp.plot = str(plot_timelines(simres, m.profile, out / "timeline.png",
+                                              title=_title(plan)))
+        with writing(out / "compare.json", "out"):
+            (out / "compare.json").write_text(json.dumps(cmp.to_dict(), indent=2) + "\n")
     return cmp
 
 
@@ -155,8 +160,10 @@ def compare(plan: Plan, out: str | Path, steps: int | None = None, profile_steps
     sim/ and runtime/ are imported here, lazily: neither imports the other,
     both speak only the sandbox specs."""
     from runtime.measure import measure
+    from sandbox.outputs import output_dir
     from sim import simulate
 
+    output_dir(out, "out")  # before simulating or training
     simres = simulate(plan)
     m = measure(plan, out, steps, profile_steps, progress)
     return combine(plan, simres, m, out, plot)

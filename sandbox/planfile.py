@@ -13,6 +13,7 @@ from typing import Any
 
 from sandbox.errors import PlanError, SandboxError, did_you_mean
 from sandbox.files import read_text_file
+from sandbox.outputs import checked_path
 from sandbox.specs import Plan, plan_from_dict, replace_plan
 from sandbox.validate import validate
 
@@ -29,17 +30,22 @@ def load(source: Any) -> Plan:
     if isinstance(source, (str, Path)):
         text_source = isinstance(source, str) and ("\n" in source or "[" in source)
         if text_source:
-            return plan_from_dict(_parse_toml(source, "plan"))
+            return plan_from_dict(parse_toml(source, "plan"))
         try:
+            checked_path(source, "plan file")
             text = read_text_file(source, "plan file")
         except SandboxError as e:
             raise PlanError(str(e)) from None
-        return plan_from_dict(_parse_toml(text, str(source)))
+        return plan_from_dict(parse_toml(text, str(source)))
     raise PlanError(f"plan: cannot load a {type(source).__name__}")
 
 
-def _parse_toml(text: str, where: str) -> dict:
+def parse_toml(text: str, where: str) -> dict:
+    """TOML text -> dict; malformed or too deeply nested TOML is one line naming `where`."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PlanError(f"{where}: malformed TOML: {e}") from None
+    except RecursionError:
+        raise PlanError(f"{where}: TOML nested too deeply (arrays or tables inside "
+                        "each other hundreds of levels deep)") from None

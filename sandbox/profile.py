@@ -251,9 +251,28 @@ _FLOATS = ("matmul_efficiency", "matmul_half_flops", "attention_efficiency",
            "collective_efficiency", "collective_step_latency_s")
 
 
+_KEYS = ("name", "source", *_FLOATS, "compute", "collective", "measurements")
+_COMPUTE_KEYS = ("device", "peak_flops", "matmul", "attention", "memory_bytes_per_s",
+                 "gemm_tile", "attention_fused", "block", "kernel_overhead_s")
+
+
+def _check_keys(d: Any, known: tuple[str, ...], where: str) -> None:
+    """Refuse a table that is not one, or holds a key the loader would ignore."""
+    from sandbox.errors import did_you_mean
+
+    if not isinstance(d, dict):
+        raise SandboxError(f"{where}: bad calibration profile (expected a table)")
+    for k in d:
+        if k not in known:
+            raise SandboxError(f"{where}: bad calibration profile (unknown key '{k}'"
+                               f"{did_you_mean(k, known)})")
+
+
 def profile_from_dict(d: dict, where: str = "profile") -> Profile:
     """A Profile from the TOML's dict; SandboxError naming the problem."""
     kw: dict[str, Any] = {}
+    _check_keys(d, _KEYS, where)
+    _check_keys(d.get("compute", {}) or {}, _COMPUTE_KEYS, f"{where} [compute]")
     try:
         for k in ("name", "source"):
             if k in d:
@@ -261,9 +280,12 @@ def profile_from_dict(d: dict, where: str = "profile") -> Profile:
         for k in _FLOATS:
             if k in d:
                 kw[k] = float(d[k])
-                if kw[k] < 0:
-                    raise ValueError(f"{k} must be >= 0")
+                if not 0 <= kw[k] < math.inf:
+                    raise ValueError(f"{k} must be finite and >= 0, got {d[k]}")
         comp = d.get("compute", {}) or {}
+        for k in ("peak_flops", "memory_bytes_per_s", "kernel_overhead_s"):
+            if k in comp and not 0 <= float(comp[k]) < math.inf:
+                raise ValueError(f"compute.{k} must be finite and >= 0, got {comp[k]}")
         if "device" in comp:
             kw["device"] = str(comp["device"])
         for k in ("peak_flops", "memory_bytes_per_s"):
@@ -301,12 +323,16 @@ def profile_from_dict(d: dict, where: str = "profile") -> Profile:
 
 def load_profile(path: str | Path) -> Profile:
     """Read a profile TOML (keys in the module docstring)."""
-    p = Path(path)
+    from sandbox.outputs import checked_path
+
+    p = checked_path(path, "cluster.profile")
     text = read_text_file(p, "calibration profile", limit=16 * PLAN_FILE_LIMIT)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SandboxError(f"{p}: cannot read calibration profile ({e})") from None
+    except RecursionError:
+        raise SandboxError(f"{p}: calibration profile nested too deeply") from None
     return profile_from_dict(data, str(p))
 
 
@@ -332,7 +358,9 @@ def profile_for(cluster: Any) -> Profile:
     name = getattr(cluster, "profile", "")
     if not name:
         return Profile()
-    path = Path(name)
+    from sandbox.outputs import checked_path
+
+    path = checked_path(name, "cluster.profile")
     if not path.is_absolute():
         for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
             if (root / path).exists():

@@ -218,15 +218,15 @@ def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = 
     scaling curves (empty: no scaling plot).
     """
     from sandbox import plots
+    from sandbox.outputs import output_dir, save_figure, writing
 
     if not plans:
         raise SandboxError("report: give at least one plan")
+    out = output_dir(out, "out")
     loaded = [load(p) for p in plans]
     labels = _names(plans, loaded, names)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SandboxError(f"{out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out, "out"):
+        out.mkdir(exist_ok=True)
     results = list(results) if results is not None else [simulate(p) for p in loaded]
     dicts = [_as_dict(r) for r in results]
     table = compare_table(loaded, results, labels)
@@ -256,10 +256,11 @@ def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = 
                                                     list(measured["measured"]))))
     pngs = []
     for fname, _, fig in figures:
-        fig.savefig(out / fname, dpi=110)
+        save_figure(fig, out / fname, "out")
         pngs.append(out / fname)
     path = out / "report.html"
-    path.write_text(_html(table, figures, out, measured))
+    with writing(path, "out"):
+        path.write_text(_html(table, figures, out, measured))
     return Report(path=path, pngs=pngs, table=table, measured=measured)
 
 

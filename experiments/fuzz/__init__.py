@@ -5,17 +5,20 @@ input as a tester would. One module per area, each with `cases()`:
 - `limits`: values every field allows that ask for unbounded work (a huge world,
   a search or scaling sweep over it, millions of failures), with RSS limits;
 - `rundirs`: planted pickles, corrupt checkpoints, launches into finished or busy
-  folders, bad generation arguments, concurrent searches.
+  folders, bad generation arguments, concurrent searches;
+- `cli`: output paths (missing, a folder for a file and back, read-only, bad
+  extension, empty, a full disk), input paths (too long, NUL, nested TOML) and
+  numeric flags (negative, zero, NaN, inf) of every subcommand.
 
 `case.Case` is the data of one probe; `fuzz_cli` runs and classes them.
 """
 
 from __future__ import annotations
 
-from experiments.fuzz import limits, plans, rundirs
+from experiments.fuzz import cli, limits, plans, rundirs
 from experiments.fuzz.case import Case
 
-AREAS = (plans, limits, rundirs)
+AREAS = (plans, limits, cli, rundirs)
 
 
 def all_cases() -> list[Case]:

@@ -85,6 +85,18 @@ def finished_run(d: Path, steps: int = 4) -> Path:
     return d / "run"
 
 
+# what a run, report or comparison writes: none may appear in the checkout (the cases' cwd)
+ROOT_OUTPUTS = ("metrics.jsonl", "summary.json", "train.log", "checkpoints", "report.html",
+                "compare.json", "breakdown.png", "plan.toml")
+
+
+def unchanged_root(d: Path, results: list) -> str:
+    """`--out ''` must not write into the current directory (the checkout root)."""
+    root = Path(__file__).resolve().parents[2]
+    found = [n for n in ROOT_OUTPUTS if (root / n).exists()]
+    return f"wrote {', '.join(found)} into the current directory" if found else ""
+
+
 def newest_ckpt(run: Path) -> Path:
     return max((run / "checkpoints").glob("step_*"))
 

@@ -25,27 +25,29 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sandbox.errors import SandboxError
+    from sandbox.outputs import output_file, writing
 
-    out = Path(args.out)
-    if out.is_dir():
-        raise SandboxError(f"{out}: is a directory; give the profile's file name")
-    if not out.parent.exists():
-        raise SandboxError(f"{out.parent}: no such directory")
+    out = output_file(args.out, "--out", (".toml",))  # before minutes of benchmarks
+    if args.json is not None:
+        output_file(args.json, "--json", (".json",))
     from runtime.calibrate.run import calibrate
 
     try:
         cal = calibrate(args.device, quick=args.quick)
     except RuntimeError as e:
         raise SandboxError(str(e)) from None
-    path = cal.write(out)
+    with writing(out, "--out"):
+        path = cal.write(out)
     default = max(pk.processes for pk in cal.kernels)
     for pk in cal.kernels:  # one profile per rank count: a rank of 1 differs from 1 of 2
         if pk.processes != default:
-            side = cal.write(out.with_name(f"{out.stem}.p{pk.processes}{out.suffix}"),
-                             pk.processes)
+            side = out.with_name(f"{out.stem}.p{pk.processes}{out.suffix}")
+            with writing(side, "--out"):
+                side = cal.write(side, pk.processes)
             print(f"wrote {side} (one rank of {pk.processes})", file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(cal.to_dict(), indent=1) + "\n")
+    if args.json is not None:
+        with writing(args.json, "--json"):
+            Path(args.json).write_text(json.dumps(cal.to_dict(), indent=1) + "\n")
     print(f"wrote {path} ({cal.device}, {cal.wall_s:.0f} s of measurement)", file=sys.stderr)
     print(cal.summary())
     return 0

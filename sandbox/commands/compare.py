@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from sandbox.commands._args import integer
+
 HELP = ("run a plan for real and simulate it: compare.json (predicted, measured, relative "
         "error) and a timeline plot of one step")
 
@@ -12,17 +14,18 @@ HELP = ("run a plan for real and simulate it: compare.json (predicted, measured,
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", help="plan TOML file")
     p.add_argument("--out", required=True, help="directory for compare.json, the plot and the run")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=integer(1), default=None,
                    help="training steps to measure (default: train.steps, at most 8)")
     p.add_argument("--json", action="store_true", help="print compare.json")
 
 
 def main(args: argparse.Namespace) -> int:
     import sandbox
-    from sandbox.errors import SandboxError
+    from sandbox.outputs import check_input_paths, output_dir
 
-    if args.steps is not None and args.steps <= 0:
-        raise SandboxError(f"--steps: must be positive, got {args.steps}")
-    result = sandbox.compare(sandbox.load(args.plan), out=args.out, steps=args.steps)
+    output_dir(args.out, "--out")
+    plan = sandbox.load(args.plan)
+    check_input_paths(plan)
+    result = sandbox.compare(plan, out=args.out, steps=args.steps)
     print(json.dumps(result.to_dict(), indent=2) if args.json else str(result))
     return 0

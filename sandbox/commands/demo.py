@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from sandbox.commands._args import integer
+
 HELP = "run the short end-to-end demo on the embedded defaults"
 
 DEMO_PLANS = {
@@ -33,7 +35,7 @@ HAND_WRITTEN = {"model": {"preset": "gpt3-1.3b"},
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo", help="folder for the demo's outputs")
-    p.add_argument("--max-simulations", type=int, default=16,
+    p.add_argument("--max-simulations", type=integer(1), default=16,
                    help="simulation budget of the demo's search")
 
 
@@ -41,10 +43,12 @@ def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     import sandbox
+    from sandbox.outputs import output_dir
     from sandbox.plots import plan_label
     from sandbox.report import report
     from sim.search import plan_of, run_search
 
+    output_dir(args.out, "--out")
     for title, plan in DEMO_PLANS.items():
         print(f"== {title}")
         print(sandbox.info(sandbox.load(plan)))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
+from pathlib import Path
+
+from sandbox.commands._args import SEED_MAX, integer, number, text
 
 MAX_NEW_TOKENS = 65_536  # tokens one call may generate (also without a known context)
 HELP = "generate text with onnxruntime from an exported model (uses its KV-cache graph)"
@@ -12,27 +14,48 @@ HELP = "generate text with onnxruntime from an exported model (uses its KV-cache
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX file written by `sandbox export`")
-    p.add_argument("--prompt", required=True, help="prompt text (byte-level tokens)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--prompt", required=True, type=text,
+                   help="prompt text (byte-level tokens)")
+    p.add_argument("--max-new-tokens", type=integer(0, MAX_NEW_TOKENS), default=64)
+    p.add_argument("--temperature", type=number(0.0), default=0.0, help="0: greedy (default)")
+    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
+                   help="sampling seed (0 .. 2**32-1)")
     p.add_argument("--no-cache", action="store_true",
                    help="re-run the full graph each step instead of the KV-cache graph")
 
 
+def check_report(model: Path) -> None:
+    """Refuse a `model.report.json` next to the model that is not the export's report."""
+    import json
+
+    from sandbox.errors import SandboxError
+    from sandbox.files import read_text_file
+
+    report = model.with_suffix(".report.json")
+    if not report.exists():
+        return
+    try:
+        d = json.loads(read_text_file(report, "export report"))
+    except (ValueError, RecursionError):
+        raise SandboxError(f"{report}: not a JSON export report (written by sandbox "
+                           "export); re-export or remove it") from None
+    shape = d.get("shape", {}) if isinstance(d, dict) else None
+    if not isinstance(shape, dict) or not all(
+            type(shape.get(k, 0)) is int and shape.get(k, 0) >= 0 for k in ("seq_len", "vocab")):
+        raise SandboxError(f"{report}: 'shape' must hold the integers seq_len and vocab")
+
+
 def main(args: argparse.Namespace) -> int:
     from sandbox.errors import SandboxError
+    from sandbox.outputs import checked_path
 
-    if not 0 <= args.max_new_tokens <= MAX_NEW_TOKENS:
-        raise SandboxError(f"--max-new-tokens: must be in 0..{MAX_NEW_TOKENS:,}, "
-                           f"got {args.max_new_tokens:,}")
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise SandboxError(f"--temperature: must be a finite number >= 0, got {args.temperature}")
+    model = checked_path(args.model, "MODEL")
     if not args.prompt:
         raise SandboxError("--prompt: empty; the model continues a prompt of at least one byte")
+    check_report(model)  # before importing onnxruntime (seconds)
     from runtime.export.generate import Generator, decode, encode
 
-    gen = Generator.open(args.model)
+    gen = Generator.open(model)
     if gen.vocab != 256:
         raise SandboxError(f"{args.model}: vocab {gen.vocab} is not byte-level (256)")
     n_prompt = len(encode(args.prompt))

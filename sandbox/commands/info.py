@@ -15,7 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import sandbox
+    from sandbox.profile import profile_for
 
-    facts = sandbox.info(sandbox.load(args.plan))
+    plan = sandbox.load(args.plan)
+    profile_for(plan.cluster)  # a broken cluster.profile is refused here too, not ignored
+    facts = sandbox.info(plan)
     print(json.dumps(facts.to_dict(), indent=2) if args.json else str(facts))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from sandbox.commands._args import text
 from sandbox.errors import SandboxError
 
 HELP = "compare plans side by side: simulate them and write DIR/report.html with plots"
@@ -13,7 +14,8 @@ HELP = "compare plans side by side: simulate them and write DIR/report.html with
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("plans", nargs="+", metavar="PLAN", help="plan TOML files")
     p.add_argument("--out", required=True, help="output folder (report.html and PNGs)")
-    p.add_argument("--names", default=None, help="comma-separated plan names for the plots")
+    p.add_argument("--names", default=None, type=text,
+                   help="comma-separated plan names for the plots")
     p.add_argument("--scaling", default="0.25,0.5,1,2,4",
                    help="data-parallel sizes of the scaling curves, relative to each plan's "
                         "(comma-separated; 'none' for no scaling plot)")
@@ -59,11 +61,14 @@ def _check_budget(paths: list[str], factors: list[float]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from sandbox.outputs import output_dir
     from sandbox.report import report
 
+    output_dir(args.out, "--out")
+    factors = _factors(args.scaling)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    _check_budget(args.plans, _factors(args.scaling))
-    result = report(args.plans, args.out, names=names, scaling=_factors(args.scaling))
+    _check_budget(args.plans, factors)
+    result = report(args.plans, args.out, names=names, scaling=factors)
     print(f"wrote {result.path} with {len(result.pngs)} figures: "
           + ", ".join(p.name for p in result.pngs))
     return 0

@@ -6,27 +6,33 @@ from __future__ import annotations
 import argparse
 import json
 
+from sandbox.commands._args import integer
+
 HELP = "train a plan for real with torchrun on this machine (GPUs with NCCL, or CPU with gloo)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("plan", help="plan TOML file")
     p.add_argument("--out", required=True, help="run directory (metrics, checkpoints, summary)")
-    p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument("--steps", type=integer(1), default=None, help="override train.steps")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in --out")
-    p.add_argument("--fail-at-step", type=int, default=0, metavar="N",
+    p.add_argument("--fail-at-step", type=integer(0), default=0, metavar="N",
                    help="failure injection: rank --fail-rank exits at step N (once)")
-    p.add_argument("--fail-rank", type=int, default=0, metavar="R", help="rank that fails")
-    p.add_argument("--max-restarts", type=int, default=0, metavar="K",
+    p.add_argument("--fail-rank", type=integer(0), default=0, metavar="R", help="rank that fails")
+    p.add_argument("--max-restarts", type=integer(0), default=0, metavar="K",
                    help="torchrun elastic restarts (each resumes from the newest checkpoint)")
     p.add_argument("--json", action="store_true", help="print summary.json")
 
 
 def main(args: argparse.Namespace) -> int:
     import sandbox
+    from sandbox.outputs import check_input_paths, output_dir
 
-    result = sandbox.run(sandbox.load(args.plan), args.out, steps=args.steps,
+    output_dir(args.out, "--out")
+    plan = sandbox.load(args.plan)
+    check_input_paths(plan)
+    result = sandbox.run(plan, args.out, steps=args.steps,
                          resume=args.resume, fail_at_step=args.fail_at_step,
                          fail_rank=args.fail_rank, max_restarts=args.max_restarts)
     print(json.dumps(result.to_dict(), indent=2) if args.json else str(result))

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from sandbox.commands._args import integer
 from sandbox.errors import SandboxError
 
 HELP = "rank feasible parallel plans by simulated step time or cost per token"
@@ -20,19 +21,19 @@ _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "o
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model preset (see `sandbox presets`)")
     p.add_argument("--cluster", required=True, help="cluster preset")
-    p.add_argument("--gpus", required=True, type=int, help="number of GPUs (world size)")
-    p.add_argument("--global-batch", required=True, type=int, help="sequences per step")
-    p.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
+    p.add_argument("--gpus", required=True, type=integer(1), help="number of GPUs (world size)")
+    p.add_argument("--global-batch", required=True, type=integer(1), help="sequences per step")
+    p.add_argument("--top", type=integer(1), default=10, help="rows to show (default 10)")
     p.add_argument("--objective", default="time", choices=("time", "cost"),
                    help="rank by step time or by USD per token (default time)")
     p.add_argument("--max-memory-gb", type=float, default=None,
                    help="cap on memory per GPU, GB (default: the GPU's memory)")
     p.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a searched field, e.g. tp=8 or pp=8,16 (repeatable)")
-    p.add_argument("--seq-len", type=int, default=None, help="override the model's sequence")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--seq-len", type=integer(1), default=None, help="override the model's sequence")
+    p.add_argument("--workers", type=integer(1), default=None,
                    help="simulation processes (default: cores)")
-    p.add_argument("--max-simulations", type=int, default=128,
+    p.add_argument("--max-simulations", type=integer(1), default=128,
                    help="simulation budget (plans simulated at most)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
     out = p.add_mutually_exclusive_group()
@@ -65,10 +66,6 @@ def parse_fix(items: list[str]) -> dict:
 def main(args: argparse.Namespace) -> int:
     from sim.search import run_search, to_records
 
-    if args.workers is not None and args.workers <= 0:
-        raise SandboxError(f"--workers: must be positive, got {args.workers}")
-    if args.max_simulations <= 0:
-        raise SandboxError(f"--max-simulations: must be positive, got {args.max_simulations}")
     result = run_search(model=args.model, cluster=args.cluster, gpus=args.gpus,
                         global_batch=args.global_batch, top=args.top,
                         objective=args.objective, max_memory_gb=args.max_memory_gb,

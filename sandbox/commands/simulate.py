@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from sandbox.commands._args import SEED_MAX, integer
 from sandbox.errors import SandboxError
 
 HELP = "predict a plan's step time, breakdown and memory with the discrete-event simulator"
@@ -21,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--failures-plot", metavar="FILE",
                    help="with --failures implied: write time to train against the "
                         "checkpoint interval as a PNG")
-    p.add_argument("--seed", type=int, default=0, help="seed of the failure simulation")
+    p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
+                   help="seed of the failure simulation (0 .. 2**32-1)")
 
 
 def _failures(plan, step_time_s: float, seed: int):
@@ -71,29 +73,44 @@ def format_result(d: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse a bad --trace, --plot or --failures-plot before simulating."""
+    from sandbox.outputs import IMAGE_SUFFIXES, output_file
+
+    if args.trace is not None:
+        output_file(args.trace, "--trace", (".json",))
+    for flag, path in (("--plot", args.plot), ("--failures-plot", args.failures_plot)):
+        if path is not None:
+            output_file(path, flag, IMAGE_SUFFIXES)
+
+
 def main(args: argparse.Namespace) -> int:
     import sandbox
+    from sandbox.outputs import save_figure, writing
 
+    check_outputs(args)
     plan = sandbox.load(args.plan)
-    args.failures = args.failures or bool(args.failures_plot)
+    args.failures = args.failures or args.failures_plot is not None
     if args.failures:  # fail early, before simulating, if the module is missing
         try:
             from sim.failures import check_failure_inputs
         except ImportError:
             _failures(plan, 0.0, args.seed)
         check_failure_inputs(plan, args.seed)
-    result = sandbox.simulate(plan, timeline=bool(args.trace or args.plot))
+    result = sandbox.simulate(plan, timeline=args.trace is not None or args.plot is not None)
     d = result.to_dict()
     if args.failures:
         report = _failures(plan, result.step_time_s, args.seed)
         d.update(report.to_dict())
-        if args.failures_plot:
+        if args.failures_plot is not None:
             from sandbox.failures_view import plot_interval_sweep
 
-            plot_interval_sweep(report, args.failures_plot)
-    if args.trace:
-        result.chrome_trace(args.trace)
-    if args.plot:
-        result.plot(args.plot)
+            save_figure(plot_interval_sweep(report), args.failures_plot, "--failures-plot",
+                        dpi=120)
+    if args.trace is not None:
+        with writing(args.trace, "--trace"):
+            result.chrome_trace(args.trace)
+    if args.plot is not None:
+        save_figure(result.plot(), args.plot, "--plot")
     print(json.dumps(d, indent=2) if args.json else format_result(d))
     return 0

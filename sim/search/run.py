@@ -210,6 +210,8 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
         raise SandboxError(f"workers: must be from 1 to {MAX_WORKERS} processes, got {workers!r}")
     if not isinstance(max_simulations, int) or max_simulations <= 0:
         raise SandboxError(f"max_simulations: must be a positive integer, got {max_simulations!r}")
+    if seq_len is not None and not (isinstance(seq_len, int) and seq_len > 0):
+        raise SandboxError(f"seq_len: must be a positive integer, got {seq_len!r}")
     start = time.perf_counter()
     fix = check_fix(fix)
     for key in [k for k in plan_overrides if k in SEARCHED]:

@@ -1,0 +1,77 @@
+"""Argument types shared by the subcommands: numbers refused at parse time
+(negative, zero, NaN, inf, out of range) with one line naming the flag.
+
+    p.add_argument("--steps", type=integer(1))      # 1, 2, ...
+    p.add_argument("--seed", type=integer(0, SEED_MAX))
+    p.add_argument("--prune", type=number(0.0, 1.0, high_open=True))
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+SEED_MAX = 2**32 - 1  # numpy's and onnxruntime's seeds are 32-bit
+
+
+def _range(low: float | None, high: float | None, low_open: bool = False,
+           high_open: bool = False) -> str:
+    """"in [low, high)", ">= low", "positive", ...: the words of an error."""
+    if low is not None and high is not None:
+        if isinstance(low, int) and isinstance(high, int) and not (low_open or high_open):
+            return f"in {low:,}..{high:,}"
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        if low == 1 and not low_open and isinstance(low, int):
+            return "positive"
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"{'<' if high_open else '<='} {high:g}"
+
+
+def integer(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in low..high (either bound may be None)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if (low is not None and v < low) or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"must be {_range(low, high)}, got {v:,}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float in [low, high] (`*_open`: that end excluded)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        bad = not math.isfinite(v) or (low is not None and (v < low or low_open and v == low)) \
+            or (high is not None and (v > high or high_open and v == high))
+        if bad:
+            what = "" if low is None and high is None else " " + _range(low, high, low_open,
+                                                                         high_open)
+            raise argparse.ArgumentTypeError(f"must be a finite number{what}, got {text}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def text(value: str) -> str:
+    """An argparse type: text that can be encoded as UTF-8 (no lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise argparse.ArgumentTypeError(
+            f"not valid text (position {e.start}: {value[e.start:e.end]!a}, bytes that are "
+            "not UTF-8)") from None
+    return value
