@@ -158,7 +158,7 @@ def test_cli_json_fields(cli):
     (["--gpus", "0"], ["gpus", "positive"]),
     (["--gpus", "16", "--max-memory-gb", "-1"], ["max_memory_gb"]),
     (["--gpus", "16", "--max-memory-gb", "nan"], ["max_memory_gb", "nan"]),
-    (["--gpus", "16", "--seq-len", "0"], ["seq_len"]),
+    (["--gpus", "16", "--seq-len", "0"], ["--seq-len", "positive"]),
     (["--gpus", "65536", "--max-simulations", "128"], ["--max-simulations 32"]),
 ])
 def test_cli_bad_input_one_line(cli, args, words):
