@@ -65,9 +65,65 @@ def check_world_size(plan: Plan) -> str | None:
     return None
 
 
-def check_memory(plan: Plan) -> None:
+def host_memory_gb() -> float:
+    """RAM this machine can give now, GB: /proc/meminfo's MemAvailable (else
+    MemTotal, else the physical pages), capped by a cgroup v2 memory limit."""
+    fields: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if rest.split():
+                    fields[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    avail = fields.get("MemAvailable") or fields.get("MemTotal")
+    if not avail:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:  # a container's limit, when it has one
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            avail = min(avail, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return avail / 1e9
+
+
+def cpu_rank_memory_gb(plan: Plan) -> list[float]:
+    """`sandbox.memory`'s estimate of each local rank of a CPU run, GB, in rank
+    order of stages (every rank of stage s: dp*tp of them). CPU ranks train in
+    fp32 whatever `train.precision` says, so the estimate is for fp32."""
+    from sandbox.memory import memory_per_gpu
+
+    fp32 = plan if plan.train.precision == "fp32" else plan.replace(
+        **{"train.precision": "fp32"})
+    p = plan.parallel
+    return [memory_per_gpu(fp32, stage)["total"] for stage in range(p.pp)
+            for _ in range(p.dp * p.tp)]
+
+
+def check_memory(plan: Plan, kind: str | None = None,
+                 available_gb: float | None = None) -> None:
+    """Raise (one line) unless the plan fits where its ranks will run.
+
+    kind: "cuda" (default on a GPU machine): each rank against the plan's GPU
+    memory; "cpu": the ranks are processes sharing this host's RAM, so their
+    sum (fp32, `cpu_rank_memory_gb`) is checked against `available_gb`
+    (default `host_memory_gb()`)."""
     from sandbox.memory import fits, memory_per_gpu
 
+    if (kind or device_capacity()[0]) == "cpu":
+        ranks = cpu_rank_memory_gb(plan)
+        need, most = sum(ranks), max(ranks)
+        have = host_memory_gb() if available_gb is None else available_gb
+        if need > have:
+            each = (f"{len(ranks)} ranks x {most:.3g} GB" if min(ranks) == most else
+                    f"{len(ranks)} ranks (up to {most:.3g} GB each)")
+            raise SandboxError(f"the plan does not fit in memory on CPU: {each} = "
+                               f"{need:.3g} GB (fp32) > {have:.3g} GB of host memory "
+                               "available")
+        return
     if not fits(plan):
         need = memory_per_gpu(plan)["total"]
         raise SandboxError(f"the plan does not fit in memory: {need:.3g} GB per device > "
