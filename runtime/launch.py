@@ -26,12 +26,21 @@ import sys
 from pathlib import Path
 
 from runtime.result import RunResult
-from runtime.rundir import LOCK_ENV, RunLock, refuse_existing_run
+from runtime.rundir import (
+    LOCK_ENV,
+    RunLock,
+    refuse_existing_run,
+    release_reserve,
+    reserve,
+    write_error,
+    writing,
+)
 from sandbox.errors import SandboxError
 from sandbox.specs import Plan
 from sandbox.validate import validate_runtime
 
 CPU_OVERSUBSCRIPTION = 4  # at most this many CPU processes per core
+LOG_RESERVE = 1 << 20  # bytes set aside for train.log: a run that fills the disk still logs
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESS, ERROR = "@@progress", "@@error"  # must match runtime.train
 
@@ -189,9 +198,37 @@ def torchrun_command(plan: Plan, out: Path, resume: bool = False, fail_at_step: 
     return cmd
 
 
+class _Log:
+    """train.log, appended line by line (unbuffered). A failed write (a full
+    disk) stops nothing: the unwritten bytes are kept and tried again with each
+    line and at the end (a failed checkpoint gives its space back); `problem`
+    says what could not be written."""
+
+    def __init__(self, path: Path):
+        self.path, self.pending, self.problem = path, b"", ""
+        with writing(path):
+            self.f = open(path, "ab", buffering=0)
+        reserve(self.f, LOG_RESERVE)
+
+    def write(self, line: str) -> None:
+        self.pending += line.encode("utf-8", errors="replace")
+        try:
+            while self.pending:
+                self.pending = self.pending[os.write(self.f.fileno(), self.pending):]
+            self.problem = ""
+        except OSError as e:
+            self.problem = str(write_error(self.path, e))
+
+    def close(self) -> None:
+        self.write("")
+        release_reserve(self.f)
+        self.f.close()
+
+
 def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
-            env_extra: dict[str, str]) -> tuple[int, list[str]]:
-    """Run the workers; log their output, draw the bar; returns (exit code, log lines)."""
+            env_extra: dict[str, str]) -> tuple[int, list[str], str]:
+    """Run the workers; log their output, draw the bar; returns (exit code, log
+    lines, what could not be written to train.log or "")."""
     import json
 
     from tqdm import tqdm
@@ -206,9 +243,9 @@ def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
     lines: list[str] = []
     bar = tqdm(total=steps, unit="step", disable=not progress or None, file=sys.stderr,
                dynamic_ncols=True, leave=True)
-    with open(out / "train.log", "a") as log, subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            env=env, cwd=ROOT) as proc:
+    log = _Log(out / "train.log")
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1, env=env, cwd=ROOT) as proc:
         try:
             for line in proc.stdout:
                 if PROGRESS in line:
@@ -219,7 +256,6 @@ def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
                     continue
                 lines.append(line.rstrip("\n"))
                 log.write(line)
-                log.flush()
             code = proc.wait()
         except KeyboardInterrupt:
             proc.terminate()
@@ -227,7 +263,8 @@ def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
             raise
         finally:
             bar.close()
-    return code, lines
+            log.close()
+    return code, lines, log.problem
 
 
 def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = False,
@@ -265,11 +302,16 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
         print(note, file=sys.stderr)
     with RunLock.acquire(out) as lock:  # one launch per directory; nothing written before
         check_out_dir(plan, out, resume)  # again under the lock: another launch may have won
-        (out / "plan.toml").write_text(plan.to_toml())
+        with writing(out / "plan.toml"):
+            (out / "plan.toml").write_text(plan.to_toml())
         cmd = torchrun_command(plan, out, resume, fail_at_step, fail_rank, max_restarts,
                                no_final_checkpoint)
-        code, lines = _stream(cmd, out, plan.train.steps, progress, {LOCK_ENV: lock.token})
+        code, lines, unlogged = _stream(cmd, out, plan.train.steps, progress,
+                                        {LOCK_ENV: lock.token})
+    log = f"log: {out / 'train.log'}" if not unlogged else f"and {unlogged}"
     if code != 0:
         why = _last_error(lines) or f"the workers exited with code {code}"
-        raise SandboxError(f"run failed: {why} (log: {out / 'train.log'})")
+        raise SandboxError(f"run failed: {why} ({log})")
+    if unlogged:
+        print(f"warning: {unlogged}", file=sys.stderr)
     return RunResult.load(out)
