@@ -213,7 +213,7 @@ class _Log:
     def write(self, line: str) -> None:
         self.pending += line.encode("utf-8", errors="replace")
         try:
-            while self.pending:
+            while self.pending:  # what was written is dropped at once: no line twice
                 self.pending = self.pending[os.write(self.f.fileno(), self.pending):]
             self.problem = ""
         except OSError as e:

@@ -84,7 +84,8 @@ class RunLock:
     def acquire(cls, out: Path) -> RunLock:
         """Take the lock of `out` (creating the folder), or raise naming its owner."""
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        with writing(out):
+            out.mkdir(parents=True, exist_ok=True)
         token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
         owner = {"host": socket.gethostname(), "pid": os.getpid(),
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "token": token}
@@ -94,8 +95,14 @@ class RunLock:
             except FileExistsError:
                 cls._clear_stale(out)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(owner, f)
+            except OSError as e:
+                raise write_error(out / LOCK, e) from None
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(owner, f)
+            except OSError as e:  # a full disk: no half-written lock left behind
+                (out / LOCK).unlink(missing_ok=True)
+                raise write_error(out / LOCK, e) from None
             return cls(out, token)
         raise SandboxError(f"{out}: could not take the run lock")
 
@@ -192,6 +199,14 @@ def writing(path: str | Path) -> Iterator[None]:
         yield
     except OSError as e:
         raise write_error(path, e) from None
+
+
+def write_all(f: object, data: bytes) -> None:
+    """Write every byte to the unbuffered file `f` (open(..., "ab", buffering=0)):
+    nothing is left in a buffer for a close to fail on; OSError on failure."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(f.fileno(), view):]
 
 
 def _oserror_in(e: BaseException) -> OSError | None:

@@ -43,6 +43,7 @@ from runtime.rundir import (
     read_metrics,
     refuse_existing_run,
     trim_metrics,
+    write_all,
     writing,
 )
 from runtime.step import Divergence, train_step
@@ -254,7 +255,7 @@ class Trainer:
         row: dict[str, Any] = {}
         saved = -1
         with writing(self.metrics_path):
-            log = open(self.metrics_path if self.rank == 0 else os.devnull, "a")
+            log = open(self.metrics_path if self.rank == 0 else os.devnull, "ab", buffering=0)
         with log:
             for step in range(start + 1, t.steps + 1):  # `step` = steps done after this one
                 self._sync()
@@ -282,8 +283,7 @@ class Trainer:
                                      and step % t.eval_every == 0):
                     row["eval_loss"] = self.evaluate()
                 with writing(self.metrics_path):
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
+                    write_all(log, (json.dumps(row) + "\n").encode())
                 if diverged:  # logged; no checkpoint of what diverged
                     raise self.divergence.error(step, diverged)
                 if self.rank == 0:
