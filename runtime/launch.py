@@ -267,6 +267,20 @@ def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
     return code, lines, log.problem
 
 
+def check_runnable(plan: Plan) -> str | None:
+    """Every check of the plan against this machine that `run` makes before it
+    touches `out` (callers that run later, like `sandbox compare`, make them
+    first): what the runtime implements, memory, world size, data. Raises
+    SandboxError (one line); returns a note to show (or None)."""
+    from runtime.data import check_data
+
+    validate_runtime(plan)  # what only the simulator models is refused here
+    check_memory(plan)
+    note = check_world_size(plan)
+    check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)
+    return note
+
+
 def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = False,
         fail_at_step: int = 0, fail_rank: int = 0, max_restarts: int = 0,
         progress: bool = True, no_final_checkpoint: bool = False) -> RunResult:
@@ -279,8 +293,6 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
     Raises SandboxError (one line) on bad input or a failed run; never
     deletes checkpoints or metrics.
     """
-    from runtime.data import check_data
-
     out = Path(out).resolve()  # the workers run from the checkout (cwd=ROOT)
     if steps is not None:
         if steps <= 0:
@@ -291,10 +303,7 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
                            f"{plan.world_size}")
     if max_restarts < 0:
         raise SandboxError(f"--max-restarts: must not be negative, got {max_restarts}")
-    validate_runtime(plan)  # what only the simulator models is refused here
-    check_memory(plan)
-    note = check_world_size(plan)
-    check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)
+    note = check_runnable(plan)
     if plan.train.data != "builtin":  # the workers' cwd is the checkout, not ours
         plan = plan.replace(**{"train.data": str(Path(plan.train.data).resolve())})
     check_out_dir(plan, out, resume)

@@ -154,9 +154,11 @@ def compare(plan: Plan, out: str | Path, steps: int | None = None, profile_steps
 
     sim/ and runtime/ are imported here, lazily: neither imports the other,
     both speak only the sandbox specs."""
+    from runtime.launch import check_runnable
     from runtime.measure import measure
     from sim import simulate
 
+    check_runnable(plan if steps is None else plan.replace(steps=steps))  # before any work
     simres = simulate(plan)
     m = measure(plan, out, steps, profile_steps, progress)
     return combine(plan, simres, m, out, plot)
