@@ -8,7 +8,11 @@ Sources (`train.data`):
   or a directory searched recursively for both (sorted paths).
 
 Tokenizer: one token per byte (ids 0..255), so any model with vocab >= 256
-can train on any text. The last `HELDOUT_FRACTION` of the token stream (at
+can train on any text. The stream is kept as uint8 (`byte_tokens`, one copy
+per process); only each batch becomes int64. Data files must be regular files
+(a FIFO or /dev/zero is refused before it is opened) of at most `DATA_LIMIT`
+bytes in all; `check_data` (the launcher's check) stats .txt files rather
+than reading them. The last `HELDOUT_FRACTION` of the token stream (at
 least one sequence) is held out for evaluation.
 
 Batches depend on (seed, step) alone, never on the parallel layout:
