@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 
-from runtime import checkpoint as ckpt
 from runtime.loss_scale import DynamicLossScale
 from runtime.parallel.parallelize import Parallelized
 from sandbox.errors import SandboxError
@@ -112,6 +111,8 @@ class Divergence:
 
     def error(self, step: int, why: str) -> SandboxError:
         """The one-line stop of step `step`, naming the checkpoints kept."""
+        from runtime import checkpoint as ckpt
+
         kept = sorted(int(p.name.rsplit("_", 1)[1]) for p in ckpt.complete_checkpoints(self.out))
         saved = (f"checkpoints kept: step{'s' * (len(kept) > 1)} {', '.join(map(str, kept))} in "
                  f"{self.out / 'checkpoints'}" if kept else "no checkpoint saved yet")

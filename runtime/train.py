@@ -11,7 +11,9 @@ Rank 0 appends one JSON line per step to DIR/metrics.jsonl
 `eval_loss` when evaluated and, on plain data parallelism, `dp_comm_bytes`:
 the bytes rank 0 sent to synchronise replicas in that step), prints
 `@@progress {...}` lines for the launcher's progress bar, and at the end
-writes DIR/summary.json. A problem with the input prints `@@error <one line>`
+writes DIR/summary.json. A problem with the input, a loss that diverged
+(`runtime.step.Divergence`: the step is logged, no checkpoint of it is saved)
+or a file that could not be written (a full disk) prints `@@error <one line>`
 and exits 1.
 
 Resuming (`--resume`, or any elastic restart by torchrun): load the newest
