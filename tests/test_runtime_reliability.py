@@ -173,6 +173,13 @@ def test_special_files_are_refused_without_reading(tmp_path, monkeypatch, kind):
     assert ("4,096" in msg) if kind == "too big" else ("not a regular file" in msg)
 
 
+def test_a_lone_surrogate_in_jsonl_is_one_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "\\ud800 alone"}\n')
+    with pytest.raises(SandboxError, match=f"{path}:2: text is not valid Unicode"):
+        data.check_data(str(path), seq_len=4, vocab=256)
+
+
 def test_run_refuses_a_fifo_as_data_before_starting(cli, tmp_path):
     os.mkfifo(tmp_path / "corpus.txt")
     plan = write_plan(tmp_path / "plan.toml", extra=f'data = "{tmp_path / "corpus.txt"}"')
