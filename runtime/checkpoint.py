@@ -39,12 +39,14 @@ import torch.distributed.checkpoint.filesystem as dcp_fs
 import torch.distributed.checkpoint.metadata as dcp_md
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
     set_state_dict,
 )
 
+from runtime.rundir import save_error
 from sandbox.errors import SandboxError
 
 COMPLETE = "COMPLETE"
@@ -280,31 +282,38 @@ def save(run_dir: str | Path, step: int, parts: list[nn.Module],
          optimizer: torch.optim.Optimizer, scheduler: Any = None,
          extra: dict[str, Any] | None = None) -> Path:
     """Collectively save model, optimizer, scheduler, step and RNG after `step`
-    steps; returns the complete checkpoint folder. Every rank must call it."""
+    steps; returns the complete checkpoint folder. Every rank must call it. A failed
+    write (a full disk) raises SandboxError naming the folder (removed: space back)."""
     final = step_dir(run_dir, step)
     tmp = final.with_name(f".tmp_{final.name}")
     rank = _rank()
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed save
-        tmp.mkdir(parents=True)
-    _barrier()
-    model_sd, optim_sd = get_state_dict(_module_view(parts), optimizer, options=OPTIONS)
-    with _quiet():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
-    torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
-    _barrier()
-    if rank == 0:
-        meta = {"step": step, "world_size": dist.get_world_size() if dist.is_initialized()
-                else 1, "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "torch": torch.__version__, **(extra or {})}
-        (tmp / META).write_text(json.dumps(meta, indent=1))
-        with open(tmp / COMPLETE, "w") as f:
-            f.write(f"{step}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if final.exists():  # an older save of the same step (e.g. before a restart)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a killed save
+            tmp.mkdir(parents=True)
+        _barrier()
+        model_sd, optim_sd = get_state_dict(_module_view(parts), optimizer, options=OPTIONS)
+        with _quiet():
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
+        _barrier()
+        if rank == 0:
+            meta = {"step": step, "world_size": dist.get_world_size() if dist.is_initialized()
+                    else 1, "scheduler": scheduler.state_dict() if scheduler is not None
+                    else None, "torch": torch.__version__, **(extra or {})}
+            (tmp / META).write_text(json.dumps(meta, indent=1))
+            with open(tmp / COMPLETE, "w") as f:
+                f.write(f"{step}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if final.exists():  # an older save of the same step (e.g. before a restart)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except (OSError, RuntimeError, CheckpointException) as e:  # DCP wraps each rank's error
+        error = save_error(tmp, e)  # before freeing the space: a full disk shows
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise error from None
     _barrier()
     return final
 

@@ -8,7 +8,11 @@ Sources (`train.data`):
   or a directory searched recursively for both (sorted paths).
 
 Tokenizer: one token per byte (ids 0..255), so any model with vocab >= 256
-can train on any text. The last `HELDOUT_FRACTION` of the token stream (at
+can train on any text. The stream is kept as uint8 (`byte_tokens`, one copy
+per process); only each batch becomes int64. Data files must be regular files
+(a FIFO or /dev/zero is refused before it is opened) of at most `DATA_LIMIT`
+bytes in all; `check_data` (the launcher's check) stats .txt files rather
+than reading them. The last `HELDOUT_FRACTION` of the token stream (at
 least one sequence) is held out for evaluation.
 
 Batches depend on (seed, step) alone, never on the parallel layout:
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +37,7 @@ from sandbox.errors import SandboxError
 from sandbox.specs import Plan
 
 BUILTIN_BYTES = 4_000_000  # size cap of the builtin corpus, bytes
+DATA_LIMIT = 1 << 30  # bytes: the most train.data may hold (kept in memory on every rank)
 HELDOUT_FRACTION = 0.05  # the last 5% of the token stream is held out
 BYTE_VOCAB = 256  # byte-level tokenizer: ids 0..255
 EVAL_BATCHES = 4  # global batches of held-out windows per evaluation
@@ -69,8 +75,9 @@ def _builtin_bytes(limit: int = BUILTIN_BYTES) -> bytes:
     return b"".join(chunks)[:limit]
 
 
-def _jsonl_bytes(path: Path) -> bytes:
-    texts = []
+def _jsonl_bytes(path: Path) -> bytearray:
+    """The "text" fields of a JSONL file joined by newlines, UTF-8."""
+    out = bytearray()
     with path.open("rb") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -81,45 +88,98 @@ def _jsonl_bytes(path: Path) -> bytes:
                 raise SandboxError(f"{path}:{n}: not valid JSON") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise SandboxError(f"{path}:{n}: expected an object with a \"text\" string")
-            texts.append(obj["text"])
-    return "\n".join(texts).encode("utf-8")
+            if out:
+                out += b"\n"
+            try:
+                out += obj["text"].encode("utf-8")
+            except UnicodeEncodeError:
+                raise SandboxError(f"{path}:{n}: text is not valid Unicode (a lone "
+                                   "surrogate)") from None
+    return out
 
 
-def _file_bytes(path: Path) -> bytes:
+def _regular_size(path: Path) -> int:
+    """Bytes of a regular data file; one line naming it otherwise (a FIFO would
+    block the reader forever, /dev/zero never ends: neither is opened)."""
     try:
-        return _jsonl_bytes(path) if path.suffix == ".jsonl" else path.read_bytes()
+        st = os.stat(path)
     except OSError as e:
         raise SandboxError(f"{path}: cannot read data ({e.strerror or e.__class__.__name__})") \
             from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SandboxError(f"{path}: not a regular file (a pipe, device or socket); "
+                           "train.data must be a .txt or .jsonl file or a directory of them")
+    return st.st_size
 
 
-def _source_bytes(source: str) -> bytes:
-    if source == "builtin":
-        return _builtin_bytes()
+def _data_files(source: str) -> list[Path]:
+    """The files of a data source (a file, or a directory's .txt/.jsonl files in
+    sorted order), each a regular file, at most `DATA_LIMIT` bytes in all.
+    Nothing is read."""
     path = Path(source).expanduser()
     if not path.exists():
         raise SandboxError(f"{path}: no such data file or directory (train.data)")
     if path.is_dir():
         try:
             files = sorted(p for p in path.rglob("*")
-                           if p.suffix in (".txt", ".jsonl") and p.is_file())
+                           if p.suffix in (".txt", ".jsonl") and not p.is_dir())
         except OSError as e:
             raise SandboxError(f"{path}: cannot list data directory ({e.strerror})") from None
         if not files:
             raise SandboxError(f"{path}: no .txt or .jsonl files in the data directory")
-        return b"\n".join(_file_bytes(p) for p in files)
-    if path.suffix not in (".txt", ".jsonl"):
-        raise SandboxError(f"{path}: data must be a .txt or .jsonl file or a directory of them")
-    return _file_bytes(path)
+    else:
+        if path.suffix not in (".txt", ".jsonl"):
+            raise SandboxError(f"{path}: data must be a .txt or .jsonl file or a directory "
+                               "of them")
+        files = [path]
+    total = sum(_regular_size(p) for p in files)
+    if total > DATA_LIMIT:
+        raise SandboxError(f"{path}: {total:,} bytes of data, more than train.data may hold "
+                           f"({DATA_LIMIT:,}; the byte tokenizer keeps it all in memory)")
+    return files
+
+
+def _read_file(path: Path, size: int) -> bytearray:
+    """A .txt file's bytes (read once, into one buffer) or a .jsonl file's texts."""
+    try:
+        if path.suffix == ".jsonl":
+            return _jsonl_bytes(path)
+        buf = bytearray(size)
+        with path.open("rb") as f:
+            got = f.readinto(buf)
+        return buf[:got] if got < size else buf
+    except OSError as e:
+        raise SandboxError(f"{path}: cannot read data ({e.strerror or e.__class__.__name__})") \
+            from None
+
+
+def _source_bytes(source: str) -> bytearray:
+    if source == "builtin":
+        return bytearray(_builtin_bytes())
+    files = _data_files(source)
+    if len(files) == 1:
+        return _read_file(files[0], _regular_size(files[0]))
+    out = bytearray()
+    for i, p in enumerate(files):
+        if i:
+            out += b"\n"
+        out += _read_file(p, _regular_size(p))
+    return out
 
 
 @lru_cache(maxsize=4)
-def load_tokens(source: str = "builtin") -> torch.Tensor:
-    """The whole token stream of a data source, 1-D int64 byte ids."""
+def byte_tokens(source: str = "builtin") -> torch.Tensor:
+    """The whole token stream of a data source, 1-D uint8 byte ids (one byte per
+    token: 8x smaller than int64; batches are converted when they are cut)."""
     raw = _source_bytes(source)
     if not raw:
         raise SandboxError(f"{source}: the data is empty")
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
+    return torch.frombuffer(raw, dtype=torch.uint8)
+
+
+def load_tokens(source: str = "builtin") -> torch.Tensor:
+    """The whole token stream of a data source, 1-D int64 byte ids (a copy)."""
+    return byte_tokens(source).long()
 
 
 def split_point(n_tokens: int, seq_len: int) -> int:
@@ -127,28 +187,48 @@ def split_point(n_tokens: int, seq_len: int) -> int:
     return n_tokens - max(int(n_tokens * HELDOUT_FRACTION), seq_len + 1)
 
 
-def token_split(split: str, source: str = "builtin", seq_len: int = 0) -> torch.Tensor:
-    """The "train" or "heldout" part of a source's token stream."""
-    toks = load_tokens(source)
+def byte_split(split: str, source: str = "builtin", seq_len: int = 0) -> torch.Tensor:
+    """The "train" or "heldout" part of a source's token stream, uint8 (a view)."""
+    toks = byte_tokens(source)
     cut = split_point(len(toks), seq_len)
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     return toks[:cut] if split == "train" else toks[cut:]
 
 
+def token_split(split: str, source: str = "builtin", seq_len: int = 0) -> torch.Tensor:
+    """The "train" or "heldout" part of a source's token stream, int64 (a copy)."""
+    return byte_split(split, source, seq_len).long()
+
+
+def token_count(source: str) -> int:
+    """Tokens of a data source, checking it as `byte_tokens` would but keeping
+    nothing: .txt files are only stat-ed, .jsonl files parsed and dropped."""
+    if source == "builtin":
+        return len(byte_tokens(source))
+    files = _data_files(source)
+    n = len(files) - 1  # the newlines joining them
+    for p in files:
+        n += len(_read_file(p, 0)) if p.suffix == ".jsonl" else _regular_size(p)
+    if n <= 0:
+        raise SandboxError(f"{source}: the data is empty")
+    return n
+
+
 def check_data(source: str, seq_len: int, vocab: int) -> int:
     """Raise SandboxError (one line naming the path) unless the source is
-    readable and long enough for seq_len-token training and held-out windows.
-    Returns the number of tokens."""
+    readable (regular files, at most `DATA_LIMIT` bytes) and long enough for
+    seq_len-token training and held-out windows. Reads no more than it must
+    (see `token_count`). Returns the number of tokens."""
     if vocab < BYTE_VOCAB:
         raise SandboxError(f"model.vocab: {vocab} < {BYTE_VOCAB}; the byte-level tokenizer "
                            f"needs at least {BYTE_VOCAB} ids")
-    toks = load_tokens(source)
+    n = token_count(source)
     need = 2 * (seq_len + 1)
-    if len(toks) < need:
-        raise SandboxError(f"{source}: too little data ({len(toks)} bytes; seq_len {seq_len} "
+    if n < need:
+        raise SandboxError(f"{source}: too little data ({n} bytes; seq_len {seq_len} "
                            f"needs at least {need})")
-    return len(toks)
+    return n
 
 
 @dataclass(frozen=True)
@@ -168,20 +248,20 @@ class DataLoader:
     def _windows(self, toks: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor,
                                                                            torch.Tensor]:
         idx = starts[:, None] + torch.arange(self.seq_len + 1)[None, :]
-        rows = toks[idx]
+        rows = toks[idx].long()  # only the batch becomes int64
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
     def global_batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens, targets), each (global_batch, seq_len) int64, for 0-based `step`:
         random windows of the training split from a generator seeded by (seed, step)."""
-        toks = token_split("train", self.source, self.seq_len)
+        toks = byte_split("train", self.source, self.seq_len)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         starts = torch.randint(0, len(toks) - self.seq_len, (self.global_batch,), generator=gen)
         return self._windows(toks, starts)
 
     def eval_batches(self, n: int = EVAL_BATCHES) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """`n` fixed global batches of held-out windows, evenly spaced over the split."""
-        toks = token_split("heldout", self.source, self.seq_len)
+        toks = byte_split("heldout", self.source, self.seq_len)
         count = n * self.global_batch
         starts = torch.linspace(0, len(toks) - self.seq_len - 1, count).long()
         return [self._windows(toks, s) for s in starts.split(self.global_batch)]

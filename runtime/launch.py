@@ -26,12 +26,21 @@ import sys
 from pathlib import Path
 
 from runtime.result import RunResult
-from runtime.rundir import LOCK_ENV, RunLock, refuse_existing_run
+from runtime.rundir import (
+    LOCK_ENV,
+    RunLock,
+    refuse_existing_run,
+    release_reserve,
+    reserve,
+    write_error,
+    writing,
+)
 from sandbox.errors import SandboxError
 from sandbox.specs import Plan
 from sandbox.validate import validate_runtime
 
 CPU_OVERSUBSCRIPTION = 4  # at most this many CPU processes per core
+LOG_RESERVE = 1 << 20  # bytes set aside for train.log: a run that fills the disk still logs
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESS, ERROR = "@@progress", "@@error"  # must match runtime.train
 
@@ -65,9 +74,65 @@ def check_world_size(plan: Plan) -> str | None:
     return None
 
 
-def check_memory(plan: Plan) -> None:
+def host_memory_gb() -> float:
+    """RAM this machine can give now, GB: /proc/meminfo's MemAvailable (else
+    MemTotal, else the physical pages), capped by a cgroup v2 memory limit."""
+    fields: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if rest.split():
+                    fields[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    avail = fields.get("MemAvailable") or fields.get("MemTotal")
+    if not avail:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:  # a container's limit, when it has one
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            avail = min(avail, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return avail / 1e9
+
+
+def cpu_rank_memory_gb(plan: Plan) -> list[float]:
+    """`sandbox.memory`'s estimate of each local rank of a CPU run, GB, in rank
+    order of stages (every rank of stage s: dp*tp of them). CPU ranks train in
+    fp32 whatever `train.precision` says, so the estimate is for fp32."""
+    from sandbox.memory import memory_per_gpu
+
+    fp32 = plan if plan.train.precision == "fp32" else plan.replace(
+        **{"train.precision": "fp32"})
+    p = plan.parallel
+    return [memory_per_gpu(fp32, stage)["total"] for stage in range(p.pp)
+            for _ in range(p.dp * p.tp)]
+
+
+def check_memory(plan: Plan, kind: str | None = None,
+                 available_gb: float | None = None) -> None:
+    """Raise (one line) unless the plan fits where its ranks will run.
+
+    kind: "cuda" (default on a GPU machine): each rank against the plan's GPU
+    memory; "cpu": the ranks are processes sharing this host's RAM, so their
+    sum (fp32, `cpu_rank_memory_gb`) is checked against `available_gb`
+    (default `host_memory_gb()`)."""
     from sandbox.memory import fits, memory_per_gpu
 
+    if (kind or device_capacity()[0]) == "cpu":
+        ranks = cpu_rank_memory_gb(plan)
+        need, most = sum(ranks), max(ranks)
+        have = host_memory_gb() if available_gb is None else available_gb
+        if need > have:
+            each = (f"{len(ranks)} ranks x {most:.3g} GB" if min(ranks) == most else
+                    f"{len(ranks)} ranks (up to {most:.3g} GB each)")
+            raise SandboxError(f"the plan does not fit in memory on CPU: {each} = "
+                               f"{need:.3g} GB (fp32) > {have:.3g} GB of host memory "
+                               "available")
+        return
     if not fits(plan):
         need = memory_per_gpu(plan)["total"]
         raise SandboxError(f"the plan does not fit in memory: {need:.3g} GB per device > "
@@ -133,9 +198,37 @@ def torchrun_command(plan: Plan, out: Path, resume: bool = False, fail_at_step: 
     return cmd
 
 
+class _Log:
+    """train.log, appended line by line (unbuffered). A failed write (a full
+    disk) stops nothing: the unwritten bytes are kept and tried again with each
+    line and at the end (a failed checkpoint gives its space back); `problem`
+    says what could not be written."""
+
+    def __init__(self, path: Path):
+        self.path, self.pending, self.problem = path, b"", ""
+        with writing(path):
+            self.f = open(path, "ab", buffering=0)
+        reserve(self.f, LOG_RESERVE)
+
+    def write(self, line: str) -> None:
+        self.pending += line.encode("utf-8", errors="replace")
+        try:
+            while self.pending:  # what was written is dropped at once: no line twice
+                self.pending = self.pending[os.write(self.f.fileno(), self.pending):]
+            self.problem = ""
+        except OSError as e:
+            self.problem = str(write_error(self.path, e))
+
+    def close(self) -> None:
+        self.write("")
+        release_reserve(self.f)
+        self.f.close()
+
+
 def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
-            env_extra: dict[str, str]) -> tuple[int, list[str]]:
-    """Run the workers; log their output, draw the bar; returns (exit code, log lines)."""
+            env_extra: dict[str, str]) -> tuple[int, list[str], str]:
+    """Run the workers; log their output, draw the bar; returns (exit code, log
+    lines, what could not be written to train.log or "")."""
     import json
 
     from tqdm import tqdm
@@ -150,9 +243,9 @@ def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
     lines: list[str] = []
     bar = tqdm(total=steps, unit="step", disable=not progress or None, file=sys.stderr,
                dynamic_ncols=True, leave=True)
-    with open(out / "train.log", "a") as log, subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            env=env, cwd=ROOT) as proc:
+    log = _Log(out / "train.log")
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1, env=env, cwd=ROOT) as proc:
         try:
             for line in proc.stdout:
                 if PROGRESS in line:
@@ -163,7 +256,6 @@ def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
                     continue
                 lines.append(line.rstrip("\n"))
                 log.write(line)
-                log.flush()
             code = proc.wait()
         except KeyboardInterrupt:
             proc.terminate()
@@ -171,7 +263,22 @@ def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
             raise
         finally:
             bar.close()
-    return code, lines
+            log.close()
+    return code, lines, log.problem
+
+
+def check_runnable(plan: Plan) -> str | None:
+    """Every check of the plan against this machine that `run` makes before it
+    touches `out` (callers that run later, like `sandbox compare`, make them
+    first): what the runtime implements, memory, world size, data. Raises
+    SandboxError (one line); returns a note to show (or None)."""
+    from runtime.data import check_data
+
+    validate_runtime(plan)  # what only the simulator models is refused here
+    check_memory(plan)
+    note = check_world_size(plan)
+    check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)
+    return note
 
 
 def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = False,
@@ -186,8 +293,6 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
     Raises SandboxError (one line) on bad input or a failed run; never
     deletes checkpoints or metrics.
     """
-    from runtime.data import check_data
-
     out = Path(out).resolve()  # the workers run from the checkout (cwd=ROOT)
     if steps is not None:
         if steps <= 0:
@@ -198,10 +303,7 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
                            f"{plan.world_size}")
     if max_restarts < 0:
         raise SandboxError(f"--max-restarts: must not be negative, got {max_restarts}")
-    validate_runtime(plan)  # what only the simulator models is refused here
-    check_memory(plan)
-    note = check_world_size(plan)
-    check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)
+    note = check_runnable(plan)
     if plan.train.data != "builtin":  # the workers' cwd is the checkout, not ours
         plan = plan.replace(**{"train.data": str(Path(plan.train.data).resolve())})
     check_out_dir(plan, out, resume)
@@ -209,11 +311,16 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
         print(note, file=sys.stderr)
     with RunLock.acquire(out) as lock:  # one launch per directory; nothing written before
         check_out_dir(plan, out, resume)  # again under the lock: another launch may have won
-        (out / "plan.toml").write_text(plan.to_toml())
+        with writing(out / "plan.toml"):
+            (out / "plan.toml").write_text(plan.to_toml())
         cmd = torchrun_command(plan, out, resume, fail_at_step, fail_rank, max_restarts,
                                no_final_checkpoint)
-        code, lines = _stream(cmd, out, plan.train.steps, progress, {LOCK_ENV: lock.token})
+        code, lines, unlogged = _stream(cmd, out, plan.train.steps, progress,
+                                        {LOCK_ENV: lock.token})
+    log = f"log: {out / 'train.log'}" if not unlogged else f"and {unlogged}"
     if code != 0:
         why = _last_error(lines) or f"the workers exited with code {code}"
-        raise SandboxError(f"run failed: {why} (log: {out / 'train.log'})")
+        raise SandboxError(f"run failed: {why} ({log})")
+    if unlogged:
+        print(f"warning: {unlogged}", file=sys.stderr)
     return RunResult.load(out)

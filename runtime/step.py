@@ -6,6 +6,15 @@ tests' harness) runs per optimizer step.
     -> optimizer step (skipped on an fp16 overflow) -> replicas' after-step
     sync (local SGD, parameter server) -> LR schedule -> zero the gradients
 
+`Divergence.check` stops a run after a step that diverged: with fp32 or
+bf16 a loss that is NaN or infinite; with fp16 the dynamic loss scale has its
+say first (a non-finite gradient norm skips the step and halves the scale,
+which is normal) and the run stops only when a step is skipped while the
+scale is already at its minimum: the gradients overflow unscaled and no scale
+can help. The error names the step and the checkpoints kept; metrics.jsonl
+keeps every step logged, the diverged one included, and no checkpoint is
+saved after it.
+
 `mark(name)` wraps the phases "fwd_bwd", "clip" and "optimizer" (e.g.
 `torch.profiler.record_function`, which `runtime.calibrate.step_profile`
 splits a step by).
@@ -17,12 +26,14 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from runtime.loss_scale import DynamicLossScale
 from runtime.parallel.parallelize import Parallelized
+from sandbox.errors import SandboxError
 
 
 @dataclass(frozen=True)
@@ -76,3 +87,34 @@ def train_step(par: Parallelized, optimizer: torch.optim.Optimizer, tokens: torc
     if scaler is not None:
         par.loss_scale = scaler.scale  # for the next step
     return StepResult(loss, norm, lr, scale, updated)
+
+
+class Divergence:
+    """The divergence rule of one run directory (see the module docstring)."""
+
+    def __init__(self, out: Path, scaler: DynamicLossScale | None):
+        self.out, self.scaler = Path(out), scaler
+        self.skipped_in_a_row = 0
+
+    def why(self, res: StepResult) -> str | None:
+        """What is wrong after this step, or None when training may go on."""
+        if self.scaler is None:
+            return None if math.isfinite(res.loss) else f"loss is {res.loss}"
+        self.skipped_in_a_row = 0 if res.updated else self.skipped_in_a_row + 1
+        if res.updated and not math.isfinite(res.loss):
+            return f"loss is {res.loss}"
+        if not res.updated and res.loss_scale <= self.scaler.min_scale:
+            return (f"fp16 gradients not finite even at the minimum loss scale "
+                    f"({res.loss_scale:g}; {self.skipped_in_a_row} steps in a row skipped, "
+                    f"loss {res.loss:.4g})")
+        return None
+
+    def error(self, step: int, why: str) -> SandboxError:
+        """The one-line stop of step `step`, naming the checkpoints kept."""
+        from runtime import checkpoint as ckpt
+
+        kept = sorted(int(p.name.rsplit("_", 1)[1]) for p in ckpt.complete_checkpoints(self.out))
+        saved = (f"checkpoints kept: step{'s' * (len(kept) > 1)} {', '.join(map(str, kept))} in "
+                 f"{self.out / 'checkpoints'}" if kept else "no checkpoint saved yet")
+        return SandboxError(f"step {step}: {why}; stopping ({saved}; metrics in "
+                            f"{self.out / 'metrics.jsonl'})")

@@ -11,7 +11,9 @@ Rank 0 appends one JSON line per step to DIR/metrics.jsonl
 `eval_loss` when evaluated and, on plain data parallelism, `dp_comm_bytes`:
 the bytes rank 0 sent to synchronise replicas in that step), prints
 `@@progress {...}` lines for the launcher's progress bar, and at the end
-writes DIR/summary.json. A problem with the input prints `@@error <one line>`
+writes DIR/summary.json. A problem with the input, a loss that diverged
+(`runtime.step.Divergence`: the step is logged, no checkpoint of it is saved)
+or a file that could not be written (a full disk) prints `@@error <one line>`
 and exits 1.
 
 Resuming (`--resume`, or any elastic restart by torchrun): load the newest
@@ -25,9 +27,7 @@ import faulthandler
 import json
 import os
 import random
-import resource
 import signal
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,12 +40,19 @@ from runtime import checkpoint as ckpt
 from runtime.data import DataLoader, check_data, dp_slice
 from runtime.loss_scale import DynamicLossScale
 from runtime.lr import build_scheduler, lr_at
-from runtime.rundir import RunLock, read_metrics, refuse_existing_run, trim_metrics
-from runtime.step import train_step
+from runtime.rundir import (
+    RunLock,
+    read_metrics,
+    refuse_existing_run,
+    trim_metrics,
+    write_all,
+    writing,
+)
+from runtime.step import Divergence, train_step
+from runtime.summary import WARMUP_STEPS as WARMUP_STEPS  # noqa: F401  (runtime.measure)
+from runtime.summary import max_over_ranks, peak_memory_gb, run_summary
 from sandbox.errors import SandboxError
-from sandbox.specs import GPU, Plan
 
-WARMUP_STEPS = 2  # steps left out of the median step time
 PROGRESS, ERROR = "@@progress", "@@error"
 
 
@@ -74,27 +81,6 @@ def setup_device() -> tuple[torch.device, str]:
     return torch.device("cpu"), "gloo"
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak memory of this process in GB: allocated device memory on GPU,
-    resident set size (ru_maxrss, KiB on Linux) on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-
-
-def peak_flops(plan: Plan, device: torch.device, world: int) -> tuple[float, str]:
-    """Dense peak FLOP/s of one device for MFU, and the name of that device
-    spec: the plan's GPU, or this machine's CPU spec when a GPU plan runs on CPU."""
-    gpu, precision = plan.cluster.gpu, plan.train.precision
-    if device.type == "cpu":
-        precision = "fp32"  # CPU runs train in fp32
-        if gpu.name != "cpu":
-            from sandbox.presets import localhost_cluster
-
-            gpu = GPU(**localhost_cluster(world)["gpu"])
-    return gpu.peak_flops(precision), gpu.name
-
-
 def init_process_group(backend: str, device: torch.device) -> None:
     """The default process group from torchrun's environment. After an elastic
     restart its store gets a per-attempt prefix: torchrun's store outlives the
@@ -114,14 +100,6 @@ def init_process_group(backend: str, device: torch.device) -> None:
                           timeout=timedelta(minutes=10), multi_tenant=not agent_store)
     dist.init_process_group(backend, store=dist.PrefixStore(f"restart_{restart}", store),
                             rank=rank, world_size=world, device_id=device_id)
-
-
-def _max_over_ranks(value: float, device: torch.device) -> float:
-    if not dist.is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
 
 
 def _seed_everything(seed: int) -> None:
@@ -178,8 +156,8 @@ class Trainer:
                 self.release()
                 raise
             if not self.resuming or not (self.out / "plan.toml").exists():
-                # the run directory describes itself (export reads plan.toml)
-                (self.out / "plan.toml").write_text(plan.to_toml())
+                with writing(self.out / "plan.toml"):  # the run describes itself (export)
+                    (self.out / "plan.toml").write_text(plan.to_toml())
         self.backend = backend
         _seed_everything(plan.train.seed)
         check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)
@@ -199,6 +177,7 @@ class Trainer:
         self.scaler = DynamicLossScale() if plan.train.precision == "fp16" else None
         if self.scaler is not None:
             self.par.loss_scale = self.scaler.scale
+        self.divergence = Divergence(self.out, self.scaler)
 
     def release(self) -> None:
         """Give up the run directory's lock if this process took it."""
@@ -217,7 +196,8 @@ class Trainer:
         """Load the newest complete checkpoint if resuming; returns the first step."""
         if not self.resuming:
             if self.rank == 0:
-                self.metrics_path.write_text("")
+                with writing(self.metrics_path):
+                    self.metrics_path.write_text("")
             return 0
         found, skipped = ckpt.newest_intact(self.out)
         if skipped and found is None:
@@ -276,7 +256,9 @@ class Trainer:
         times: list[float] = []
         row: dict[str, Any] = {}
         saved = -1
-        with open(self.metrics_path, "a") if self.rank == 0 else open(os.devnull, "w") as log:
+        with writing(self.metrics_path):
+            log = open(self.metrics_path if self.rank == 0 else os.devnull, "ab", buffering=0)
+        with log:
             for step in range(start + 1, t.steps + 1):  # `step` = steps done after this one
                 self._sync()
                 t0 = time.perf_counter()
@@ -292,18 +274,20 @@ class Trainer:
                 times.append(dt)
                 row = {"step": step, "loss": loss, "step_time_s": dt,
                        "tokens_per_s": tokens / dt,
-                       "mem_gb": _max_over_ranks(peak_memory_gb(self.device), self.device),
+                       "mem_gb": max_over_ranks(peak_memory_gb(self.device), self.device),
                        "lr": res.lr, "grad_norm": res.grad_norm}
                 if self.scaler is not None:
                     row.update(loss_scale=res.loss_scale, skipped=not res.updated)
                 if (sent := self.par.comm_bytes()) is not None:
                     row["dp_comm_bytes"] = sent  # sent by this rank for dp sync
-                if t.eval_every and step % t.eval_every == 0 and step != t.steps:
+                diverged = self.divergence.why(res)
+                if not diverged and (step == t.steps or t.eval_every
+                                     and step % t.eval_every == 0):
                     row["eval_loss"] = self.evaluate()
-                if step == t.steps:
-                    row["eval_loss"] = self.evaluate()
-                log.write(json.dumps(row) + "\n")
-                log.flush()
+                with writing(self.metrics_path):
+                    write_all(log, (json.dumps(row) + "\n").encode())
+                if diverged:  # logged; no checkpoint of what diverged
+                    raise self.divergence.error(step, diverged)
                 if self.rank == 0:
                     print(f"{PROGRESS} " + json.dumps({"step": step, "steps": t.steps,
                                                        "loss": round(loss, 4)}), flush=True)
@@ -320,48 +304,18 @@ class Trainer:
             summary.update(loss_scale=self.scaler.scale,
                            skipped_steps=sum(bool(r.get("skipped")) for r in logged))
         if self.rank == 0:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            with writing(self.out / "summary.json"):
+                (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
     def summary(self, times: list[float], last: dict[str, Any], start: int) -> dict[str, Any]:
-        """summary.json: DESIGN.md fields plus provenance."""
-        from sandbox.counts import model_flops_per_step
-
-        plan = self.plan
-        if not times:  # nothing left to train: take the logged steps
+        """summary.json (see `runtime.summary.run_summary`); with nothing left to
+        train, from the logged steps."""
+        if not times:
             rows = read_metrics(self.metrics_path)
             times = [r["step_time_s"] for r in rows]
             last = rows[-1] if rows else {}
-        steady = times[WARMUP_STEPS:] if len(times) > WARMUP_STEPS else times
-        step_time = statistics.median(steady) if steady else float("nan")
-        peak, peak_name = peak_flops(plan, self.device, self.world)
-        flops = model_flops_per_step(plan.model, plan.parallel.global_batch)
-        if self.device.type == "cuda":
-            name = torch.cuda.get_device_name(self.device)
-        else:
-            name = "cpu"
-        return {
-            "world_size": self.world,
-            "step_time_s": step_time,
-            "tokens_per_s": plan.tokens_per_step / step_time,
-            "mfu": flops / (step_time * self.world * peak),
-            "peak_mem_gb": _max_over_ranks(peak_memory_gb(self.device), self.device),
-            "final_loss": last.get("loss"),
-            "eval_loss": last.get("eval_loss"),
-            "device": f"{name} ({self.backend}) x{self.world}",
-            "steps": plan.train.steps,
-            "resumed_from_step": start,
-            "precision": "fp32" if self.device.type == "cpu" else plan.train.precision,
-            "compiled": bool(plan.train.compile and self.device.type == "cuda"),
-            "flops_per_step": flops,
-            "peak_flops_per_device": peak,
-            "peak_flops_source": peak_name,
-            "torch": torch.__version__,
-            "plan": plan.model.name,
-            "parallel": {k: getattr(plan.parallel, k) for k in
-                         ("dp", "tp", "pp", "vpp", "zero", "schedule", "micro_batch",
-                          "global_batch", "dp_mode", "grad_compression", "sync_every")},
-        }
+        return run_summary(self.plan, self.device, self.backend, self.world, times, last, start)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,8 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(args)
         trainer.run()
         code = 0
-    except SandboxError as e:
-        print(f"{ERROR} {str(e).splitlines()[0]}", flush=True)
+    except (SandboxError, OSError) as e:  # an OSError with a path: a file we could not write
+        if isinstance(e, OSError) and e.filename is None:
+            raise
+        why = e if isinstance(e, SandboxError) else f"{e.filename}: {e.strerror or e}"
+        print(f"{ERROR} {str(why).splitlines()[0]}", flush=True)
         code = 1
     finally:
         if trainer is not None:

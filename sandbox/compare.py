@@ -159,11 +159,13 @@ def compare(plan: Plan, out: str | Path, steps: int | None = None, profile_steps
 
     sim/ and runtime/ are imported here, lazily: neither imports the other,
     both speak only the sandbox specs."""
+    from runtime.launch import check_runnable
     from runtime.measure import measure
     from sandbox.outputs import output_dir
     from sim import simulate
 
     output_dir(out, "out")  # before simulating or training
+    check_runnable(plan if steps is None else plan.replace(steps=steps))  # before any work
     simres = simulate(plan)
     m = measure(plan, out, steps, profile_steps, progress)
     return combine(plan, simres, m, out, plot)

@@ -46,7 +46,7 @@ def plan_problems(plan: Plan) -> list[str]:
     if problems:  # NaN passes every comparison below; huge sizes make them slow
         return problems
     _positive(problems, "model", m, ("layers", "hidden", "heads", "kv_heads", "vocab",
-                                     "seq_len", "ffn_hidden"))
+                                     "seq_len", "ffn_hidden", "norm_eps", "rope_theta"))
     _positive(problems, "cluster", c, ("nodes", "gpus_per_node", "intra_node_gb_per_s",
                                        "nics_per_node", "nic_gbit_per_s", "oversubscription",
                                        "storage_gb_per_s", "weibull_shape"))

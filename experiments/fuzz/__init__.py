@@ -9,16 +9,18 @@ input as a tester would. One module per area, each with `cases()`:
 - `cli`: output paths (missing, a folder for a file and back, read-only, bad
   extension, empty, a full disk), input paths (too long, NUL, nested TOML) and
   numeric flags (negative, zero, NaN, inf) of every subcommand.
+- `training`: plans too big for host memory on CPU, runs that diverge, special
+  files and large corpora as train.data.
 
 `case.Case` is the data of one probe; `fuzz_cli` runs and classes them.
 """
 
 from __future__ import annotations
 
-from experiments.fuzz import cli, limits, plans, rundirs
+from experiments.fuzz import cli, limits, plans, rundirs, training
 from experiments.fuzz.case import Case
 
-AREAS = (plans, limits, cli, rundirs)
+AREAS = (plans, limits, cli, training, rundirs)
 
 
 def all_cases() -> list[Case]:
