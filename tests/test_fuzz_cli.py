@@ -37,6 +37,8 @@ def test_a_case_past_its_rss_limit_is_killed_as_unbounded_memory() -> None:
                 files={"plan.toml": plan}, expect="ok", max_rss_mb=30)
     row = run_case(case)
     assert row["class"] == "unbounded memory" and row["rc"] == [None], row
-    assert 30 < row["peak_rss_mb"] < 200, row
     fine = run_case(Case("the same under 1.5 GB", case.argv, files=case.files, expect="ok"))
     assert fine["class"] == "ok" and fine["peak_rss_mb"] > 30, fine
+    # killed on the way up: past the limit, short of what the whole run takes (sampling
+    # every 50 ms may overshoot the limit on a loaded machine, never the full peak)
+    assert 30 < row["peak_rss_mb"] <= fine["peak_rss_mb"], (row, fine)
