@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from sandbox.layout import rank_of
+from sim.network.collectives import Phase
 from sim.network.flows import FlowNetwork
 from sim.network.topology import Topology
 from sim.work import Work
@@ -83,6 +84,15 @@ class Engine:
         self.n_ag = {(r, s): sum(1 for k, _, _ in self.rws[r].ops[s] if self._gathers(k))
                      for r in replicas for s in range(self.P)}
         self.rounds = [self._rounds(work.rep(0), s) for s in range(self.P)]
+        # ZeRO-3: each micro-batch's reduction but the last as one transfer (it
+        # runs behind the next ops; fewer flow events), the last per bucket
+        self.seq = []
+        for s, b in enumerate(work.dp_buckets):
+            nb = len(b)
+            whole = [(sum(x for x, _ in b), [Phase(ph.paths, tuple(x * nb for x in ph.sizes),
+                                                   ph.latency_s * nb) for ph in b[0][1]])] if b \
+                else []
+            self.seq.append(whole * (self.rounds[s] - 1) + b)
         self.ag_mb = {(r, s): [mb for k, mb, _ in self.rws[r].ops[s] if self._gathers(k)]
                       for r in replicas for s in range(self.P)}  # microbatch of each gather
 
@@ -143,7 +153,7 @@ class Engine:
         stream gets to them go as one transfer (same flows, summed bytes and
         latencies: identical in the fluid model, far fewer events)."""
         env, ready = self.env, self.ready
-        buckets = self.work.dp_buckets[s] * self.rounds[s]  # ZeRO-3: once per micro-batch
+        buckets = self.seq[s]
         k = 0
         while k < len(buckets):
             yield ready.setdefault((s, k), env.event())
@@ -215,10 +225,12 @@ class Engine:
         for k in range(max(self.n_ag[(r, s)] for r in self.replicas)):
             yield self.ag_ready.setdefault((s, k), env.event())
             t0 = env.now
-            first, rest = self.work.zero3_ag[s]
-            yield from self._transfer(first)
-            self._evt(self.ag_first, (s, k)).succeed()
-            yield from self._transfer(rest)
+            first = self._evt(self.ag_first, (s, k))  # the first unit's share, unhindered
+            env.timeout(self.work.zero3_ag_s[s]).callbacks.append(
+                lambda _e, first=first: first.triggered or first.succeed())
+            yield from self._transfer(self.work.zero3_ag[s])
+            if not first.triggered:
+                first.succeed()
             for r in self.replicas:
                 mbs = self.ag_mb[(r, s)]
                 self._span(rank_of(self.plan, r, s, 0), "dp_comm", "param_allgather", t0,
@@ -319,10 +331,11 @@ class Engine:
         produced the gradients: with overlap, bucket k is ready after its share
         of that backward (last layers first)."""
         env = self.env
-        nb = len(self.work.dp_buckets[s])
+        last = rnd == self.rounds[s] - 1
+        nb = len(self.work.dp_buckets[s]) if last else 1
         for k in range(nb):
             at = t0 + (t1 - t0) * (k + 1) / nb if self.work.dp_overlap else t1
-            key = rnd * nb + k
+            key = rnd + k
             if at <= env.now:
                 self._bucket_ready(s, key)
             else:

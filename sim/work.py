@@ -64,9 +64,9 @@ class Work:
     dp_buckets: list[list[tuple[float, list[Phase]]]]  # per stage: (params, phases)
     dp_overlap: bool
     # per stage, ZeRO-3: the all-gather of one chunk's parameters before each F
-    # (and B, with reshard_after_forward): [first unit's, other units'] flow
-    # phases (empty: no ZeRO-3); its seconds alone; FSDP's copy-out seconds
-    zero3_ag: list[list[list[Phase]]]
+    # (and B, with reshard_after_forward) as flow phases (empty: no ZeRO-3);
+    # its first unit's seconds alone; FSDP's copy-out seconds
+    zero3_ag: list[list[Phase]]
     optimizer_s: list[float]
     # per stage, ZeRO 1/2: the updated parameter shards all-gathered after the step
     dp_gather: list[list[Phase]] = field(default_factory=list)

@@ -45,8 +45,8 @@ from sim.sync.parameter_server import ps_phases, ps_server_ranks
 from sim.work import Work, virtual_stages
 
 Buckets = list[tuple[float, list[Phase]]]
-# per stage: ZeRO-3 gather phases [first unit, other units], seconds, copy-out seconds, units
-Zero3 = tuple[list[list[list[Phase]]], list[float], list[float], list[int]]
+# per stage: ZeRO-3 gather phases, first unit's seconds, copy-out seconds, units per chunk
+Zero3 = tuple[list[list[Phase]], list[float], list[float], list[int]]
 
 
 def _allreduce_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device,
@@ -96,25 +96,24 @@ def zero3_units(plan: Plan, layers: list[int], s: int) -> int:
 
 
 def _unit_phases(topo: Topology, prof: Profile, colls: list[Coll], units: int
-                 ) -> list[list[Phase]]:
+                 ) -> tuple[list[Phase], float]:
     """A chunk's all-gather as FSDP runs it, one collective per unit (equal
-    units): [the first unit's phases, the other units' phases] (their bytes
-    summed, each unit's latency counted)."""
-    first = merge_phases([phases(topo, replace(c, nbytes=c.nbytes / units), prof)
-                          for c in colls])
-    k = units - 1
-    rest = [] if k == 0 else [Phase(ph.paths, tuple(x * k for x in ph.sizes), ph.latency_s * k)
-                              for ph in first]
-    return [first, rest]
+    units): its phases (the chunk's bytes, every unit's latency) and the
+    seconds of the first unit alone on an idle network."""
+    one = merge_phases([phases(topo, replace(c, nbytes=c.nbytes / units), prof)
+                        for c in colls])
+    first = concurrent_time(topo, [replace(c, nbytes=c.nbytes / units) for c in colls], prof)
+    return [Phase(ph.paths, tuple(x * units for x in ph.sizes), ph.latency_s * units)
+            for ph in one], first
 
 
 def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, layers: list[int],
             dp_overlap: bool, bucket_params: float, algorithm: str
             ) -> tuple[list[Buckets], Zero3, list[list[Phase]], dict[str, Any]]:
     """Per stage: the gradient buckets (params, phases), the ZeRO-3 all-gather
-    of one chunk's parameters before each op (its first unit's and the other
-    units' phases, `_unit_phases`; its seconds on an idle network; the copy-out
-    seconds; the units per chunk), the ZeRO 1/2 parameter all-gather after the step
+    of one chunk's parameters before each op (its phases and its first unit's
+    seconds on an idle network, `_unit_phases`; the copy-out seconds; the
+    units per chunk), the ZeRO 1/2 parameter all-gather after the step
     (`gather_phases`), and notes for `SimResult.extra`. With ZeRO-3 the
     buckets are reduced after every micro-batch (`sim.engine`), so
     `dp_bytes_per_gpu` counts micro-batches x the reduce-scatter plus every
@@ -135,6 +134,8 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
         stage_b: Buckets = []
         if p.dp > 1 and p.dp_mode in ("allreduce", "parameter-server"):
             nb = max(1, math.ceil(n_params / bucket_params)) if dp_overlap else 1
+            if z3 and dp_overlap:  # FSDP reduce-scatters per unit, not per bucket
+                nb = v * zero3_units(plan, layers, s)
             if p.dp_mode == "allreduce":
                 ph = _allreduce_phases(plan, topo, prof, dev, s, mats, 1 / nb, algorithm)
                 b_sent = compression.wire_bytes(plan, dev, mats, p.dp)
@@ -156,8 +157,10 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
         chunk_b = n_params / v * wb
         colls = [Coll("all_gather", tuple(rank_of(plan, d, s, t) for d in range(p.dp)),
                       chunk_b, algorithm) for t in range(p.tp)] if z3 else []
-        ag.append(_unit_phases(topo, prof, colls, zero3_units(plan, layers, s)) if z3 else [])
-        ag_s.append(concurrent_time(topo, colls, prof))
+        whole, first = _unit_phases(topo, prof, colls, zero3_units(plan, layers, s)) if z3 \
+            else ([], 0.0)
+        ag.append(whole)
+        ag_s.append(first)
         # FSDP2 copies the gathered buffer out into the parameters on the compute stream
         copy_s.append(compute.memory_time(dev, 2 * chunk_b) if z3 else 0.0)
     note: dict[str, Any] = {"dp_mode": p.dp_mode, "grad_compression": p.grad_compression}
