@@ -8,7 +8,7 @@
   optimizer keeps an fp32 copy of them for the master weights
   (2 + 2 + 16 = 20); fp32 training keeps 4 + 4 + 8. ZeRO 1 shards the
   optimizer states over dp, ZeRO 2 also the gradients, ZeRO 3 also the
-  weights.
+  weights, plus the FSDP units it holds gathered (`zero3_gathered_params`).
 - Activations per layer follow Korthikanti et al. (2022), written per tensor
   so that GQA and SwiGLU shapes fit: for a GPT block this is exactly
   `s b h (34 + 5 a s / h)` bytes without parallelism,
@@ -114,6 +114,22 @@ def layers_in_flight(plan: Plan, stage: int) -> float:
     return layers_per_stage * min(p - stage, m)  # 1f1b, zero-bubble (ZB-H1)
 
 
+def zero3_gathered_params(plan: Plan, stage: int, n: float) -> float:
+    """ZeRO-3 (FSDP2): unsharded parameters a GPU of `stage` (n parameters
+    per GPU unsharded) holds at its peak beside its shard. With
+    `reshard_after_forward` two FSDP units (the one computing, the one
+    prefetched; the largest unit: a block, or the root's embedding / head);
+    without it the stage's full parameters, kept from forward to backward of
+    a micro-batch. 0 with zero < 3 or dp 1."""
+    m, p = plan.model, plan.parallel
+    if p.zero < 3 or p.dp == 1:
+        return 0.0
+    if not p.reshard_after_forward:
+        return n
+    root = n - stage_layer_count(plan, stage) * layer_params_per_gpu(m, p.tp)
+    return 2 * max(layer_params_per_gpu(m, p.tp), root)
+
+
 def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
     """Memory of one GPU in GB by component, for `stage` or the most loaded one.
 
@@ -126,6 +142,7 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
     m, p, t = plan.model, plan.parallel, plan.train
     n = stage_params_per_gpu(m, p.tp, p.pp, stage, stage_layer_count(plan, stage))
     params = n * weight_bytes_per_param(t.precision) / (p.dp if p.zero >= 3 else 1)
+    params += zero3_gathered_params(plan, stage, n) * weight_bytes_per_param(t.precision)
     grads = n * grad_bytes_per_param(t.precision) / (p.dp if p.zero >= 2 else 1)
     optim = n * optimizer_bytes_per_param(t.precision, t.optimizer) / (p.dp if p.zero >= 1 else 1)
     per_layer = activation_bytes_per_layer(m, p.micro_batch, p.tp, p.sequence_parallel,

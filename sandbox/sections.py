@@ -149,6 +149,12 @@ class Parallel:
     global_batch: int = 8  # sequences per optimizer step
     schedule: str = "1f1b"
     zero: int = 1  # 0 DDP, 1 optimizer states, 2 +grads, 3 +params (FSDP)
+    # ZeRO-3 (FSDP2's flag): free each unit's gathered parameters after its forward
+    # and all-gather them again for its backward (True, FSDP2's default), or keep
+    # them from forward to backward of a micro-batch (False: one gather per
+    # micro-batch instead of two, the stage's full parameters in memory). Ignored
+    # (accepted, no effect) with zero 0-2, whose parameters stay gathered.
+    reshard_after_forward: bool = True
     sequence_parallel: bool = True  # only has an effect with tp > 1
     # backward TP all-reduce (SP: reduce-scatter) of the input gradient overlapped
     # with the weight-gradient GEMM (Megatron-LM's async grad all-reduce); the

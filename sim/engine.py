@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from sandbox.layout import rank_of
+from sim.network.collectives import Phase
 from sim.network.flows import FlowNetwork
 from sim.network.topology import Topology
 from sim.work import Work
@@ -73,6 +74,27 @@ class Engine:
         # ZeRO 1/2: every replica's optimizer step, then the parameter all-gather
         self.stepped: dict[int, int] = {}
         self.gathered = {s: env.event() for s in range(self.P)}
+        # ZeRO-3: gathers per stage (k-th gathered op), gradient reductions per
+        # micro-batch (`rounds`: reductions of a stage's buckets per step)
+        self.ag_ready: dict[tuple[int, int], simpy.Event] = {}
+        self.ag_done: dict[tuple[int, int], simpy.Event] = {}
+        self.ag_first: dict[tuple[int, int], simpy.Event] = {}
+        self.ag_count: dict[tuple[int, int], int] = {}
+        self.z3 = any(work.zero3_ag)
+        self.n_ag = {(r, s): sum(1 for k, _, _ in self.rws[r].ops[s] if self._gathers(k))
+                     for r in replicas for s in range(self.P)}
+        self.rounds = [self._rounds(work.rep(0), s) for s in range(self.P)]
+        # ZeRO-3: each micro-batch's reduction but the last as one transfer (it
+        # runs behind the next ops; fewer flow events), the last per bucket
+        self.seq = []
+        for s, b in enumerate(work.dp_buckets):
+            nb = len(b)
+            whole = [(sum(x for x, _ in b), [Phase(ph.paths, tuple(x * nb for x in ph.sizes),
+                                                   ph.latency_s * nb) for ph in b[0][1]])] if b \
+                else []
+            self.seq.append(whole * (self.rounds[s] - 1) + b)
+        self.ag_mb = {(r, s): [mb for k, mb, _ in self.rws[r].ops[s] if self._gathers(k)]
+                      for r in replicas for s in range(self.P)}  # microbatch of each gather
 
     def run(self) -> EngineResult:
         """Start every stream, step the simulation to its end."""
@@ -82,6 +104,8 @@ class Engine:
                 env.process(self._dp_stream(s))
             else:
                 self.dp_done[s].succeed()
+            if work.zero3_ag and work.zero3_ag[s]:
+                env.process(self._ag_stream(s))
             for r in self.replicas:
                 env.process(self._stage(r, s))
         events = 0
@@ -129,7 +153,7 @@ class Engine:
         stream gets to them go as one transfer (same flows, summed bytes and
         latencies: identical in the fluid model, far fewer events)."""
         env, ready = self.env, self.ready
-        buckets = self.work.dp_buckets[s]
+        buckets = self.seq[s]
         k = 0
         while k < len(buckets):
             yield ready.setdefault((s, k), env.event())
@@ -158,6 +182,69 @@ class Engine:
                        self.env.now)
         self.gathered[s].succeed()
 
+    def _gathers(self, kind: str) -> bool:
+        """ZeRO-3: whether an op of `kind` all-gathers its chunk's parameters
+        first (forward always, backward when `reshard_after_forward`)."""
+        return self.z3 and (
+            kind == "F" or kind == "B" and self.plan.parallel.reshard_after_forward)
+
+    def _rounds(self, rw, s: int) -> int:
+        """Gradient reductions of stage s per step: one per micro-batch with
+        ZeRO-3 (FSDP2 reduce-scatters after every backward: the gradients stay
+        sharded), one after the last backward otherwise."""
+        if self.plan.parallel.zero < 3:
+            return 1
+        last = "W" if rw.cost[(s, 0, "W")].total else "B"
+        return max(1, sum(1 for k, _, c in rw.ops[s] if k == last and c == 0))
+
+    def _last_unit(self, st: RankStats, done: simpy.Event, unit_s: float):
+        """ZeRO-3: the op ends no earlier than its last unit's compute (`unit_s`)
+        after the chunk's gather ends; the wait beyond its own compute is exposed."""
+        env = self.env
+        t_wait = env.now
+        if not done.triggered:
+            yield done
+        if done.at + unit_s > env.now:
+            yield env.timeout(done.at + unit_s - env.now)
+        st.dp_comm += env.now - t_wait
+
+    def _prefetch_ready(self, s: int, k: int) -> None:
+        """A replica reached the op before stage s's k-th gathered op: once
+        every replica that has it did, its all-gather may start."""
+        self.ag_count[(s, k)] = self.ag_count.get((s, k), 0) + 1
+        need = sum(1 for r in self.replicas if self.n_ag[(r, s)] > k)
+        if self.ag_count[(s, k)] == need:
+            self.ag_ready.setdefault((s, k), self.env.event()).succeed()
+
+    def _ag_stream(self, s: int):
+        """ZeRO-3's communication stream of stage s: the chunk parameters of
+        each gathered op all-gathered over dp in op order, each as soon as the
+        op before it has started (prefetch one op ahead), as flows sharing the
+        network with the gradient reductions."""
+        env = self.env
+        for k in range(max(self.n_ag[(r, s)] for r in self.replicas)):
+            yield self.ag_ready.setdefault((s, k), env.event())
+            t0 = env.now
+            first = self._evt(self.ag_first, (s, k))  # the first unit's share, unhindered
+            env.timeout(self.work.zero3_ag_s[s]).callbacks.append(
+                lambda _e, first=first: first.triggered or first.succeed())
+            yield from self._transfer(self.work.zero3_ag[s])
+            if not first.triggered:
+                first.succeed()
+            for r in self.replicas:
+                mbs = self.ag_mb[(r, s)]
+                self._span(rank_of(self.plan, r, s, 0), "dp_comm", "param_allgather", t0,
+                           env.now, mbs[k] if k < len(mbs) else -1)
+            done = self._evt(self.ag_done, (s, k))
+            done.at = env.now
+            done.succeed()
+
+    def _evt(self, table: dict, key: tuple) -> simpy.Event:
+        e = table.get(key)
+        if e is None:
+            e = table[key] = self.env.event()
+        return e
+
     def _optimizer_done(self, s: int) -> None:
         self.stepped[s] = self.stepped.get(s, 0) + 1
         if self.stepped[s] == self.n_rep:
@@ -174,9 +261,8 @@ class Engine:
         last_kind = "W" if rw.cost[(s, 0, "W")].total else "B"
         n_b = sum(1 for k, _, _ in ops if k == last_kind)
         seen_last = 0
-        ag_t = work.zero3_ag_s[s]
-        ag_done = ag_t
-        for kind, mb, c in ops:
+        k_ag = 0  # gathered ops so far (ZeRO-3)
+        for i, (kind, mb, c) in enumerate(ops):
             vs = c * P + s
             need = None
             if kind == "F" and vs > 0:
@@ -190,25 +276,38 @@ class Engine:
                 exposed_pp = env.now - max(t_wait, sent)
                 st.pp_comm += exposed_pp
                 st.bubble += env.now - t_wait - exposed_pp
-            if ag_t and kind != "W":
-                if env.now < ag_done:
+            done = None
+            if self._gathers(kind):  # wait for the op's first FSDP unit's parameters
+                if kind == "F":  # FSDP2's root pre-forward: gathers wait for the compute
+                    self._prefetch_ready(s, k_ag)
+                first = self._evt(self.ag_first, (s, k_ag))
+                if not first.triggered:
                     t_wait = env.now
-                    yield env.timeout(ag_done - env.now)
+                    yield first
                     st.dp_comm += env.now - t_wait
-                self._span(rank, "dp_comm", "param_allgather", ag_done - ag_t, ag_done, mb)
-                ag_done = max(env.now, ag_done) + ag_t  # prefetch the next op's params
+                done = self._evt(self.ag_done, (s, k_ag))
+                k_ag += 1
+            if i + 1 < len(ops) and ops[i + 1][0] == "B" and self._gathers("B"):
+                self._prefetch_ready(s, k_ag)  # the next backward's gather runs behind this op
             cost = rw.cost[(s, c, kind)]
             t0 = env.now
             if kind == last_kind and c == 0:
                 seen_last += 1
-                if seen_last == max(1, n_b // v) and work.dp_buckets[s]:
-                    self._issue_buckets(s, t0, t0 + cost.total)
-            yield env.timeout(cost.total)
-            st.compute += cost.compute_s
+                final, n_r = seen_last == max(1, n_b // v), self.rounds[s]
+                if work.dp_buckets[s] and (final or n_r > 1):
+                    # this micro-batch's reduction (a replica with fewer: all the rest)
+                    first = 0 if n_r == 1 else seen_last - 1
+                    for j in range(first, n_r if final else min(seen_last, n_r)):
+                        self._issue_buckets(s, t0, t0 + cost.total, j)
+            copy = work.zero3_copy_s[s] if done is not None else 0.0
+            yield env.timeout(cost.total + copy)
+            st.compute += cost.compute_s + copy
             st.tp_comm += cost.tp_s
             st.host += cost.total - cost.compute_s - cost.tp_s
             self._span(rank, "compute", {"F": "fwd", "B": "bwd", "W": "wgrad"}[kind], t0,
                        env.now, mb)
+            if done is not None:  # the last unit computes once its parameters are in
+                yield from self._last_unit(st, done, cost.total / work.zero3_units[s])
             if kind == "F" and vs < P * v - 1:
                 self._send(r, s, (r, "F", mb, vs), "fwd")
             elif kind == "B" and vs > 0:
@@ -227,18 +326,21 @@ class Engine:
             st.dp_comm += env.now - t0
         st.finish = env.now
 
-    def _issue_buckets(self, s: int, t0: float, t1: float) -> None:
-        """The last backward of the stage produced the gradients: with overlap,
-        bucket k is ready after its share of that backward (last layers first)."""
+    def _issue_buckets(self, s: int, t0: float, t1: float, rnd: int = 0) -> None:
+        """The last backward of the stage (ZeRO-3: of micro-batch `rnd`)
+        produced the gradients: with overlap, bucket k is ready after its share
+        of that backward (last layers first)."""
         env = self.env
-        nb = len(self.work.dp_buckets[s])
+        last = rnd == self.rounds[s] - 1
+        nb = len(self.work.dp_buckets[s]) if last else 1
         for k in range(nb):
             at = t0 + (t1 - t0) * (k + 1) / nb if self.work.dp_overlap else t1
+            key = rnd + k
             if at <= env.now:
-                self._bucket_ready(s, k)
+                self._bucket_ready(s, key)
             else:
                 env.timeout(at - env.now).callbacks.append(
-                    lambda _e, s=s, k=k: self._bucket_ready(s, k))
+                    lambda _e, s=s, k=key: self._bucket_ready(s, k))
 
 
 def run(work: Work, topo: Topology, replicas: tuple[int, ...] = (0,),

@@ -7,7 +7,8 @@ still placed on the network (pipeline sends, data-parallel rings). The
 lowering gathers, per stage: the op costs and pipeline sends (`sim.costs`);
 the data-parallel gradient collectives per bucket as flow phases, the ZeRO
 1/2 all-gather of the updated parameters after the optimizer step and the
-ZeRO-3 parameter all-gather per op (`sim.sync.variants`, by
+ZeRO-3 parameter all-gather per op, prefetched one op ahead, with the
+gradients reduce-scattered after every micro-batch (`sim.sync.variants`, by
 `parallel.dp_mode`); the op order (`sim.schedules`). `Work` (`sim.work`)
 holds replica 0's work; replicas that differ (slow or other GPUs, slow
 links, uneven micro-batches or sequence lengths) get their own
@@ -43,10 +44,12 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
     layers = stage_layers(plan)
     dev = compute.device_of(plan, prof)
     cost, opt = stage_costs(plan, topo, prof, [dev] * P, [1.0] * P, layers)
-    buckets, ag, gather, note = variants.dp_work(plan, topo, prof, dev, layers,
-                                                 dp_overlap, bucket_params, dp_algorithm)
+    buckets, zero3, gather, note = variants.dp_work(plan, topo, prof, dev, layers,
+                                                    dp_overlap, bucket_params, dp_algorithm)
+    ag, ag_s, copy_s, units = zero3
     ops = [schedule(p.schedule, P, mb, s, v) for s in range(P)]
     work = Work(plan, P, mb, v, ops, cost, send_time(plan, topo, prof), buckets,
-                dp_overlap, ag, opt, dp_gather=gather, flows_note=note)
+                dp_overlap, ag, opt, dp_gather=gather, flows_note=note, zero3_ag_s=ag_s,
+                zero3_copy_s=copy_s, zero3_units=units)
     replicas.attach(work, topo, prof, layers)
     return work

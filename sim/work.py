@@ -63,11 +63,17 @@ class Work:
     send_s: float  # activation (or gradient) between adjacent stages
     dp_buckets: list[list[tuple[float, list[Phase]]]]  # per stage: (params, phases)
     dp_overlap: bool
-    zero3_ag_s: list[float]  # per stage, parameter all-gather before each F/B
+    # per stage, ZeRO-3: the all-gather of one chunk's parameters before each F
+    # (and B, with reshard_after_forward) as flow phases (empty: no ZeRO-3);
+    # its first unit's seconds alone; FSDP's copy-out seconds
+    zero3_ag: list[list[Phase]]
     optimizer_s: list[float]
     # per stage, ZeRO 1/2: the updated parameter shards all-gathered after the step
     dp_gather: list[list[Phase]] = field(default_factory=list)
     flows_note: dict = field(default_factory=dict)
+    zero3_ag_s: list[float] = field(default_factory=list)
+    zero3_copy_s: list[float] = field(default_factory=list)
+    zero3_units: list[int] = field(default_factory=list)  # FSDP units per chunk
     # Asymmetric plans (sim.replicas): the replicas whose work differs from
     # replica 0's (the fields above), and each replica's first twin.
     reps: dict[int, RepWork] = field(default_factory=dict)

@@ -23,6 +23,7 @@ CASES_2 = {
     "dp2 ZeRO-2": dict(dp=2, zero=2),
     "dp2 ZeRO-3": dict(dp=2, zero=3),
     "dp2 ZeRO-3 full recompute": dict(dp=2, zero=3, recompute="full"),
+    "dp2 ZeRO-3 no reshard": dict(dp=2, zero=3, reshard_after_forward=False),
     "tp2": dict(tp=2, sequence_parallel=False),
     "tp2 + sp": dict(tp=2, sequence_parallel=True),
     "pp2 gpipe": dict(pp=2, schedule="gpipe"),

@@ -19,8 +19,10 @@ ZeRO stage -> PyTorch building block (and why):
 - 2 (+ gradients sharded): FSDP2 `reshard_after_forward=False`; gradients are
   reduce-scattered after every microbatch, so only a shard is accumulated.
 - 3 (+ parameters sharded): FSDP2 `fully_shard` per block and on the root
-  with `reshard_after_forward=True`: parameters are all-gathered per block in
-  forward and again in backward (ZeRO-3 / FSDP).
+  with `reshard_after_forward` = `parallel.reshard_after_forward` (default
+  True): parameters are all-gathered per block in forward and again in
+  backward (ZeRO-3 / FSDP); False keeps them gathered from a micro-batch's
+  forward to its backward (one gather per micro-batch).
 
 In FSDP2 parameters are stored sharded between steps in stages 1-3; what the
 stage changes is when they are gathered and how gradients are reduced. Both
@@ -42,8 +44,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 def apply_dp(model: nn.Module, dp_mesh: DeviceMesh, zero: int,
-             pipelined: bool = False) -> nn.Module:
-    """Wrap or shard `model` (a GPT or a pipeline chunk) for ZeRO `zero`.
+             pipelined: bool = False, reshard_after_forward: bool = True) -> nn.Module:
+    """Wrap or shard `model` (a GPT or a pipeline chunk) for ZeRO `zero`
+    (`reshard_after_forward`: ZeRO-3 only, FSDP2's flag).
 
     Returns the module to run: the DDP wrapper for ZeRO 0 without tensor or
     pipeline parallelism, otherwise `model` itself (FSDP2 modifies it in place).
@@ -57,7 +60,7 @@ def apply_dp(model: nn.Module, dp_mesh: DeviceMesh, zero: int,
             replicate(block, mesh=dp_mesh)
         replicate(model, mesh=dp_mesh)
         return model
-    reshard = zero == 3
+    reshard = zero == 3 and reshard_after_forward
     for block in model.layers.values():
         fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard)
     # root: embeddings, final norm and head (the tied weight lives here once)

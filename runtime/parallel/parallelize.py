@@ -267,7 +267,8 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
         if uses_sync_variants(plan):
             chunk, sync = apply_sync(chunk, plan, mesh)
         elif p.dp > 1:
-            chunk = apply_dp(chunk, mesh["dp"], p.zero, pipelined=p.pp > 1)
+            chunk = apply_dp(chunk, mesh["dp"], p.zero, pipelined=p.pp > 1,
+                             reshard_after_forward=p.reshard_after_forward)
         parts.append(chunk)
     par = Parallelized(plan=plan, parts=parts, device=device, mesh=mesh, autocast_dtype=autocast,
                        sync=sync)

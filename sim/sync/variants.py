@@ -27,6 +27,7 @@ Units: bytes, seconds.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from sandbox import memory
@@ -44,6 +45,8 @@ from sim.sync.parameter_server import ps_phases, ps_server_ranks
 from sim.work import Work, virtual_stages
 
 Buckets = list[tuple[float, list[Phase]]]
+# per stage: ZeRO-3 gather phases, first unit's seconds, copy-out seconds, units per chunk
+Zero3 = tuple[list[list[Phase]], list[float], list[float], list[int]]
 
 
 def _allreduce_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device,
@@ -77,16 +80,52 @@ def gather_phases(plan: Plan, topo: Topology, prof: Profile, s: int,
                          for g in groups])
 
 
+def zero3_gathers_per_step(plan: Plan) -> int:
+    """ZeRO-3 all-gathers of a chunk's parameters per step on one GPU: before
+    every micro-batch's forward of each chunk, and again before its backward
+    with `reshard_after_forward`."""
+    p = plan.parallel
+    return p.microbatches * virtual_stages(plan) * (2 if p.reshard_after_forward else 1)
+
+
+def zero3_units(plan: Plan, layers: list[int], s: int) -> int:
+    """FSDP units of one chunk of stage s: its blocks, plus one for the root
+    module's embedding / head when the stage holds them."""
+    p = plan.parallel
+    return max(1, layers[s] // virtual_stages(plan)) + (1 if s in (0, p.pp - 1) else 0)
+
+
+def _unit_phases(topo: Topology, prof: Profile, colls: list[Coll], units: int
+                 ) -> tuple[list[Phase], float]:
+    """A chunk's all-gather as FSDP runs it, one collective per unit (equal
+    units): its phases (the chunk's bytes, every unit's latency) and the
+    seconds of the first unit alone on an idle network."""
+    one = merge_phases([phases(topo, replace(c, nbytes=c.nbytes / units), prof)
+                        for c in colls])
+    first = concurrent_time(topo, [replace(c, nbytes=c.nbytes / units) for c in colls], prof)
+    return [Phase(ph.paths, tuple(x * units for x in ph.sizes), ph.latency_s * units)
+            for ph in one], first
+
+
 def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, layers: list[int],
             dp_overlap: bool, bucket_params: float, algorithm: str
-            ) -> tuple[list[Buckets], list[float], list[list[Phase]], dict[str, Any]]:
-    """Per stage: the gradient buckets (params, phases), the ZeRO-3 parameter
-    all-gather seconds before each op, the ZeRO 1/2 parameter all-gather after
-    the step (`gather_phases`), and notes for `SimResult.extra`."""
+            ) -> tuple[list[Buckets], Zero3, list[list[Phase]], dict[str, Any]]:
+    """Per stage: the gradient buckets (params, phases), the ZeRO-3 all-gather
+    of one chunk's parameters before each op (its phases and its first unit's
+    seconds on an idle network, `_unit_phases`; the copy-out seconds; the
+    units per chunk), the ZeRO 1/2 parameter all-gather after the step
+    (`gather_phases`), and notes for `SimResult.extra`. With ZeRO-3 the
+    buckets are reduced after every micro-batch (`sim.engine`), so
+    `dp_bytes_per_gpu` counts micro-batches x the reduce-scatter plus every
+    gather (`zero3_gathers_per_step`)."""
     m, p = plan.model, plan.parallel
     P, v = p.pp, virtual_stages(plan)
     buckets: list[Buckets] = []
-    ag: list[float] = []
+    ag: list[list[Phase]] = []
+    ag_s: list[float] = []
+    copy_s: list[float] = []
+    z3 = p.zero >= 3 and p.dp > 1
+    ag_bytes = 0.0
     sent, plain = 0.0, 0.0
     wb = memory.weight_bytes_per_param(plan.train.precision)
     for s in range(P):
@@ -95,6 +134,8 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
         stage_b: Buckets = []
         if p.dp > 1 and p.dp_mode in ("allreduce", "parameter-server"):
             nb = max(1, math.ceil(n_params / bucket_params)) if dp_overlap else 1
+            if z3 and dp_overlap:  # FSDP reduce-scatters per unit, not per bucket
+                nb = v * zero3_units(plan, layers, s)
             if p.dp_mode == "allreduce":
                 ph = _allreduce_phases(plan, topo, prof, dev, s, mats, 1 / nb, algorithm)
                 b_sent = compression.wire_bytes(plan, dev, mats, p.dp)
@@ -105,21 +146,36 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
                 b_sent = compression.push_payload(plan, dev, n_params)[0]
                 b_plain = n_params * compression.grad_bytes(plan)
             stage_b = [(n_params / nb, ph)] * nb  # equal buckets: one set of phases
-            sent, plain = max(sent, b_sent), max(plain, b_plain)
+            g_bytes = 0.0
+            if z3:  # one reduction per micro-batch, and the gathers
+                b_sent, b_plain = b_sent * p.microbatches, b_plain * p.microbatches
+                g_bytes = (zero3_gathers_per_step(plan) * n_params / v * wb
+                           * (p.dp - 1) / p.dp)
+            sent, plain = max(sent, b_sent + g_bytes), max(plain, b_plain + g_bytes)
+            ag_bytes = max(ag_bytes, g_bytes)
         buckets.append(stage_b)
-        if p.zero >= 3 and p.dp > 1:
-            colls = [Coll("all_gather", tuple(rank_of(plan, d, s, t) for d in range(p.dp)),
-                          n_params / v * wb, algorithm) for t in range(p.tp)]
-            ag.append(concurrent_time(topo, colls, prof))
-        else:
-            ag.append(0.0)
+        chunk_b = n_params / v * wb
+        colls = [Coll("all_gather", tuple(rank_of(plan, d, s, t) for d in range(p.dp)),
+                      chunk_b, algorithm) for t in range(p.tp)] if z3 else []
+        whole, first = _unit_phases(topo, prof, colls, zero3_units(plan, layers, s)) if z3 \
+            else ([], 0.0)
+        ag.append(whole)
+        ag_s.append(first)
+        # FSDP2 copies the gathered buffer out into the parameters on the compute stream
+        copy_s.append(compute.memory_time(dev, 2 * chunk_b) if z3 else 0.0)
     note: dict[str, Any] = {"dp_mode": p.dp_mode, "grad_compression": p.grad_compression}
     if sent > 0:
         note.update(dp_bytes_per_gpu=sent, compression_ratio=plain / sent)
+    if z3:
+        note.update(zero3_copy_out_s=copy_s)
+        note.update(zero3_allgather_bytes_per_gpu=ag_bytes,
+                    zero3_gathers_per_step=zero3_gathers_per_step(plan),
+                    reshard_after_forward=p.reshard_after_forward)
     if p.dp_mode in ("parameter-server", "async"):
         note["ps_servers"] = len(ps_server_ranks(plan))
     gather = [gather_phases(plan, topo, prof, s, algorithm) for s in range(P)]
-    return buckets, ag, gather, note
+    units = [zero3_units(plan, layers, s) for s in range(P)]
+    return buckets, (ag, ag_s, copy_s, units), gather, note
 
 
 def averaging_time(plan: Plan, topo: Topology, prof: Profile, algorithm: str = "ring") -> float:
