@@ -35,6 +35,7 @@ from sandbox.specs import Plan
 from sim.work import virtual_stages
 
 EVENTS_PER_OP = 8  # events per (pipeline rank, virtual stage, micro-batch), rounded up
+ZERO3_EVENTS_PER_OP = 32  # ZeRO-3: per-unit gathers and per-micro-batch reductions (~26 seen)
 MAX_EVENTS = 20_000_000  # estimated; about 12.5M real events, a minute, 1.6 GB (table above)
 MAX_TIMELINE_EVENTS = 2_000_000  # with a timeline: about 20 s and 1.1 GB (table above)
 MAX_GPUS = 2**17  # network graph: about a minute and 2.4 GB to build and simulate
@@ -60,7 +61,8 @@ def estimate_events(plan: Plan, replicas: str = "auto") -> int:
     mbs = replica_microbatches(plan)
     simulated = mbs if replicas == "all" or (replicas == "auto" and _asymmetric(plan)) \
         else mbs[:1]
-    return EVENTS_PER_OP * p.pp * virtual_stages(plan) * sum(simulated) + 1000
+    per_op = ZERO3_EVENTS_PER_OP if p.zero == 3 else EVENTS_PER_OP
+    return per_op * p.pp * virtual_stages(plan) * sum(simulated) + 1000
 
 
 def estimate_memory_mb(gpus: int, events: int = 0, timeline: bool = False) -> float:

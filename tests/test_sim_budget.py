@@ -17,7 +17,8 @@ def _plan(**parallel) -> sandbox.specs.Plan:
 
 
 @pytest.mark.parametrize("parallel", [{}, {"pp": 2, "vpp": 2, "schedule": "interleaved-1f1b"},
-                                      {"schedule": "zero-bubble"}, {"pp": 1, "tp": 8}])
+                                      {"schedule": "zero-bubble"}, {"pp": 1, "tp": 8},
+                                      {"zero": 3}, {"zero": 3, "pp": 1, "tp": 1}])
 def test_estimate_bounds_the_events_within_a_small_factor(parallel: dict) -> None:
     plan = _plan(**parallel)
     events = sim.simulate(plan, timeline=False).events
