@@ -303,6 +303,8 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
                            f"{plan.world_size}")
     if max_restarts < 0:
         raise SandboxError(f"--max-restarts: must not be negative, got {max_restarts}")
+    if not resume:  # the cheapest refusal first: before torch is imported
+        refuse_existing_run(out)
     note = check_runnable(plan)
     if plan.train.data != "builtin":  # the workers' cwd is the checkout, not ours
         plan = plan.replace(**{"train.data": str(Path(plan.train.data).resolve())})
