@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 
 from sandbox.errors import SandboxError
+from sandbox.files import regular_file_size
 from sandbox.specs import Plan
 
 BUILTIN_BYTES = 4_000_000  # size cap of the builtin corpus, bytes
@@ -99,17 +99,8 @@ def _jsonl_bytes(path: Path) -> bytearray:
 
 
 def _regular_size(path: Path) -> int:
-    """Bytes of a regular data file; one line naming it otherwise (a FIFO would
-    block the reader forever, /dev/zero never ends: neither is opened)."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise SandboxError(f"{path}: cannot read data ({e.strerror or e.__class__.__name__})") \
-            from None
-    if not stat.S_ISREG(st.st_mode):
-        raise SandboxError(f"{path}: not a regular file (a pipe, device or socket); "
-                           "train.data must be a .txt or .jsonl file or a directory of them")
-    return st.st_size
+    """Bytes of a regular data file (`sandbox.files.regular_file_size`)."""
+    return regular_file_size(path, "train.data file (.txt or .jsonl)")
 
 
 def _data_files(source: str) -> list[Path]:
