@@ -155,6 +155,11 @@ class Parallel:
     # micro-batch instead of two, the stage's full parameters in memory). Ignored
     # (accepted, no effect) with zero 0-2, whose parameters stay gathered.
     reshard_after_forward: bool = True
+    # ZeRO 1/2 (simulator): the all-gather of the updated parameters after the
+    # optimizer step overlaps the next step's first forward, bucket by bucket
+    # (Megatron-LM's --overlap-param-gather); only the part longer than that
+    # forward is exposed. False: the gather ends the step.
+    overlap_param_gather: bool = False
     sequence_parallel: bool = True  # only has an effect with tp > 1
     # backward TP all-reduce (SP: reduce-scatter) of the input gradient overlapped
     # with the weight-gradient GEMM (Megatron-LM's async grad all-reduce); the

@@ -231,6 +231,9 @@ def _unexecutable_fields(plan: Plan) -> list[str]:
     if p.tp_overlap:
         problems.append("parallel.tp_overlap: the runtime's DTensor TP does not overlap its "
                         "collectives with the weight-gradient GEMM; set it to false for run")
+    if p.overlap_param_gather and p.zero in (1, 2) and p.dp > 1:
+        problems.append("parallel.overlap_param_gather: the runtime gathers the updated "
+                        "parameters at the end of the step; set it to false for run")
     if p.dp_mode in ("parameter-server", "async") and p.ps_servers not in (0, p.dp):
         problems.append(f"parallel.ps_servers: run co-locates one server with each of the "
                         f"dp = {p.dp} replicas, got {p.ps_servers} (0 or {p.dp} for run)")

@@ -323,7 +323,13 @@ class Engine:
             self._optimizer_done(s)
             t0 = env.now
             yield self.gathered[s]
-            st.dp_comm += env.now - t0
+            exposed = env.now - t0
+            if self.plan.parallel.overlap_param_gather:  # behind the next first forward
+                first_f = rw.cost[(s, 0, "F")]
+                exposed = max(0.0, exposed - first_f.compute_s - first_f.tp_s)
+            st.dp_comm += exposed
+            st.finish = t0 + exposed
+            return
         st.finish = env.now
 
     def _issue_buckets(self, s: int, t0: float, t1: float, rnd: int = 0) -> None:

@@ -1,0 +1,242 @@
+"""The public H100 (and torchtitan's H200 / A100) runs as plans, one `Case` per row.
+
+Sources (`../shared/validation/`, README there, plus one paper table):
+- `h100_megatron_weak_scaling.csv`: Megatron-Core r0.8.0, GPT 1.7B-462B, TFLOP/s per GPU.
+- `torchtitan_benchmarks.csv`: torchtitan (FSDP2 / TP / PP / CP / Float8), tokens/s per GPU
+  and peak memory (GiB).
+- `h100_automodel.csv`: NeMo AutoModel; dense pretraining rows only (MoE: issue 18; LoRA
+  fine-tuning freezes the base weights, which no plan expresses).
+- Llama 3 (Dubey et al. 2024, Table 4): Llama 3 405B on 8,192 / 16,384 H100s, BF16 MFU.
+
+Each row's plan is written from what its source states; where it is silent
+(micro-batch, recompute, interleaving depth) `Case.variants` lists the
+choices and the validation takes the simulator's fastest plan that fits, as
+the benchmark's authors tuned theirs. Every assumption is in `Case.notes`.
+A row a plan cannot express gets `Case.reason` instead of variants.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments import provenance
+
+VALIDATION = provenance.ROOT.parent / "shared" / "validation"
+GIB = 2**30
+
+
+@dataclass
+class Case:
+    """One published row: its plans (alternatives the source leaves open) and truth."""
+
+    source: str
+    name: str
+    metric: str  # "tflops_per_gpu" | "tokens_per_s_per_gpu" | "mfu"
+    measured: float
+    memory_gib: float | None = None  # published peak memory, GiB (torchtitan)
+    variants: list[dict] = field(default_factory=list)  # plan dicts for sandbox.load
+    notes: list[str] = field(default_factory=list)
+    reason: str = ""  # why no plan expresses the row ("" = expressible)
+    gpus: int = 0
+
+
+def _read(name: str, data: Path) -> list[dict[str, str]]:
+    with open(data / name) as f:
+        return list(csv.DictReader(f))
+
+
+def _plan(model: dict, cluster: dict, parallel: dict, train: dict) -> dict:
+    return {"model": model, "cluster": cluster, "parallel": parallel, "train": train}
+
+
+def _nodes(gpus: int, per_node: int = 8) -> dict:
+    return {"nodes": max(1, gpus // per_node), "gpus_per_node": min(per_node, gpus)}
+
+
+def vpp_choices(layers: int, pp: int, most: int = 4) -> list[int]:
+    """Interleaving depths to try: 1, and 2..`most` that leave every chunk >= 2 blocks."""
+    if pp == 1:
+        return [1]
+    return [v for v in range(1, most + 1) if v == 1 or layers // (pp * v) >= 2]
+
+
+# ------------------------------------------------------------- Megatron-Core
+def megatron_cases(data: Path = VALIDATION, cluster: str = "dgx-h100",
+                   profile: str = "") -> list[Case]:
+    """Megatron-Core's weak-scaling table: GPT (GeLU MLP of 4h, LayerNorm, learned
+    positions, tied embeddings: Megatron's GPT defaults), BF16, flash attention
+    (Transformer Engine), distributed optimizer (ZeRO 1) with overlapped gradient
+    reduce-scatter and parameter all-gather, TP communication overlap, sequence
+    parallelism. Micro-batch, recompute and interleaving are not stated: tried."""
+    out = []
+    for r in _read("h100_megatron_weak_scaling.csv", data):
+        gpus, tp, pp, dp = int(r["num_gpus"]), int(r["tp"]), int(r["pp"]), int(r["dp"])
+        layers, gb = int(r["layers"]), int(r["global_batch"])
+        model = {"layers": layers, "hidden": int(r["hidden"]), "heads": int(r["heads"]),
+                 "vocab": int(r["vocab"]), "seq_len": int(r["seq_len"]),
+                 "ffn_hidden": 4 * int(r["hidden"]), "activation": "gelu",
+                 "norm": "layernorm", "position": "learned", "bias": True,
+                 "tied_embeddings": True}
+        cl = {"preset": cluster, **_nodes(gpus)}
+        if profile:
+            cl["profile"] = profile
+        case = Case("Megatron-Core H100 weak scaling", r["model"], "tflops_per_gpu",
+                    float(r["tflops_per_gpu"]), gpus=gpus,
+                    notes=["micro-batch, recompute, interleaving: best of the tried ones",
+                           "FFN 4h, GeLU, LayerNorm assumed (not stated)"])
+        per_replica = gb // dp
+        for mb, rec, v in itertools.product((1, 2, 4), ("none", "selective", "full"),
+                                            vpp_choices(layers, pp)):
+            if per_replica % mb:
+                continue
+            if v > 1 and (per_replica // mb) % pp:
+                continue  # Megatron's interleaving needs micro-batches % pp == 0
+            par = {"dp": dp, "tp": tp, "pp": pp, "vpp": v, "micro_batch": mb,
+                   "global_batch": gb, "schedule": "interleaved-1f1b" if v > 1 else "1f1b",
+                   "zero": 1, "sequence_parallel": tp > 1, "tp_overlap": tp > 1,
+                   "recompute": rec, "overlap_param_gather": True}
+            case.variants.append(_plan(model, cl, par, {"precision": "bf16",
+                                                         "attention": "flash"}))
+        out.append(case)
+    return out
+
+
+# ---------------------------------------------------------------- torchtitan
+_TT_MODELS = {"Llama 3.1 8B": "llama3-8b", "Llama 3 8B": "llama3-8b",
+              "Llama 3.1 70B": "llama3-70b", "Llama 3 70B": "llama3-70b",
+              "Llama 3.1 405B": "llama3-405b", "Llama 2 13B": "llama2-13b",
+              "Llama 2 70B": "llama2-70b"}
+_TT_CLUSTERS = {"H100": "grand-teton-h100", "H200": "dgx-h200", "A100": "dgx-a100-80g"}
+_RECOMPUTE = {"none": "none", "full": "full"}
+
+
+def torchtitan_case(r: dict[str, str], profile: str = "") -> Case:
+    """One torchtitan benchmark row: FSDP2 (ZeRO 3) over `fsdp` ranks, TP with
+    sequence parallelism, PP (micro-batch 1, torchtitan's default), CP; the
+    row's `local_batch` sequences per data-parallel rank; torch.compile and
+    Float8 as the techniques column says. FSDP reshards after forward except
+    with PP (torchtitan's default policy)."""
+    gpus = int(r["num_gpus"])
+    fsdp, tp, pp, cp = (int(r[k] or 1) for k in ("fsdp", "tp", "pp", "cp"))
+    local = int(r["local_batch"])
+    tech, prec = r["techniques"], r["precision"]
+    case = Case("torchtitan", f"{r['model']} {gpus}x{r['gpu']} {tech} {prec}".strip(),
+                "tokens_per_s_per_gpu", float(r["tps_per_gpu"]), gpus=gpus,
+                memory_gib=float(r["memory_gib"]) if r["memory_gib"] else None)
+    model: dict[str, Any] = {"preset": _TT_MODELS[r["model"]]}
+    if r["seq_len"]:
+        model["seq_len"] = int(r["seq_len"])
+    else:
+        model["seq_len"] = 8192
+        case.notes.append("seq_len not stated: 8,192 (torchtitan's Llama 3 configs)")
+    ac = r["activation_checkpointing"].split(" ")[0]
+    rec = _RECOMPUTE.get(ac, "selective")
+    if ac == "selective":
+        case.notes.append(f"'{r['activation_checkpointing']}' -> simulator 'selective'")
+    cl = {"preset": _TT_CLUSTERS[r["gpu"]], **_nodes(gpus)}
+    if profile and r["gpu"] != "A100":
+        cl["profile"] = profile
+    sched = "1f1b"
+    vpp = 1
+    if "Interleaved" in (r["schedule"] or ""):
+        sched, vpp = "interleaved-1f1b", 2
+        case.notes.append("interleaved 1F1B: 2 stages per rank assumed")
+    mb = 1 if pp > 1 else local
+    par = {"dp": fsdp, "tp": tp, "pp": pp, "cp": cp, "vpp": vpp, "micro_batch": mb,
+           "global_batch": local * fsdp, "schedule": sched, "zero": 3,
+           "reshard_after_forward": pp == 1, "sequence_parallel": tp > 1,
+           "tp_overlap": "async" in tech.lower(), "recompute": rec}
+    train: dict[str, Any] = {"precision": "bf16", "attention": "flash",
+                             "compile": "compile" in tech}
+    if prec.startswith("FP8"):
+        train["precision"] = "fp8"
+        train["fp8_recipe"] = "rowwise" if "rowwise" in prec else "tensorwise"
+        train["fp8_all_gather"] = "float8 all-gather" in tech
+    if fsdp * tp * pp * cp != gpus:
+        case.reason = f"fsdp x tp x pp x cp = {fsdp * tp * pp * cp} != {gpus} GPUs"
+        return case
+    case.variants.append(_plan(model, cl, par, train))
+    return case
+
+
+def torchtitan_cases(data: Path = VALIDATION, profile: str = "") -> list[Case]:
+    return [torchtitan_case(r, profile) for r in _read("torchtitan_benchmarks.csv", data)]
+
+
+# ----------------------------------------------------------------- AutoModel
+_AM_DENSE = {"Llama3 70B": "llama3-70b", "Llama3 8B": "llama3-8b"}
+
+
+def automodel_cases(data: Path = VALIDATION, profile: str = "") -> list[Case]:
+    """NeMo AutoModel (FSDP2, TE, BF16) rows: dense pretraining is expressible;
+    MoE rows wait for expert parallelism (issue 18), LoRA rows are not
+    pretraining."""
+    out = []
+    for r in _read("h100_automodel.csv", data):
+        gpus = int(r["num_gpus"])
+        case = Case("NeMo AutoModel", f"{r['model']} ({r['workload']}, {gpus} GPUs)",
+                    "tokens_per_s_per_gpu", float(r["tokens_per_sec_per_gpu"]), gpus=gpus)
+        if r["workload"] == "lora":
+            case.reason = "LoRA fine-tuning (frozen base weights) is not a plan"
+        elif r["model"] not in _AM_DENSE or r["ep"]:
+            case.reason = "mixture of experts: expert parallelism is issue 18"
+        else:
+            fsdp, tp, pp, cp = (int(r[k] or 1) for k in ("fsdp", "tp", "pp", "cp"))
+            cl = {"preset": "dgx-h100", **_nodes(gpus)}
+            if profile:
+                cl["profile"] = profile
+            par = {"dp": fsdp, "tp": tp, "pp": pp, "cp": cp,
+                   "micro_batch": int(r["micro_batch"]),
+                   "global_batch": int(r["global_batch"]), "zero": 3,
+                   "sequence_parallel": tp > 1, "recompute": "none"}
+            case.notes.append("recompute not stated: none")
+            for rec in ("none", "selective", "full"):
+                case.variants.append(_plan(
+                    {"preset": _AM_DENSE[r["model"]], "seq_len": int(r["seq_len"])}, cl,
+                    {**par, "recompute": rec}, {"precision": "bf16", "attention": "flash"}))
+        out.append(case)
+    return out
+
+
+# ------------------------------------------------------------ Llama 3 Table 4
+# Dubey et al. 2024, "The Llama 3 Herd of Models", Table 4: Llama 3 405B, BF16,
+# (GPUs, TP, CP, PP, DP, seq_len, batch size per DP, TFLOP/s per GPU, BF16 MFU).
+LLAMA3_TABLE4 = [
+    (8192, 8, 1, 16, 64, 8192, 32, 430, 0.43),
+    (16384, 8, 1, 16, 128, 8192, 16, 400, 0.41),
+    (16384, 8, 16, 16, 8, 131072, 16, 380, 0.38),
+]
+
+
+def llama3_cases(profile: str = "") -> list[Case]:
+    """Llama 3 405B pre-training layouts (Table 4): 126 layers over 16 stages
+    with one block fewer on the first and the last (section 3.3.2, the
+    layout's automatic split), micro-batch 1, interleaved 1F1B (depth
+    tried), FSDP sharding optimizer states and gradients (ZeRO 2)."""
+    out = []
+    for gpus, tp, cp, pp, dp, seq, per_dp, tflops, mfu in LLAMA3_TABLE4:
+        case = Case("Llama 3 (Dubey 2024) Table 4", f"405B {gpus} GPUs cp{cp} seq {seq}",
+                    "mfu", mfu, gpus=gpus,
+                    notes=[f"published {tflops} TFLOP/s per GPU",
+                           "interleaving depth and recompute: best of the tried ones"])
+        cl = {"preset": "dgx-h100", **_nodes(gpus)}
+        if profile:
+            cl["profile"] = profile
+        for v, rec in itertools.product(vpp_choices(126, pp), ("none", "selective", "full")):
+            par = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "vpp": v, "micro_batch": 1,
+                   "global_batch": per_dp * dp,
+                   "schedule": "interleaved-1f1b" if v > 1 else "1f1b", "zero": 2,
+                   "sequence_parallel": True, "tp_overlap": True, "recompute": rec}
+            case.variants.append(_plan({"preset": "llama3-405b", "seq_len": seq}, cl, par,
+                                       {"precision": "bf16", "attention": "flash"}))
+        out.append(case)
+    return out
+
+
+def all_cases(data: Path = VALIDATION, profile: str = "") -> list[Case]:
+    return (megatron_cases(data, profile=profile) + torchtitan_cases(data, profile)
+            + automodel_cases(data, profile) + llama3_cases(profile))
