@@ -98,9 +98,11 @@ def plan_problems(plan: Plan) -> list[str]:
         problems.append(f"parallel.tp: {p.tp} does not divide model.kv_heads = {m.kv_heads}")
     elif m.ffn_hidden % p.tp:
         problems.append(f"parallel.tp: {p.tp} does not divide model.ffn_hidden = {m.ffn_hidden}")
-    if m.layers % (p.pp * p.vpp) and not p.stage_layers:  # stage_layers: checked below
-        problems.append(f"parallel.pp: pp*vpp = {p.pp * p.vpp} does not divide "
-                        f"model.layers = {m.layers}")
+    # pp*vpp need not divide the layers (`sandbox.layout.split_blocks` cuts them
+    # unevenly), but every chunk needs a block; stage_layers: checked below
+    if m.layers < p.pp * p.vpp and not p.stage_layers:
+        problems.append(f"parallel.pp: pp*vpp = {p.pp * p.vpp} chunks need at least one "
+                        f"block each, model.layers = {m.layers}")
     if p.global_batch % (p.dp * p.micro_batch):
         problems.append(f"parallel.global_batch: {p.global_batch} is not divisible by "
                         f"dp*micro_batch = {p.dp}*{p.micro_batch}")
