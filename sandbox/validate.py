@@ -56,7 +56,7 @@ def plan_problems(plan: Plan) -> list[str]:
                                            "storage_total_gb_per_s"))
     _positive(problems, "cluster.gpu", c.gpu, ("tflops_fp32", "hbm_gb", "hbm_gb_per_s"))
     _non_negative(problems, "cluster.gpu", c.gpu, ("tflops_tf32", "tflops_fp16", "tflops_bf16",
-                                                   "tflops_fp8"))
+                                                   "tflops_fp8", "tdp_w", "power_limit_w"))
     _positive(problems, "parallel", p, ("dp", "tp", "pp", "vpp", "micro_batch",
                                         "global_batch", "sync_every"))
     _positive(problems, "train", t, ("lr", "steps"))
