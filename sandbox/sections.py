@@ -181,9 +181,11 @@ class Parallel:
     grad_compression: str = "none"  # none | fp16 | int8 | topk:F | powersgd:R
     sync_every: int = 1  # local-sgd: average parameters every k steps
     ps_servers: int = 0  # parameter-server / async: server ranks (0: one per node)
-    # Uneven work (simulator): layers of each pipeline stage (empty: layers / pp
-    # each); micro-batches of each data-parallel replica per step (empty: equal;
-    # they sum to global_batch / micro_batch); sequence length of each replica's
+    # Uneven work (simulator): layers of each pipeline stage (empty: the layout's
+    # split, `sandbox.layout.split_blocks`: layers / (pp * vpp) per chunk when it
+    # divides, else one block fewer on the first and last chunks); micro-batches
+    # of each data-parallel replica per step (empty: equal; they sum to
+    # global_batch / micro_batch); sequence length of each replica's
     # sequences (empty: model.seq_len; data skew).
     stage_layers: tuple[int, ...] = ()
     replica_microbatches: tuple[int, ...] = ()
