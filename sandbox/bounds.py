@@ -29,7 +29,7 @@ LIMITS: dict[tuple[str, str], float] = {
     ("model", "ffn_hidden"): 2**22,
     ("cluster", "nodes"): 2**17,
     ("cluster", "gpus_per_node"): 1024,
-    ("cluster", "nics_per_node"): 64,
+    ("cluster", "nics_per_node"): 1024,  # one per GPU (GB200 NVL72: 72 in one NVLink domain)
     ("cluster", "oversubscription"): 1024,
     ("cluster", "slow_gpu_slowdown"): 1000,
     ("cluster", "slow_link_slowdown"): 1000,

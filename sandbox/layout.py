@@ -4,8 +4,12 @@ The mesh is (pp, dp, tp) with tp innermost (Megatron-LM's and torchtitan's
 order): global rank = (stage * dp + replica) * tp + tp_rank. Transformer
 blocks are cut into `pp * vpp` chunks of consecutive layers (virtual stages);
 pipeline rank r owns chunks r, r + pp, r + 2 pp, ... (the interleaved "loop"
-layout; with vpp = 1 just chunk r). `parallel.stage_layers` gives the blocks
-of each pipeline rank when they are uneven (then vpp = 1). Data-parallel
+layout; with vpp = 1 just chunk r). When `pp * vpp` does not divide the
+layers, the chunks are cut as published runs cut them (`split_blocks`: every
+chunk ceil(layers / chunks) blocks, the deficit taken from the first and the
+last chunk alternately; Llama 3's 126 layers on 16 stages are [7, 8 x 14, 7],
+Dubey et al. 2024, section 3.3.2). `parallel.stage_layers` overrides the
+blocks of each pipeline rank (then vpp = 1). Data-parallel
 replica d runs `replica_microbatches[d]` micro-batches of
 `replica_seq_len[d]` tokens (default: all equal).
 
@@ -24,12 +28,49 @@ def rank_of(plan: Plan, replica: int, stage: int, tp_rank: int) -> int:
     return (stage * p.dp + replica) * p.tp + tp_rank
 
 
-def stage_layers(plan: Plan) -> list[int]:
-    """Transformer blocks of each pipeline rank (all its chunks together)."""
+def split_blocks(layers: int, chunks: int) -> list[int]:
+    """Blocks of each of `chunks` consecutive chunks holding `layers` blocks.
+
+    Every chunk gets ceil(layers / chunks); the deficit is taken one block at
+    a time from the first chunk, the last, the second, the second-to-last, ...
+    (the first stage also runs the embedding, the last the head and loss:
+    "we reduce one Transformer layer each from the first and the last
+    stages", Dubey et al. 2024, section 3.3.2). Even when chunks divide layers.
+    A chunk can end up empty (0) when layers < chunks; validation refuses that.
+    """
+    full = -(-layers // chunks)
+    sizes = [full] * chunks
+    ends = [i // 2 if i % 2 == 0 else chunks - 1 - i // 2 for i in range(chunks)]
+    for k in range(full * chunks - layers):
+        sizes[ends[k % chunks]] -= 1
+    return sizes
+
+
+def chunk_sizes(plan: Plan) -> list[int]:
+    """Blocks of every chunk (virtual stage), in virtual-stage order (pp * vpp
+    entries): `parallel.stage_layers` when given (vpp = 1), else `split_blocks`."""
     p = plan.parallel
     if p.stage_layers:
         return list(p.stage_layers)
-    return [plan.model.layers // p.pp] * p.pp
+    return split_blocks(plan.model.layers, p.pp * p.vpp)
+
+
+def stage_layers(plan: Plan) -> list[int]:
+    """Transformer blocks of each pipeline rank (all its chunks together)."""
+    p, sizes = plan.parallel, chunk_sizes(plan)
+    return [sum(sizes[c] for c in chunk_ids(r, p.pp, p.vpp)) for r in range(p.pp)]
+
+
+def rank_chunk_sizes(plan: Plan, layers: list[int] | None = None) -> list[list[int]]:
+    """Blocks of each chunk of every pipeline rank, in the rank's chunk order
+    (`chunk_ids`). `layers` (blocks per rank, e.g. `sim.balance`'s trial
+    splits) other than the layout's are cut over the rank's vpp chunks by
+    `split_blocks`."""
+    p = plan.parallel
+    if layers is None or list(layers) == stage_layers(plan):
+        sizes = chunk_sizes(plan)
+        return [[sizes[c] for c in chunk_ids(r, p.pp, p.vpp)] for r in range(p.pp)]
+    return [split_blocks(n, p.vpp) for n in layers]
 
 
 def chunk_ids(pp_rank: int, pp: int, vpp: int) -> list[int]:
@@ -38,16 +79,10 @@ def chunk_ids(pp_rank: int, pp: int, vpp: int) -> list[int]:
 
 
 def chunk_layers(plan: Plan) -> list[range]:
-    """Global block indices of every chunk, in virtual-stage order (pp * vpp chunks).
-
-    With `stage_layers` (vpp = 1) chunk s holds the next `stage_layers[s]`
-    blocks; otherwise every chunk holds layers / (pp * vpp) blocks.
-    """
-    p = plan.parallel
-    sizes = (list(p.stage_layers) if p.stage_layers
-             else [plan.model.layers // (p.pp * p.vpp)] * (p.pp * p.vpp))
+    """Global block indices of every chunk, in virtual-stage order (pp * vpp
+    chunks of `chunk_sizes` blocks)."""
     out, start = [], 0
-    for n in sizes:
+    for n in chunk_sizes(plan):
         out.append(range(start, start + n))
         start += n
     return out

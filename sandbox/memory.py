@@ -19,12 +19,15 @@
   figures are for 16-bit activations; fp32 doubles them.
 - Microbatches in flight on pipeline stage i: GPipe all m, 1F1B and ZB-H1
   min(p - i, m), interleaved 1F1B (p - i - 1) * 2 + (v - 1) * p + 1 model
-  chunks (Megatron-LM's warm-up count), each 1/v of the stage's layers.
+  chunks (Megatron-LM's warm-up count), each chunk of the blocks the layout
+  gives it (`sandbox.layout.rank_chunk_sizes`; 1/v of the stage's layers
+  when they divide evenly).
 """
 
 from __future__ import annotations
 
 from sandbox import counts
+from sandbox.layout import rank_chunk_sizes, stage_layers
 from sandbox.specs import Model, Plan
 
 GB = 1e9
@@ -59,9 +62,8 @@ def layer_params_per_gpu(m: Model, tp: int) -> float:
 
 
 def stage_layer_count(plan: Plan, stage: int) -> float:
-    """Blocks of pipeline stage `stage`: `parallel.stage_layers` or layers / pp."""
-    p = plan.parallel
-    return float(p.stage_layers[stage]) if p.stage_layers else plan.model.layers / p.pp
+    """Blocks of pipeline stage `stage` (`sandbox.layout.stage_layers`)."""
+    return float(stage_layers(plan)[stage])
 
 
 def stage_params_per_gpu(m: Model, tp: int, pp: int, stage: int,
@@ -109,8 +111,11 @@ def layers_in_flight(plan: Plan, stage: int) -> float:
     if sched == "gpipe":
         return layers_per_stage * m
     if sched == "interleaved-1f1b":
+        # The k-th forward of rank `stage` runs its chunk (k // p) % v (Megatron's
+        # get_model_chunk_id); at the peak the first `chunks` forwards are held.
         chunks = min(m * v, (p - stage - 1) * 2 + (v - 1) * p + 1)
-        return chunks * layers_per_stage / v
+        sizes = rank_chunk_sizes(plan)[stage]
+        return float(sum(sizes[(k // p) % v] for k in range(chunks)))
     return layers_per_stage * min(p - stage, m)  # 1f1b, zero-bubble (ZB-H1)
 
 

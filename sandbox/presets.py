@@ -15,6 +15,7 @@ _GPT = {"activation": "gelu", "norm": "layernorm", "position": "learned",
 _LLAMA3 = {"activation": "swiglu", "norm": "rmsnorm", "position": "rope",
            "bias": False, "tied_embeddings": False, "rope_theta": 500000.0,
            "norm_eps": 1e-5, "vocab": 128256, "seq_len": 8192}
+_LLAMA2 = {**_LLAMA3, "rope_theta": 10000.0, "vocab": 32000, "seq_len": 4096}
 
 MODELS: dict[str, dict] = {
     # Test-sized models with the byte-level vocabulary of the builtin corpus.
@@ -45,6 +46,15 @@ MODELS: dict[str, dict] = {
                    "ffn_hidden": 28672},
     "llama3-405b": {**_LLAMA3, "layers": 126, "hidden": 16384, "heads": 128,
                     "kv_heads": 8, "ffn_hidden": 53248},
+    # Llama 2: Touvron et al. 2023 ("Llama 2: Open Foundation and Fine-Tuned Chat
+    # Models"), Table 1 (context 4k, GQA only for 70B) and the released params.json
+    # (dim, n_layers, n_heads, n_kv_heads 8 for 70B, norm_eps 1e-5, vocab 32000;
+    # FFN 11008 / 13824 / 28672 from the released checkpoints' w1 shapes).
+    "llama2-7b": {**_LLAMA2, "layers": 32, "hidden": 4096, "heads": 32, "ffn_hidden": 11008},
+    "llama2-13b": {**_LLAMA2, "layers": 40, "hidden": 5120, "heads": 40,
+                   "ffn_hidden": 13824},
+    "llama2-70b": {**_LLAMA2, "layers": 80, "hidden": 8192, "heads": 64, "kv_heads": 8,
+                   "ffn_hidden": 28672},
 }
 
 # ----------------------------------------------------------------------- GPUs
@@ -59,14 +69,42 @@ GPUS: dict[str, dict] = {
                  "tflops_bf16": 312.0, "tflops_fp8": 0.0, "hbm_gb": 42.9,
                  "hbm_gb_per_s": 1555.0},
     # NVIDIA H100 datasheet (2023), SXM5: FP32 67, TF32 494.7, BF16/FP16 989.4,
-    # FP8 1,978.9 dense TFLOP/s; 80 GiB HBM3 at 3.35 TB/s.
+    # FP8 1,978.9 dense TFLOP/s; 80 GiB HBM3 at 3.35 TB/s; max TDP 700 W.
     "h100-sxm": {"tflops_fp32": 67.0, "tflops_tf32": 494.7, "tflops_fp16": 989.4,
                  "tflops_bf16": 989.4, "tflops_fp8": 1978.9, "hbm_gb": 85.9,
-                 "hbm_gb_per_s": 3350.0},
-    # NVIDIA H200 datasheet (2024), SXM: compute as H100 SXM; 141 GB HBM3e at 4.8 TB/s.
+                 "hbm_gb_per_s": 3350.0, "tdp_w": 700.0},
+    # The H100 SXM of Meta's Grand Teton hosts in torchtitan's 2024-12 benchmarks
+    # (benchmarks/llama3_h100_202412_torchtitan.md: "H100 SXM HBM2e 96GB, 500W power
+    # limit"). Compute peaks and TDP as the H100 SXM datasheet (same GH100 SXM5
+    # board), run under a 500 W cap (`power_limit_w`, see GPU.sustained_fraction).
+    # Memory: 96 GiB = six 16 GiB HBM2e stacks; NVIDIA publishes no datasheet for
+    # this part, so the bandwidth is derived, not quoted: the six 1024-bit stacks
+    # of the full GH100 (NVIDIA H100 whitepaper: 12 512-bit memory controllers)
+    # at the HBM2e pin rate of the H100 PCIe (datasheet: 2.0 TB/s over 5120 bits),
+    # 2.0 TB/s * 6144 / 5120 = 2.4 TB/s.
+    "h100-sxm-96g": {"tflops_fp32": 67.0, "tflops_tf32": 494.7, "tflops_fp16": 989.4,
+                     "tflops_bf16": 989.4, "tflops_fp8": 1978.9, "hbm_gb": 103.1,
+                     "hbm_gb_per_s": 2400.0, "tdp_w": 700.0, "power_limit_w": 500.0},
+    # NVIDIA H200 datasheet (2024), SXM: compute as H100 SXM; 141 GB HBM3e at
+    # 4.8 TB/s; max TDP up to 700 W (configurable).
     "h200-sxm": {"tflops_fp32": 67.0, "tflops_tf32": 494.7, "tflops_fp16": 989.4,
                  "tflops_bf16": 989.4, "tflops_fp8": 1978.9, "hbm_gb": 141.0,
-                 "hbm_gb_per_s": 4800.0},
+                 "hbm_gb_per_s": 4800.0, "tdp_w": 700.0},
+    # NVIDIA HGX B200 / DGX B200 datasheets (2024-25), per GPU of the 8: FP32
+    # 600 / 8 = 75, TF32 2.2 PF, FP16/BF16 4.5 PF, FP8 9 PF with sparsity, halved
+    # for dense (1,100 / 2,250 / 4,500); 1,440 GB HBM3e at 64 TB/s per 8 GPUs =
+    # 180 GB at 8 TB/s each; 1,000 W per GPU (the clocks the peaks assume).
+    "b200": {"tflops_fp32": 75.0, "tflops_tf32": 1100.0, "tflops_fp16": 2250.0,
+             "tflops_bf16": 2250.0, "tflops_fp8": 4500.0, "hbm_gb": 180.0,
+             "hbm_gb_per_s": 8000.0, "tdp_w": 1000.0},
+    # One Blackwell GPU of a GB200 superchip: NVIDIA GB200 NVL72 datasheet, per
+    # rack of 72 GPUs FP32 5,760 TF, TF32 180 PF, FP16/BF16 360 PF, FP8 720 PF
+    # with sparsity -> dense per GPU 80 / 1,250 / 2,500 / 5,000 TFLOP/s; up to
+    # 13.4 TB HBM3e at 576 TB/s -> 186 GB at 8 TB/s per GPU; these peaks are
+    # quoted for the GPU configured at 1,200 W.
+    "gb200": {"tflops_fp32": 80.0, "tflops_tf32": 1250.0, "tflops_fp16": 2500.0,
+              "tflops_bf16": 2500.0, "tflops_fp8": 5000.0, "hbm_gb": 186.0,
+              "hbm_gb_per_s": 8000.0, "tdp_w": 1200.0},
 }
 
 # Llama 3 (Dubey et al. 2024, Table 5): 419 unexpected interruptions in 54 days
@@ -112,6 +150,49 @@ CLUSTERS: dict[str, dict] = {
                  "restart_s": 600.0,
                  # Lambda on-demand list price, 8x H100 SXM (2024).
                  "usd_per_gpu_hour": 2.99},
+    # DGX H200 (NVIDIA DGX H200 datasheet / user guide): 8 x H200 SXM, NVLink 4
+    # 900 GB/s bidirectional = 450 GB/s per direction per GPU, 8 x ConnectX-7
+    # 400 Gb/s compute NICs (one per GPU), 2 x 400 Gb/s storage ports = 100 GB/s.
+    # Also torchtitan's H200 rows (8 x H200 per host, 400 Gb/s CX-7 RDMA per GPU).
+    # No published H200 failure rates: Llama 3's H100 rates (same host class) assumed.
+    "dgx-h200": {"gpu": "h200-sxm", "nodes": 4, "gpus_per_node": 8,
+                 "intra_node_link": "nvlink4", "intra_node_gb_per_s": 450.0,
+                 "intra_node_latency_us": 1.0, "topology": "fat-tree",
+                 "nics_per_node": 8, "nic_gbit_per_s": 400.0,
+                 "inter_node_latency_us": 2.5, **_LLAMA3_FAILURES,
+                 "storage_gb_per_s": 100.0, "restart_s": 600.0},
+    # DGX B200 (NVIDIA DGX B200 datasheet / user guide): 8 x B200, NVLink 5 with
+    # 14.4 TB/s aggregate = 1.8 TB/s bidirectional = 900 GB/s per direction per
+    # GPU, 8 x single-port ConnectX-7 400 Gb/s compute NICs, 2 x dual-port
+    # BlueField-3 (400 Gb/s) for storage = 100 GB/s. Failure rates assumed as H100.
+    "dgx-b200": {"gpu": "b200", "nodes": 4, "gpus_per_node": 8,
+                 "intra_node_link": "nvlink5", "intra_node_gb_per_s": 900.0,
+                 "intra_node_latency_us": 1.0, "topology": "fat-tree",
+                 "nics_per_node": 8, "nic_gbit_per_s": 400.0,
+                 "inter_node_latency_us": 2.5, **_LLAMA3_FAILURES,
+                 "storage_gb_per_s": 100.0, "restart_s": 600.0},
+    # GB200 NVL72 (NVIDIA GB200 NVL72 datasheet): one rack = one 72-GPU NVLink 5
+    # domain (130 TB/s = 1.8 TB/s bidirectional, 900 GB/s per direction per GPU,
+    # one NVSwitch hop), modelled as a "node" of 72 GPUs; 18 compute trays with
+    # 4 x ConnectX-7 400 Gb/s each (one NIC per GPU) to the scale-out fabric and
+    # one BlueField-3 (2 x 200 Gb/s) each for storage: 18 x 50 = 900 GB/s per
+    # rack. `nodes` counts racks. Failure rates assumed as H100 (none published).
+    "gb200-nvl72": {"gpu": "gb200", "nodes": 1, "gpus_per_node": 72,
+                    "intra_node_link": "nvlink5", "intra_node_gb_per_s": 900.0,
+                    "intra_node_latency_us": 1.0, "topology": "fat-tree",
+                    "nics_per_node": 72, "nic_gbit_per_s": 400.0,
+                    "inter_node_latency_us": 2.5, **_LLAMA3_FAILURES,
+                    "storage_gb_per_s": 900.0, "restart_s": 600.0},
+    # torchtitan's H100 hosts (benchmarks/llama3_h100_202412_torchtitan.md):
+    # Meta Grand Teton, 8 x h100-sxm-96g at a 500 W cap, NVLink 4 (450 GB/s per
+    # direction per GPU, as DGX H100), 400 Gb/s RDMA per GPU; Llama 3 trained on
+    # Grand Teton hosts (Dubey et al. 2024, 3.3.1), hence its failure rates.
+    "grand-teton-h100": {"gpu": "h100-sxm-96g", "nodes": 4, "gpus_per_node": 8,
+                         "intra_node_link": "nvlink4", "intra_node_gb_per_s": 450.0,
+                         "intra_node_latency_us": 1.0, "topology": "fat-tree",
+                         "nics_per_node": 8, "nic_gbit_per_s": 400.0,
+                         "inter_node_latency_us": 2.5, **_LLAMA3_FAILURES,
+                         "restart_s": 600.0},
     # The vTrain validation cluster (shared/validation/README.md): A100s, 8 per
     # node, 150 GB/s intra-node, 800 Gb/s per node inter-node (4 x 200 Gb/s HDR).
     # The README does not state the A100 memory size; 80 GB assumed.
@@ -178,6 +259,10 @@ def _local_gpus() -> tuple[str, ...]:
 
 def _match_gpu(name: str) -> str:
     n = name.lower()
+    if "gb200" in n:
+        return "gb200"
+    if "b200" in n:
+        return "b200"
     if "h200" in n:
         return "h200-sxm"
     if "h100" in n:
@@ -196,9 +281,11 @@ def localhost_cluster(processes: int | None = None) -> dict:
     """
     gpus = _local_gpus()
     if gpus:
-        return {"gpu": _match_gpu(gpus[0]), "nodes": 1,
+        gpu = _match_gpu(gpus[0])
+        nvlink = 900.0 if gpu in ("b200", "gb200") else 450.0  # NVLink 5 / 4 per direction
+        return {"gpu": gpu, "nodes": 1,
                 "gpus_per_node": processes or len(gpus),
-                "intra_node_link": "nvlink", "intra_node_gb_per_s": 450.0,
+                "intra_node_link": "nvlink", "intra_node_gb_per_s": nvlink,
                 "intra_node_latency_us": 1.0, "topology": "fat-tree",
                 "nics_per_node": 1, "nic_gbit_per_s": 100.0,
                 "inter_node_latency_us": 5.0, "storage_gb_per_s": 2.0,

@@ -73,6 +73,22 @@ class GPU:
     tflops_fp8: float  # dense FP8 tensor-core TFLOP/s (0: not supported)
     hbm_gb: float  # device memory, GB (1e9 bytes)
     hbm_gb_per_s: float  # device memory bandwidth, GB/s
+    tdp_w: float = 0.0  # board power the datasheet peaks assume, W (0: unknown)
+    power_limit_w: float = 0.0  # board power cap the GPU runs under, W (0: the TDP)
+
+    def sustained_fraction(self) -> float:
+        """Fraction of the datasheet tensor-core clock a power-capped GPU sustains.
+
+        Dynamic power is P ~ C V^2 f, and in the DVFS range the voltage scales
+        roughly with the frequency (V ~ f), so P ~ f^3 and a cap P' < TDP holds
+        the clock at f' / f = (P' / TDP)^(1/3) (the cube law of CMOS dynamic
+        power; e.g. Rabaey, Digital Integrated Circuits, 2nd ed., 5.5, and the
+        DVFS literature). Assumes the compute-bound kernels draw the full TDP
+        at the datasheet clock; static power and memory clocks are ignored.
+        1.0 without a cap or below-TDP limit."""
+        if self.tdp_w <= 0 or self.power_limit_w <= 0:
+            return 1.0
+        return min(1.0, (self.power_limit_w / self.tdp_w) ** (1.0 / 3.0))
 
     def peak_flops(self, precision: str) -> float:
         """Dense peak of the matmul dtype used by `precision`, in FLOP/s."""
@@ -170,9 +186,11 @@ class Parallel:
     grad_compression: str = "none"  # none | fp16 | int8 | topk:F | powersgd:R
     sync_every: int = 1  # local-sgd: average parameters every k steps
     ps_servers: int = 0  # parameter-server / async: server ranks (0: one per node)
-    # Uneven work (simulator): layers of each pipeline stage (empty: layers / pp
-    # each); micro-batches of each data-parallel replica per step (empty: equal;
-    # they sum to global_batch / micro_batch); sequence length of each replica's
+    # Uneven work (simulator): layers of each pipeline stage (empty: the layout's
+    # split, `sandbox.layout.split_blocks`: layers / (pp * vpp) per chunk when it
+    # divides, else one block fewer on the first and last chunks); micro-batches
+    # of each data-parallel replica per step (empty: equal; they sum to
+    # global_batch / micro_batch); sequence length of each replica's
     # sequences (empty: model.seq_len; data skew).
     stage_layers: tuple[int, ...] = ()
     replica_microbatches: tuple[int, ...] = ()

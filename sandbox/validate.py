@@ -56,7 +56,7 @@ def plan_problems(plan: Plan) -> list[str]:
                                            "storage_total_gb_per_s"))
     _positive(problems, "cluster.gpu", c.gpu, ("tflops_fp32", "hbm_gb", "hbm_gb_per_s"))
     _non_negative(problems, "cluster.gpu", c.gpu, ("tflops_tf32", "tflops_fp16", "tflops_bf16",
-                                                   "tflops_fp8"))
+                                                   "tflops_fp8", "tdp_w", "power_limit_w"))
     _positive(problems, "parallel", p, ("dp", "tp", "pp", "vpp", "micro_batch",
                                         "global_batch", "sync_every"))
     _positive(problems, "train", t, ("lr", "steps"))
@@ -98,9 +98,11 @@ def plan_problems(plan: Plan) -> list[str]:
         problems.append(f"parallel.tp: {p.tp} does not divide model.kv_heads = {m.kv_heads}")
     elif m.ffn_hidden % p.tp:
         problems.append(f"parallel.tp: {p.tp} does not divide model.ffn_hidden = {m.ffn_hidden}")
-    if m.layers % (p.pp * p.vpp) and not p.stage_layers:  # stage_layers: checked below
-        problems.append(f"parallel.pp: pp*vpp = {p.pp * p.vpp} does not divide "
-                        f"model.layers = {m.layers}")
+    # pp*vpp need not divide the layers (`sandbox.layout.split_blocks` cuts them
+    # unevenly), but every chunk needs a block; stage_layers: checked below
+    if m.layers < p.pp * p.vpp and not p.stage_layers:
+        problems.append(f"parallel.pp: pp*vpp = {p.pp * p.vpp} chunks need at least one "
+                        f"block each, model.layers = {m.layers}")
     if p.global_batch % (p.dp * p.micro_batch):
         problems.append(f"parallel.global_batch: {p.global_batch} is not divisible by "
                         f"dp*micro_batch = {p.dp}*{p.micro_batch}")

@@ -42,7 +42,8 @@ class Device:
 
 def device_of(plan: Plan, profile: Profile) -> Device:
     gpu = plan.cluster.gpu
-    return Device(gpu.peak_flops(plan.train.precision), gpu.hbm_gb_per_s * 1e9, profile)
+    peak = gpu.peak_flops(plan.train.precision) * gpu.sustained_fraction()  # power cap
+    return Device(peak, gpu.hbm_gb_per_s * 1e9, profile)
 
 
 def gemm_time(d: Device, m: int, n: int, k: int, batch: int = 1, bytes_per: int = 2,

@@ -6,13 +6,14 @@ stage's device and slowdown) and the tensor-parallel communication seconds
 serialised with it, `sim.network.collectives`); the host's dispatch seconds
 (`sim.host`); the pipeline send time between stages; the optimizer step.
 Stage s holds `layers[s]` blocks (`sandbox.layout.stage_layers`), its chunks
-`layers[s] // vpp` each. Units: seconds, bytes.
+the layout's `rank_chunk_sizes` (uneven when pp * vpp does not divide the
+layers). Units: seconds, bytes.
 """
 
 from __future__ import annotations
 
 from sandbox import memory
-from sandbox.layout import rank_of
+from sandbox.layout import rank_chunk_sizes, rank_of
 from sandbox.profile import Profile
 from sandbox.specs import Plan
 from sim import compute
@@ -86,6 +87,7 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
     cost: dict[tuple[int, int, str], OpCost] = {}
     opt: list[float] = []
     per_dev: dict = {} if cache is None else cache
+    chunks = rank_chunk_sizes(plan, layers)
     for s in range(P):
         dev, k = devs[s], slow[s]
         key = (dev, plan.model.seq_len)
@@ -93,11 +95,10 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
             per_dev[key] = (compute.layer_times(plan, dev), compute.embedding_times(plan, dev),
                             compute.head_times(plan, dev))
         lt0, (emb_f, emb_b), (head_f, head_b) = per_dev[key]
-        per_chunk = layers[s] // v
         tp_f, tp_b = tp_times(plan, topo, prof, s, lt0, d)
         lt = compute.calibrated_layer(plan, dev, lt0, tp_f + tp_b)  # a measured layer, if any
         for c in range(v):
-            vs = c * P + s
+            vs, per_chunk = c * P + s, chunks[s][c]
             f = per_chunk * lt.fwd + (emb_f if vs == 0 else 0) + (head_f if vs == P * v - 1 else 0)
             tf = per_chunk * tp_f
             first, last = vs == 0, vs == P * v - 1

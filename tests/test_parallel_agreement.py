@@ -31,6 +31,9 @@ CASES_2 = {
     "pp2 interleaved-1f1b vpp2": dict(pp=2, vpp=2, schedule="interleaved-1f1b"),
     "pp2 zero-bubble": dict(pp=2, schedule="zero-bubble"),
     "tiny-llama tp2 + sp": dict(model="tiny-llama", tp=2),
+    # automatic uneven chunks (issue 17): 5 layers on pp2 x vpp2 -> chunks [1, 1, 2, 1]
+    "pp2 vpp2 5 layers auto split": dict(model_fields={"layers": 5}, pp=2, vpp=2,
+                                         schedule="interleaved-1f1b"),
 }
 CASES_4 = {
     "dp2 x tp2 (ZeRO-1, sp)": dict(dp=2, tp=2),
@@ -42,6 +45,8 @@ CASES_4 = {
     # uneven stages (issue 15): all six blocks run, none dropped
     "pp4 6 layers stage_layers [1,1,2,2]": dict(model_fields={"layers": 6}, pp=4,
                                                 stage_layers=[1, 1, 2, 2]),
+    # automatic uneven stages (issue 17): 6 layers on pp4 -> [1, 2, 2, 1]
+    "pp4 6 layers auto split": dict(model_fields={"layers": 6}, pp=4),
 }
 
 _refs: dict = {}

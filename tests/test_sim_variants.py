@@ -208,7 +208,7 @@ def test_new_fields_round_trip_through_toml():
 @pytest.mark.parametrize("section,field,value,words", [
     ("cluster", "slow_gpus", [9], ["cluster.slow_gpus", "GPU 9"]),
     ("cluster", "slow_links", ["nic:0"], ["cluster.slow_links", "nic:NODE.NIC"]),
-    ("cluster", "node_gpus", ["b200"], ["cluster.node_gpus", "b200"]),
+    ("cluster", "node_gpus", ["b300"], ["cluster.node_gpus", "b300"]),
     ("cluster", "slow_gpu_slowdown", 0.5, ["cluster.slow_gpu_slowdown", "at least 1"]),
     ("parallel", "stage_layers", [20, 3], ["parallel.stage_layers", "sum"]),
     ("parallel", "replica_microbatches", [1, 2], ["parallel.replica_microbatches", "4"]),

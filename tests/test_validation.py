@@ -41,8 +41,11 @@ def test_kv_heads_divisible_by_tp():
     assert "model.kv_heads = 4" in msg
 
 
-def test_layers_divisible_by_pp_times_vpp():
-    msg = one("parallel.pp", parallel={"pp": 8, "vpp": 2, "schedule": "interleaved-1f1b"})
+def test_every_chunk_needs_a_block():
+    """pp*vpp need not divide the layers (the layout cuts them unevenly), but
+    more chunks than layers leave a chunk empty."""
+    sandbox.load({**BASE, "parallel": {"pp": 8, "vpp": 2, "schedule": "interleaved-1f1b"}})
+    msg = one("parallel.pp", parallel={"pp": 8, "vpp": 4, "schedule": "interleaved-1f1b"})
     assert "model.layers = 24" in msg
 
 

@@ -34,10 +34,10 @@ def main(args: argparse.Namespace) -> int:
               f"{g['hbm_gb_per_s']:6.0f} GB/s")
     print("clusters:")
     for name, c in presets.CLUSTERS.items():
-        print(f"  {name:<12} {c['nodes']} x {c['gpus_per_node']} x {c['gpu']}  "
+        print(f"  {name:<16} {c['nodes']} x {c['gpus_per_node']} x {c['gpu']}  "
               f"{c['intra_node_link']} {c['intra_node_gb_per_s']:.0f} GB/s  "
               f"{c['nics_per_node']} x {c['nic_gbit_per_s']:.0f} Gb/s {c['topology']}")
     local = presets.localhost_cluster()
     gpu = local["gpu"] if isinstance(local["gpu"], str) else local["gpu"]["name"]
-    print(f"  {'localhost':<12} this machine: {gpu} (gpus_per_node = processes)")
+    print(f"  {'localhost':<16} this machine: {gpu} (gpus_per_node = processes)")
     return 0

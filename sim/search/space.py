@@ -119,7 +119,7 @@ def candidates(base: Plan, fix: dict | None = None) -> Iterator[Parallel]:
 
     tp divides the GPUs of one node; pp runs up to the number of layers; dp is
     what is left of the world size. Settings that do not run (heads % tp,
-    layers % (pp*vpp), batch divisibility, ...) are still yielded: `screen`
+    fewer layers than pp*vpp chunks, batch divisibility, ...) are still yielded: `screen`
     rejects them with the validator's reason. With tp = 1 sequence
     parallelism is off (it has no effect); with pp = 1 the schedule is 1f1b.
     """
