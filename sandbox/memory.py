@@ -12,8 +12,8 @@
 - Activations per layer with `train.attention = "flash"` (the default):
   per tensor what autograd saves for the runtime's block, written out in
   `flash_activation_bytes_per_layer`; no s x s tensor is ever stored.
-- Activations per layer with `attention = "eager"` follow Korthikanti et al. (2022), written per tensor
-  so that GQA and SwiGLU shapes fit: for a GPT block this is exactly
+- Activations per layer with `attention = "eager"` follow Korthikanti et
+  al. (2022), written per tensor so that GQA and SwiGLU shapes fit: for a GPT block this is exactly
   `s b h (34 + 5 a s / h)` bytes without parallelism,
   `s b h (10 + 24/t + 5 a s / (h t))` with tensor parallelism,
   `s b h / t (34 + 5 a s / h)` with sequence parallelism as well; selective

@@ -31,9 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sandbox import memory
-from sim import block_kernels
 from sandbox.profile import BlockPoint, Profile
 from sandbox.specs import Plan
+from sim import block_kernels
 
 
 @dataclass(frozen=True)
