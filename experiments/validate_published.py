@@ -67,7 +67,7 @@ def plan(heads: int, hidden: int, layers: int, tp: int, pp: int, gpus: int, batc
         "parallel": {"tp": tp, "pp": pp, "vpp": vpp, "schedule": schedule, "micro_batch": 1,
                      "global_batch": batch, "zero": 0 if sp is False else 1,
                      "sequence_parallel": sp, "recompute": recompute, "tp_overlap": True},
-        "train": {"precision": "bf16"}})
+        "train": {"precision": "bf16", "attention": "eager"}})  # unfused, as Megatron ran
 
 
 def interleaving(layers: int, pp: int, batch: int, dp: int) -> tuple[str, int]:

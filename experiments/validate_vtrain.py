@@ -79,7 +79,7 @@ def plan_of(row: dict, profile: str = ""):
                      "schedule": "1f1b", "zero": 0, "sequence_parallel": False,
                      "tp_overlap": True,
                      "recompute": "full"},
-        "train": {"precision": "fp16"},
+        "train": {"precision": "fp16", "attention": "eager"},  # Megatron-LM 2021-22: unfused
     })
 
 

@@ -48,6 +48,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.flatten(-2).type_as(x)
 
 
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal softmax(Q K^T / sqrt(d)) V with the s x s scores materialised, as
+    Megatron-LM's unfused core runs it (scale, mask, softmax in fp32, matmul);
+    the same result as SDPA up to rounding."""
+    s = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    future = torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1)
+    probs = torch.softmax(scores.masked_fill(future, float("-inf")).float(), dim=-1)
+    return probs.type_as(q) @ v
+
+
 class Attention(nn.Module):
     def __init__(self, spec: Model):
         super().__init__()
@@ -58,6 +69,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(spec.hidden, spec.kv_dim, bias=spec.bias)
         self.wo = nn.Linear(spec.q_dim, spec.hidden, bias=spec.bias)
         self.recompute_core = False  # selective recompute: redo softmax(QK^T)V in backward
+        self.eager = False  # train.attention = "eager": explicit matmul-mask-softmax-matmul
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         """(b, s, n*head_dim) -> (b, n, s, head_dim); n is the local head count."""
@@ -71,6 +83,8 @@ class Attention(nn.Module):
         if k.shape[1] != q.shape[1]:  # grouped-query attention
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
             v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        if self.eager:
+            return eager_attention(q, k, v)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,10 +176,14 @@ class GPT(nn.Module):
         return self.output(h) if self.output is not None else h
 
 
-def build_model(spec: Model, seed: int = 0, device: str | torch.device = "cpu") -> GPT:
-    """A GPT with deterministic initial weights (on `meta`: shapes only)."""
+def build_model(spec: Model, seed: int = 0, device: str | torch.device = "cpu",
+                attention: str = "flash") -> GPT:
+    """A GPT with deterministic initial weights (on `meta`: shapes only); its
+    attention core SDPA ("flash") or `eager_attention` ("eager")."""
     with torch.device(device):
         model = GPT(spec)
+    for block in model.layers.values():
+        block.attention.eager = attention == "eager"
     if str(device) != "meta":
         model.init_weights(seed)
     return model

@@ -4,8 +4,20 @@ The counts follow the exact module structure of `runtime.model` (a test
 checks `sum(p.numel())` against `param_count` for every preset). For GPT
 presets the FLOPs equal Narayanan et al. (2021):
 `72 B s l h^2 (1 + s/(6h) + V/(12 l h))`; GQA and SwiGLU use the same
-per-matmul sum with their own shapes. Attention scores are counted over the
-full s x s square, as Megatron-LM does.
+per-matmul sum with their own shapes.
+
+Which count is which:
+- Model FLOPs (`model_flops_per_step`, hence MFU and `tflops_per_gpu`) count
+  the attention scores over the full s x s square (Megatron-LM's and
+  DESIGN's definition, which torchtitan reports too), whatever kernel runs.
+- Hardware FLOPs (`hardware_flops_per_step`, HFU) add recomputed forward work
+  on that same square basis (selective: the attention core; full: every block).
+- Executed attention FLOPs (`attention_flops_executed`, `causal=True`): what a
+  flash kernel runs and the simulator prices. Causal flash attention visits
+  only the key tiles at or left of the diagonal (`causal_fraction`, about
+  (s + tile) / (2 s)); its backward recomputes the scores and runs five GEMMs
+  (S = Q K^T, dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q) against the
+  forward's two: 2.5x the forward FLOPs (`FLASH_BACKWARD_RATIO`).
 """
 
 from __future__ import annotations
@@ -59,10 +71,38 @@ def layer_matmul_flops_per_token(m: Model) -> float:
                   + mlp_mats * m.hidden * m.ffn_hidden)
 
 
-def layer_attention_flops_per_token(m: Model, seq_len: int | None = None) -> float:
-    """Forward FLOPs of Q K^T and scores x V per token (full square)."""
+FLASH_TILE = 128  # key/query tile of FlashAttention-2/3 and cuDNN SDPA kernels (rows)
+FLASH_BACKWARD_RATIO = 2.5  # backward GEMMs / forward GEMMs of a flash kernel: 5 / 2
+
+
+def causal_fraction(seq_len: int, tile: int = FLASH_TILE) -> float:
+    """Fraction of the s x s score square a causal tiled kernel computes.
+
+    Query tile i (rows i*tile .. , `tile` or fewer) visits every key tile up
+    to and including the diagonal one, i.e. min((i+1)*tile, s) keys; the
+    masked half of a diagonal tile is computed and discarded. For s a
+    multiple of the tile this is exactly (s + tile) / (2 s); 1 for s <= tile.
+    """
+    s = int(seq_len)
+    done = sum(min(tile, s - q0) * min(q0 + tile, s) for q0 in range(0, s, tile))
+    return done / (s * s)
+
+
+def layer_attention_flops_per_token(m: Model, seq_len: int | None = None,
+                                    causal: bool = False) -> float:
+    """Forward FLOPs of Q K^T and scores x V per token: the full square (the
+    model-FLOPs basis), or with `causal` what a causal flash kernel executes."""
     s = seq_len or m.seq_len
-    return 2.0 * 2.0 * s * m.q_dim
+    return 2.0 * 2.0 * s * m.q_dim * (causal_fraction(s) if causal else 1.0)
+
+
+def attention_flops_executed(m: Model, tokens: int, seq_len: int | None = None,
+                             backward: bool = False) -> float:
+    """FLOPs one block's causal flash attention kernel executes over `tokens`
+    tokens (sequences of `seq_len`): forward, or with `backward` its backward
+    (scores recomputed, 2.5x the forward)."""
+    fwd = tokens * layer_attention_flops_per_token(m, seq_len, causal=True)
+    return fwd * (FLASH_BACKWARD_RATIO if backward else 1.0)
 
 
 def logits_flops_per_token(m: Model) -> float:
@@ -89,7 +129,9 @@ def recompute_flops_per_token(m: Model, recompute: str) -> float:
 
 
 def hardware_flops_per_step(m: Model, sequences: int, recompute: str) -> float:
-    """FLOPs the hardware executes, recomputation included.
+    """FLOPs the hardware executes, recomputation included, on the model-FLOPs
+    basis (full attention square, backward = 2x forward; not the causal flash
+    kernel's executed work, see `attention_flops_executed`).
 
     With full recompute this equals `96 B s l h^2 (1 + s/(6h) + V/(16 l h))`.
     """

@@ -9,8 +9,11 @@
   (2 + 2 + 16 = 20); fp32 training keeps 4 + 4 + 8. ZeRO 1 shards the
   optimizer states over dp, ZeRO 2 also the gradients, ZeRO 3 also the
   weights, plus the FSDP units it holds gathered (`zero3_gathered_params`).
-- Activations per layer follow Korthikanti et al. (2022), written per tensor
-  so that GQA and SwiGLU shapes fit: for a GPT block this is exactly
+- Activations per layer with `train.attention = "flash"` (the default):
+  per tensor what autograd saves for the runtime's block, written out in
+  `flash_activation_bytes_per_layer`; no s x s tensor is ever stored.
+- Activations per layer with `attention = "eager"` follow Korthikanti et
+  al. (2022), written per tensor so that GQA and SwiGLU shapes fit: for a GPT block this is exactly
   `s b h (34 + 5 a s / h)` bytes without parallelism,
   `s b h (10 + 24/t + 5 a s / (h t))` with tensor parallelism,
   `s b h / t (34 + 5 a s / h)` with sequence parallelism as well; selective
@@ -81,10 +84,54 @@ def stage_params_per_gpu(m: Model, tp: int, pp: int, stage: int,
     return n
 
 
+def flash_activation_bytes_per_layer(m: Model, micro_batch: int, tp: int = 1,
+                                     sequence_parallel: bool = False, recompute: str = "none",
+                                     precision: str = "bf16") -> float:
+    """Bytes one block keeps for backward with flash attention, per microbatch, per GPU.
+
+    Per tensor (w = 2 bytes, 4 with fp32; per token unless named):
+    - each norm (RMSNorm / LayerNorm) keeps its input (h w) and fp32 statistics
+      (rstd: 4 bytes; LayerNorm mean and rstd: 8); the QKV and MLP-in linears
+      keep their inputs, the norms' outputs (h w each). These live outside the
+      tensor-parallel region: replicated, or split over tp with SP.
+    - the flash kernel keeps Q and K after RoPE (q_dim w, kv_dim w), V
+      (kv_dim w; GQA: the kv heads, not repeated), its output O (q_dim w,
+      also the out-projection's input: one tensor, as Megatron-Core/TE and
+      FlashAttention lay it out) and the fp32 logsumexp (4 bytes per head per
+      token).
+    - SwiGLU keeps the gate g (silu's input), the up projection u and silu(g)
+      (the product's inputs) and the product (the down projection's input):
+      4 f w; GeLU its input and output: 2 f w.
+    - No dropout masks (the runtime's models have no dropout) and no s x s
+      scores.
+    Selective recompute (Megatron's: the attention core re-run in backward)
+    keeps the core's inputs Q, K, V and its output O, which the out-projection
+    stores anyway: it frees only the logsumexp, at the cost of a second flash
+    forward. Full recompute keeps each layer's input (h w, split with SP).
+    """
+    s, b, h, f = m.seq_len, micro_batch, m.hidden, m.ffn_hidden
+    sp = sequence_parallel and tp > 1
+    w = 4 if precision == "fp32" else 2
+    tokens = s * b
+    if recompute == "full":
+        return w * tokens * h / (tp if sp else 1)
+    stats = 4 if m.norm == "rmsnorm" else 8
+    outside = tokens * (2 * (h * w + stats) + 2 * h * w)
+    core = w * tokens * (m.q_dim + 2 * m.kv_dim + m.q_dim)
+    lse = 4 * tokens * m.heads if recompute == "none" else 0
+    mlp = (4 if m.activation == "swiglu" else 2) * tokens * f * w
+    return (outside / tp if sp else outside) + (core + lse + mlp) / tp
+
+
 def activation_bytes_per_layer(m: Model, micro_batch: int, tp: int = 1,
                                sequence_parallel: bool = False, recompute: str = "none",
-                               precision: str = "bf16") -> float:
-    """Activation bytes one block keeps for its backward, per microbatch, per GPU."""
+                               precision: str = "bf16", attention: str = "flash") -> float:
+    """Activation bytes one block keeps for its backward, per microbatch, per GPU:
+    `flash_activation_bytes_per_layer`, or with `attention = "eager"`
+    Korthikanti et al.'s tensors (s x s scores, softmax and dropout masks)."""
+    if attention == "flash":
+        return flash_activation_bytes_per_layer(m, micro_batch, tp, sequence_parallel,
+                                                recompute, precision)
     s, b, h, a, f = m.seq_len, micro_batch, m.hidden, m.heads, m.ffn_hidden
     sp = sequence_parallel and tp > 1
     scale = 2.0 if precision == "fp32" else 1.0
@@ -151,7 +198,7 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
     grads = n * grad_bytes_per_param(t.precision) / (p.dp if p.zero >= 2 else 1)
     optim = n * optimizer_bytes_per_param(t.precision, t.optimizer) / (p.dp if p.zero >= 1 else 1)
     per_layer = activation_bytes_per_layer(m, p.micro_batch, p.tp, p.sequence_parallel,
-                                           p.recompute, t.precision)
+                                           p.recompute, t.precision, t.attention)
     acts = per_layer * layers_in_flight(plan, stage)
     other = 4.0 * m.seq_len * p.micro_batch * m.vocab / p.tp if stage == p.pp - 1 else 0.0
     parts = {"params": params, "grads": grads, "optimizer": optim, "activations": acts,

@@ -64,11 +64,15 @@ Without a measured curve GEMM efficiency follows the saturating curve
 is interpolated in log FLOPs (and scales linearly below its first point).
 Both are keyed by the FLOPs of the GEMM padded to `gemm_tile`: the
 tensor-core tile (128, 128, 32) on GPUs; a CPU BLAS pads nothing, and a CPU
-calibration writes (1, 1, 1). `attention_fused` says how the attention core
-runs: false (Megatron-LM's unfused kernels) = two batched GEMMs plus a
-separate scale-mask-softmax and dropout over the s x s scores; true (the
-runtime's `scaled_dot_product_attention`, which a calibration measures) =
-the attention rate covers the whole core and no s x s tensor is written.
+calibration writes (1, 1, 1). A plan's `train.attention` says which core
+runs. "flash" is always one fused kernel, looked up at the FLOPs its forward
+executes (causal fraction of the square) and charged 3.5x that per fwd+bwd;
+a CPU calibration measures the runtime's causal SDPA and writes its points on
+that basis (`runtime.calibrate.profile`). "eager" is two batched GEMMs keyed
+by their square FLOPs, and `attention_fused` says whether the rate already
+covers the softmax: false (Megatron-LM's unfused kernels) adds a separate
+scale-mask-softmax and dropout over the s x s scores; true (a measured SDPA
+rate) does not. `attention_fused` has no effect on flash plans.
 """
 
 from __future__ import annotations

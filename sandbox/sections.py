@@ -24,6 +24,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 FAILURE_DISTRIBUTIONS = ("exponential", "weibull")
+ATTENTION = ("flash", "eager")
 
 
 @dataclass(frozen=True)
@@ -227,3 +228,7 @@ class Train:
     eval_every: int = 0  # steps; 0 = only at the end
     data: str = "builtin"  # builtin corpus, or a path to .txt / .jsonl files
     compile: bool = False  # torch.compile (GPU only)
+    # flash: one fused causal kernel (FlashAttention-2/3, cuDNN / PyTorch SDPA), no s x s
+    # tensor stored; eager: matmul, scale-mask-softmax, dropout, matmul over stored s x s
+    # scores (Megatron-LM of 2021-22; Korthikanti et al.'s activation formula)
+    attention: str = "flash"

@@ -66,6 +66,7 @@ def plan_problems(plan: Plan) -> list[str]:
     _choice(problems, "model.norm", m.norm, sections.NORMS)
     _choice(problems, "model.position", m.position, sections.POSITIONS)
     _choice(problems, "cluster.topology", c.topology, sections.TOPOLOGIES)
+    _choice(problems, "train.attention", t.attention, sections.ATTENTION)
     _choice(problems, "cluster.failure_distribution", c.failure_distribution,
             sections.FAILURE_DISTRIBUTIONS)
     _choice(problems, "parallel.schedule", p.schedule, sections.SCHEDULES)

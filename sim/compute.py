@@ -10,8 +10,12 @@ dimensions are padded to the profile's `gemm_tile` (the tensor-core tile
 128 x 128 x 32 on GPUs, so awkward shapes cost more than their FLOPs; none
 on a CPU). The attention core is two batched GEMMs plus, unless the
 profile's `attention_fused` says the measured rate covers it (SDPA), a
-scale-mask-softmax and dropout over the s x s scores. Units: seconds, FLOP,
-bytes.
+scale-mask-softmax and dropout over the s x s scores: that is
+`train.attention = "eager"`, Megatron-LM's kernels as of 2021-22, unchanged.
+With `attention = "flash"` (the default) the core is one fused causal kernel
+priced by the attention curve over the FLOPs it executes and its HBM bytes,
+and the elementwise chains are the eager-PyTorch or `torch.compile` kernels
+of `sim.block_kernels`. Units: seconds, FLOP, bytes.
 
 A profile may also hold whole layers measured as the runtime runs them
 (`Profile.block`, `runtime.layer_bench`); for a plan with exactly such a
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from sandbox import memory
 from sandbox.profile import BlockPoint, Profile
 from sandbox.specs import Plan
+from sim import block_kernels
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,8 @@ class LayerTimes:
 
 
 def layer_times(plan: Plan, d: Device) -> LayerTimes:
-    """Kernel times of one transformer block (Megatron-LM's kernels)."""
+    """Kernel times of one transformer block (Megatron-LM's kernels, or with
+    `attention = "flash"` a flash kernel and eager/compiled elementwise chains)."""
     m, p = plan.model, plan.parallel
     t, b, s, h = p.tp, p.micro_batch, m.seq_len, m.hidden
     w = 4 if plan.train.precision == "fp32" else 2
@@ -95,6 +101,14 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
     dgrad = sum(gemm_time(d, M, K, N, bytes_per=w) for M, N, K in gemms)
     wgrads = [gemm_time(d, K, N, M, bytes_per=w) for M, N, K in gemms]
     wgrad = sum(wgrads)
+    if plan.train.attention == "flash":
+        core_f, core_b = flash_times(plan, d)
+        elem = block_kernels.elementwise_kernels(plan)
+        mem_f = sum(memory_time(d, x) for x in elem)
+        mem_b = sum(memory_time(d, 2 * x) for x in elem)
+        return LayerTimes(fwd=fwd_gemm + core_f + mem_f, bwd_input=dgrad + core_b + mem_b,
+                          bwd_weight=wgrad, attn_core=core_f,
+                          wgrad_column=(wgrads[0], wgrads[2]))
     hd = m.head_dim
     score = gemm_time(d, s, s, hd, batch=b * heads, bytes_per=w, attention=True)
     ctx = gemm_time(d, s, hd, s, batch=b * heads, bytes_per=w, attention=True)
@@ -115,6 +129,25 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
                       bwd_weight=wgrad,
                       attn_core=attn_fwd + (memory_time(d, softmax) if softmax else 0.0),
                       wgrad_column=(wgrads[0], wgrads[2]))
+
+
+def flash_times(plan: Plan, d: Device) -> tuple[float, float]:
+    """(forward, backward) seconds of one block's flash attention kernel(s).
+
+    Executed FLOPs (`block_kernels.FlashWork`: causal fraction of the padded
+    square forward, 2.5x that backward) at the attention curve's rate for the
+    forward's executed FLOPs, or its HBM bytes if slower; one launch forward,
+    `FLASH_BWD_KERNELS` backward."""
+    m, p = plan.model, plan.parallel
+    pr, s, hd, batch = d.profile, m.seq_len, m.head_dim, p.micro_batch * (m.heads // p.tp)
+    fw = block_kernels.flash_work(plan, pr.padded_gemm_flops(s, s, hd, batch)
+                                  + pr.padded_gemm_flops(s, hd, s, batch))
+    rate = fw.fwd_flops / max(pr.attention_seconds(fw.fwd_flops, d.peak_flops), 1e-30)
+    mem = pr.memory_rate(d.hbm_bytes_per_s)
+    fwd = pr.kernel_overhead_s + max(fw.fwd_flops / rate, fw.fwd_bytes / mem)
+    bwd = (block_kernels.FLASH_BWD_KERNELS * pr.kernel_overhead_s
+           + max(fw.bwd_flops / rate, fw.bwd_bytes / mem))
+    return fwd, bwd
 
 
 def embedding_times(plan: Plan, d: Device) -> tuple[float, float]:

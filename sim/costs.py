@@ -17,7 +17,7 @@ from sandbox.layout import rank_chunk_sizes, rank_of
 from sandbox.profile import Profile
 from sandbox.specs import Plan
 from sim import compute
-from sim.host import ATTENTION_GEMMS, host_ops
+from sim.host import host_ops
 from sim.network.collectives import Coll, collective_time, concurrent_time
 from sim.network.topology import Topology
 from sim.work import OpCost, virtual_stages
@@ -106,7 +106,7 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
             if p.recompute == "full":
                 re, tre, host_re = per_chunk * lt.fwd, per_chunk * tp_f, ho.block_fwd
             elif p.recompute == "selective":
-                re, host_re = per_chunk * lt.attn_core, ATTENTION_GEMMS + 1
+                re, host_re = per_chunk * lt.attn_core, ho.attn_core
             extra_b = (emb_b if first else 0) + (head_b if last else 0)
             b_in = per_chunk * (lt.bwd_input if zb else lt.bwd) + re + extra_b
             host_f = per_chunk * ho.block_fwd + ho.embedding_fwd * first + ho.head_fwd * last

@@ -8,7 +8,9 @@ Host time = modelled kernels x `Profile.host_op_overhead_s` (seconds per
 kernel, from calibration; 0 disables the bound). The kernel counts are those
 of `sim.compute` (what the simulator charges GPU time for), so the constant
 is the host cost per modelled kernel, framework glue (views, bias adds,
-autograd bookkeeping) included.
+autograd bookkeeping) included. With `attention = "flash"` the core is one
+kernel forward and `FLASH_BWD_KERNELS` backward, and the elementwise kernels
+are those of `sim.block_kernels` (fewer with `train.compile`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sandbox.specs import Plan
+from sim.block_kernels import FLASH_BWD_KERNELS, FLASH_FWD_KERNELS, elementwise_kernels
 
 BLOCK_GEMMS = 4  # QKV, attention output, MLP in, MLP out
 ATTENTION_GEMMS = 2  # QK^T, PV
@@ -33,12 +36,18 @@ class HostOps:
     embedding_bwd: int = 1
     head_fwd: int = 3  # norm, logits GEMM, cross-entropy
     head_bwd: int = 5  # cross-entropy, two GEMMs, norm (x2)
+    attn_core: int = ATTENTION_GEMMS + 1  # the core's forward again (selective recompute)
 
 
 def host_ops(plan: Plan) -> HostOps:
     """Kernel counts of one block (tensor-parallel collectives included)."""
     p = plan.parallel
     tp_colls = 0 if p.tp == 1 else (4 if p.sequence_parallel else 2)
+    if plan.train.attention == "flash":
+        elem = len(elementwise_kernels(plan))
+        return HostOps(block_fwd=BLOCK_GEMMS + FLASH_FWD_KERNELS + elem + tp_colls,
+                       block_bwd_input=BLOCK_GEMMS + FLASH_BWD_KERNELS + elem + tp_colls,
+                       block_bwd_weight=BLOCK_GEMMS, attn_core=FLASH_FWD_KERNELS)
     fwd = BLOCK_GEMMS + ATTENTION_GEMMS + BLOCK_MEMORY_OPS + tp_colls
     bwd_input = BLOCK_GEMMS + 2 * ATTENTION_GEMMS + BLOCK_MEMORY_OPS + tp_colls
     return HostOps(block_fwd=fwd, block_bwd_input=bwd_input, block_bwd_weight=BLOCK_GEMMS)

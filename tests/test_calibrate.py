@@ -178,12 +178,13 @@ def test_bad_gemm_tile_is_one_line(tmp_path):
 
 def test_tile_padding_and_fused_attention_come_from_the_profile():
     """GPU (default profile): an awkward GEMM costs its padded shape and the
-    unfused attention pays a softmax pass over the s x s scores; with a CPU
-    profile's tile (1, 1, 1) and fused attention neither happens."""
+    unfused (eager) attention pays a softmax pass over the s x s scores; with a
+    CPU profile's tile (1, 1, 1) and fused attention neither happens."""
     from sandbox.profile import Profile
     from sim import compute
 
-    plan = sandbox.load({"model": {"preset": "gpt-mini"}, "parallel": {"micro_batch": 4}})
+    plan = sandbox.load({"model": {"preset": "gpt-mini"}, "parallel": {"micro_batch": 4},
+                         "train": {"attention": "eager"}})
     gpu = compute.device_of(plan, Profile())
     cpu = compute.device_of(plan, Profile(gemm_tile=(1, 1, 1), attention_fused=True))
     # 129 rows pad to 256 on the GPU tile: as slow as 256 rows

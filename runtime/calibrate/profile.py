@@ -19,6 +19,7 @@ from typing import Any
 
 import tomli_w
 
+from sandbox.counts import FLASH_BACKWARD_RATIO, causal_fraction
 from sandbox.profile import padded_gemm_flops
 
 HEADER = "# Calibration profile written by `sandbox calibrate`; units: s, bytes, FLOP/s, bytes/s.\n"
@@ -99,10 +100,13 @@ def compute_section(pk: Any, device: str, tile: tuple[int, int, int] = GPU_TILE)
       GEMMs of 2 tokens k n FLOPs: what training runs) as one point at the
       padded FLOPs of one GEMM, rate = padded FLOPs / (time / 3); equal keys
       take the median rate.
-    - attention: the simulator costs the core as QK^T and PV batched GEMMs,
-      forward + 2x for backward; per measured shape both GEMMs get the rate
-      that makes 3 x (their padded FLOPs) take the measured fwd+bwd time of
-      `Attention.core` (SDPA, softmax included: `attention_fused = true`).
+    - attention: `Attention.core` is causal SDPA, the fused kernel the
+      simulator prices for `attention = "flash"` (`sim.compute.flash_times`):
+      per measured shape one point at the FLOPs its forward executes (the
+      causal fraction of the padded QK^T + PV square, `sandbox.counts`), rate
+      = (1 + 2.5) x those FLOPs / the measured fwd+bwd time, so the simulator
+      gives the measured time back (`attention_fused = true`: the rate covers
+      softmax; an eager plan prices its two GEMMs at these rates too).
     - memory_bytes_per_s: total bytes / total time of the memory-bound ops
       (norm, GELU, add, softmax, cross-entropy) over the measured shapes.
     - kernel_overhead_s: the fastest median of the elementwise adds (almost
@@ -120,10 +124,10 @@ def compute_section(pk: Any, device: str, tile: tuple[int, int, int] = GPU_TILE)
     for k in pk.kernels:
         if k.kind == "attention" and k.pass_ == "fwd+bwd":
             b, heads, sq, hd = k.shape
-            score = padded_gemm_flops(sq, sq, hd, b * heads, tile)
-            ctx = padded_gemm_flops(sq, hd, sq, b * heads, tile)
-            rate = 3 * (score + ctx) / k.time.median
-            attn += [(score, rate), (ctx, rate)]
+            square = (padded_gemm_flops(sq, sq, hd, b * heads, tile)
+                      + padded_gemm_flops(sq, hd, sq, b * heads, tile))
+            f = causal_fraction(sq) * square
+            attn.append((f, (1 + FLASH_BACKWARD_RATIO) * f / k.time.median))
     mem = [k for k in pk.kernels if k.kind == "memory"]
     adds = [k.time.median for k in mem if k.name == "add"]
     blocks: dict[tuple, dict] = {}

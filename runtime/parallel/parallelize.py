@@ -254,7 +254,8 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.train.precision)
     if device.type == "cpu":
         autocast = None  # CPU runs train in fp32
-    model = build_model(plan.model, seed=plan.train.seed).to(device)
+    model = build_model(plan.model, seed=plan.train.seed,
+                        attention=plan.train.attention).to(device)
     if p.pp > 1:
         chunks = split_model(model, plan, mesh["pp"].get_local_rank())
     else:
