@@ -15,6 +15,8 @@ name = "a100"
 source = "how these numbers were obtained"
 matmul_efficiency = 0.80        # large-GEMM fraction of dense peak
 matmul_half_flops = 2.0e9       # GEMM FLOPs at which efficiency is half of that
+fp8_matmul_efficiency = 0.0     # FP8 GEMMs (precision "fp8"): fraction of the FP8 peak (0: as bf16)
+fp8_matmul_half_flops = 0.0     # FP8 GEMM FLOPs at half efficiency (0: 2 x matmul_half_flops)
 attention_efficiency = 0.55     # batched attention GEMMs (QK^T, PV)
 attention_half_flops = 1.0e9
 memory_efficiency = 0.80        # memory-bound kernels: fraction of HBM bandwidth
@@ -27,6 +29,7 @@ collective_step_latency_s = 5.0e-6  # software cost per algorithm step (ring hop
 device = "A100-SXM4-80GB"
 peak_flops = 3.12e14
 matmul = [[1e8, 2.0e13], [1e10, 2.3e14]]     # [GEMM FLOPs, achieved FLOP/s]
+matmul_fp8 = [[1e8, 3.0e13], [1e10, 4.0e14]] # FP8 GEMMs (torch._scaled_mm), same keys
 attention = [[1e8, 1.0e13], [1e10, 1.5e14]]  # [attention-core FLOPs, FLOP/s]
 memory_bytes_per_s = 1.6e12
 kernel_overhead_s = 5e-6
@@ -69,6 +72,17 @@ runs: false (Megatron-LM's unfused kernels) = two batched GEMMs plus a
 separate scale-mask-softmax and dropout over the s x s scores; true (the
 runtime's `scaled_dot_product_attention`, which a calibration measures) =
 the attention rate covers the whole core and no s x s tensor is written.
+
+FP8 GEMMs (`train.precision = "fp8"`: the linear layers only, `sim.compute`)
+have their own curve against the FP8 dense peak: a measured `matmul_fp8`,
+else `fp8_matmul_efficiency * f / (f + fp8_matmul_half_flops)`. The default
+efficiency is bf16's (no published cuBLAS FP8 fraction we can cite as a
+default; calibration sets it), and the default half-efficiency point is
+twice bf16's: a GEMM's fixed ramp-up (launch, tile fill, wave quantisation)
+takes the same seconds at twice the peak, so it takes twice the FLOPs to
+reach half efficiency. Without an FP8 curve but with a measured bf16 one,
+the bf16 curve is stretched the same way: rate_fp8(f) = r * rate_bf16(f / r),
+r = FP8 peak / bf16 peak.
 """
 
 from __future__ import annotations
@@ -124,6 +138,8 @@ class Profile:
     source: str = "documented defaults (not calibrated)"
     matmul_efficiency: float = 0.80
     matmul_half_flops: float = 2.0e9
+    fp8_matmul_efficiency: float = 0.0  # 0: matmul_efficiency (see the module docstring)
+    fp8_matmul_half_flops: float = 0.0  # 0: 2 x matmul_half_flops
     attention_efficiency: float = 0.55
     attention_half_flops: float = 1.0e9
     memory_efficiency: float = 0.80
@@ -136,6 +152,7 @@ class Profile:
     device: str = ""
     peak_flops: float = 0.0
     matmul: Curve = ()  # (GEMM FLOPs, achieved FLOP/s)
+    matmul_fp8: Curve = ()  # FP8 GEMMs: (GEMM FLOPs, achieved FLOP/s)
     attention: Curve = ()  # (attention FLOPs, achieved FLOP/s)
     memory_bytes_per_s: float = 0.0
     gemm_tile: tuple[int, int, int] = (128, 128, 32)  # M, N, K padding of GEMM kernels
@@ -154,6 +171,18 @@ class Profile:
         eff = self.matmul_efficiency * flops / (flops + self.matmul_half_flops)
         return flops / (peak * max(eff, 1e-9))
 
+    def fp8_matmul_seconds(self, flops: float, peak_fp8: float, peak_bf16: float) -> float:
+        """Seconds of one FP8 GEMM of `flops` FLOPs on a device of dense FP8
+        peak `peak_fp8` and bf16 peak `peak_bf16` (FLOP/s; module docstring)."""
+        if self.matmul_fp8:
+            return flops / _interp_log(self.matmul_fp8, flops)
+        r = peak_fp8 / peak_bf16 if peak_bf16 > 0 else 1.0
+        if self.matmul:
+            return flops / (r * _interp_log(self.matmul, flops / r))
+        e = self.fp8_matmul_efficiency or self.matmul_efficiency
+        half = self.fp8_matmul_half_flops or r * self.matmul_half_flops
+        return flops / (peak_fp8 * max(e * flops / (flops + half), 1e-9))
+
     def attention_seconds(self, flops: float, peak: float) -> float:
         """Seconds of one batched attention GEMM of `flops` FLOPs."""
         if self.attention:
@@ -164,7 +193,7 @@ class Profile:
     def best_matmul_flops(self, peak: float) -> float:
         """The highest FLOP/s any GEMM or attention kernel reaches (a bound)."""
         if self.matmul or self.attention:
-            return max(y for _, y in (*self.matmul, *self.attention))
+            return max(y for _, y in (*self.matmul, *self.matmul_fp8, *self.attention))
         return peak * max(self.matmul_efficiency, self.attention_efficiency)
 
     def memory_rate(self, hbm_bytes_per_s: float) -> float:
@@ -201,10 +230,12 @@ class Profile:
                 "attention": [list(p) for p in self.attention],
                 "memory_bytes_per_s": self.memory_bytes_per_s,
                 "gemm_tile": list(self.gemm_tile), "attention_fused": self.attention_fused}
+        if self.matmul_fp8:
+            comp["matmul_fp8"] = [list(p) for p in self.matmul_fp8]
         if self.block:
             comp["block"] = [dataclasses.asdict(b) for b in self.block]
-        if (self.matmul or self.attention or self.memory_bytes_per_s or self.attention_fused
-                or self.gemm_tile != Profile.gemm_tile or self.block):
+        if (self.matmul or self.matmul_fp8 or self.attention or self.memory_bytes_per_s
+                or self.attention_fused or self.gemm_tile != Profile.gemm_tile or self.block):
             d["compute"] = comp
         if self.collective:
             d["collective"] = [dataclasses.asdict(c) for c in self.collective]
@@ -245,14 +276,15 @@ def _interp_log(points: Curve, x: float) -> float:
     return pts[-1][1]
 
 
-_FLOATS = ("matmul_efficiency", "matmul_half_flops", "attention_efficiency",
+_FLOATS = ("matmul_efficiency", "matmul_half_flops", "fp8_matmul_efficiency",
+           "fp8_matmul_half_flops", "attention_efficiency",
            "attention_half_flops", "memory_efficiency", "kernel_overhead_s",
            "host_op_overhead_s",
            "collective_efficiency", "collective_step_latency_s")
 
 
 _KEYS = ("name", "source", *_FLOATS, "compute", "collective", "measurements")
-_COMPUTE_KEYS = ("device", "peak_flops", "matmul", "attention", "memory_bytes_per_s",
+_COMPUTE_KEYS = ("device", "peak_flops", "matmul", "matmul_fp8", "attention", "memory_bytes_per_s",
                  "gemm_tile", "attention_fused", "block", "kernel_overhead_s")
 
 
@@ -308,7 +340,7 @@ def profile_from_dict(d: dict, where: str = "profile") -> Profile:
                            int(b["seq_len"]), int(b["hidden"]), int(b["heads"]),
                            int(b["ffn_hidden"]), float(b["seconds"]), float(b["optimizer_s"]))
                 for b in comp["block"])
-        for k in ("matmul", "attention"):
+        for k in ("matmul", "matmul_fp8", "attention"):
             if comp.get(k):
                 kw[k] = tuple((float(a), float(b)) for a, b in comp[k])
         if d.get("collective"):

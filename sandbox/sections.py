@@ -24,6 +24,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 FAILURE_DISTRIBUTIONS = ("exponential", "weibull")
+FP8_RECIPES = ("tensorwise", "rowwise")
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,9 @@ class Parallel:
     # micro-batch instead of two, the stage's full parameters in memory). Ignored
     # (accepted, no effect) with zero 0-2, whose parameters stay gathered.
     reshard_after_forward: bool = True
+    # HSDP: ZeRO shards over groups of `dp_shard` consecutive data-parallel ranks
+    # and replicates across the dp / dp_shard groups (0: shard over all of dp)
+    dp_shard: int = 0
     sequence_parallel: bool = True  # only has an effect with tp > 1
     # backward TP all-reduce (SP: reduce-scatter) of the input gradient overlapped
     # with the weight-gradient GEMM (Megatron-LM's async grad all-reduce); the
@@ -177,6 +181,11 @@ class Parallel:
     def microbatches(self) -> int:
         """Microbatches per replica per step (gradient-accumulation steps)."""
         return self.global_batch // (self.dp * self.micro_batch)
+
+    @property
+    def shard_size(self) -> int:
+        """Data-parallel ranks one ZeRO shard group spans (`dp_shard`, or dp)."""
+        return self.dp_shard or self.dp
 
     @property
     def compression(self) -> tuple[str, float]:
@@ -204,3 +213,9 @@ class Train:
     eval_every: int = 0  # steps; 0 = only at the end
     data: str = "builtin"  # builtin corpus, or a path to .txt / .jsonl files
     compile: bool = False  # torch.compile (GPU only)
+    # precision = "fp8" (simulator; torchao Float8Linear / Transformer Engine):
+    # dynamic scaling per tensor ("tensorwise") or per row ("rowwise"), and
+    # ZeRO-3 all-gathers of the linear weights in fp8 (torchao's
+    # enable_fsdp_float8_all_gather; tensorwise only)
+    fp8_recipe: str = "tensorwise"
+    fp8_all_gather: bool = False

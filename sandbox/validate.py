@@ -74,6 +74,8 @@ def plan_problems(plan: Plan) -> list[str]:
     _choice(problems, "train.precision", t.precision, sections.PRECISIONS)
     _choice(problems, "train.optimizer", t.optimizer, sections.OPTIMIZERS)
     _choice(problems, "train.lr_schedule", t.lr_schedule, sections.LR_SCHEDULES)
+    _choice(problems, "train.fp8_recipe", t.fp8_recipe, sections.FP8_RECIPES)
+    _non_negative(problems, "parallel", p, ("dp_shard",))
     if p.zero not in (0, 1, 2, 3):
         problems.append(f"parallel.zero: must be 0, 1, 2 or 3, got {p.zero}")
     if not _COMPRESSION.match(p.grad_compression):
@@ -116,7 +118,28 @@ def plan_problems(plan: Plan) -> list[str]:
                         f"got '{p.dp_mode}'")
     if t.precision == "fp8" and c.gpu.tflops_fp8 <= 0:
         problems.append(f"train.precision: {c.gpu.name} has no fp8 support")
+    problems += _fp8_hsdp_problems(plan)
     problems += variation_problems(plan)
+    return problems
+
+
+def _fp8_hsdp_problems(plan: Plan) -> list[str]:
+    """FP8 all-gather (torchao: tensorwise scaling of ZeRO-3 weights in fp8)
+    and HSDP's shard groups (a divisor of dp, with ZeRO sharding)."""
+    p, t, problems = plan.parallel, plan.train, []
+    if t.fp8_all_gather and t.precision != "fp8":
+        problems.append(f"train.fp8_all_gather: needs precision = 'fp8', got '{t.precision}'")
+    elif t.fp8_all_gather and t.fp8_recipe != "tensorwise":
+        problems.append("train.fp8_all_gather: torchao casts FSDP weights in fp8 only with "
+                        f"fp8_recipe = 'tensorwise', got '{t.fp8_recipe}'")
+    if p.dp_shard and p.dp % p.dp_shard:
+        problems.append(f"parallel.dp_shard: {p.dp_shard} does not divide dp = {p.dp}")
+    elif p.dp_shard == 1 and p.dp > 1:
+        problems.append("parallel.dp_shard: 1 shards nothing; replicate with zero = 0 "
+                        "or shard over 2 or more data-parallel ranks")
+    elif p.dp_shard and p.dp_shard != p.dp and p.zero == 0:
+        problems.append(f"parallel.dp_shard: {p.dp_shard} shards ZeRO states; it needs "
+                        "zero >= 1 (zero 0 replicates everything)")
     return problems
 
 
