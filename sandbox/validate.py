@@ -140,6 +140,9 @@ def _fp8_hsdp_problems(plan: Plan) -> list[str]:
     elif p.dp_shard and p.dp_shard != p.dp and p.zero == 0:
         problems.append(f"parallel.dp_shard: {p.dp_shard} shards ZeRO states; it needs "
                         "zero >= 1 (zero 0 replicates everything)")
+    elif p.dp_shard and p.dp_shard != p.dp and p.grad_compression != "none":
+        problems.append(f"parallel.dp_shard: HSDP reduces uncompressed gradients, got "
+                        f"grad_compression = '{p.grad_compression}'")
     return problems
 
 
@@ -257,6 +260,10 @@ def _unexecutable_fields(plan: Plan) -> list[str]:
     if p.dp_mode in ("parameter-server", "async") and p.ps_servers not in (0, p.dp):
         problems.append(f"parallel.ps_servers: run co-locates one server with each of the "
                         f"dp = {p.dp} replicas, got {p.ps_servers} (0 or {p.dp} for run)")
+    if p.shard_size < p.dp and (p.zero != 3 or p.tp > 1 or p.pp > 1):
+        problems.append(f"parallel.dp_shard: {p.dp_shard}: run shards over part of dp (HSDP) "
+                        f"only with zero = 3 and tp = pp = 1, got zero = {p.zero}, "
+                        f"tp = {p.tp}, pp = {p.pp} ({_SIM_ONLY})")
     if c.slow_gpus:
         problems.append(f"cluster.slow_gpus: {list(c.slow_gpus)}: {_SIM_ONLY}")
     if c.slow_gpu_fraction > 0:
