@@ -73,16 +73,12 @@ separate scale-mask-softmax and dropout over the s x s scores; true (the
 runtime's `scaled_dot_product_attention`, which a calibration measures) =
 the attention rate covers the whole core and no s x s tensor is written.
 
-FP8 GEMMs (`train.precision = "fp8"`: the linear layers only, `sim.compute`)
-have their own curve against the FP8 dense peak: a measured `matmul_fp8`,
-else `fp8_matmul_efficiency * f / (f + fp8_matmul_half_flops)`. The default
-efficiency is bf16's (no published cuBLAS FP8 fraction we can cite as a
-default; calibration sets it), and the default half-efficiency point is
-twice bf16's: a GEMM's fixed ramp-up (launch, tile fill, wave quantisation)
-takes the same seconds at twice the peak, so it takes twice the FLOPs to
-reach half efficiency. Without an FP8 curve but with a measured bf16 one,
-the bf16 curve is stretched the same way: rate_fp8(f) = r * rate_bf16(f / r),
-r = FP8 peak / bf16 peak.
+FP8 GEMMs (precision "fp8": the linear layers, `sim.compute`) use a measured
+`matmul_fp8` against the FP8 peak, else `fp8_matmul_efficiency` (default:
+bf16's, no citable FP8 fraction; calibration sets it) with half efficiency at
+`fp8_matmul_half_flops` (default 2x bf16's: a GEMM's fixed ramp-up takes the
+same seconds at r = FP8 / bf16 peak = 2x the rate). A measured bf16 curve is
+stretched likewise: rate_fp8(f) = r * rate_bf16(f / r).
 """
 
 from __future__ import annotations
@@ -172,8 +168,7 @@ class Profile:
         return flops / (peak * max(eff, 1e-9))
 
     def fp8_matmul_seconds(self, flops: float, peak_fp8: float, peak_bf16: float) -> float:
-        """Seconds of one FP8 GEMM of `flops` FLOPs on a device of dense FP8
-        peak `peak_fp8` and bf16 peak `peak_bf16` (FLOP/s; module docstring)."""
+        """Seconds of one FP8 GEMM of `flops` FLOPs (peaks in FLOP/s; module doc)."""
         if self.matmul_fp8:
             return flops / _interp_log(self.matmul_fp8, flops)
         r = peak_fp8 / peak_bf16 if peak_bf16 > 0 else 1.0
