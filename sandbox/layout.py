@@ -98,3 +98,24 @@ def replica_seq_lens(plan: Plan) -> list[int]:
     """Sequence length (tokens) of each data-parallel replica's micro-batches."""
     p = plan.parallel
     return list(p.replica_seq_len) or [plan.model.seq_len] * p.dp
+
+
+def shard_groups(plan: Plan, stage: int) -> list[tuple[int, ...]]:
+    """ZeRO shard groups of `stage`: per tensor-parallel rank, runs of
+    `parallel.shard_size` consecutive data-parallel replicas (all of dp
+    without HSDP); inside a node when the mesh puts them there."""
+    p = plan.parallel
+    k = p.shard_size
+    return [tuple(rank_of(plan, g * k + i, stage, t) for i in range(k))
+            for t in range(p.tp) for g in range(p.dp // k)]
+
+
+def replicate_groups(plan: Plan, stage: int) -> list[tuple[int, ...]]:
+    """HSDP's replicate groups of `stage`: the replicas holding the same
+    shard, one from each shard group (empty without HSDP)."""
+    p = plan.parallel
+    k = p.shard_size
+    if k == p.dp:
+        return []
+    return [tuple(rank_of(plan, g * k + i, stage, t) for g in range(p.dp // k))
+            for t in range(p.tp) for i in range(k)]

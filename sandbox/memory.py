@@ -9,6 +9,13 @@
   (2 + 2 + 16 = 20); fp32 training keeps 4 + 4 + 8. ZeRO 1 shards the
   optimizer states over dp, ZeRO 2 also the gradients, ZeRO 3 also the
   weights, plus the FSDP units it holds gathered (`zero3_gathered_params`).
+  HSDP (`parallel.dp_shard`) shards over dp_shard ranks instead of dp.
+- FP8 (`precision = "fp8"`, torchao Float8Linear as torchtitan runs it):
+  weights, gradients and optimizer as bf16, plus the fp8 cast of the block
+  in use (`fp8_weight_copy_bytes`); activations as bf16, because torchao
+  saves the bf16 input and weight for backward and casts again there
+  (`matmul_with_hp_or_float8_args`; Transformer Engine instead saves the
+  fp8 input casts, which this model does not follow).
 - Activations per layer with `train.attention = "flash"` (the default):
   per tensor what autograd saves for the runtime's block, written out in
   `flash_activation_bytes_per_layer`; no s x s tensor is ever stored.
@@ -172,14 +179,48 @@ def zero3_gathered_params(plan: Plan, stage: int, n: float) -> float:
     `reshard_after_forward` two FSDP units (the one computing, the one
     prefetched; the largest unit: a block, or the root's embedding / head);
     without it the stage's full parameters, kept from forward to backward of
-    a micro-batch. 0 with zero < 3 or dp 1."""
+    a micro-batch. 0 with zero < 3 or no sharding (dp, or dp_shard, 1)."""
     m, p = plan.model, plan.parallel
-    if p.zero < 3 or p.dp == 1:
+    if p.zero < 3 or p.shard_size == 1:
         return 0.0
     if not p.reshard_after_forward:
         return n
     root = n - stage_layer_count(plan, stage) * layer_params_per_gpu(m, p.tp)
     return 2 * max(layer_params_per_gpu(m, p.tp), root)
+
+
+def linear_weights_per_gpu(m: Model, tp: int) -> float:
+    """Weights of one block's linear layers (QKV, attention output, MLP) on
+    one tensor-parallel rank: what FP8 training casts (no biases, no norms)."""
+    return counts.layer_matmul_flops_per_token(m) / 2 / tp
+
+
+def zero3_gathered_bytes(plan: Plan, stage: int, n: float) -> float:
+    """Bytes of `zero3_gathered_params`: 16-bit, except the linear weights
+    with `train.fp8_all_gather` (torchao all-gathers them cast to fp8, 1
+    byte; the embedding / head root unit stays bf16)."""
+    m, p, t = plan.model, plan.parallel, plan.train
+    wb = weight_bytes_per_param(t.precision)
+    gathered = zero3_gathered_params(plan, stage, n)
+    if not (gathered and t.precision == "fp8" and t.fp8_all_gather):
+        return gathered * wb
+    block = layer_params_per_gpu(m, p.tp) * wb - linear_weights_per_gpu(m, p.tp) * (wb - 1)
+    if not p.reshard_after_forward:
+        return n * wb - stage_layer_count(plan, stage) * linear_weights_per_gpu(m, p.tp) * (wb - 1)
+    root = (n - stage_layer_count(plan, stage) * layer_params_per_gpu(m, p.tp)) * wb
+    return 2 * max(block, root)
+
+
+def fp8_weight_copy_bytes(plan: Plan) -> float:
+    """FP8 training's cast weights (1 byte each) of the block in use, beside
+    its 16-bit weights: torchao's Float8Linear casts every weight per GEMM
+    (its backward casts them again from the saved bf16 weight), unsharded.
+    0 without fp8, and with ZeRO-3's fp8 all-gather (the gathered unit is
+    the fp8 copy, counted by `zero3_gathered_bytes`)."""
+    p, t = plan.parallel, plan.train
+    if t.precision != "fp8" or (t.fp8_all_gather and p.zero >= 3 and p.shard_size > 1):
+        return 0.0
+    return linear_weights_per_gpu(plan.model, p.tp)
 
 
 def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
@@ -193,10 +234,11 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
         return max((memory_per_gpu(plan, s) for s in stages), key=lambda d: d["total"])
     m, p, t = plan.model, plan.parallel, plan.train
     n = stage_params_per_gpu(m, p.tp, p.pp, stage, stage_layer_count(plan, stage))
-    params = n * weight_bytes_per_param(t.precision) / (p.dp if p.zero >= 3 else 1)
-    params += zero3_gathered_params(plan, stage, n) * weight_bytes_per_param(t.precision)
-    grads = n * grad_bytes_per_param(t.precision) / (p.dp if p.zero >= 2 else 1)
-    optim = n * optimizer_bytes_per_param(t.precision, t.optimizer) / (p.dp if p.zero >= 1 else 1)
+    shard = p.shard_size  # ZeRO shards over dp, or HSDP's dp_shard
+    params = n * weight_bytes_per_param(t.precision) / (shard if p.zero >= 3 else 1)
+    params += zero3_gathered_bytes(plan, stage, n) + fp8_weight_copy_bytes(plan)
+    grads = n * grad_bytes_per_param(t.precision) / (shard if p.zero >= 2 else 1)
+    optim = n * optimizer_bytes_per_param(t.precision, t.optimizer) / (shard if p.zero >= 1 else 1)
     per_layer = activation_bytes_per_layer(m, p.micro_batch, p.tp, p.sequence_parallel,
                                            p.recompute, t.precision, t.attention)
     acts = per_layer * layers_in_flight(plan, stage)

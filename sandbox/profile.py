@@ -15,6 +15,8 @@ name = "a100"
 source = "how these numbers were obtained"
 matmul_efficiency = 0.80        # large-GEMM fraction of dense peak
 matmul_half_flops = 2.0e9       # GEMM FLOPs at which efficiency is half of that
+fp8_matmul_efficiency = 0.0     # FP8 GEMMs (precision "fp8"): fraction of the FP8 peak (0: as bf16)
+fp8_matmul_half_flops = 0.0     # FP8 GEMM FLOPs at half efficiency (0: 2 x matmul_half_flops)
 attention_efficiency = 0.55     # batched attention GEMMs (QK^T, PV)
 attention_half_flops = 1.0e9
 memory_efficiency = 0.80        # memory-bound kernels: fraction of HBM bandwidth
@@ -27,6 +29,7 @@ collective_step_latency_s = 5.0e-6  # software cost per algorithm step (ring hop
 device = "A100-SXM4-80GB"
 peak_flops = 3.12e14
 matmul = [[1e8, 2.0e13], [1e10, 2.3e14]]     # [GEMM FLOPs, achieved FLOP/s]
+matmul_fp8 = [[1e8, 3.0e13], [1e10, 4.0e14]] # FP8 GEMMs (torch._scaled_mm), same keys
 attention = [[1e8, 1.0e13], [1e10, 1.5e14]]  # [attention-core FLOPs, FLOP/s]
 memory_bytes_per_s = 1.6e12
 kernel_overhead_s = 5e-6
@@ -64,15 +67,18 @@ Without a measured curve GEMM efficiency follows the saturating curve
 is interpolated in log FLOPs (and scales linearly below its first point).
 Both are keyed by the FLOPs of the GEMM padded to `gemm_tile`: the
 tensor-core tile (128, 128, 32) on GPUs; a CPU BLAS pads nothing, and a CPU
-calibration writes (1, 1, 1). A plan's `train.attention` says which core
-runs. "flash" is always one fused kernel, looked up at the FLOPs its forward
-executes (causal fraction of the square) and charged 3.5x that per fwd+bwd;
-a CPU calibration measures the runtime's causal SDPA and writes its points on
-that basis (`runtime.calibrate.profile`). "eager" is two batched GEMMs keyed
-by their square FLOPs, and `attention_fused` says whether the rate already
-covers the softmax: false (Megatron-LM's unfused kernels) adds a separate
-scale-mask-softmax and dropout over the s x s scores; true (a measured SDPA
-rate) does not. `attention_fused` has no effect on flash plans.
+calibration writes (1, 1, 1). `train.attention` picks the core: "flash" is
+one fused kernel looked up at the FLOPs its forward executes (causal
+fraction of the square), charged 3.5x that per fwd+bwd (a CPU calibration
+writes its SDPA points on that basis); "eager" is two batched GEMMs keyed by
+their square FLOPs plus, unless `attention_fused` (a measured SDPA rate),
+Megatron-LM's separate scale-mask-softmax and dropout over the s x s scores.
+FP8 GEMMs (precision "fp8": the linear layers) use a measured `matmul_fp8`
+against the FP8 peak, else `fp8_matmul_efficiency` (default: bf16's, no
+citable FP8 fraction; calibration sets it) with half efficiency at
+`fp8_matmul_half_flops` (default 2x bf16's: a GEMM's fixed ramp-up takes the
+same seconds at r = FP8 / bf16 peak = 2x the rate); a measured bf16 curve is
+stretched likewise: rate_fp8(f) = r * rate_bf16(f / r).
 """
 
 from __future__ import annotations
@@ -128,6 +134,8 @@ class Profile:
     source: str = "documented defaults (not calibrated)"
     matmul_efficiency: float = 0.80
     matmul_half_flops: float = 2.0e9
+    fp8_matmul_efficiency: float = 0.0  # 0: matmul_efficiency (see the module docstring)
+    fp8_matmul_half_flops: float = 0.0  # 0: 2 x matmul_half_flops
     attention_efficiency: float = 0.55
     attention_half_flops: float = 1.0e9
     memory_efficiency: float = 0.80
@@ -140,6 +148,7 @@ class Profile:
     device: str = ""
     peak_flops: float = 0.0
     matmul: Curve = ()  # (GEMM FLOPs, achieved FLOP/s)
+    matmul_fp8: Curve = ()  # FP8 GEMMs: (GEMM FLOPs, achieved FLOP/s)
     attention: Curve = ()  # (attention FLOPs, achieved FLOP/s)
     memory_bytes_per_s: float = 0.0
     gemm_tile: tuple[int, int, int] = (128, 128, 32)  # M, N, K padding of GEMM kernels
@@ -158,6 +167,17 @@ class Profile:
         eff = self.matmul_efficiency * flops / (flops + self.matmul_half_flops)
         return flops / (peak * max(eff, 1e-9))
 
+    def fp8_matmul_seconds(self, flops: float, peak_fp8: float, peak_bf16: float) -> float:
+        """Seconds of one FP8 GEMM of `flops` FLOPs (peaks in FLOP/s; module doc)."""
+        if self.matmul_fp8:
+            return flops / _interp_log(self.matmul_fp8, flops)
+        r = peak_fp8 / peak_bf16 if peak_bf16 > 0 else 1.0
+        if self.matmul:
+            return flops / (r * _interp_log(self.matmul, flops / r))
+        e = self.fp8_matmul_efficiency or self.matmul_efficiency
+        half = self.fp8_matmul_half_flops or r * self.matmul_half_flops
+        return flops / (peak_fp8 * max(e * flops / (flops + half), 1e-9))
+
     def attention_seconds(self, flops: float, peak: float) -> float:
         """Seconds of one batched attention GEMM of `flops` FLOPs."""
         if self.attention:
@@ -168,7 +188,7 @@ class Profile:
     def best_matmul_flops(self, peak: float) -> float:
         """The highest FLOP/s any GEMM or attention kernel reaches (a bound)."""
         if self.matmul or self.attention:
-            return max(y for _, y in (*self.matmul, *self.attention))
+            return max(y for _, y in (*self.matmul, *self.matmul_fp8, *self.attention))
         return peak * max(self.matmul_efficiency, self.attention_efficiency)
 
     def memory_rate(self, hbm_bytes_per_s: float) -> float:
@@ -205,10 +225,12 @@ class Profile:
                 "attention": [list(p) for p in self.attention],
                 "memory_bytes_per_s": self.memory_bytes_per_s,
                 "gemm_tile": list(self.gemm_tile), "attention_fused": self.attention_fused}
+        if self.matmul_fp8:
+            comp["matmul_fp8"] = [list(p) for p in self.matmul_fp8]
         if self.block:
             comp["block"] = [dataclasses.asdict(b) for b in self.block]
-        if (self.matmul or self.attention or self.memory_bytes_per_s or self.attention_fused
-                or self.gemm_tile != Profile.gemm_tile or self.block):
+        if (self.matmul or self.matmul_fp8 or self.attention or self.memory_bytes_per_s
+                or self.attention_fused or self.gemm_tile != Profile.gemm_tile or self.block):
             d["compute"] = comp
         if self.collective:
             d["collective"] = [dataclasses.asdict(c) for c in self.collective]
@@ -249,14 +271,15 @@ def _interp_log(points: Curve, x: float) -> float:
     return pts[-1][1]
 
 
-_FLOATS = ("matmul_efficiency", "matmul_half_flops", "attention_efficiency",
+_FLOATS = ("matmul_efficiency", "matmul_half_flops", "fp8_matmul_efficiency",
+           "fp8_matmul_half_flops", "attention_efficiency",
            "attention_half_flops", "memory_efficiency", "kernel_overhead_s",
            "host_op_overhead_s",
            "collective_efficiency", "collective_step_latency_s")
 
 
 _KEYS = ("name", "source", *_FLOATS, "compute", "collective", "measurements")
-_COMPUTE_KEYS = ("device", "peak_flops", "matmul", "attention", "memory_bytes_per_s",
+_COMPUTE_KEYS = ("device", "peak_flops", "matmul", "matmul_fp8", "attention", "memory_bytes_per_s",
                  "gemm_tile", "attention_fused", "block", "kernel_overhead_s")
 
 
@@ -312,7 +335,7 @@ def profile_from_dict(d: dict, where: str = "profile") -> Profile:
                            int(b["seq_len"]), int(b["hidden"]), int(b["heads"]),
                            int(b["ffn_hidden"]), float(b["seconds"]), float(b["optimizer_s"]))
                 for b in comp["block"])
-        for k in ("matmul", "attention"):
+        for k in ("matmul", "matmul_fp8", "attention"):
             if comp.get(k):
                 kw[k] = tuple((float(a), float(b)) for a, b in comp[k])
         if d.get("collective"):

@@ -25,6 +25,7 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 FAILURE_DISTRIBUTIONS = ("exponential", "weibull")
 ATTENTION = ("flash", "eager")
+FP8_RECIPES = ("tensorwise", "rowwise")
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,9 @@ class Parallel:
     # (Megatron-LM's --overlap-param-gather); only the part longer than that
     # forward is exposed. False: the gather ends the step.
     overlap_param_gather: bool = False
+    # HSDP: ZeRO shards over groups of `dp_shard` consecutive data-parallel ranks
+    # and replicates across the dp / dp_shard groups (0: shard over all of dp)
+    dp_shard: int = 0
     sequence_parallel: bool = True  # only has an effect with tp > 1
     # backward TP all-reduce (SP: reduce-scatter) of the input gradient overlapped
     # with the weight-gradient GEMM (Megatron-LM's async grad all-reduce); the
@@ -201,6 +205,11 @@ class Parallel:
     def microbatches(self) -> int:
         """Microbatches per replica per step (gradient-accumulation steps)."""
         return self.global_batch // (self.dp * self.micro_batch)
+
+    @property
+    def shard_size(self) -> int:
+        """Data-parallel ranks one ZeRO shard group spans (`dp_shard`, or dp)."""
+        return self.dp_shard or self.dp
 
     @property
     def compression(self) -> tuple[str, float]:
@@ -232,3 +241,9 @@ class Train:
     # tensor stored; eager: matmul, scale-mask-softmax, dropout, matmul over stored s x s
     # scores (Megatron-LM of 2021-22; Korthikanti et al.'s activation formula)
     attention: str = "flash"
+    # precision = "fp8" (simulator; torchao Float8Linear / Transformer Engine):
+    # dynamic scaling per tensor ("tensorwise") or per row ("rowwise"), and
+    # ZeRO-3 all-gathers of the linear weights in fp8 (torchao's
+    # enable_fsdp_float8_all_gather; tensorwise only)
+    fp8_recipe: str = "tensorwise"
+    fp8_all_gather: bool = False

@@ -75,6 +75,8 @@ def plan_problems(plan: Plan) -> list[str]:
     _choice(problems, "train.precision", t.precision, sections.PRECISIONS)
     _choice(problems, "train.optimizer", t.optimizer, sections.OPTIMIZERS)
     _choice(problems, "train.lr_schedule", t.lr_schedule, sections.LR_SCHEDULES)
+    _choice(problems, "train.fp8_recipe", t.fp8_recipe, sections.FP8_RECIPES)
+    _non_negative(problems, "parallel", p, ("dp_shard",))
     if p.zero not in (0, 1, 2, 3):
         problems.append(f"parallel.zero: must be 0, 1, 2 or 3, got {p.zero}")
     if not _COMPRESSION.match(p.grad_compression):
@@ -119,7 +121,31 @@ def plan_problems(plan: Plan) -> list[str]:
                         f"got '{p.dp_mode}'")
     if t.precision == "fp8" and c.gpu.tflops_fp8 <= 0:
         problems.append(f"train.precision: {c.gpu.name} has no fp8 support")
+    problems += _fp8_hsdp_problems(plan)
     problems += variation_problems(plan)
+    return problems
+
+
+def _fp8_hsdp_problems(plan: Plan) -> list[str]:
+    """FP8 all-gather (torchao: tensorwise scaling of ZeRO-3 weights in fp8)
+    and HSDP's shard groups (a divisor of dp, with ZeRO sharding)."""
+    p, t, problems = plan.parallel, plan.train, []
+    if t.fp8_all_gather and t.precision != "fp8":
+        problems.append(f"train.fp8_all_gather: needs precision = 'fp8', got '{t.precision}'")
+    elif t.fp8_all_gather and t.fp8_recipe != "tensorwise":
+        problems.append("train.fp8_all_gather: torchao casts FSDP weights in fp8 only with "
+                        f"fp8_recipe = 'tensorwise', got '{t.fp8_recipe}'")
+    if p.dp_shard and p.dp % p.dp_shard:
+        problems.append(f"parallel.dp_shard: {p.dp_shard} does not divide dp = {p.dp}")
+    elif p.dp_shard == 1 and p.dp > 1:
+        problems.append("parallel.dp_shard: 1 shards nothing; replicate with zero = 0 "
+                        "or shard over 2 or more data-parallel ranks")
+    elif p.dp_shard and p.dp_shard != p.dp and p.zero == 0:
+        problems.append(f"parallel.dp_shard: {p.dp_shard} shards ZeRO states; it needs "
+                        "zero >= 1 (zero 0 replicates everything)")
+    elif p.dp_shard and p.dp_shard != p.dp and p.grad_compression != "none":
+        problems.append(f"parallel.dp_shard: HSDP reduces uncompressed gradients, got "
+                        f"grad_compression = '{p.grad_compression}'")
     return problems
 
 
@@ -240,6 +266,10 @@ def _unexecutable_fields(plan: Plan) -> list[str]:
     if p.dp_mode in ("parameter-server", "async") and p.ps_servers not in (0, p.dp):
         problems.append(f"parallel.ps_servers: run co-locates one server with each of the "
                         f"dp = {p.dp} replicas, got {p.ps_servers} (0 or {p.dp} for run)")
+    if p.shard_size < p.dp and (p.zero != 3 or p.tp > 1 or p.pp > 1):
+        problems.append(f"parallel.dp_shard: {p.dp_shard}: run shards over part of dp (HSDP) "
+                        f"only with zero = 3 and tp = pp = 1, got zero = {p.zero}, "
+                        f"tp = {p.tp}, pp = {p.pp} ({_SIM_ONLY})")
     if c.slow_gpus:
         problems.append(f"cluster.slow_gpus: {list(c.slow_gpus)}: {_SIM_ONLY}")
     if c.slow_gpu_fraction > 0:

@@ -94,6 +94,10 @@ def _result(plan: Plan, res: EngineResult, wall: float, extra: dict | None = Non
     n = plan.world_size
     peak = variation.peak_flops_total(plan) / n  # mean over mixed GPU kinds
     mem_d, fits = memory_fields(plan)
+    if plan.train.precision == "fp8":  # torchtitan / Llama 3 quote FP8 MFU against bf16
+        bf16 = variation.peak_flops_total(replace(plan, train=replace(plan.train,
+                                                                       precision="bf16")))
+        extra = {**(extra or {}), "mfu_vs_bf16_peak": flops / (step * bf16)}
     return SimResult(
         params=counts.param_count(m), flops_per_step=flops, hw_flops_per_step=hw,
         step_time_s=step, tokens_per_s=tokens / step,

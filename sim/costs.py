@@ -117,7 +117,7 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
             cost[(s, c, "B")] = OpCost(k * b_in, per_chunk * tp_b + tre, host * host_b)
             cost[(s, c, "W")] = (OpCost(k * per_chunk * lt.bwd_weight, 0.0, host * host_w)
                                  if zb else OpCost(0.0, 0.0))
-        shard = stage_params(plan, layers, s) / (p.dp if p.zero >= 1 else 1)
+        shard = stage_params(plan, layers, s) / (p.shard_size if p.zero >= 1 else 1)
         server_side = p.dp_mode in ("parameter-server", "async") and p.dp > 1
         opt.append(0.0 if server_side else k * (
             compute.optimizer_time(dev, shard, tr.precision)

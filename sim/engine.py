@@ -89,8 +89,9 @@ class Engine:
         self.seq = []
         for s, b in enumerate(work.dp_buckets):
             nb = len(b)
+            src = work.dp_early[s] if work.dp_early else (b[0][1] if b else [])
             whole = [(sum(x for x, _ in b), [Phase(ph.paths, tuple(x * nb for x in ph.sizes),
-                                                   ph.latency_s * nb) for ph in b[0][1]])] if b \
+                                                   ph.latency_s * nb) for ph in src])] if b \
                 else []
             self.seq.append(whole * (self.rounds[s] - 1) + b)
         self.ag_mb = {(r, s): [mb for k, mb, _ in self.rws[r].ops[s] if self._gathers(k)]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sandbox.specs import Plan
 from sim.block_kernels import FLASH_BWD_KERNELS, FLASH_FWD_KERNELS, elementwise_kernels
+from sim.compute import CAST_KERNELS, FP8_CASTS
 
 BLOCK_GEMMS = 4  # QKV, attention output, MLP in, MLP out
 ATTENTION_GEMMS = 2  # QK^T, PV
@@ -43,11 +44,17 @@ def host_ops(plan: Plan) -> HostOps:
     """Kernel counts of one block (tensor-parallel collectives included)."""
     p = plan.parallel
     tp_colls = 0 if p.tp == 1 else (4 if p.sequence_parallel else 2)
+    cf, cd, cw = (0, 0, 0)
+    if plan.train.precision == "fp8":
+        # per linear GEMM, the casts of its (forward, dgrad, wgrad) operands
+        cf, cd, cw = (BLOCK_GEMMS * CAST_KERNELS * len(ph)
+                      for ph in FP8_CASTS[plan.train.fp8_recipe])
     if plan.train.attention == "flash":
         elem = len(elementwise_kernels(plan))
-        return HostOps(block_fwd=BLOCK_GEMMS + FLASH_FWD_KERNELS + elem + tp_colls,
-                       block_bwd_input=BLOCK_GEMMS + FLASH_BWD_KERNELS + elem + tp_colls,
-                       block_bwd_weight=BLOCK_GEMMS, attn_core=FLASH_FWD_KERNELS)
-    fwd = BLOCK_GEMMS + ATTENTION_GEMMS + BLOCK_MEMORY_OPS + tp_colls
-    bwd_input = BLOCK_GEMMS + 2 * ATTENTION_GEMMS + BLOCK_MEMORY_OPS + tp_colls
-    return HostOps(block_fwd=fwd, block_bwd_input=bwd_input, block_bwd_weight=BLOCK_GEMMS)
+        return HostOps(block_fwd=BLOCK_GEMMS + FLASH_FWD_KERNELS + elem + tp_colls + cf,
+                       block_bwd_input=BLOCK_GEMMS + FLASH_BWD_KERNELS + elem + tp_colls + cd,
+                       block_bwd_weight=BLOCK_GEMMS + cw, attn_core=FLASH_FWD_KERNELS)
+    fwd = BLOCK_GEMMS + ATTENTION_GEMMS + BLOCK_MEMORY_OPS + tp_colls + cf
+    bwd_input = BLOCK_GEMMS + 2 * ATTENTION_GEMMS + BLOCK_MEMORY_OPS + tp_colls + cd
+    return HostOps(block_fwd=fwd, block_bwd_input=bwd_input,
+                   block_bwd_weight=BLOCK_GEMMS + cw)

@@ -46,10 +46,10 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
     cost, opt = stage_costs(plan, topo, prof, [dev] * P, [1.0] * P, layers)
     buckets, zero3, gather, note = variants.dp_work(plan, topo, prof, dev, layers,
                                                     dp_overlap, bucket_params, dp_algorithm)
-    ag, ag_s, copy_s, units = zero3
+    ag, ag_s, copy_s, units, early = zero3
     ops = [schedule(p.schedule, P, mb, s, v) for s in range(P)]
     work = Work(plan, P, mb, v, ops, cost, send_time(plan, topo, prof), buckets,
                 dp_overlap, ag, opt, dp_gather=gather, flows_note=note, zero3_ag_s=ag_s,
-                zero3_copy_s=copy_s, zero3_units=units)
+                zero3_copy_s=copy_s, zero3_units=units, dp_early=early)
     replicas.attach(work, topo, prof, layers)
     return work

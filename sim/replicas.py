@@ -46,8 +46,7 @@ def stage_devices(plan: Plan, prof: Profile, d: int, kinds: dict | None = None
             r = rank_of(plan, d, s, t)
             g = variation.gpu_of(c, r)
             if g.name not in kinds:
-                dev = compute.Device(g.peak_flops(plan.train.precision)
-                                     * g.sustained_fraction(), g.hbm_gb_per_s * 1e9, prof)
+                dev = compute.device_for(g, plan.train.precision, prof)
                 kinds[g.name] = (dev, compute.layer_times(plan, dev).fwd)
             k = slow.get(r, 1.0)
             if worst is None or k * kinds[g.name][1] > worst[0]:

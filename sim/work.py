@@ -74,6 +74,9 @@ class Work:
     zero3_ag_s: list[float] = field(default_factory=list)
     zero3_copy_s: list[float] = field(default_factory=list)
     zero3_units: list[int] = field(default_factory=list)  # FSDP units per chunk
+    # per stage: one bucket's reduction after a micro-batch but the last (ZeRO-3
+    # HSDP: the reduce-scatter without the replicate all-reduce); empty: dp_buckets'
+    dp_early: list[list[Phase]] = field(default_factory=list)
     # Asymmetric plans (sim.replicas): the replicas whose work differs from
     # replica 0's (the fields above), and each replica's first twin.
     reps: dict[int, RepWork] = field(default_factory=dict)

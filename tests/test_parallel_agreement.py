@@ -39,6 +39,7 @@ CASES_4 = {
     "dp2 x tp2 (ZeRO-1, sp)": dict(dp=2, tp=2),
     "pp2 x tp2 (1f1b, sp)": dict(pp=2, tp=2),
     "pp2 x dp2 (1f1b, ZeRO-3)": dict(pp=2, dp=2, zero=3),
+    "dp4 HSDP dp_shard 2 (ZeRO-3)": dict(dp=4, zero=3, dp_shard=2),
     "dp2 x tp2 ZeRO-0 (replicate)": dict(dp=2, tp=2, zero=0),
     "pp2 x dp2 ZeRO-0 (replicate)": dict(pp=2, dp=2, zero=0),
     "pp4 1f1b (tied over 4 stages)": dict(pp=4, schedule="1f1b"),

@@ -20,6 +20,8 @@ REFUSED = {
     "parallel.tp_overlap": {"parallel": {"tp": 2, "tp_overlap": True}},
     "parallel.ps_servers": {"parallel": {"dp": 2, "zero": 0, "dp_mode": "parameter-server",
                                          "ps_servers": 1}},
+    "parallel.dp_shard": {"cluster": {"preset": "localhost", "gpus_per_node": 4},
+                          "parallel": {"dp": 4, "zero": 1, "dp_shard": 2}},
     "cluster.slow_gpus": {"cluster": {"slow_gpus": [0]}},
     "cluster.slow_gpu_fraction": {"cluster": {"slow_gpu_fraction": 0.5}},
     "cluster.slow_links": {"cluster": {"slow_links": ["nvlink:0"]}},

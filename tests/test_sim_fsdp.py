@@ -124,3 +124,54 @@ def test_memory_of_gathered_units():
             memory.memory_per_gpu(llama70b(zero=z))
         assert simulate(plan(zero=z, reshard_after_forward=False)).step_time_s == \
             simulate(plan(zero=z)).step_time_s
+
+
+def test_hsdp_bytes_and_memory_closed_form():
+    """HSDP (dp_shard 8 of dp 64): ZeRO-3's gathers and per-micro-batch
+    reduce-scatters over the shard group, one all-reduce of the 1/8 shards
+    across the replicate group per step; shards divide by 8, not 64."""
+    z3, h = llama70b(zero=3), llama70b(zero=3, dp_shard=8)
+    rz, rh = simulate(z3, timeline=False), simulate(h, timeline=False)
+    m, d, k = h.parallel.microbatches, h.parallel.dp, 8
+    r = d // k
+    n = memory.stage_params_per_gpu(h.model, 4, 1, 0)
+    gathers = rh.extra["zero3_gathers_per_step"]
+    ag = gathers * n * 2 * (k - 1) / k
+    grads = m * n * 4 * (k - 1) / k + 2 * (r - 1) / r * n * 4 / k
+    assert rh.extra["dp_shard"] == k
+    assert rh.extra["zero3_allgather_bytes_per_gpu"] == pytest.approx(ag, rel=1e-9)
+    assert rh.extra["dp_bytes_per_gpu"] == pytest.approx(ag + grads, rel=1e-9)
+    assert rh.extra["dp_bytes_per_gpu"] < rz.extra["dp_bytes_per_gpu"]
+    block = memory.layer_params_per_gpu(h.model, 4)
+    gathered = 2 * max(block, n - h.model.layers * block)
+    mh = memory.memory_per_gpu(h)
+    assert mh["params"] == pytest.approx((n * 2 / k + gathered * 2) / 1e9, rel=1e-12)
+    assert mh["optimizer"] == pytest.approx(n * 12 / k / 1e9, rel=1e-12)
+    assert mh["grads"] == pytest.approx(n * 4 / k / 1e9, rel=1e-12)
+    # ZeRO-1 HSDP: one reduce-scatter over the shard group and the all-reduce per step
+    r1 = simulate(llama70b(zero=1, dp_shard=8), timeline=False)
+    assert r1.extra["dp_bytes_per_gpu"] == pytest.approx(
+        n * 4 * (k - 1) / k + 2 * (r - 1) / r * n * 4 / k, rel=1e-9)
+    assert memory.memory_per_gpu(llama70b(zero=1, dp_shard=8))["optimizer"] == \
+        pytest.approx(n * 12 / k / 1e9, rel=1e-12)
+    # dp_shard = dp is plain ZeRO
+    assert simulate(llama70b(zero=3, dp_shard=64), timeline=False).step_time_s == \
+        rz.step_time_s
+
+
+def test_hsdp_in_node_shards_gather_on_nvlink():
+    """gpt3-1.3b on 2 A100 nodes: sharding inside each node (dp_shard 8) takes
+    the per-micro-batch gathers off the inter-node network, so less
+    data-parallel time is exposed, at least every forward's first unit on
+    NVLink; the optimizer steps on a shard twice as large."""
+    z3, h = plan(zero=3), plan(zero=3, dp_shard=8)
+    rz, rh = simulate(z3), simulate(h)
+    topo, prof = build(h.cluster), profile_for(h.cluster)
+    n = memory.stage_params_per_gpu(h.model, 1, 1, 0)
+    units, m = h.model.layers + 1, h.parallel.microbatches
+    t_node = collective_time(topo, Coll("all_gather", tuple(range(8)), n * 2 / units), prof)
+    t_ring = collective_time(topo, Coll("all_gather", tuple(range(16)), n * 2 / units), prof)
+    assert t_node < t_ring
+    msg = f"ZeRO-3 {rz.step_time_s:.6f} s, HSDP {rh.step_time_s:.6f} s"
+    assert m * t_node * (1 - 1e-9) <= rh.breakdown_s["dp_comm"] < rz.breakdown_s["dp_comm"], msg
+    assert rh.breakdown_s["optimizer"] > rz.breakdown_s["optimizer"], msg

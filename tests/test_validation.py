@@ -119,6 +119,22 @@ def test_fp8_needs_hardware_support():
                   "train": {"precision": "fp8"}})
 
 
+def test_fp8_fields_and_hsdp_shard_groups():
+    h100 = {"preset": "dgx-h100", "nodes": 1}
+    assert "did you mean 'rowwise'" in one("train.fp8_recipe", cluster=h100,
+                                            train={"precision": "fp8", "fp8_recipe": "rowise"})
+    one("train.fp8_all_gather", train={"fp8_all_gather": True})
+    one("train.fp8_all_gather", cluster=h100,
+        train={"precision": "fp8", "fp8_recipe": "rowwise", "fp8_all_gather": True})
+    one("parallel.dp_shard", cluster=h100, parallel={"dp": 8, "zero": 3, "dp_shard": 3})
+    one("parallel.dp_shard", cluster=h100, parallel={"dp": 8, "zero": 3, "dp_shard": 1})
+    one("parallel.dp_shard", cluster=h100, parallel={"dp": 8, "zero": 0, "dp_shard": 4})
+    one("parallel.dp_shard", cluster=h100, parallel={"dp": 8, "zero": 3, "dp_shard": -2})
+    sandbox.load({**BASE, "cluster": h100, "parallel": {"dp": 8, "global_batch": 64, "zero": 3,
+                                                        "dp_shard": 4},
+                  "train": {"precision": "fp8", "fp8_all_gather": True}})
+
+
 def test_hidden_divisible_by_heads():
     one("model.hidden", model={"hidden": 2050})
 

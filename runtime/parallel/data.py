@@ -22,7 +22,10 @@ ZeRO stage -> PyTorch building block (and why):
   with `reshard_after_forward` = `parallel.reshard_after_forward` (default
   True): parameters are all-gathered per block in forward and again in
   backward (ZeRO-3 / FSDP); False keeps them gathered from a micro-batch's
-  forward to its backward (one gather per micro-batch).
+  forward to its backward (one gather per micro-batch). With HSDP
+  (`parallel.dp_shard` < dp) `dp_mesh` is the 2-D (replicate, shard) mesh
+  (`runtime.parallel.mesh.hsdp_mesh`): FSDP2 shards over "shard" and
+  all-reduces the reduce-scattered gradients over "replicate".
 
 In FSDP2 parameters are stored sharded between steps in stages 1-3; what the
 stage changes is when they are gathered and how gradients are reduced. Both

@@ -31,6 +31,17 @@ def build_mesh(plan: Plan, device_type: str) -> DeviceMesh:
     return mesh
 
 
+def hsdp_mesh(plan: Plan, device_type: str) -> DeviceMesh:
+    """HSDP's 2-D (replicate, shard) mesh over the data-parallel ranks:
+    `parallel.dp_shard` consecutive replicas share one shard group
+    (`sandbox.layout.shard_groups`), FSDP2 reduce-scatters over it and
+    all-reduces the shards across the replicate groups. Only with tp = pp = 1
+    (then the world is dp; `sandbox.validate.runtime_problems`). Collective."""
+    p = plan.parallel
+    return init_device_mesh(device_type, (p.dp // p.shard_size, p.shard_size),
+                            mesh_dim_names=("replicate", "shard"))
+
+
 def side_group(mesh: DeviceMesh, dim: str) -> dist.ProcessGroup | None:
     """A second process group along mesh dimension `dim` for this rank (None
     if the dimension has size 1): small reductions (loss, gradient norm) run

@@ -31,7 +31,7 @@ from torch.distributed.tensor import DTensor
 
 from runtime.model import build_model
 from runtime.parallel.data import apply_dp, grad_sync
-from runtime.parallel.mesh import side_group
+from runtime.parallel.mesh import hsdp_mesh, side_group
 from runtime.parallel.pipeline import (
     build_schedule,
     split_model,
@@ -268,7 +268,8 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
         if uses_sync_variants(plan):
             chunk, sync = apply_sync(chunk, plan, mesh)
         elif p.dp > 1:
-            chunk = apply_dp(chunk, mesh["dp"], p.zero, pipelined=p.pp > 1,
+            dp_mesh = hsdp_mesh(plan, device.type) if p.shard_size < p.dp else mesh["dp"]
+            chunk = apply_dp(chunk, dp_mesh, p.zero, pipelined=p.pp > 1,
                              reshard_after_forward=p.reshard_after_forward)
         parts.append(chunk)
     par = Parallelized(plan=plan, parts=parts, device=device, mesh=mesh, autocast_dtype=autocast,

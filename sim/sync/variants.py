@@ -31,8 +31,8 @@ from dataclasses import replace
 from typing import Any
 
 from sandbox import memory
-from sandbox.layout import rank_of, stage_layers
-from sandbox.profile import Profile
+from sandbox.layout import rank_of, replicate_groups, shard_groups, stage_layers
+from sandbox.profile import Profile, bus_factor
 from sandbox.specs import Plan
 from sim import compute
 from sim.costs import stage_params
@@ -45,23 +45,41 @@ from sim.sync.parameter_server import ps_phases, ps_server_ranks
 from sim.work import Work, virtual_stages
 
 Buckets = list[tuple[float, list[Phase]]]
-# per stage: ZeRO-3 gather phases, first unit's seconds, copy-out seconds, units per chunk
-Zero3 = tuple[list[list[Phase]], list[float], list[float], list[int]]
+# per stage: ZeRO-3 gather phases, first unit's seconds, copy-out seconds, units per
+# chunk, and one bucket's reduction after a micro-batch but the last (HSDP: without
+# the replicate all-reduce; empty: the buckets' own phases)
+Zero3 = tuple[list[list[Phase]], list[float], list[float], list[int], list[list[Phase]]]
 
 
 def _allreduce_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device,
                       s: int, mats: compression.Matrices, share: float,
-                      algorithm: str) -> list[Phase]:
+                      algorithm: str, replicate: bool = True) -> list[Phase]:
+    """One bucket's reduction over the data-parallel groups. HSDP (`dp_shard`
+    < dp): the reduce-scatter runs over each shard group, then (`replicate`)
+    the 1/dp_shard shards are all-reduced across the replicate groups."""
     p = plan.parallel
-    groups = [tuple(rank_of(plan, d, s, t) for d in range(p.dp)) for t in range(p.tp)]
+    groups, reps, k = shard_groups(plan, s), replicate_groups(plan, s), p.shard_size
     out: list[Phase] = []
-    for step in compression.bucket_steps(plan, dev, mats, share, p.dp):
+    for step in compression.bucket_steps(plan, dev, mats, share, k):
         if step[0] == "compute":
             out.append(Phase((), (), step[1]))
-        else:
-            out += merge_phases([phases(topo, Coll(step[0], g, step[1], algorithm), prof)
-                                 for g in groups])
+            continue
+        out += merge_phases([phases(topo, Coll(step[0], g, step[1], algorithm), prof)
+                             for g in groups])
+        if reps and replicate and step[0] == "reduce_scatter":
+            out += merge_phases([phases(topo, Coll("all_reduce", g, step[1] / k, algorithm),
+                                        prof) for g in reps])
     return out
+
+
+def hsdp_grad_bytes(plan: Plan, n_params: float) -> tuple[float, float]:
+    """HSDP: bytes one rank sends to reduce n_params gradients, (the shard
+    group's reduce-scatter, the replicate group's all-reduce of its 1/dp_shard
+    shard), ring factors included."""
+    p = plan.parallel
+    k, r = p.shard_size, p.dp // p.shard_size
+    nbytes = n_params * compression.grad_bytes(plan)
+    return bus_factor("reduce_scatter", k) * nbytes, bus_factor("all_reduce", r) * nbytes / k
 
 
 def gather_phases(plan: Plan, topo: Topology, prof: Profile, s: int,
@@ -75,9 +93,8 @@ def gather_phases(plan: Plan, topo: Topology, prof: Profile, s: int,
         return []
     n = stage_params(plan, stage_layers(plan), s)
     wb = memory.weight_bytes_per_param(plan.train.precision)
-    groups = [tuple(rank_of(plan, d, s, t) for d in range(p.dp)) for t in range(p.tp)]
     return merge_phases([phases(topo, Coll("all_gather", g, n * wb, algorithm), prof)
-                         for g in groups])
+                         for g in shard_groups(plan, s)])
 
 
 def zero3_gathers_per_step(plan: Plan) -> int:
@@ -93,6 +110,18 @@ def zero3_units(plan: Plan, layers: list[int], s: int) -> int:
     module's embedding / head when the stage holds them."""
     p = plan.parallel
     return max(1, layers[s] // virtual_stages(plan)) + (1 if s in (0, p.pp - 1) else 0)
+
+
+def zero3_chunk_bytes(plan: Plan, layers: list[int], s: int) -> float:
+    """Bytes of one chunk's ZeRO-3 all-gather on stage s: 16-bit weights,
+    with `fp8_all_gather` the linear weights in fp8 (1 byte; torchao casts the
+    local shard, then gathers: `WeightWithDynamicFloat8CastTensor`)."""
+    t, p = plan.train, plan.parallel
+    wb = memory.weight_bytes_per_param(t.precision)
+    nbytes = stage_params(plan, layers, s) * wb
+    if t.precision == "fp8" and t.fp8_all_gather:
+        nbytes -= layers[s] * memory.linear_weights_per_gpu(plan.model, p.tp) * (wb - 1)
+    return nbytes / virtual_stages(plan)
 
 
 def _unit_phases(topo: Topology, prof: Profile, colls: list[Coll], units: int
@@ -124,10 +153,11 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
     ag: list[list[Phase]] = []
     ag_s: list[float] = []
     copy_s: list[float] = []
-    z3 = p.zero >= 3 and p.dp > 1
+    z3 = p.zero >= 3 and p.shard_size > 1
+    hsdp = p.shard_size < p.dp
+    early: list[list[Phase]] = []
     ag_bytes = 0.0
     sent, plain = 0.0, 0.0
-    wb = memory.weight_bytes_per_param(plan.train.precision)
     for s in range(P):
         n_params = stage_params(plan, layers, s)
         mats = compression.stage_matrices(m, p.tp, P, s, layers[s])
@@ -140,23 +170,29 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
                 ph = _allreduce_phases(plan, topo, prof, dev, s, mats, 1 / nb, algorithm)
                 b_sent = compression.wire_bytes(plan, dev, mats, p.dp)
                 b_plain = compression.wire_bytes(plan, dev, mats, p.dp, compressed=False)
+                if hsdp:  # validated: no compression
+                    b_sent = b_plain = sum(hsdp_grad_bytes(plan, n_params))
             else:
                 workers = [rank_of(plan, d, s, t) for d in range(p.dp) for t in range(p.tp)]
                 ph = ps_phases(plan, topo, prof, dev, workers, n_params / nb)
                 b_sent = compression.push_payload(plan, dev, n_params)[0]
                 b_plain = n_params * compression.grad_bytes(plan)
             stage_b = [(n_params / nb, ph)] * nb  # equal buckets: one set of phases
+            if z3 and hsdp:
+                early.append(_allreduce_phases(plan, topo, prof, dev, s, mats, 1 / nb,
+                                               algorithm, replicate=False))
             g_bytes = 0.0
-            if z3:  # one reduction per micro-batch, and the gathers
-                b_sent, b_plain = b_sent * p.microbatches, b_plain * p.microbatches
-                g_bytes = (zero3_gathers_per_step(plan) * n_params / v * wb
-                           * (p.dp - 1) / p.dp)
+            if z3:  # one reduction per micro-batch (HSDP: one all-reduce), the gathers
+                rs, ar = hsdp_grad_bytes(plan, n_params) if hsdp else (b_sent, 0.0)
+                b_sent = b_plain = rs * p.microbatches + ar
+                g_bytes = (zero3_gathers_per_step(plan) * zero3_chunk_bytes(plan, layers, s)
+                           * (p.shard_size - 1) / p.shard_size)
             sent, plain = max(sent, b_sent + g_bytes), max(plain, b_plain + g_bytes)
             ag_bytes = max(ag_bytes, g_bytes)
         buckets.append(stage_b)
-        chunk_b = n_params / v * wb
-        colls = [Coll("all_gather", tuple(rank_of(plan, d, s, t) for d in range(p.dp)),
-                      chunk_b, algorithm) for t in range(p.tp)] if z3 else []
+        chunk_b = zero3_chunk_bytes(plan, layers, s)
+        colls = [Coll("all_gather", g, chunk_b, algorithm)
+                 for g in shard_groups(plan, s)] if z3 else []
         whole, first = _unit_phases(topo, prof, colls, zero3_units(plan, layers, s)) if z3 \
             else ([], 0.0)
         ag.append(whole)
@@ -175,7 +211,11 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
         note["ps_servers"] = len(ps_server_ranks(plan))
     gather = [gather_phases(plan, topo, prof, s, algorithm) for s in range(P)]
     units = [zero3_units(plan, layers, s) for s in range(P)]
-    return buckets, (ag, ag_s, copy_s, units), gather, note
+    if hsdp:
+        note.update(dp_shard=p.shard_size)
+    if len(early) != P:
+        early = []
+    return buckets, (ag, ag_s, copy_s, units, early), gather, note
 
 
 def averaging_time(plan: Plan, topo: Topology, prof: Profile, algorithm: str = "ring") -> float:

@@ -39,8 +39,9 @@ def plan_of(model: str = "tiny", train: dict | None = None, model_fields: dict |
 
 
 def single_process(plan: sandbox.specs.Plan) -> sandbox.specs.Plan:
-    """The same plan on one process (schedule, vpp and stage_layers reset to valid values)."""
-    return plan.replace(dp=1, tp=1, pp=1, vpp=1, schedule="1f1b", stage_layers=())
+    """The same plan on one process (schedule, vpp, stage_layers and dp_shard
+    reset to valid values)."""
+    return plan.replace(dp=1, tp=1, pp=1, vpp=1, schedule="1f1b", stage_layers=(), dp_shard=0)
 
 
 def batch(step: int, plan: sandbox.specs.Plan) -> tuple[torch.Tensor, torch.Tensor]:
