@@ -235,10 +235,18 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
     m, p, t = plan.model, plan.parallel, plan.train
     n = stage_params_per_gpu(m, p.tp, p.pp, stage, stage_layer_count(plan, stage))
     shard = p.shard_size  # ZeRO shards over dp, or HSDP's dp_shard
-    params = n * weight_bytes_per_param(t.precision) / (shard if p.zero >= 3 else 1)
+    wb, gb = weight_bytes_per_param(t.precision), grad_bytes_per_param(t.precision)
+    ob = optimizer_bytes_per_param(t.precision, t.optimizer)
+    if p.zero >= 3 and t.precision != "fp32":
+        # FSDP2 (MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)): the sharded
+        # parameter and its gradient stay fp32 and the parameter is the optimizer's
+        # master; only the gathered units are 16-bit: 4 + 4 + 8 bytes per parameter
+        # with AdamW (Megatron's mixed precision: 2 + 4 + 12).
+        wb, gb, ob = 4, 4, optimizer_bytes_per_param("fp32", t.optimizer)
+    params = n * wb / (shard if p.zero >= 3 else 1)
     params += zero3_gathered_bytes(plan, stage, n) + fp8_weight_copy_bytes(plan)
-    grads = n * grad_bytes_per_param(t.precision) / (shard if p.zero >= 2 else 1)
-    optim = n * optimizer_bytes_per_param(t.precision, t.optimizer) / (shard if p.zero >= 1 else 1)
+    grads = n * gb / (shard if p.zero >= 2 else 1)
+    optim = n * ob / (shard if p.zero >= 1 else 1)
     per_layer = activation_bytes_per_layer(m, p.micro_batch, p.tp, p.sequence_parallel,
                                            p.recompute, t.precision, t.attention)
     acts = per_layer * layers_in_flight(plan, stage)

@@ -115,9 +115,13 @@ def test_memory_of_gathered_units():
     root = n - m.layers * block  # embedding, final norm and head
     gathered = 2 * max(block, root)  # the unit computing and the one prefetched
     got = memory.memory_per_gpu(p)["params"]
-    assert got == pytest.approx((n * 2 / d + gathered * 2) / 1e9, rel=1e-12)
+    # FSDP2 keeps the fp32 shard (the optimizer's master) and gathers 16-bit units
+    assert got == pytest.approx((n * 4 / d + gathered * 2) / 1e9, rel=1e-12)
     keep = memory.memory_per_gpu(llama70b(zero=3, reshard_after_forward=False))["params"]
-    assert keep == pytest.approx((n * 2 / d + n * 2) / 1e9, rel=1e-12)
+    assert keep == pytest.approx((n * 4 / d + n * 2) / 1e9, rel=1e-12)
+    whole = memory.memory_per_gpu(p)
+    assert whole["grads"] == pytest.approx(n * 4 / d / 1e9, rel=1e-12)
+    assert whole["optimizer"] == pytest.approx(n * 8 / d / 1e9, rel=1e-12)
     # the flag changes nothing below ZeRO-3
     for z in (0, 1, 2):
         assert memory.memory_per_gpu(llama70b(zero=z, reshard_after_forward=False)) == \
@@ -145,8 +149,8 @@ def test_hsdp_bytes_and_memory_closed_form():
     block = memory.layer_params_per_gpu(h.model, 4)
     gathered = 2 * max(block, n - h.model.layers * block)
     mh = memory.memory_per_gpu(h)
-    assert mh["params"] == pytest.approx((n * 2 / k + gathered * 2) / 1e9, rel=1e-12)
-    assert mh["optimizer"] == pytest.approx(n * 12 / k / 1e9, rel=1e-12)
+    assert mh["params"] == pytest.approx((n * 4 / k + gathered * 2) / 1e9, rel=1e-12)
+    assert mh["optimizer"] == pytest.approx(n * 8 / k / 1e9, rel=1e-12)  # moments only
     assert mh["grads"] == pytest.approx(n * 4 / k / 1e9, rel=1e-12)
     # ZeRO-1 HSDP: one reduce-scatter over the shard group and the all-reduce per step
     r1 = simulate(llama70b(zero=1, dp_shard=8), timeline=False)
