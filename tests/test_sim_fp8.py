@@ -94,7 +94,7 @@ def test_memory_adds_the_fp8_weight_copy():
     gathered = 2 * max(2 * block - linear, 2 * root)
     assert memory.memory_per_gpu(z8)["params"] == pytest.approx((n * 4 / d + gathered) / 1e9)
     assert memory.memory_per_gpu(z16)["params"] == pytest.approx(
-        (n * 2 / d + 2 * max(block, root) * 2 + linear) / 1e9)
+        (n * 4 / d + 2 * max(block, root) * 2 + linear) / 1e9)
 
 
 def test_fp8_all_gather_bytes_and_mfu():
