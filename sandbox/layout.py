@@ -1,7 +1,10 @@
 """Where each piece of a plan lives: the one layout both interpreters ask.
 
-The mesh is (pp, dp, tp) with tp innermost (Megatron-LM's and torchtitan's
-order): global rank = (stage * dp + replica) * tp + tp_rank. Transformer
+The mesh is (pp, dp, cp, tp) with tp innermost (Megatron-LM's and
+torchtitan's order): global rank = ((stage * dp + replica) * cp + cp_rank) *
+tp + tp_rank. The cp ranks of a replica hold the same weights and
+`local_seq_len` tokens of each sequence; gradients are reduced (and ZeRO
+shards) over the dp x cp ranks of a stage (`grad_group`). Transformer
 blocks are cut into `pp * vpp` chunks of consecutive layers (virtual stages);
 pipeline rank r owns chunks r, r + pp, r + 2 pp, ... (the interleaved "loop"
 layout; with vpp = 1 just chunk r). `parallel.stage_layers` gives the blocks
@@ -18,10 +21,30 @@ from __future__ import annotations
 from sandbox.specs import Plan
 
 
-def rank_of(plan: Plan, replica: int, stage: int, tp_rank: int) -> int:
-    """Global rank of (data-parallel replica, pipeline stage, tensor-parallel rank)."""
+def rank_of(plan: Plan, replica: int, stage: int, tp_rank: int, cp_rank: int = 0) -> int:
+    """Global rank of (data-parallel replica, pipeline stage, tensor-parallel
+    rank, context-parallel rank)."""
     p = plan.parallel
-    return (stage * p.dp + replica) * p.tp + tp_rank
+    return ((stage * p.dp + replica) * p.cp + cp_rank) * p.tp + tp_rank
+
+
+def local_seq_len(plan: Plan, seq_len: int | None = None) -> int:
+    """Tokens of each sequence one context-parallel rank holds (`seq_len`,
+    default model.seq_len, divided by parallel.cp)."""
+    return (plan.model.seq_len if seq_len is None else seq_len) // plan.parallel.cp
+
+
+def grad_ranks(plan: Plan) -> int:
+    """Ranks of a stage holding the same weights (dp x cp): the gradient
+    reduction's group size and the ZeRO sharding degree."""
+    return plan.parallel.dp * plan.parallel.cp
+
+
+def grad_group(plan: Plan, stage: int, tp_rank: int) -> tuple[int, ...]:
+    """Global ranks of the gradient reduction / ZeRO group of (stage, tp rank):
+    every data-parallel replica's every context-parallel rank."""
+    p = plan.parallel
+    return tuple(rank_of(plan, d, stage, tp_rank, c) for d in range(p.dp) for c in range(p.cp))
 
 
 def stage_layers(plan: Plan) -> list[int]:

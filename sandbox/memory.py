@@ -20,11 +20,14 @@
 - Microbatches in flight on pipeline stage i: GPipe all m, 1F1B and ZB-H1
   min(p - i, m), interleaved 1F1B (p - i - 1) * 2 + (v - 1) * p + 1 model
   chunks (Megatron-LM's warm-up count), each 1/v of the stage's layers.
+- Context parallelism (`parallel.cp`): activations and logits of s / cp
+  tokens per GPU; ZeRO shards over the dp x cp ranks of a stage.
 """
 
 from __future__ import annotations
 
 from sandbox import counts
+from sandbox.layout import grad_ranks
 from sandbox.specs import Model, Plan
 
 GB = 1e9
@@ -120,9 +123,9 @@ def zero3_gathered_params(plan: Plan, stage: int, n: float) -> float:
     `reshard_after_forward` two FSDP units (the one computing, the one
     prefetched; the largest unit: a block, or the root's embedding / head);
     without it the stage's full parameters, kept from forward to backward of
-    a micro-batch. 0 with zero < 3 or dp 1."""
+    a micro-batch. 0 with zero < 3 or dp x cp 1."""
     m, p = plan.model, plan.parallel
-    if p.zero < 3 or p.dp == 1:
+    if p.zero < 3 or grad_ranks(plan) == 1:
         return 0.0
     if not p.reshard_after_forward:
         return n
@@ -141,14 +144,18 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
         return max((memory_per_gpu(plan, s) for s in stages), key=lambda d: d["total"])
     m, p, t = plan.model, plan.parallel, plan.train
     n = stage_params_per_gpu(m, p.tp, p.pp, stage, stage_layer_count(plan, stage))
-    params = n * weight_bytes_per_param(t.precision) / (p.dp if p.zero >= 3 else 1)
+    dp = grad_ranks(plan)  # ZeRO shards over dp x cp (the cp ranks hold the same weights)
+    params = n * weight_bytes_per_param(t.precision) / (dp if p.zero >= 3 else 1)
     params += zero3_gathered_params(plan, stage, n) * weight_bytes_per_param(t.precision)
-    grads = n * grad_bytes_per_param(t.precision) / (p.dp if p.zero >= 2 else 1)
-    optim = n * optimizer_bytes_per_param(t.precision, t.optimizer) / (p.dp if p.zero >= 1 else 1)
+    grads = n * grad_bytes_per_param(t.precision) / (dp if p.zero >= 2 else 1)
+    optim = n * optimizer_bytes_per_param(t.precision, t.optimizer) / (dp if p.zero >= 1 else 1)
     per_layer = activation_bytes_per_layer(m, p.micro_batch, p.tp, p.sequence_parallel,
                                            p.recompute, t.precision)
-    acts = per_layer * layers_in_flight(plan, stage)
-    other = 4.0 * m.seq_len * p.micro_batch * m.vocab / p.tp if stage == p.pp - 1 else 0.0
+    # context parallelism: a rank keeps s / cp of every activation (its attention
+    # core's queries against all keys: 1/cp of the scores too)
+    acts = per_layer * layers_in_flight(plan, stage) / p.cp
+    other = (4.0 * m.seq_len * p.micro_batch * m.vocab / p.tp / p.cp
+             if stage == p.pp - 1 else 0.0)
     parts = {"params": params, "grads": grads, "optimizer": optim, "activations": acts,
              "other": other}
     out = {k: v / GB for k, v in parts.items()}

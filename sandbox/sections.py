@@ -145,6 +145,9 @@ class Parallel:
     tp: int = 1
     pp: int = 1
     vpp: int = 1  # virtual stages per pipeline rank (interleaved schedule)
+    # context parallel (simulator): each sequence split over cp ranks in 2*cp
+    # load-balanced causal chunks, attention as a KV ring; mesh pp x dp x cp x tp
+    cp: int = 1
     micro_batch: int = 1  # sequences per microbatch per data-parallel replica
     global_batch: int = 8  # sequences per optimizer step
     schedule: str = "1f1b"

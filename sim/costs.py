@@ -6,16 +6,20 @@ stage's device and slowdown) and the tensor-parallel communication seconds
 serialised with it, `sim.network.collectives`); the host's dispatch seconds
 (`sim.host`); the pipeline send time between stages; the optimizer step.
 Stage s holds `layers[s]` blocks (`sandbox.layout.stage_layers`), its chunks
-`layers[s] // vpp` each. Units: seconds, bytes.
+`layers[s] // vpp` each. With context parallelism every rank works on s / cp
+tokens (TP collectives and pipeline sends too) and its ring attention's
+exposed KV transfers (`sim.context_parallel`) block the compute stream.
+Units: seconds, bytes.
 """
 
 from __future__ import annotations
 
 from sandbox import memory
-from sandbox.layout import rank_of
+from sandbox.layout import grad_ranks, local_seq_len, rank_of
 from sandbox.profile import Profile
 from sandbox.specs import Plan
 from sim import compute
+from sim.context_parallel import cp_times
 from sim.host import ATTENTION_GEMMS, host_ops
 from sim.network.collectives import Coll, collective_time, concurrent_time
 from sim.network.topology import Topology
@@ -35,7 +39,7 @@ def tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
     if p.tp == 1:
         return 0.0, 0.0
     w = 4 if plan.train.precision == "fp32" else 2
-    nbytes = p.micro_batch * m.seq_len * m.hidden * w
+    nbytes = p.micro_batch * local_seq_len(plan) * m.hidden * w
     group = tuple(rank_of(plan, d, stage, t) for t in range(p.tp))
     if p.sequence_parallel:
         one = (collective_time(topo, Coll("all_gather", group, nbytes), prof)
@@ -56,7 +60,7 @@ def send_time(plan: Plan, topo: Topology, prof: Profile, d: int = 0, a: int = 0,
     if p.pp == 1:
         return 0.0
     w = 4 if plan.train.precision == "fp32" else 2
-    nbytes = p.micro_batch * m.seq_len * m.hidden * w
+    nbytes = p.micro_batch * local_seq_len(plan) * m.hidden * w
     share = nbytes / p.tp
     colls = [Coll("send_recv", (rank_of(plan, d, a, t), rank_of(plan, d, b, t)), share)
              for t in range(p.tp)]
@@ -96,6 +100,7 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
         per_chunk = layers[s] // v
         tp_f, tp_b = tp_times(plan, topo, prof, s, lt0, d)
         lt = compute.calibrated_layer(plan, dev, lt0, tp_f + tp_b)  # a measured layer, if any
+        cp_f, cp_b = cp_times(plan, topo, prof, s, lt, d)  # exposed ring transfers per block
         for c in range(v):
             vs = c * P + s
             f = per_chunk * lt.fwd + (emb_f if vs == 0 else 0) + (head_f if vs == P * v - 1 else 0)
@@ -112,11 +117,13 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
             host_w = per_chunk * ho.block_bwd_weight
             host_b = (per_chunk * (ho.block_bwd_input + host_re) + ho.embedding_bwd * first
                       + ho.head_bwd * last + (0 if zb else host_w))
-            cost[(s, c, "F")] = OpCost(k * f, tf, host * host_f)
-            cost[(s, c, "B")] = OpCost(k * b_in, per_chunk * tp_b + tre, host * host_b)
+            cp_re = cp_f if p.recompute in ("selective", "full") else 0.0  # the ring again
+            cost[(s, c, "F")] = OpCost(k * f, tf, host * host_f, per_chunk * cp_f)
+            cost[(s, c, "B")] = OpCost(k * b_in, per_chunk * tp_b + tre, host * host_b,
+                                       per_chunk * (cp_b + cp_re))
             cost[(s, c, "W")] = (OpCost(k * per_chunk * lt.bwd_weight, 0.0, host * host_w)
                                  if zb else OpCost(0.0, 0.0))
-        shard = stage_params(plan, layers, s) / (p.dp if p.zero >= 1 else 1)
+        shard = stage_params(plan, layers, s) / (grad_ranks(plan) if p.zero >= 1 else 1)
         server_side = p.dp_mode in ("parameter-server", "async") and p.dp > 1
         opt.append(0.0 if server_side else k * (
             compute.optimizer_time(dev, shard, tr.precision)

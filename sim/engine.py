@@ -28,6 +28,7 @@ class RankStats:
 
     compute: float = 0.0
     tp_comm: float = 0.0
+    cp_comm: float = 0.0  # exposed context-parallel ring transfers
     pp_comm: float = 0.0
     bubble: float = 0.0
     dp_comm: float = 0.0
@@ -303,7 +304,8 @@ class Engine:
             yield env.timeout(cost.total + copy)
             st.compute += cost.compute_s + copy
             st.tp_comm += cost.tp_s
-            st.host += cost.total - cost.compute_s - cost.tp_s
+            st.cp_comm += cost.cp_s
+            st.host += cost.total - cost.compute_s - cost.tp_s - cost.cp_s
             self._span(rank, "compute", {"F": "fwd", "B": "bwd", "W": "wgrad"}[kind], t0,
                        env.now, mb)
             if done is not None:  # the last unit computes once its parameters are in

@@ -31,7 +31,7 @@ from dataclasses import replace
 from typing import Any
 
 from sandbox import memory
-from sandbox.layout import rank_of, stage_layers
+from sandbox.layout import grad_group, grad_ranks, rank_of, stage_layers
 from sandbox.profile import Profile
 from sandbox.specs import Plan
 from sim import compute
@@ -53,9 +53,9 @@ def _allreduce_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.De
                       s: int, mats: compression.Matrices, share: float,
                       algorithm: str) -> list[Phase]:
     p = plan.parallel
-    groups = [tuple(rank_of(plan, d, s, t) for d in range(p.dp)) for t in range(p.tp)]
+    groups = [grad_group(plan, s, t) for t in range(p.tp)]
     out: list[Phase] = []
-    for step in compression.bucket_steps(plan, dev, mats, share, p.dp):
+    for step in compression.bucket_steps(plan, dev, mats, share, grad_ranks(plan)):
         if step[0] == "compute":
             out.append(Phase((), (), step[1]))
         else:
@@ -71,11 +71,11 @@ def gather_phases(plan: Plan, topo: Topology, prof: Profile, s: int,
     parameters from the shards. Empty for ZeRO 0 and 3 (ZeRO-3 gathers before
     each op instead)."""
     p = plan.parallel
-    if p.dp == 1 or p.zero not in (1, 2) or p.dp_mode != "allreduce":
+    if grad_ranks(plan) == 1 or p.zero not in (1, 2) or p.dp_mode != "allreduce":
         return []
     n = stage_params(plan, stage_layers(plan), s)
     wb = memory.weight_bytes_per_param(plan.train.precision)
-    groups = [tuple(rank_of(plan, d, s, t) for d in range(p.dp)) for t in range(p.tp)]
+    groups = [grad_group(plan, s, t) for t in range(p.tp)]
     return merge_phases([phases(topo, Coll("all_gather", g, n * wb, algorithm), prof)
                          for g in groups])
 
@@ -124,7 +124,8 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
     ag: list[list[Phase]] = []
     ag_s: list[float] = []
     copy_s: list[float] = []
-    z3 = p.zero >= 3 and p.dp > 1
+    g = grad_ranks(plan)  # dp x cp: the cp ranks hold the same weights
+    z3 = p.zero >= 3 and g > 1
     ag_bytes = 0.0
     sent, plain = 0.0, 0.0
     wb = memory.weight_bytes_per_param(plan.train.precision)
@@ -132,14 +133,14 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
         n_params = stage_params(plan, layers, s)
         mats = compression.stage_matrices(m, p.tp, P, s, layers[s])
         stage_b: Buckets = []
-        if p.dp > 1 and p.dp_mode in ("allreduce", "parameter-server"):
+        if g > 1 and p.dp_mode in ("allreduce", "parameter-server"):
             nb = max(1, math.ceil(n_params / bucket_params)) if dp_overlap else 1
             if z3 and dp_overlap:  # FSDP reduce-scatters per unit, not per bucket
                 nb = v * zero3_units(plan, layers, s)
             if p.dp_mode == "allreduce":
                 ph = _allreduce_phases(plan, topo, prof, dev, s, mats, 1 / nb, algorithm)
-                b_sent = compression.wire_bytes(plan, dev, mats, p.dp)
-                b_plain = compression.wire_bytes(plan, dev, mats, p.dp, compressed=False)
+                b_sent = compression.wire_bytes(plan, dev, mats, g)
+                b_plain = compression.wire_bytes(plan, dev, mats, g, compressed=False)
             else:
                 workers = [rank_of(plan, d, s, t) for d in range(p.dp) for t in range(p.tp)]
                 ph = ps_phases(plan, topo, prof, dev, workers, n_params / nb)
@@ -150,13 +151,13 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
             if z3:  # one reduction per micro-batch, and the gathers
                 b_sent, b_plain = b_sent * p.microbatches, b_plain * p.microbatches
                 g_bytes = (zero3_gathers_per_step(plan) * n_params / v * wb
-                           * (p.dp - 1) / p.dp)
+                           * (g - 1) / g)
             sent, plain = max(sent, b_sent + g_bytes), max(plain, b_plain + g_bytes)
             ag_bytes = max(ag_bytes, g_bytes)
         buckets.append(stage_b)
         chunk_b = n_params / v * wb
-        colls = [Coll("all_gather", tuple(rank_of(plan, d, s, t) for d in range(p.dp)),
-                      chunk_b, algorithm) for t in range(p.tp)] if z3 else []
+        colls = [Coll("all_gather", grad_group(plan, s, t), chunk_b, algorithm)
+                 for t in range(p.tp)] if z3 else []
         whole, first = _unit_phases(topo, prof, colls, zero3_units(plan, layers, s)) if z3 \
             else ([], 0.0)
         ag.append(whole)
