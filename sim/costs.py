@@ -53,17 +53,18 @@ def tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
 
 def send_time(plan: Plan, topo: Topology, prof: Profile, d: int = 0, a: int = 0,
               b: int = 1) -> float:
-    """Activation send of replica d from stage a to b by every TP rank at once;
-    with tp > 1 each rank sends 1/tp (Megatron's scatter-gather) and the
-    receiver all-gathers inside its node."""
+    """Activation send of replica d from stage a to b by every TP rank (and
+    every CP rank, its s / cp tokens) at once; with tp > 1 each rank sends
+    1/tp (Megatron's scatter-gather) and the receiver all-gathers inside its
+    node."""
     m, p = plan.model, plan.parallel
     if p.pp == 1:
         return 0.0
     w = 4 if plan.train.precision == "fp32" else 2
     nbytes = p.micro_batch * local_seq_len(plan) * m.hidden * w
     share = nbytes / p.tp
-    colls = [Coll("send_recv", (rank_of(plan, d, a, t), rank_of(plan, d, b, t)), share)
-             for t in range(p.tp)]
+    colls = [Coll("send_recv", (rank_of(plan, d, a, t, c), rank_of(plan, d, b, t, c)), share)
+             for c in range(p.cp) for t in range(p.tp)]
     t = concurrent_time(topo, colls, prof)
     if p.tp > 1 and not p.sequence_parallel:
         group = tuple(rank_of(plan, d, b, t) for t in range(p.tp))

@@ -116,9 +116,11 @@ def test_memory_divides_by_cp_and_zero_shards_over_dp_cp():
 
 
 def test_llama3_8b_cp8_at_131k_simulates_and_fits():
-    r = simulate(llama8b(cp=8, seq=131072), timeline=False)
+    r = simulate(llama8b(cp=8, seq=131072))
     assert r.fits and r.world_size == 8
     assert "cp_comm" in r.breakdown_s and r.breakdown_s["cp_comm"] > 0
+    ring = [x for x in r.timeline if x["stream"] == "cp_ring"]
+    assert sum(x["end_s"] - x["start_s"] for x in ring) == pytest.approx(r.breakdown_s["cp_comm"])
     assert sum(r.breakdown_s.values()) == pytest.approx(r.step_time_s)
     assert r.extra["cp"] == 8 and r.extra["cp_bytes_per_gpu"] > 0
     # gradients are reduced over the 8 cp ranks (dp = 1): as many bytes as dp = 8
