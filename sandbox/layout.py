@@ -34,6 +34,13 @@ def local_seq_len(plan: Plan, seq_len: int | None = None) -> int:
     return (plan.model.seq_len if seq_len is None else seq_len) // plan.parallel.cp
 
 
+def cp_chunks(cp: int, cp_rank: int) -> tuple[int, int]:
+    """The two of a sequence's 2 * cp equal chunks context-parallel rank
+    `cp_rank` holds: k and 2 cp - 1 - k (Megatron-Core / TE's causal load
+    balance: an early chunk with few keys before it paired with a late one)."""
+    return cp_rank, 2 * cp - 1 - cp_rank
+
+
 def grad_ranks(plan: Plan) -> int:
     """Ranks of a stage holding the same weights (dp x cp): the gradient
     reduction's group size and the ZeRO sharding degree."""

@@ -9,7 +9,7 @@ import pytest
 import sandbox
 from sandbox import memory
 from sandbox.errors import PlanError
-from sandbox.layout import grad_group, local_seq_len, rank_of
+from sandbox.layout import cp_chunks, grad_group, local_seq_len, rank_of
 from sandbox.profile import profile_for
 from sandbox.validate import runtime_problems
 from sim import compute, simulate
@@ -67,6 +67,20 @@ def test_runtime_refuses_cp():
     assert runtime_problems(llama8b(cp=2)) == [
         "parallel.cp: context parallelism runs in the simulator only"]
     assert runtime_problems(llama8b(cp=1)) == []
+
+
+@pytest.mark.parametrize("cp", [2, 4, 8])
+def test_causal_balance_gives_every_rank_equal_work(cp: int):
+    """Query-key pairs under the causal mask of each rank's two chunks (chunk
+    i of 2cp, n tokens each, sees i full chunks and the half of its own):
+    equal for every rank, 1/cp of the sequence's."""
+    n = 16  # tokens per chunk
+    def pairs(chunk: int) -> int:
+        return chunk * n * n + n * (n + 1) // 2
+    work = [sum(pairs(k) for k in cp_chunks(cp, r)) for r in range(cp)]
+    assert sorted(k for r in range(cp) for k in cp_chunks(cp, r)) == list(range(2 * cp))
+    s = 2 * cp * n
+    assert work == [s * (s + 1) // 2 // cp] * cp
 
 
 def test_ring_kv_bytes_and_exposed_seconds_closed_form():
