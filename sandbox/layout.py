@@ -1,7 +1,10 @@
 """Where each piece of a plan lives: the one layout both interpreters ask.
 
-The mesh is (pp, dp, tp) with tp innermost (Megatron-LM's and torchtitan's
-order): global rank = (stage * dp + replica) * tp + tp_rank. Transformer
+The mesh is (pp, dp, cp, tp) with tp innermost (Megatron-LM's and
+torchtitan's order): global rank = ((stage * dp + replica) * cp + cp_rank) *
+tp + tp_rank. The cp ranks of a replica hold the same weights and
+`local_seq_len` tokens of each sequence; gradients are reduced (and ZeRO
+shards) over the dp x cp ranks of a stage (`grad_group`). Transformer
 blocks are cut into `pp * vpp` chunks of consecutive layers (virtual stages);
 pipeline rank r owns chunks r, r + pp, r + 2 pp, ... (the interleaved "loop"
 layout; with vpp = 1 just chunk r). When `pp * vpp` does not divide the
@@ -22,10 +25,37 @@ from __future__ import annotations
 from sandbox.specs import Plan
 
 
-def rank_of(plan: Plan, replica: int, stage: int, tp_rank: int) -> int:
-    """Global rank of (data-parallel replica, pipeline stage, tensor-parallel rank)."""
+def rank_of(plan: Plan, replica: int, stage: int, tp_rank: int, cp_rank: int = 0) -> int:
+    """Global rank of (data-parallel replica, pipeline stage, tensor-parallel
+    rank, context-parallel rank)."""
     p = plan.parallel
-    return (stage * p.dp + replica) * p.tp + tp_rank
+    return ((stage * p.dp + replica) * p.cp + cp_rank) * p.tp + tp_rank
+
+
+def local_seq_len(plan: Plan, seq_len: int | None = None) -> int:
+    """Tokens of each sequence one context-parallel rank holds (`seq_len`,
+    default model.seq_len, divided by parallel.cp)."""
+    return (plan.model.seq_len if seq_len is None else seq_len) // plan.parallel.cp
+
+
+def cp_chunks(cp: int, cp_rank: int) -> tuple[int, int]:
+    """The two of a sequence's 2 * cp equal chunks context-parallel rank
+    `cp_rank` holds: k and 2 cp - 1 - k (Megatron-Core / TE's causal load
+    balance: an early chunk with few keys before it paired with a late one)."""
+    return cp_rank, 2 * cp - 1 - cp_rank
+
+
+def grad_ranks(plan: Plan) -> int:
+    """Ranks of a stage holding the same weights (dp x cp): the gradient
+    reduction's group size and the ZeRO sharding degree."""
+    return plan.parallel.dp * plan.parallel.cp
+
+
+def grad_group(plan: Plan, stage: int, tp_rank: int) -> tuple[int, ...]:
+    """Global ranks of the gradient reduction / ZeRO group of (stage, tp rank):
+    every data-parallel replica's every context-parallel rank."""
+    p = plan.parallel
+    return tuple(rank_of(plan, d, stage, tp_rank, c) for d in range(p.dp) for c in range(p.cp))
 
 
 def split_blocks(layers: int, chunks: int) -> list[int]:
@@ -102,11 +132,12 @@ def replica_seq_lens(plan: Plan) -> list[int]:
 
 def shard_groups(plan: Plan, stage: int) -> list[tuple[int, ...]]:
     """ZeRO shard groups of `stage`: per tensor-parallel rank, runs of
-    `parallel.shard_size` consecutive data-parallel replicas (all of dp
-    without HSDP); inside a node when the mesh puts them there."""
+    `dp_shard` consecutive data-parallel replicas (all of dp without HSDP)
+    with all their context-parallel ranks (`parallel.shard_size` ranks);
+    inside a node when the mesh puts them there."""
     p = plan.parallel
-    k = p.shard_size
-    return [tuple(rank_of(plan, g * k + i, stage, t) for i in range(k))
+    k = p.dp_shard or p.dp
+    return [tuple(rank_of(plan, g * k + i, stage, t, c) for i in range(k) for c in range(p.cp))
             for t in range(p.tp) for g in range(p.dp // k)]
 
 
@@ -114,8 +145,8 @@ def replicate_groups(plan: Plan, stage: int) -> list[tuple[int, ...]]:
     """HSDP's replicate groups of `stage`: the replicas holding the same
     shard, one from each shard group (empty without HSDP)."""
     p = plan.parallel
-    k = p.shard_size
+    k = p.dp_shard or p.dp
     if k == p.dp:
         return []
-    return [tuple(rank_of(plan, g * k + i, stage, t) for g in range(p.dp // k))
-            for t in range(p.tp) for i in range(k)]
+    return [tuple(rank_of(plan, g * k + i, stage, t, c) for g in range(p.dp // k))
+            for t in range(p.tp) for i in range(k) for c in range(p.cp)]

@@ -32,6 +32,8 @@
   chunks (Megatron-LM's warm-up count), each chunk of the blocks the layout
   gives it (`sandbox.layout.rank_chunk_sizes`; 1/v of the stage's layers
   when they divide evenly).
+- Context parallelism (`parallel.cp`): activations and logits of s / cp
+  tokens per GPU; ZeRO shards over the dp x cp ranks of a stage.
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def zero3_gathered_params(plan: Plan, stage: int, n: float) -> float:
     `reshard_after_forward` two FSDP units (the one computing, the one
     prefetched; the largest unit: a block, or the root's embedding / head);
     without it the stage's full parameters, kept from forward to backward of
-    a micro-batch. 0 with zero < 3 or no sharding (dp, or dp_shard, 1)."""
+    a micro-batch. 0 with zero < 3 or no sharding (dp x cp, or dp_shard x cp, 1)."""
     m, p = plan.model, plan.parallel
     if p.zero < 3 or p.shard_size == 1:
         return 0.0
@@ -234,7 +236,7 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
         return max((memory_per_gpu(plan, s) for s in stages), key=lambda d: d["total"])
     m, p, t = plan.model, plan.parallel, plan.train
     n = stage_params_per_gpu(m, p.tp, p.pp, stage, stage_layer_count(plan, stage))
-    shard = p.shard_size  # ZeRO shards over dp, or HSDP's dp_shard
+    shard = p.shard_size  # ZeRO shards over dp x cp, or HSDP's dp_shard x cp
     wb, gb = weight_bytes_per_param(t.precision), grad_bytes_per_param(t.precision)
     ob = optimizer_bytes_per_param(t.precision, t.optimizer)
     if p.zero >= 3 and t.precision != "fp32":
@@ -249,8 +251,11 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
     optim = n * ob / (shard if p.zero >= 1 else 1)
     per_layer = activation_bytes_per_layer(m, p.micro_batch, p.tp, p.sequence_parallel,
                                            p.recompute, t.precision, t.attention)
-    acts = per_layer * layers_in_flight(plan, stage)
-    other = 4.0 * m.seq_len * p.micro_batch * m.vocab / p.tp if stage == p.pp - 1 else 0.0
+    # context parallelism: a rank keeps s / cp of every activation (its attention
+    # core's queries against all keys: 1/cp of the scores too)
+    acts = per_layer * layers_in_flight(plan, stage) / p.cp
+    other = (4.0 * m.seq_len * p.micro_batch * m.vocab / p.tp / p.cp
+             if stage == p.pp - 1 else 0.0)
     parts = {"params": params, "grads": grads, "optimizer": optim, "activations": acts,
              "other": other}
     out = {k: v / GB for k, v in parts.items()}

@@ -119,7 +119,7 @@ def scaled(plan: Plan, factor: float) -> Plan | None:
     dp = int(round(p.dp * factor))
     if dp < 1 or abs(dp - p.dp * factor) > 1e-9:
         return None
-    world = dp * p.tp * p.pp
+    world = dp * p.tp * p.pp * p.cp
     if world % c.gpus_per_node:
         return None
     try:

@@ -163,6 +163,9 @@ class Parallel:
     tp: int = 1
     pp: int = 1
     vpp: int = 1  # virtual stages per pipeline rank (interleaved schedule)
+    # context parallel (simulator): each sequence split over cp ranks in 2*cp
+    # load-balanced causal chunks, attention as a KV ring; mesh pp x dp x cp x tp
+    cp: int = 1
     micro_batch: int = 1  # sequences per microbatch per data-parallel replica
     global_batch: int = 8  # sequences per optimizer step
     schedule: str = "1f1b"
@@ -208,8 +211,9 @@ class Parallel:
 
     @property
     def shard_size(self) -> int:
-        """Data-parallel ranks one ZeRO shard group spans (`dp_shard`, or dp)."""
-        return self.dp_shard or self.dp
+        """Ranks one ZeRO shard group spans: `dp_shard` (or all dp) data-parallel
+        replicas, times the cp context-parallel ranks (which hold the same weights)."""
+        return (self.dp_shard or self.dp) * self.cp
 
     @property
     def compression(self) -> tuple[str, float]:

@@ -66,7 +66,7 @@ class Plan:
 
         Keys are field names of any section (`tp=4`, `layers=8`, `nodes=2`),
         or dotted (`**{"cluster.gpu.hbm_gb": 40}`); `model="llama3-8b"` or
-        `cluster="dgx-h100"` swaps a preset. Changing tp, pp or the cluster's
+        `cluster="dgx-h100"` swaps a preset. Changing tp, pp, cp or the cluster's
         size re-derives dp unless dp is given.
         """
         return replace_plan(self, changes)
@@ -250,13 +250,14 @@ def plan_from_dict(data: dict) -> Plan:
     parallel = _build("parallel", Parallel, sections["parallel"], {}, problems)
     train = _build("train", Train, sections["train"], {}, problems)
     tp, pp = parallel.get("tp", 1), parallel.get("pp", 1)
+    rest = tp * pp * parallel.get("cp", 1)  # the mesh's non-dp dimensions
     # localhost grows to as many processes as the plan needs unless sized explicitly.
-    processes = parallel.get("dp", 1) * tp * pp
+    processes = parallel.get("dp", 1) * rest
     model = _model(sections["model"], problems)
     cluster = _cluster(sections["cluster"], processes, problems)
-    if cluster is not None and "dp" not in parallel and tp > 0 and pp > 0:
-        if cluster.world_size % (tp * pp) == 0:
-            parallel["dp"] = cluster.world_size // (tp * pp)
+    if cluster is not None and "dp" not in parallel and rest > 0:
+        if cluster.world_size % rest == 0:
+            parallel["dp"] = cluster.world_size // rest
     if cluster is not None and cluster.gpu.name == "cpu" and "precision" not in train:
         train["precision"] = "fp32"  # CPU processes train in fp32
     if problems or model is None or cluster is None:
@@ -298,8 +299,8 @@ def replace_plan(plan: Plan, changes: dict[str, Any]) -> Plan:
     local = d["cluster"].get("name") == "localhost"
     if local and "gpus_per_node" in keys:
         d["cluster"] = {"preset": "localhost", "gpus_per_node": d["cluster"]["gpus_per_node"]}
-    elif local and keys & {"dp", "tp", "pp"} and "nodes" not in keys:
-        d["cluster"] = {"preset": "localhost"}  # one process per dp*tp*pp rank
-    elif not local and keys & {"tp", "pp", "nodes", "gpus_per_node"} and "dp" not in keys:
+    elif local and keys & {"dp", "tp", "pp", "cp"} and "nodes" not in keys:
+        d["cluster"] = {"preset": "localhost"}  # one process per dp*cp*tp*pp rank
+    elif not local and keys & {"tp", "pp", "cp", "nodes", "gpus_per_node"} and "dp" not in keys:
         d["parallel"].pop("dp", None)  # re-derived from the world size
     return plan_from_dict(d)

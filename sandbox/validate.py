@@ -57,7 +57,7 @@ def plan_problems(plan: Plan) -> list[str]:
     _positive(problems, "cluster.gpu", c.gpu, ("tflops_fp32", "hbm_gb", "hbm_gb_per_s"))
     _non_negative(problems, "cluster.gpu", c.gpu, ("tflops_tf32", "tflops_fp16", "tflops_bf16",
                                                    "tflops_fp8", "tdp_w", "power_limit_w"))
-    _positive(problems, "parallel", p, ("dp", "tp", "pp", "vpp", "micro_batch",
+    _positive(problems, "parallel", p, ("dp", "tp", "pp", "cp", "vpp", "micro_batch",
                                         "global_batch", "sync_every"))
     _positive(problems, "train", t, ("lr", "steps"))
     _non_negative(problems, "train", t, ("warmup_steps", "min_lr_ratio", "weight_decay",
@@ -91,10 +91,11 @@ def plan_problems(plan: Plan) -> list[str]:
         problems.append(f"model.kv_heads: {m.kv_heads} does not divide model.heads = {m.heads}")
     if m.position == "rope" and m.head_dim % 2:
         problems.append(f"model.heads: rope needs an even head size, got {m.head_dim}")
-    if p.dp * p.tp * p.pp != c.world_size:
+    if p.cp == 1 and p.dp * p.tp * p.pp != c.world_size:
         problems.append(f"parallel: dp*tp*pp = {p.dp}*{p.tp}*{p.pp} = {p.dp * p.tp * p.pp} "
                         f"!= world size {c.world_size} (cluster.nodes*gpus_per_node = "
                         f"{c.nodes}*{c.gpus_per_node})")
+    problems += context_problems(plan)
     if m.heads % p.tp:
         problems.append(f"parallel.tp: {p.tp} does not divide model.heads = {m.heads}")
     elif m.kv_heads % p.tp:
@@ -150,6 +151,31 @@ def _fp8_hsdp_problems(plan: Plan) -> list[str]:
 
 
 _LINK = re.compile(r"^(nvlink:(\d+)|nic:(\d+)\.(\d+)|node:(\d+))$")
+
+
+def context_problems(plan: Plan) -> list[str]:
+    """Rules of `parallel.cp` (cp > 1): the mesh pp x dp x cp x tp fills the
+    cluster, every sequence splits into 2 * cp equal chunks (causal load
+    balance), and the gradients are all-reduced (no parameter server)."""
+    m, c, p = plan.model, plan.cluster, plan.parallel
+    if p.cp == 1:
+        return []
+    problems = []
+    n = p.pp * p.dp * p.cp * p.tp
+    if n != c.world_size:
+        problems.append(f"parallel: pp*dp*cp*tp = {p.pp}*{p.dp}*{p.cp}*{p.tp} = {n} != world "
+                        f"size {c.world_size} (cluster.nodes*gpus_per_node = "
+                        f"{c.nodes}*{c.gpus_per_node})")
+    for where, s in [("model.seq_len", m.seq_len)] + [
+            ("parallel.replica_seq_len", x) for x in sorted(set(p.replica_seq_len))]:
+        if s % (2 * p.cp):
+            problems.append(f"{where}: {s} tokens do not split into 2*cp = {2 * p.cp} equal "
+                            "chunks (context parallelism's causal load balance)")
+            break
+    if p.dp_mode != "allreduce":
+        problems.append(f"parallel.cp: context parallelism needs dp_mode = 'allreduce', "
+                        f"got '{p.dp_mode}'")
+    return problems
 
 
 def _per_item(problems: list[str], where: str, values: tuple, n: int, what: str) -> bool:
@@ -266,7 +292,7 @@ def _unexecutable_fields(plan: Plan) -> list[str]:
     if p.dp_mode in ("parameter-server", "async") and p.ps_servers not in (0, p.dp):
         problems.append(f"parallel.ps_servers: run co-locates one server with each of the "
                         f"dp = {p.dp} replicas, got {p.ps_servers} (0 or {p.dp} for run)")
-    if p.shard_size < p.dp and (p.zero != 3 or p.tp > 1 or p.pp > 1):
+    if p.dp_shard and p.dp_shard < p.dp and (p.zero != 3 or p.tp > 1 or p.pp > 1):
         problems.append(f"parallel.dp_shard: {p.dp_shard}: run shards over part of dp (HSDP) "
                         f"only with zero = 3 and tp = pp = 1, got zero = {p.zero}, "
                         f"tp = {p.tp}, pp = {p.pp} ({_SIM_ONLY})")
@@ -278,6 +304,8 @@ def _unexecutable_fields(plan: Plan) -> list[str]:
         problems.append(f"cluster.slow_links: {list(c.slow_links)}: {_SIM_ONLY}")
     if c.slow_link_fraction > 0:
         problems.append(f"cluster.slow_link_fraction: {c.slow_link_fraction}: {_SIM_ONLY}")
+    if p.cp > 1:
+        problems.append("parallel.cp: context parallelism runs in the simulator only")
     if len(set(c.node_gpus)) > 1:
         problems.append(f"cluster.node_gpus: mixed GPU kinds {sorted(set(c.node_gpus))}: "
                         f"{_SIM_ONLY}")

@@ -22,6 +22,7 @@ from sandbox.profile import Profile, profile_for
 from sandbox.specs import Plan
 from sim import engine, lowering, variation
 from sim.budget import check_budget
+from sim.context_parallel import cp_note
 from sim.engine import EngineResult
 from sim.network.shared import shared
 from sim.result import BREAKDOWN, SimResult
@@ -87,6 +88,9 @@ def _result(plan: Plan, res: EngineResult, wall: float, extra: dict | None = Non
     st = res.stats[key]
     parts = {"compute": st.compute, "tp_comm": st.tp_comm, "pp_comm": st.pp_comm,
              "dp_comm": st.dp_comm, "bubble": st.bubble, "optimizer": st.optimizer}
+    if plan.parallel.cp > 1:  # exposed ring attention transfers (DESIGN.md: when they occur)
+        parts["cp_comm"] = st.cp_comm
+        extra = {**(extra or {}), **cp_note(plan)}
     parts["other"] = max(0.0, step - sum(parts.values()))
     if st.host > 0:  # part of `other`: host-bound ops (`sim.host`)
         extra = {**(extra or {}), "host_bound_s": st.host}
@@ -104,6 +108,8 @@ def _result(plan: Plan, res: EngineResult, wall: float, extra: dict | None = Non
         tflops_per_gpu=flops / step / n / 1e12, hw_tflops_per_gpu=hw / step / n / 1e12,
         mfu=flops / (step * n * peak), hfu=hw / (step * n * peak), memory_gb_per_gpu=mem_d,
         fits=fits,
-        breakdown_s={k: parts[k] for k in BREAKDOWN}, events=res.events, sim_wall_s=wall,
+        breakdown_s={k: parts[k] for k in (*BREAKDOWN[:2], "cp_comm", *BREAKDOWN[2:])
+                     if k in parts},
+        events=res.events, sim_wall_s=wall,
         world_size=n, critical_rank=rank_of(plan, key[0], key[1], 0), extra=extra or {},
         timeline=res.spans)

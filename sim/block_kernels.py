@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sandbox import counts
+from sandbox.layout import local_seq_len
 from sandbox.specs import Plan
 
 FLASH_FWD_KERNELS = 1
@@ -60,7 +61,7 @@ def flash_work(plan: Plan, square_flops: float) -> FlashWork:
     """The flash kernel of `plan`'s block given the padded square FLOPs."""
     m, p = plan.model, plan.parallel
     w = 4 if plan.train.precision == "fp32" else 2
-    t, tokens = p.tp, p.micro_batch * m.seq_len
+    t, tokens = p.tp, p.micro_batch * local_seq_len(plan)  # this cp rank's tokens
     q, kv = m.q_dim / t, m.kv_dim / t
     rows = tokens * m.heads / t  # (query, head) rows: fp32 logsumexp and D = rowsum(dO * O)
     fwd = tokens * w * (q + 2 * kv + q) + 4 * rows  # read Q, K, V; write O, LSE
@@ -68,6 +69,9 @@ def flash_work(plan: Plan, square_flops: float) -> FlashWork:
            + tokens * w * (q + 2 * kv + q) + 8 * rows  # read Q, K, V, dO, LSE, D
            + tokens * (8 * q + w * 2 * kv)  # fp32 dQ accumulated (write + read), write dK, dV
            + tokens * w * q)  # write dQ
+    # with context parallelism K and V of all s tokens stream through the ring
+    fwd += (p.cp - 1) * tokens * w * 2 * kv
+    bwd += (p.cp - 1) * tokens * w * 4 * kv
     return FlashWork(square_flops, counts.causal_fraction(m.seq_len), fwd, bwd)
 
 
@@ -75,7 +79,7 @@ def elementwise_kernels(plan: Plan) -> tuple[float, ...]:
     """Bytes read + written by each forward elementwise kernel of one block."""
     m, p, tr = plan.model, plan.parallel, plan.train
     w = 4 if tr.precision == "fp32" else 2
-    t, tokens = p.tp, p.micro_batch * m.seq_len
+    t, tokens = p.tp, p.micro_batch * local_seq_len(plan)  # this cp rank's tokens
     tok_local = tokens / t if p.sequence_parallel and t > 1 else tokens
     hid = tok_local * m.hidden  # elements of the residual stream on this rank
     ffn = tokens * m.ffn_hidden / t

@@ -40,6 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sandbox import memory
+from sandbox.layout import grad_ranks, local_seq_len
 from sandbox.profile import BlockPoint, Profile
 from sandbox.sections import GPU
 from sandbox.specs import Plan
@@ -151,9 +152,12 @@ class LayerTimes:
 
 def layer_times(plan: Plan, d: Device) -> LayerTimes:
     """Kernel times of one transformer block (Megatron-LM's kernels, or with
-    `attention = "flash"` a flash kernel and eager/compiled elementwise chains)."""
+    `attention = "flash"` a flash kernel and eager/compiled elementwise chains).
+    With context parallelism the block runs on its s / cp local tokens and the
+    attention core on cp KV blocks of s / cp keys each (the ring's steps)."""
     m, p = plan.model, plan.parallel
-    t, b, s, h = p.tp, p.micro_batch, m.seq_len, m.hidden
+    t, b, s, h = p.tp, p.micro_batch, local_seq_len(plan), m.hidden
+    kv_blocks = p.cp  # context parallelism: local queries x cp KV chunks (ring steps)
     w = 4 if plan.train.precision == "fp32" else 2
     tokens = b * s
     sp = p.sequence_parallel and t > 1
@@ -179,14 +183,14 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
                           bwd_weight=wgrad, attn_core=core_f,
                           wgrad_column=(wgrads[0], wgrads[2]))
     hd = m.head_dim
-    score = gemm_time(d, s, s, hd, batch=b * heads, bytes_per=w, attention=True)
-    ctx = gemm_time(d, s, hd, s, batch=b * heads, bytes_per=w, attention=True)
+    score = kv_blocks * gemm_time(d, s, s, hd, batch=b * heads, bytes_per=w, attention=True)
+    ctx = kv_blocks * gemm_time(d, s, hd, s, batch=b * heads, bytes_per=w, attention=True)
     attn_fwd = score + ctx
     attn_bwd = 2 * (score + ctx)
     # Memory-bound kernels (bytes read + written): two norms, scale-mask-softmax
     # and dropout on the s x s scores (not with a fused attention core),
     # bias+activation, two dropout+residual adds.
-    ss = b * heads * s * s
+    ss = b * heads * s * s * kv_blocks
     norm = 2 * tok_local * h * w * 2
     softmax = 0 if d.profile.attention_fused else ss * w * 2 + ss * (w * 2 + 1)
     act = tokens * ffn * w * (3 if m.activation == "swiglu" else 2)
@@ -208,9 +212,10 @@ def flash_times(plan: Plan, d: Device) -> tuple[float, float]:
     forward's executed FLOPs, or its HBM bytes if slower; one launch forward,
     `FLASH_BWD_KERNELS` backward."""
     m, p = plan.model, plan.parallel
-    pr, s, hd, batch = d.profile, m.seq_len, m.head_dim, p.micro_batch * (m.heads // p.tp)
-    fw = block_kernels.flash_work(plan, pr.padded_gemm_flops(s, s, hd, batch)
-                                  + pr.padded_gemm_flops(s, hd, s, batch))
+    pr, hd, batch = d.profile, m.head_dim, p.micro_batch * (m.heads // p.tp)
+    q, s = local_seq_len(plan), m.seq_len  # a cp rank's queries against all keys
+    fw = block_kernels.flash_work(plan, pr.padded_gemm_flops(q, s, hd, batch)
+                                  + pr.padded_gemm_flops(q, hd, s, batch))
     rate = fw.fwd_flops / max(pr.attention_seconds(fw.fwd_flops, d.peak_flops), 1e-30)
     mem = pr.memory_rate(d.hbm_bytes_per_s)
     fwd = pr.kernel_overhead_s + max(fw.fwd_flops / rate, fw.fwd_bytes / mem)
@@ -223,7 +228,7 @@ def embedding_times(plan: Plan, d: Device) -> tuple[float, float]:
     """(forward, backward) seconds of the token + position embedding on stage 0."""
     m, p = plan.model, plan.parallel
     w = 4 if plan.train.precision == "fp32" else 2
-    nbytes = 3 * p.micro_batch * m.seq_len * m.hidden * w
+    nbytes = 3 * p.micro_batch * local_seq_len(plan) * m.hidden * w
     return memory_time(d, nbytes), memory_time(d, 2 * nbytes)
 
 
@@ -231,7 +236,7 @@ def head_times(plan: Plan, d: Device) -> tuple[float, float]:
     """(forward, backward) seconds of final norm, logits GEMM and cross-entropy."""
     m, p = plan.model, plan.parallel
     w = 4 if plan.train.precision == "fp32" else 2
-    tokens = p.micro_batch * m.seq_len
+    tokens = p.micro_batch * local_seq_len(plan)
     vloc = m.vocab // p.tp
     logits = gemm_time(d, tokens, vloc, m.hidden, bytes_per=w)
     back = gemm_time(d, tokens, m.hidden, vloc, bytes_per=w) + gemm_time(
@@ -249,8 +254,11 @@ def optimizer_time(d: Device, params: float, precision: str) -> float:
 
 
 def measured_block(plan: Plan, d: Device) -> BlockPoint | None:
-    """The profile's measured layer of exactly this plan's shape, if any."""
+    """The profile's measured layer of exactly this plan's shape, if any
+    (none under context parallelism: no measured layer runs a ring)."""
     m, p = plan.model, plan.parallel
+    if p.cp > 1:
+        return None
     return d.profile.block_point(p.tp, p.sequence_parallel, p.micro_batch, m.seq_len, m.hidden,
                                  m.heads, m.ffn_hidden)
 
@@ -275,10 +283,10 @@ def block_optimizer_correction(plan: Plan, d: Device) -> float:
     """Seconds to add per block to a rank's modelled optimizer step: the
     measured AdamW step over one block's parameters minus its modelled time
     (`optimizer_time` without the fixed per-step part). 0 without a measured
-    layer, and with ZeRO over dp > 1 (the layer was measured unsharded)."""
+    layer, and with ZeRO over dp x cp > 1 (the layer was measured unsharded)."""
     p = plan.parallel
     bp = measured_block(plan, d)
-    if bp is None or (p.zero >= 1 and p.dp > 1):
+    if bp is None or (p.zero >= 1 and grad_ranks(plan) > 1):
         return 0.0
     n = memory.layer_params_per_gpu(plan.model, p.tp)
     precision = plan.train.precision

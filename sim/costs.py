@@ -7,16 +7,20 @@ serialised with it, `sim.network.collectives`); the host's dispatch seconds
 (`sim.host`); the pipeline send time between stages; the optimizer step.
 Stage s holds `layers[s]` blocks (`sandbox.layout.stage_layers`), its chunks
 the layout's `rank_chunk_sizes` (uneven when pp * vpp does not divide the
-layers). Units: seconds, bytes.
+layers). With context parallelism every rank works on s / cp tokens (TP
+collectives and pipeline sends too) and its ring attention's exposed KV
+transfers (`sim.context_parallel`) block the compute stream. Units:
+seconds, bytes.
 """
 
 from __future__ import annotations
 
 from sandbox import memory
-from sandbox.layout import rank_chunk_sizes, rank_of
+from sandbox.layout import local_seq_len, rank_chunk_sizes, rank_of
 from sandbox.profile import Profile
 from sandbox.specs import Plan
 from sim import compute
+from sim.context_parallel import cp_times
 from sim.host import host_ops
 from sim.network.collectives import Coll, collective_time, concurrent_time
 from sim.network.topology import Topology
@@ -36,7 +40,7 @@ def tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
     if p.tp == 1:
         return 0.0, 0.0
     w = 4 if plan.train.precision == "fp32" else 2
-    nbytes = p.micro_batch * m.seq_len * m.hidden * w
+    nbytes = p.micro_batch * local_seq_len(plan) * m.hidden * w
     group = tuple(rank_of(plan, d, stage, t) for t in range(p.tp))
     if p.sequence_parallel:
         one = (collective_time(topo, Coll("all_gather", group, nbytes), prof)
@@ -50,17 +54,18 @@ def tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
 
 def send_time(plan: Plan, topo: Topology, prof: Profile, d: int = 0, a: int = 0,
               b: int = 1) -> float:
-    """Activation send of replica d from stage a to b by every TP rank at once;
-    with tp > 1 each rank sends 1/tp (Megatron's scatter-gather) and the
-    receiver all-gathers inside its node."""
+    """Activation send of replica d from stage a to b by every TP rank (and
+    every CP rank, its s / cp tokens) at once; with tp > 1 each rank sends
+    1/tp (Megatron's scatter-gather) and the receiver all-gathers inside its
+    node."""
     m, p = plan.model, plan.parallel
     if p.pp == 1:
         return 0.0
     w = 4 if plan.train.precision == "fp32" else 2
-    nbytes = p.micro_batch * m.seq_len * m.hidden * w
+    nbytes = p.micro_batch * local_seq_len(plan) * m.hidden * w
     share = nbytes / p.tp
-    colls = [Coll("send_recv", (rank_of(plan, d, a, t), rank_of(plan, d, b, t)), share)
-             for t in range(p.tp)]
+    colls = [Coll("send_recv", (rank_of(plan, d, a, t, c), rank_of(plan, d, b, t, c)), share)
+             for c in range(p.cp) for t in range(p.tp)]
     t = concurrent_time(topo, colls, prof)
     if p.tp > 1 and not p.sequence_parallel:
         group = tuple(rank_of(plan, d, b, t) for t in range(p.tp))
@@ -97,6 +102,7 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
         lt0, (emb_f, emb_b), (head_f, head_b) = per_dev[key]
         tp_f, tp_b = tp_times(plan, topo, prof, s, lt0, d)
         lt = compute.calibrated_layer(plan, dev, lt0, tp_f + tp_b)  # a measured layer, if any
+        cp_f, cp_b = cp_times(plan, topo, prof, s, lt, d)  # exposed ring transfers per block
         for c in range(v):
             vs, per_chunk = c * P + s, chunks[s][c]
             f = per_chunk * lt.fwd + (emb_f if vs == 0 else 0) + (head_f if vs == P * v - 1 else 0)
@@ -113,8 +119,10 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
             host_w = per_chunk * ho.block_bwd_weight
             host_b = (per_chunk * (ho.block_bwd_input + host_re) + ho.embedding_bwd * first
                       + ho.head_bwd * last + (0 if zb else host_w))
-            cost[(s, c, "F")] = OpCost(k * f, tf, host * host_f)
-            cost[(s, c, "B")] = OpCost(k * b_in, per_chunk * tp_b + tre, host * host_b)
+            cp_re = cp_f if p.recompute in ("selective", "full") else 0.0  # the ring again
+            cost[(s, c, "F")] = OpCost(k * f, tf, host * host_f, per_chunk * cp_f)
+            cost[(s, c, "B")] = OpCost(k * b_in, per_chunk * tp_b + tre, host * host_b,
+                                       per_chunk * (cp_b + cp_re))
             cost[(s, c, "W")] = (OpCost(k * per_chunk * lt.bwd_weight, 0.0, host * host_w)
                                  if zb else OpCost(0.0, 0.0))
         shard = stage_params(plan, layers, s) / (p.shard_size if p.zero >= 1 else 1)

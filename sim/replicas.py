@@ -4,8 +4,8 @@ Identical replicas are simulated once (`Work.rep_class` maps each replica
 to the first one like it). A replica differs when one of its GPUs is slow or
 of another kind, when its micro-batch count or sequence length differs, or
 when a slow link lies on its tensor- or pipeline-parallel paths. A
-tensor-parallel group runs at the pace of its slowest member (its
-collectives wait for it), so each stage of a replica takes the costs of its
+tensor-parallel group (and a context-parallel ring) runs at the pace of its
+slowest member (its collectives wait for it), so each stage of a replica takes the costs of its
 slowest GPU: kernel time x slowdown, on that GPU's kind. The data-parallel
 traffic is placed for every replica in any case (`sim.engine`), so the
 gradient reduction starts when the slowest simulated replica is ready.
@@ -27,7 +27,8 @@ def _signature(rw: RepWork) -> tuple:
     def r(x: float) -> float:
         return float(f"{x:.12g}")
 
-    cost = tuple((k, r(c.compute_s), r(c.tp_s), r(c.host_s)) for k, c in sorted(rw.cost.items()))
+    cost = tuple((k, r(c.compute_s), r(c.tp_s), r(c.host_s), r(c.cp_s))
+                 for k, c in sorted(rw.cost.items()))
     send = None if rw.send_s is None else tuple(map(r, rw.send_s))
     return cost, tuple(map(r, rw.optimizer_s)), send, tuple(map(tuple, rw.ops))
 
@@ -42,8 +43,7 @@ def stage_devices(plan: Plan, prof: Profile, d: int, kinds: dict | None = None
     devs, ks, names = [], [], []
     for s in range(p.pp):
         worst = None
-        for t in range(p.tp):
-            r = rank_of(plan, d, s, t)
+        for r in (rank_of(plan, d, s, t, q) for q in range(p.cp) for t in range(p.tp)):
             g = variation.gpu_of(c, r)
             if g.name not in kinds:
                 dev = compute.device_for(g, plan.train.precision, prof)

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 COLORS = {"fwd": "#4c72b0", "bwd": "#dd8452", "wgrad": "#c44e52", "optimizer": "#8172b3",
-          "pp_comm": "#55a868", "dp_comm": "#937860", "param_allgather": "#da8bc3"}
-STREAMS = ("compute", "pp_send_fwd", "pp_send_bwd", "dp_comm")
+          "pp_comm": "#55a868", "dp_comm": "#937860", "param_allgather": "#da8bc3",
+          "cp_comm": "#8c8c00"}
+STREAMS = ("compute", "pp_send_fwd", "pp_send_bwd", "dp_comm", "cp_ring")
 
 
 def write_chrome_trace(result: Any, path: str | Path) -> str:

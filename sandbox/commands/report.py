@@ -51,7 +51,7 @@ def _check_budget(paths: list[str], factors: list[float]) -> None:
         check_budget(plan, timeline=True)
         p = plan.parallel
         for f in factors:
-            gpus = p.dp * f * p.tp * p.pp
+            gpus = p.dp * f * p.tp * p.pp * p.cp
             if gpus > MAX_GPUS:
                 raise SandboxError(f"--scaling: {f:g} x dp {p.dp} of {path} is {gpus:,.0f} "
                                    f"GPUs, more than the simulator's limit of {MAX_GPUS:,}")

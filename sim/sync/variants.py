@@ -31,7 +31,13 @@ from dataclasses import replace
 from typing import Any
 
 from sandbox import memory
-from sandbox.layout import rank_of, replicate_groups, shard_groups, stage_layers
+from sandbox.layout import (
+    grad_ranks,
+    rank_of,
+    replicate_groups,
+    shard_groups,
+    stage_layers,
+)
 from sandbox.profile import Profile, bus_factor
 from sandbox.specs import Plan
 from sim import compute
@@ -77,7 +83,8 @@ def hsdp_grad_bytes(plan: Plan, n_params: float) -> tuple[float, float]:
     group's reduce-scatter, the replicate group's all-reduce of its 1/dp_shard
     shard), ring factors included."""
     p = plan.parallel
-    k, r = p.shard_size, p.dp // p.shard_size
+    k = p.shard_size
+    r = grad_ranks(plan) // k
     nbytes = n_params * compression.grad_bytes(plan)
     return bus_factor("reduce_scatter", k) * nbytes, bus_factor("all_reduce", r) * nbytes / k
 
@@ -89,7 +96,7 @@ def gather_phases(plan: Plan, topo: Topology, prof: Profile, s: int,
     parameters from the shards. Empty for ZeRO 0 and 3 (ZeRO-3 gathers before
     each op instead)."""
     p = plan.parallel
-    if p.dp == 1 or p.zero not in (1, 2) or p.dp_mode != "allreduce":
+    if grad_ranks(plan) == 1 or p.zero not in (1, 2) or p.dp_mode != "allreduce":
         return []
     n = stage_params(plan, stage_layers(plan), s)
     wb = memory.weight_bytes_per_param(plan.train.precision)
@@ -153,8 +160,9 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
     ag: list[list[Phase]] = []
     ag_s: list[float] = []
     copy_s: list[float] = []
+    g = grad_ranks(plan)  # dp x cp: the cp ranks hold the same weights
     z3 = p.zero >= 3 and p.shard_size > 1
-    hsdp = p.shard_size < p.dp
+    hsdp = p.shard_size < g
     early: list[list[Phase]] = []
     ag_bytes = 0.0
     sent, plain = 0.0, 0.0
@@ -162,14 +170,14 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
         n_params = stage_params(plan, layers, s)
         mats = compression.stage_matrices(m, p.tp, P, s, layers[s])
         stage_b: Buckets = []
-        if p.dp > 1 and p.dp_mode in ("allreduce", "parameter-server"):
+        if g > 1 and p.dp_mode in ("allreduce", "parameter-server"):
             nb = max(1, math.ceil(n_params / bucket_params)) if dp_overlap else 1
             if z3 and dp_overlap:  # FSDP reduce-scatters per unit, not per bucket
                 nb = v * zero3_units(plan, layers, s)
             if p.dp_mode == "allreduce":
                 ph = _allreduce_phases(plan, topo, prof, dev, s, mats, 1 / nb, algorithm)
-                b_sent = compression.wire_bytes(plan, dev, mats, p.dp)
-                b_plain = compression.wire_bytes(plan, dev, mats, p.dp, compressed=False)
+                b_sent = compression.wire_bytes(plan, dev, mats, g)
+                b_plain = compression.wire_bytes(plan, dev, mats, g, compressed=False)
                 if hsdp:  # validated: no compression
                     b_sent = b_plain = sum(hsdp_grad_bytes(plan, n_params))
             else:

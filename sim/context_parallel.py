@@ -1,0 +1,96 @@
+"""Context parallelism's ring attention: KV traffic and its exposed seconds.
+
+With `parallel.cp` = c > 1 every sequence of s tokens is cut into 2c chunks
+and rank k holds chunks k and 2c - 1 - k (Megatron-Core / Transformer
+Engine's load balance for causal masks: every rank does the same attention
+work). Everything but the attention core runs on the s / c local tokens
+(`sim.compute`). The core runs as a ring (TE's P2P variant, torchtitan's ring
+attention): c steps, each computing the local queries against one KV chunk
+of s / c tokens while the next chunk is sent to the next cp rank
+(`send_recv`), so a step takes max(compute block, transfer):
+
+    forward  exposed = (c - 1) * max(0, t_kv - t_fwd_block)
+    backward exposed = (c - 1) * max(0, t_2kv - t_bwd_block) + t_kv
+
+The backward passes KV together with the partial dKV (twice the bytes) and
+ends with one more hop bringing each dKV to its owner, which nothing hides.
+A KV chunk is b * s/c * 2 * kv_dim / tp elements (16-bit, fp32 in fp32
+training) per GPU; all cp x tp ranks of a stage send at once, sharing the
+links of the topology (`sim.network`). The compute blocks are the attention
+core's forward (and its backward, two of it: the dQ, dK, dV GEMMs in
+`sim.compute`) divided into c equal steps. Units: bytes, seconds.
+"""
+
+from __future__ import annotations
+
+from sandbox.layout import local_seq_len, rank_of, stage_layers
+from sandbox.profile import Profile
+from sandbox.specs import Plan
+from sim.compute import LayerTimes
+from sim.network.collectives import Coll, concurrent_time
+from sim.network.topology import Topology
+
+
+def kv_chunk_bytes(plan: Plan) -> float:
+    """Bytes of one KV chunk a GPU sends per ring step (keys and values of
+    s / cp tokens, its tp share of the KV heads)."""
+    m, p = plan.model, plan.parallel
+    w = 4 if plan.train.precision == "fp32" else 2
+    return p.micro_batch * local_seq_len(plan) * 2 * m.kv_dim / p.tp * w
+
+
+def ring_exposed_s(block_s: float, transfer_s: float, cp: int, final_s: float = 0.0) -> float:
+    """Exposed seconds of a ring of `cp` steps: cp - 1 transfers of
+    `transfer_s`, each behind one compute block of `block_s`, plus a last
+    transfer `final_s` nothing overlaps."""
+    if cp <= 1:
+        return 0.0
+    return (cp - 1) * max(0.0, transfer_s - block_s) + final_s
+
+
+def ring_transfer_s(plan: Plan, topo: Topology, prof: Profile, stage: int, nbytes: float,
+                    d: int = 0) -> float:
+    """Seconds of one ring step's transfer: every cp rank of every tp rank of
+    replica d's stage sends `nbytes` to the next cp rank at once."""
+    p = plan.parallel
+    colls = [Coll("send_recv", (rank_of(plan, d, stage, t, c),
+                                rank_of(plan, d, stage, t, (c + 1) % p.cp)), nbytes)
+             for t in range(p.tp) for c in range(p.cp)]
+    return concurrent_time(topo, colls, prof)
+
+
+def cp_times(plan: Plan, topo: Topology, prof: Profile, stage: int, lt: LayerTimes,
+             d: int = 0) -> tuple[float, float]:
+    """(forward, backward) exposed ring seconds of one block (module docstring)."""
+    c = plan.parallel.cp
+    if c <= 1:
+        return 0.0, 0.0
+    kv = kv_chunk_bytes(plan)
+    t_kv = ring_transfer_s(plan, topo, prof, stage, kv, d)
+    t_2kv = ring_transfer_s(plan, topo, prof, stage, 2 * kv, d)
+    fwd = ring_exposed_s(lt.attn_core / c, t_kv, c)
+    bwd = ring_exposed_s(2 * lt.attn_core / c, t_2kv, c, final_s=t_kv)
+    return fwd, bwd
+
+
+def ring_bytes_per_layer(plan: Plan) -> float:
+    """Bytes one GPU sends on the ring per block and micro-batch: the forward's
+    cp - 1 KV chunks, the backward's cp - 1 KV + dKV and the last dKV, and the
+    forward again when the attention core is recomputed."""
+    c = plan.parallel.cp
+    if c <= 1:
+        return 0.0
+    kv = kv_chunk_bytes(plan)
+    fwd = (c - 1) * kv
+    again = fwd if plan.parallel.recompute in ("selective", "full") else 0.0
+    return fwd + (c - 1) * 2 * kv + kv + again
+
+
+def cp_note(plan: Plan) -> dict:
+    """`SimResult.extra` fields of a context-parallel plan: cp, the KV chunk of
+    one ring step and the ring bytes one GPU of the most loaded stage sends
+    per step (bytes)."""
+    p = plan.parallel
+    layers = max(stage_layers(plan))
+    return {"cp": p.cp, "cp_kv_chunk_bytes": kv_chunk_bytes(plan),
+            "cp_bytes_per_gpu": ring_bytes_per_layer(plan) * layers * p.microbatches}
