@@ -189,6 +189,9 @@ class Parallel:
     # with the weight-gradient GEMM (Megatron-LM's async grad all-reduce); the
     # runtime's DTensor TP does not overlap, so it is off by default
     tp_overlap: bool = False
+    # (simulator) sequence-parallel all-gathers / reduce-scatters pipelined in tp chunks
+    # with the adjacent GEMMs (Megatron-Core --tp-comm-overlap, PyTorch async TP)
+    tp_comm_overlap: bool = False
     recompute: str = "selective"
     dp_mode: str = "allreduce"
     grad_compression: str = "none"  # none | fp16 | int8 | topk:F | powersgd:R

@@ -286,6 +286,9 @@ def _unexecutable_fields(plan: Plan) -> list[str]:
     if p.tp_overlap:
         problems.append("parallel.tp_overlap: the runtime's DTensor TP does not overlap its "
                         "collectives with the weight-gradient GEMM; set it to false for run")
+    if p.tp_comm_overlap and p.tp > 1:
+        problems.append("parallel.tp_comm_overlap: the runtime's DTensor TP does not pipeline "
+                        "its collectives with the GEMMs; set it to false for run")
     if p.overlap_param_gather and p.zero in (1, 2) and p.dp > 1:
         problems.append("parallel.overlap_param_gather: the runtime gathers the updated "
                         "parameters at the end of the step; set it to false for run")

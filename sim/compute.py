@@ -144,6 +144,9 @@ class LayerTimes:
     bwd_weight: float  # weight-gradient GEMMs (W of ZB-H1)
     attn_core: float = 0.0  # forward of the attention core (selective recompute)
     wgrad_column: tuple[float, ...] = ()  # wgrad of the QKV and MLP-in GEMMs
+    # forward and dgrad seconds of the QKV, attention-output, MLP-in, MLP-out GEMMs
+    gemm_fwd: tuple[float, ...] = ()
+    gemm_dgrad: tuple[float, ...] = ()
 
     @property
     def bwd(self) -> float:
@@ -169,9 +172,11 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
     gemms = [(tokens, qkv, h), (tokens, h, m.q_dim // t), (tokens, ffn_in, h), (tokens, h, ffn)]
     f8 = plan.train.precision == "fp8"  # the linear layers' GEMMs in FP8
     cast_f, cast_d, cast_w = fp8_cast_times(plan, d, gemms)
-    fwd_gemm = sum(gemm_time(d, M, N, K, bytes_per=w, fp8=f8) for M, N, K in gemms) + cast_f
+    fwds = tuple(gemm_time(d, M, N, K, bytes_per=w, fp8=f8) for M, N, K in gemms)
+    fwd_gemm = sum(fwds) + cast_f
     # dgrad: (M x N) @ (N x K); wgrad: (K x M) @ (M x N)
-    dgrad = sum(gemm_time(d, M, K, N, bytes_per=w, fp8=f8) for M, N, K in gemms) + cast_d
+    dgrads = tuple(gemm_time(d, M, K, N, bytes_per=w, fp8=f8) for M, N, K in gemms)
+    dgrad = sum(dgrads) + cast_d
     wgrads = [gemm_time(d, K, N, M, bytes_per=w, fp8=f8) for M, N, K in gemms]
     wgrad = sum(wgrads) + cast_w
     if plan.train.attention == "flash":
@@ -181,7 +186,8 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
         mem_b = sum(memory_time(d, 2 * x) for x in elem)
         return LayerTimes(fwd=fwd_gemm + core_f + mem_f, bwd_input=dgrad + core_b + mem_b,
                           bwd_weight=wgrad, attn_core=core_f,
-                          wgrad_column=(wgrads[0], wgrads[2]))
+                          wgrad_column=(wgrads[0], wgrads[2]), gemm_fwd=fwds,
+                          gemm_dgrad=dgrads)
     hd = m.head_dim
     score = kv_blocks * gemm_time(d, s, s, hd, batch=b * heads, bytes_per=w, attention=True)
     ctx = kv_blocks * gemm_time(d, s, hd, s, batch=b * heads, bytes_per=w, attention=True)
@@ -201,7 +207,7 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
     return LayerTimes(fwd=fwd_gemm + attn_fwd + mem_fwd, bwd_input=dgrad + attn_bwd + mem_bwd,
                       bwd_weight=wgrad,
                       attn_core=attn_fwd + (memory_time(d, softmax) if softmax else 0.0),
-                      wgrad_column=(wgrads[0], wgrads[2]))
+                      wgrad_column=(wgrads[0], wgrads[2]), gemm_fwd=fwds, gemm_dgrad=dgrads)
 
 
 def flash_times(plan: Plan, d: Device) -> tuple[float, float]:
@@ -276,7 +282,9 @@ def calibrated_layer(plan: Plan, d: Device, lt: LayerTimes, tp_comm_s: float) ->
     k = (bp.seconds - tp_comm_s) / total
     return LayerTimes(fwd=k * lt.fwd, bwd_input=k * lt.bwd_input, bwd_weight=k * lt.bwd_weight,
                       attn_core=k * lt.attn_core,
-                      wgrad_column=tuple(k * w for w in lt.wgrad_column))
+                      wgrad_column=tuple(k * w for w in lt.wgrad_column),
+                      gemm_fwd=tuple(k * g for g in lt.gemm_fwd),
+                      gemm_dgrad=tuple(k * g for g in lt.gemm_dgrad))
 
 
 def block_optimizer_correction(plan: Plan, d: Device) -> float:

@@ -34,7 +34,13 @@ def tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
     Two collectives each way (attention and MLP). With `tp_overlap` the two
     backward ones, at the column-parallel QKV and MLP-in layers, run while
     that layer's weight-gradient GEMM computes (not under zero-bubble, whose
-    W is deferred): only the part longer than the GEMM is exposed.
+    W is deferred): only the part longer than the GEMM is exposed. With
+    `tp_comm_overlap` (sequence parallel) every all-gather and reduce-scatter
+    is pipelined with its GEMM in tp chunks (`pipelined_exposed`): forward the
+    all-gathers feed the column-parallel GEMMs (QKV, MLP-in) and the
+    row-parallel ones (attention-out, MLP-out) feed the reduce-scatters;
+    backward the all-gathers feed the row-parallel dgrads and the
+    column-parallel dgrads feed the reduce-scatters.
     """
     m, p = plan.model, plan.parallel
     if p.tp == 1:
@@ -47,9 +53,30 @@ def tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
                + collective_time(topo, Coll("reduce_scatter", group, nbytes), prof))
     else:
         one = collective_time(topo, Coll("all_reduce", group, nbytes), prof)
+    if p.tp_comm_overlap and p.sequence_parallel and lt.gemm_fwd:
+        ag = collective_time(topo, Coll("all_gather", group, nbytes), prof)
+        rs = collective_time(topo, Coll("reduce_scatter", group, nbytes), prof)
+        qkv, out, fc1, fc2 = lt.gemm_fwd
+        d_qkv, d_out, d_fc1, d_fc2 = lt.gemm_dgrad
+        fwd = sum(pipelined_exposed(ag, g, p.tp) for g in (qkv, fc1)) + sum(
+            pipelined_exposed(rs, g, p.tp) for g in (out, fc2))
+        bwd = sum(pipelined_exposed(ag, g, p.tp) for g in (d_out, d_fc2)) + sum(
+            pipelined_exposed(rs, g, p.tp) for g in (d_qkv, d_fc1))
+        return fwd, bwd
     if p.tp_overlap and p.schedule != "zero-bubble":
         return 2 * one, sum(max(0.0, one - w) for w in lt.wgrad_column)
     return 2 * one, 2 * one  # attention and MLP, forward; the conjugates backward
+
+
+def pipelined_exposed(comm_s: float, gemm_s: float, chunks: int) -> float:
+    """Exposed seconds of a ring collective of `comm_s` (chunks - 1 equal steps)
+    pipelined with a GEMM of `gemm_s` cut into `chunks` pieces (Megatron-Core /
+    Transformer Engine userbuffers, PyTorch async TP): the pipeline takes
+    gemm/c + (c - 1) max(gemm/c, step), so (c - 1) max(0, step - gemm/c) is
+    exposed. The pieces are priced as the whole GEMM (their lower efficiency
+    is not modelled)."""
+    c = max(2, chunks)
+    return (c - 1) * max(0.0, comm_s / (c - 1) - gemm_s / c)
 
 
 def send_time(plan: Plan, topo: Topology, prof: Profile, d: int = 0, a: int = 0,
