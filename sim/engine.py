@@ -11,6 +11,7 @@ Units: seconds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import simpy
@@ -263,6 +264,8 @@ class Engine:
         last_kind = "W" if rw.cost[(s, 0, "W")].total else "B"
         n_b = sum(1 for k, _, _ in ops if k == last_kind)
         seen_last = 0
+        seen_chunk = [0] * v  # last-kind ops per chunk so far (interleaved, overlapped)
+        by_chunk = v > 1 and work.dp_overlap and self.rounds[s] == 1 and work.dp_buckets[s]
         k_ag = 0  # gathered ops so far (ZeRO-3)
         for i, (kind, mb, c) in enumerate(ops):
             vs = c * P + s
@@ -293,7 +296,11 @@ class Engine:
                 self._prefetch_ready(s, k_ag)  # the next backward's gather runs behind this op
             cost = rw.cost[(s, c, kind)]
             t0 = env.now
-            if kind == last_kind and c == 0:
+            if by_chunk and kind == last_kind:
+                seen_chunk[c] += 1
+                if seen_chunk[c] == max(1, n_b // v):  # the chunk's gradients are complete
+                    self._issue_chunk_buckets(s, c, t0, t0 + cost.total)
+            elif kind == last_kind and c == 0:
                 seen_last += 1
                 final, n_r = seen_last == max(1, n_b // v), self.rounds[s]
                 if work.dp_buckets[s] and (final or n_r > 1):
@@ -336,6 +343,22 @@ class Engine:
             st.finish = t0 + exposed
             return
         st.finish = env.now
+
+    def _issue_chunk_buckets(self, s: int, c: int, t0: float, t1: float) -> None:
+        """Interleaved schedules with overlap: the buckets of chunk c (buckets run
+        last layers first, so chunk v - 1 holds the first ones) are ready along
+        the chunk's last backward (Megatron-LM reduces each model chunk's
+        buckets once its last micro-batch's backward has produced them)."""
+        nb, v = len(self.work.dp_buckets[s]), self.v
+        # a bucket is ready once the last (lowest) chunk it holds parameters of is
+        mine = [k for k in range(nb) if v - math.ceil((k + 1) * v / nb) == c]
+        for j, key in enumerate(mine):
+            at = t0 + (t1 - t0) * (j + 1) / len(mine)
+            if at <= self.env.now:
+                self._bucket_ready(s, key)
+            else:
+                self.env.timeout(at - self.env.now).callbacks.append(
+                    lambda _e, s=s, k=key: self._bucket_ready(s, k))
 
     def _issue_buckets(self, s: int, t0: float, t1: float, rnd: int = 0) -> None:
         """The last backward of the stage (ZeRO-3: of micro-batch `rnd`)
