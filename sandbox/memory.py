@@ -41,7 +41,9 @@
   fp32 logits): the block being re-materialised in backward
   (`recompute_working_bytes`), the cross-entropy's logits tensors
   (`loss_bytes`), and FSDP2's unsharded gradient of the unit being reduced
-  (`fsdp_reduce_bytes`). All bytes from shapes, no allocator factor.
+  (`fsdp_reduce_bytes`); the loss and a block's backward do not overlap, so
+  the larger of the two (`backward_working_bytes`, reported as `other`).
+  All bytes from shapes, no allocator factor.
 """
 
 from __future__ import annotations
@@ -241,9 +243,8 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
     """Memory of one GPU in GB by component, for `stage` or the most loaded one.
 
     Returns `{params, grads, optimizer, activations, other, total, stage}`;
-    `activations` are the stored ones plus the block re-materialised in
-    backward, `grads` include FSDP2's unit being reduced, `other` is the
-    last stage's cross-entropy logits of one microbatch (`loss_bytes`).
+    `activations` are the stored ones, `other` the backward's working set
+    on top of them (`backward_working_bytes`).
     """
     if stage is None:
         stages = range(plan.parallel.pp)
@@ -263,12 +264,10 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
     params += zero3_gathered_bytes(plan, stage, n) + fp8_weight_copy_bytes(plan)
     grads = n * gb / (shard if p.zero >= 2 else 1)
     optim = n * ob / (shard if p.zero >= 1 else 1)
-    grads += fsdp_reduce_bytes(plan, stage, n)
     # context parallelism: a rank keeps s / cp of every activation (its attention
     # core's queries against all keys: 1/cp of the scores too)
-    acts = (stored_bytes_per_layer(plan, stage) * layers_in_flight(plan, stage)
-            + recompute_working_bytes(plan)) / p.cp
-    other = loss_bytes(plan, stage)
+    acts = stored_bytes_per_layer(plan, stage) * layers_in_flight(plan, stage) / p.cp
+    other = backward_working_bytes(plan, stage)
     parts = {"params": params, "grads": grads, "optimizer": optim, "activations": acts,
              "other": other}
     out = {k: v / GB for k, v in parts.items()}
@@ -336,20 +335,29 @@ def loss_bytes(plan: Plan, stage: int) -> float:
     return float(per) * m.seq_len * p.micro_batch * m.vocab / p.tp / p.cp
 
 
-def fsdp_reduce_bytes(plan: Plan, stage: int, n: float) -> float:
-    """FSDP2 (ZeRO-3) in backward: the unsharded gradient of the unit being
-    reduced (16-bit, the parameter dtype; fp32 with fp32 training) and the
-    fp32 reduce-scatter input it is copied into (`reduce_dtype = fp32`,
-    `foreach_reduce`), both live at the copy-in, of the largest unit (as
-    `zero3_gathered_params`), beside the fp32 gradient shard. 0 with zero < 3
-    or no sharding."""
+def fsdp_reduce_bytes(plan: Plan) -> float:
+    """FSDP2 (ZeRO-3) in a block's backward: the unsharded gradient of the block
+    unit being reduced (16-bit, the parameter dtype; fp32 with fp32 training)
+    and the fp32 reduce-scatter input it is copied into (`reduce_dtype = fp32`,
+    `foreach_reduce`), both live at the copy-in, beside the fp32 gradient
+    shard. (The root unit, embedding and head, reduces at the end of backward,
+    when the activations are freed.) 0 with zero < 3 or no sharding."""
     p = plan.parallel
     if p.zero < 3 or p.shard_size == 1:
         return 0.0
-    m, unit = plan.model, layer_params_per_gpu(plan.model, p.tp)
-    root = n - stage_layer_count(plan, stage) * layer_params_per_gpu(m, p.tp)
     grad16 = 4 if plan.train.precision == "fp32" else 2
-    return max(unit, root) * (grad16 + 4)
+    return layer_params_per_gpu(plan.model, p.tp) * (grad16 + 4)
+
+
+def backward_working_bytes(plan: Plan, stage: int) -> float:
+    """Bytes live at the peak besides parameters, states and stored activations.
+
+    The peak comes in backward at one of two moments: the loss's backward on
+    the last stage (`loss_bytes`), or a block's backward, which holds the
+    re-materialised block (`recompute_working_bytes`, 1/cp of it per GPU) and
+    the FSDP2 unit gradient being reduced (`fsdp_reduce_bytes`); the larger."""
+    block = recompute_working_bytes(plan) / plan.parallel.cp + fsdp_reduce_bytes(plan)
+    return max(loss_bytes(plan, stage), block)
 
 
 def fits(plan: Plan) -> bool:
