@@ -13,7 +13,8 @@
   and recomputes the even-numbered ones); everything else (norms, RoPE, the
   SwiGLU / GeLU elementwise ops, the residual adds, the all-gathers and
   all-reduces, the other mm) is re-run in backward. In a Llama block the mm
-  order is wq, wk, wv, wo, w1, w3, w2: wq, wv, w1 and w2 are kept. FP8
+  order is wq, wk, wv, wo, w1, w3, w2: wq, wv, w1 and w2 are kept (GeLU: wq,
+  wv, fc1; fc2, the last, is not needed by backward and not re-run). FP8
   (torchao Float8Linear) runs its linears through `aten._scaled_mm`, which is
   not in the list: none of their outputs is kept and all are recomputed.
 - "layer": torchtitan's `selective_ac_option = "2"`: every second block of a
@@ -49,9 +50,12 @@ def op_saved_linears(m: Model, precision: str = "bf16") -> tuple[str, ...]:
 
 def op_recomputed_linears(m: Model, precision: str = "bf16"
                           ) -> tuple[tuple[str, int, int, bool], ...]:
-    """The linears the "op" policy re-runs in backward (see `op_saved_linears`)."""
-    kept = op_saved_linears(m, precision)
-    return tuple(x for x in block_linears(m) if x[0] not in kept)
+    """The linears the "op" policy re-runs in backward (see `op_saved_linears`):
+    the not-kept ones but the block's last (its output only feeds the residual
+    add, which saves nothing, and the non-reentrant checkpoint stops re-running
+    the forward once backward has what it needs: `early_stop`)."""
+    kept, lin = op_saved_linears(m, precision), block_linears(m)
+    return tuple(x for x in lin[:-1] if x[0] not in kept)
 
 
 def layer_checkpointed(blocks: int) -> int:
