@@ -27,6 +27,7 @@ from experiments import provenance
 
 VALIDATION = provenance.ROOT.parent / "shared" / "validation"
 GIB = 2**30
+TRIED_RECOMPUTE = ("none", "selective", "op", "full")  # where a source does not say
 
 
 @dataclass
@@ -90,7 +91,7 @@ def megatron_cases(data: Path = VALIDATION, cluster: str = "dgx-h100",
                     notes=["micro-batch, recompute, interleaving: best of the tried ones",
                            "FFN 4h, GeLU, LayerNorm assumed (not stated)"])
         per_replica = gb // dp
-        for mb, rec, v in itertools.product((1, 2, 4), ("none", "selective", "full"),
+        for mb, rec, v in itertools.product((1, 2, 4), TRIED_RECOMPUTE,
                                             vpp_choices(layers, pp)):
             if per_replica % mb:
                 continue
@@ -118,6 +119,17 @@ _TT_CLUSTERS = {"H100": "grand-teton-h100", "H200": "dgx-h200", "A100": "dgx-a10
 _RECOMPUTE = {"none": "none", "full": "full"}
 
 
+def torchtitan_recompute(ac: str) -> str:
+    """torchtitan's activation_checkpointing column -> `parallel.recompute`:
+    "selective" with option "op" (its configs' default; "selective op",
+    "selective (per-op SAC)", "selective (op) ...") -> "op"; "selective layer"
+    (option "2") -> "layer"."""
+    words = ac.lower().replace("(", " ").replace(")", " ").split()
+    if not words or words[0] != "selective":
+        return _RECOMPUTE.get(words[0] if words else "", "none")
+    return "layer" if "layer" in words else "op"
+
+
 def torchtitan_case(r: dict[str, str], profile: str = "") -> Case:
     """One torchtitan benchmark row: FSDP2 (ZeRO 3) over `fsdp` ranks, TP with
     sequence parallelism, PP (micro-batch 1, torchtitan's default), CP; the
@@ -137,10 +149,9 @@ def torchtitan_case(r: dict[str, str], profile: str = "") -> Case:
     else:
         model["seq_len"] = 8192
         case.notes.append("seq_len not stated: 8,192 (torchtitan's Llama 3 configs)")
-    ac = r["activation_checkpointing"].split(" ")[0]
-    rec = _RECOMPUTE.get(ac, "selective")
-    if ac == "selective":
-        case.notes.append(f"'{r['activation_checkpointing']}' -> simulator 'selective'")
+    rec = torchtitan_recompute(r["activation_checkpointing"])
+    if rec in ("op", "layer"):
+        case.notes.append(f"'{r['activation_checkpointing']}' -> simulator '{rec}'")
     cl = {"preset": _TT_CLUSTERS[r["gpu"]], **_nodes(gpus)}
     if profile and r["gpu"] != "A100":
         cl["profile"] = profile
@@ -198,7 +209,7 @@ def automodel_cases(data: Path = VALIDATION, profile: str = "") -> list[Case]:
                    "global_batch": int(r["global_batch"]), "zero": 3,
                    "sequence_parallel": tp > 1, "recompute": "none"}
             case.notes.append("recompute not stated: none")
-            for rec in ("none", "selective", "full"):
+            for rec in TRIED_RECOMPUTE:
                 case.variants.append(_plan(
                     {"preset": _AM_DENSE[r["model"]], "seq_len": int(r["seq_len"])}, cl,
                     {**par, "recompute": rec}, {"precision": "bf16", "attention": "flash"}))
@@ -230,7 +241,7 @@ def llama3_cases(profile: str = "") -> list[Case]:
         cl = {"preset": "dgx-h100", **_nodes(gpus)}
         if profile:
             cl["profile"] = profile
-        for v, rec in itertools.product(vpp_choices(126, pp), ("none", "selective", "full")):
+        for v, rec in itertools.product(vpp_choices(126, pp), TRIED_RECOMPUTE):
             par = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "vpp": v, "micro_batch": 1,
                    "global_batch": per_dp * dp,
                    "schedule": "interleaved-1f1b" if v > 1 else "1f1b", "zero": 2,

@@ -22,6 +22,7 @@ Which count is which:
 
 from __future__ import annotations
 
+from sandbox import recompute as rc
 from sandbox.specs import Model
 
 
@@ -119,23 +120,31 @@ def model_flops_per_step(m: Model, sequences: int) -> float:
     return 3.0 * sequences * m.seq_len * forward_flops_per_token(m)
 
 
-def recompute_flops_per_token(m: Model, recompute: str) -> float:
-    """Extra forward FLOPs per token spent re-computing activations."""
+def recompute_flops_per_token(m: Model, recompute: str, precision: str = "bf16") -> float:
+    """Extra forward FLOPs per token spent re-computing activations ("layer":
+    the blocks `sandbox.recompute.layer_checkpointed` of one rank holding all;
+    "op": the linears torchtitan's per-op policy re-runs)."""
+    block = layer_matmul_flops_per_token(m) + layer_attention_flops_per_token(m)
     if recompute == "full":  # every block's forward again (not the logits)
-        return m.layers * (layer_matmul_flops_per_token(m) + layer_attention_flops_per_token(m))
+        return m.layers * block
+    if recompute == "layer":
+        return rc.layer_checkpointed(m.layers) * block
+    if recompute == "op":
+        return m.layers * rc.op_recompute_flops_per_token(m, precision)
     if recompute == "selective":  # Korthikanti et al.: the attention core only
         return m.layers * layer_attention_flops_per_token(m)
     return 0.0
 
 
-def hardware_flops_per_step(m: Model, sequences: int, recompute: str) -> float:
+def hardware_flops_per_step(m: Model, sequences: int, recompute: str,
+                            precision: str = "bf16") -> float:
     """FLOPs the hardware executes, recomputation included, on the model-FLOPs
     basis (full attention square, backward = 2x forward; not the causal flash
     kernel's executed work, see `attention_flops_executed`).
 
     With full recompute this equals `96 B s l h^2 (1 + s/(6h) + V/(16 l h))`.
     """
-    extra = sequences * m.seq_len * recompute_flops_per_token(m, recompute)
+    extra = sequences * m.seq_len * recompute_flops_per_token(m, recompute, precision)
     return model_flops_per_step(m, sequences) + extra
 
 

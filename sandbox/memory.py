@@ -34,11 +34,22 @@
   when they divide evenly).
 - Context parallelism (`parallel.cp`): activations and logits of s / cp
   tokens per GPU; ZeRO shards over the dp x cp ranks of a stage.
+- Recompute "op" and "layer" (torchtitan's selective options) keep what
+  `sandbox.recompute` says; "layer" mixes fully checkpointed and plain blocks.
+- The peak's working set besides the stored tensors (flash plans; eager
+  plans keep Korthikanti's and Megatron's accounting, stored tensors only and
+  fp32 logits): the block being re-materialised in backward
+  (`recompute_working_bytes`), the cross-entropy's logits tensors
+  (`loss_bytes`), and FSDP2's unsharded gradient of the unit being reduced
+  (`fsdp_reduce_bytes`); the loss and a block's backward do not overlap, so
+  the larger of the two (`backward_working_bytes`, reported as `other`).
+  All bytes from shapes, no allocator factor.
 """
 
 from __future__ import annotations
 
 from sandbox import counts
+from sandbox import recompute as rc
 from sandbox.layout import rank_chunk_sizes, stage_layers
 from sandbox.specs import Model, Plan
 
@@ -116,12 +127,15 @@ def flash_activation_bytes_per_layer(m: Model, micro_batch: int, tp: int = 1,
     Selective recompute (Megatron's: the attention core re-run in backward)
     keeps the core's inputs Q, K, V and its output O, which the out-projection
     stores anyway: it frees only the logsumexp, at the cost of a second flash
-    forward. Full recompute keeps each layer's input (h w, split with SP).
+    forward. Full recompute keeps each layer's input (h w, split with SP);
+    "op" what torchtitan's per-op policy saves (`sandbox.recompute`).
     """
     s, b, h, f = m.seq_len, micro_batch, m.hidden, m.ffn_hidden
     sp = sequence_parallel and tp > 1
     w = 4 if precision == "fp32" else 2
     tokens = s * b
+    if recompute == "op":
+        return rc.op_saved_bytes_per_layer(m, micro_batch, tp, sequence_parallel, precision)
     if recompute == "full":
         return w * tokens * h / (tp if sp else 1)
     stats = 4 if m.norm == "rmsnorm" else 8
@@ -229,7 +243,8 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
     """Memory of one GPU in GB by component, for `stage` or the most loaded one.
 
     Returns `{params, grads, optimizer, activations, other, total, stage}`;
-    `other` is the last stage's fp32 logits of one microbatch.
+    `activations` are the stored ones, `other` the backward's working set
+    on top of them (`backward_working_bytes`).
     """
     if stage is None:
         stages = range(plan.parallel.pp)
@@ -249,19 +264,100 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
     params += zero3_gathered_bytes(plan, stage, n) + fp8_weight_copy_bytes(plan)
     grads = n * gb / (shard if p.zero >= 2 else 1)
     optim = n * ob / (shard if p.zero >= 1 else 1)
-    per_layer = activation_bytes_per_layer(m, p.micro_batch, p.tp, p.sequence_parallel,
-                                           p.recompute, t.precision, t.attention)
     # context parallelism: a rank keeps s / cp of every activation (its attention
     # core's queries against all keys: 1/cp of the scores too)
-    acts = per_layer * layers_in_flight(plan, stage) / p.cp
-    other = (4.0 * m.seq_len * p.micro_batch * m.vocab / p.tp / p.cp
-             if stage == p.pp - 1 else 0.0)
+    acts = stored_bytes_per_layer(plan, stage) * layers_in_flight(plan, stage) / p.cp
+    other = backward_working_bytes(plan, stage)
     parts = {"params": params, "grads": grads, "optimizer": optim, "activations": acts,
              "other": other}
     out = {k: v / GB for k, v in parts.items()}
     out["total"] = sum(out.values())
     out["stage"] = stage
     return out
+
+
+def stored_bytes_per_layer(plan: Plan, stage: int) -> float:
+    """Activation bytes one block of `stage` keeps per microbatch, on average
+    over its blocks: with "layer" `layer_checkpointed_fraction` of them keep
+    only their input (as "full"), the rest everything (as "none")."""
+    m, p, t = plan.model, plan.parallel, plan.train
+
+    def per(mode: str) -> float:
+        return activation_bytes_per_layer(m, p.micro_batch, p.tp, p.sequence_parallel, mode,
+                                          t.precision, t.attention)
+    if p.recompute != "layer":
+        return per(p.recompute)
+    f = rc.layer_checkpointed_fraction(stage_layer_count(plan, stage))
+    return f * per("full") + (1 - f) * per("none")
+
+
+def recompute_working_bytes(plan: Plan) -> float:
+    """Bytes (per GPU, before the cp split) of the one block-microbatch whose
+    activations backward re-materialises with "full", "layer" or "op": all a
+    plain block keeps (`flash_activation_bytes_per_layer` with "none") except
+    what stays stored anyway: the block input (the first norm's input) and,
+    with "op", the kept flash output O and logsumexp, V (wv's output) and the
+    MLP's first GEMM output (the gate g, or GeLU's input). 0 for none /
+    selective, and with eager attention (Korthikanti's accounting)."""
+    m, p, t = plan.model, plan.parallel, plan.train
+    if p.recompute not in rc.CHECKPOINTING or t.attention != "flash":
+        return 0.0
+    tokens, tp = m.seq_len * p.micro_batch, p.tp
+    w = 4 if t.precision == "fp32" else 2
+    full = flash_activation_bytes_per_layer(m, p.micro_batch, tp, p.sequence_parallel,
+                                            "none", t.precision)
+    kept = tokens * m.hidden * w / (tp if p.sequence_parallel and tp > 1 else 1)
+    if p.recompute == "op":
+        kept += tokens * (w * m.q_dim + 4 * m.heads) / tp
+        if rc.op_saved_linears(m, t.precision):
+            kept += tokens * w * (m.kv_dim + m.ffn_hidden) / tp
+    return full - kept
+
+
+LOSS_BYTES_PER_LOGIT = 12  # fp32 log-softmax output, its fp32 incoming gradient, fp32 grad
+
+
+def loss_bytes(plan: Plan, stage: int) -> float:
+    """Cross-entropy logits tensors live at the last stage's peak, one microbatch,
+    per tp rank (vocab-parallel) and cp rank; 0 on other stages.
+
+    Flash plans follow torchtitan and the runtime (`F.cross_entropy(logits.float())`
+    on bf16 logits, torchtitan deleting `pred` before backward): the backward
+    of log_softmax holds its saved fp32 output, the dense fp32 gradient
+    nll_loss hands it and the fp32 gradient it writes (`LOSS_BYTES_PER_LOGIT`;
+    the bf16 logits and their bf16 gradient live only beside fewer fp32 ones).
+    Eager (Megatron) plans keep Megatron's fused vocab-parallel cross-entropy,
+    which works in place on one fp32 logits tensor: 4 bytes per logit."""
+    m, p, t = plan.model, plan.parallel, plan.train
+    if stage != p.pp - 1:
+        return 0.0
+    per = LOSS_BYTES_PER_LOGIT if t.attention == "flash" else 4
+    return float(per) * m.seq_len * p.micro_batch * m.vocab / p.tp / p.cp
+
+
+def fsdp_reduce_bytes(plan: Plan) -> float:
+    """FSDP2 (ZeRO-3) in a block's backward: the unsharded gradient of the block
+    unit being reduced (16-bit, the parameter dtype; fp32 with fp32 training)
+    and the fp32 reduce-scatter input it is copied into (`reduce_dtype = fp32`,
+    `foreach_reduce`), both live at the copy-in, beside the fp32 gradient
+    shard. (The root unit, embedding and head, reduces at the end of backward,
+    when the activations are freed.) 0 with zero < 3 or no sharding."""
+    p = plan.parallel
+    if p.zero < 3 or p.shard_size == 1:
+        return 0.0
+    grad16 = 4 if plan.train.precision == "fp32" else 2
+    return layer_params_per_gpu(plan.model, p.tp) * (grad16 + 4)
+
+
+def backward_working_bytes(plan: Plan, stage: int) -> float:
+    """Bytes live at the peak besides parameters, states and stored activations.
+
+    The peak comes in backward at one of two moments: the loss's backward on
+    the last stage (`loss_bytes`), or a block's backward, which holds the
+    re-materialised block (`recompute_working_bytes`, 1/cp of it per GPU) and
+    the FSDP2 unit gradient being reduced (`fsdp_reduce_bytes`); the larger."""
+    block = recompute_working_bytes(plan) / plan.parallel.cp + fsdp_reduce_bytes(plan)
+    return max(loss_bytes(plan, stage), block)
 
 
 def fits(plan: Plan) -> bool:

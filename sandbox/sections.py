@@ -18,7 +18,7 @@ NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 TOPOLOGIES = ("fat-tree", "rail", "torus", "ring")
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zero-bubble")
-RECOMPUTE = ("none", "selective", "full")
+RECOMPUTE = ("none", "selective", "full", "op", "layer")
 DP_MODES = ("allreduce", "parameter-server", "async", "local-sgd")
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 OPTIMIZERS = ("adamw", "sgd")
@@ -192,6 +192,8 @@ class Parallel:
     # (simulator) sequence-parallel all-gathers / reduce-scatters pipelined in tp chunks
     # with the adjacent GEMMs (Megatron-Core --tp-comm-overlap, PyTorch async TP)
     tp_comm_overlap: bool = False
+    # none | selective (Megatron: attention core) | full | op (torchtitan per-op
+    # SAC) | layer (torchtitan: every 2nd block full); `sandbox.recompute`
     recompute: str = "selective"
     dp_mode: str = "allreduce"
     grad_compression: str = "none"  # none | fp16 | int8 | topk:F | powersgd:R

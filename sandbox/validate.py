@@ -71,6 +71,9 @@ def plan_problems(plan: Plan) -> list[str]:
             sections.FAILURE_DISTRIBUTIONS)
     _choice(problems, "parallel.schedule", p.schedule, sections.SCHEDULES)
     _choice(problems, "parallel.recompute", p.recompute, sections.RECOMPUTE)
+    if p.recompute == "op" and t.attention != "flash":
+        problems.append('parallel.recompute: "op" (torchtitan\'s per-op policy saves the '
+                        'flash / SDPA kernel\'s output) needs train.attention = "flash"')
     _choice(problems, "parallel.dp_mode", p.dp_mode, sections.DP_MODES)
     _choice(problems, "train.precision", t.precision, sections.PRECISIONS)
     _choice(problems, "train.optimizer", t.optimizer, sections.OPTIMIZERS)

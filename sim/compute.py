@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sandbox import memory
+from sandbox import memory, recompute
 from sandbox.layout import grad_ranks, local_seq_len
 from sandbox.profile import BlockPoint, Profile
 from sandbox.sections import GPU
@@ -143,6 +143,7 @@ class LayerTimes:
     bwd_input: float  # backward to the block's input (B of ZB-H1)
     bwd_weight: float  # weight-gradient GEMMs (W of ZB-H1)
     attn_core: float = 0.0  # forward of the attention core (selective recompute)
+    op_recompute: float = 0.0  # forward work "op" recompute re-runs (`op_recompute_time`)
     wgrad_column: tuple[float, ...] = ()  # wgrad of the QKV and MLP-in GEMMs
     # forward and dgrad seconds of the QKV, attention-output, MLP-in, MLP-out GEMMs
     gemm_fwd: tuple[float, ...] = ()
@@ -186,6 +187,7 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
         mem_b = sum(memory_time(d, 2 * x) for x in elem)
         return LayerTimes(fwd=fwd_gemm + core_f + mem_f, bwd_input=dgrad + core_b + mem_b,
                           bwd_weight=wgrad, attn_core=core_f,
+                          op_recompute=op_recompute_time(plan, d, mem_f),
                           wgrad_column=(wgrads[0], wgrads[2]), gemm_fwd=fwds,
                           gemm_dgrad=dgrads)
     hd = m.head_dim
@@ -208,6 +210,22 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
                       bwd_weight=wgrad,
                       attn_core=attn_fwd + (memory_time(d, softmax) if softmax else 0.0),
                       wgrad_column=(wgrads[0], wgrads[2]), gemm_fwd=fwds, gemm_dgrad=dgrads)
+
+
+def op_recompute_time(plan: Plan, d: Device, elementwise_s: float) -> float:
+    """Seconds of one block's forward work re-run by torchtitan's per-op policy
+    (`parallel.recompute = "op"`, `sandbox.recompute`): the recomputed linears'
+    GEMMs (with fp8 every linear and its casts) plus the block's elementwise
+    kernels (`elementwise_s`: norms, RoPE, activation, residual adds); the
+    flash kernel's output is kept, so it is not re-run."""
+    m, p = plan.model, plan.parallel
+    w = 4 if plan.train.precision == "fp32" else 2
+    tokens, f8 = p.micro_batch * local_seq_len(plan), plan.train.precision == "fp8"
+    gemms = [(tokens, out // p.tp if not row else out, k if not row else k // p.tp)
+             for _n, out, k, row in recompute.op_recomputed_linears(m, plan.train.precision)]
+    cast_f = fp8_cast_times(plan, d, gemms)[0]
+    return sum(gemm_time(d, M, N, K, bytes_per=w, fp8=f8) for M, N, K in gemms) + cast_f \
+        + elementwise_s
 
 
 def flash_times(plan: Plan, d: Device) -> tuple[float, float]:
@@ -281,7 +299,7 @@ def calibrated_layer(plan: Plan, d: Device, lt: LayerTimes, tp_comm_s: float) ->
         return lt
     k = (bp.seconds - tp_comm_s) / total
     return LayerTimes(fwd=k * lt.fwd, bwd_input=k * lt.bwd_input, bwd_weight=k * lt.bwd_weight,
-                      attn_core=k * lt.attn_core,
+                      attn_core=k * lt.attn_core, op_recompute=k * lt.op_recompute,
                       wgrad_column=tuple(k * w for w in lt.wgrad_column),
                       gemm_fwd=tuple(k * g for g in lt.gemm_fwd),
                       gemm_dgrad=tuple(k * g for g in lt.gemm_dgrad))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from sandbox.layout import local_seq_len, rank_of, stage_layers
 from sandbox.profile import Profile
+from sandbox.recompute import attention_rerun_share
 from sandbox.specs import Plan
 from sim.compute import LayerTimes
 from sim.network.collectives import Coll, concurrent_time
@@ -82,7 +83,7 @@ def ring_bytes_per_layer(plan: Plan) -> float:
         return 0.0
     kv = kv_chunk_bytes(plan)
     fwd = (c - 1) * kv
-    again = fwd if plan.parallel.recompute in ("selective", "full") else 0.0
+    again = fwd * attention_rerun_share(plan.parallel.recompute, max(stage_layers(plan)))
     return fwd + (c - 1) * 2 * kv + kv + again
 
 

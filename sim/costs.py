@@ -15,7 +15,7 @@ seconds, bytes.
 
 from __future__ import annotations
 
-from sandbox import memory
+from sandbox import memory, recompute
 from sandbox.layout import local_seq_len, rank_chunk_sizes, rank_of
 from sandbox.profile import Profile
 from sandbox.specs import Plan
@@ -79,6 +79,21 @@ def pipelined_exposed(comm_s: float, gemm_s: float, chunks: int) -> float:
     return (c - 1) * max(0.0, comm_s / (c - 1) - gemm_s / c)
 
 
+def op_tp_recompute_s(plan: Plan, topo: Topology, prof: Profile, stage: int,
+                      d: int = 0) -> float:
+    """TP collectives of one block that "op" recompute runs again in backward:
+    with SP the two all-gathers of the norms' outputs (the reduce-scatter
+    outputs are kept), without SP the two all-reduces (not in the save list)."""
+    m, p = plan.model, plan.parallel
+    if p.tp == 1:
+        return 0.0
+    w = 4 if plan.train.precision == "fp32" else 2
+    nbytes = p.micro_batch * local_seq_len(plan) * m.hidden * w
+    group = tuple(rank_of(plan, d, stage, t) for t in range(p.tp))
+    kind = "all_gather" if p.sequence_parallel else "all_reduce"
+    return 2 * collective_time(topo, Coll(kind, group, nbytes), prof)
+
+
 def send_time(plan: Plan, topo: Topology, prof: Profile, d: int = 0, a: int = 0,
               b: int = 1) -> float:
     """Activation send of replica d from stage a to b by every TP rank (and
@@ -130,23 +145,29 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
         tp_f, tp_b = tp_times(plan, topo, prof, s, lt0, d)
         lt = compute.calibrated_layer(plan, dev, lt0, tp_f + tp_b)  # a measured layer, if any
         cp_f, cp_b = cp_times(plan, topo, prof, s, lt, d)  # exposed ring transfers per block
+        rerun = recompute.forward_rerun_share(p.recompute, layers[s])
+        attn_rerun = recompute.attention_rerun_share(p.recompute, layers[s])
+        tp_re = op_tp_recompute_s(plan, topo, prof, s, d) if p.recompute == "op" else 0.0
         for c in range(v):
             vs, per_chunk = c * P + s, chunks[s][c]
             f = per_chunk * lt.fwd + (emb_f if vs == 0 else 0) + (head_f if vs == P * v - 1 else 0)
             tf = per_chunk * tp_f
             first, last = vs == 0, vs == P * v - 1
-            re, tre, host_re = 0.0, 0.0, 0
-            if p.recompute == "full":
-                re, tre, host_re = per_chunk * lt.fwd, per_chunk * tp_f, ho.block_fwd
+            re, tre, host_re = 0.0, 0.0, 0.0
+            if p.recompute in ("full", "layer"):  # "layer": a share of the blocks
+                k_re = per_chunk * rerun
+                re, tre, host_re = k_re * lt.fwd, k_re * tp_f, rerun * ho.block_fwd
             elif p.recompute == "selective":
                 re, host_re = per_chunk * lt.attn_core, ho.attn_core
+            elif p.recompute == "op":
+                re, tre, host_re = per_chunk * lt.op_recompute, per_chunk * tp_re, ho.op_recompute
             extra_b = (emb_b if first else 0) + (head_b if last else 0)
             b_in = per_chunk * (lt.bwd_input if zb else lt.bwd) + re + extra_b
             host_f = per_chunk * ho.block_fwd + ho.embedding_fwd * first + ho.head_fwd * last
             host_w = per_chunk * ho.block_bwd_weight
             host_b = (per_chunk * (ho.block_bwd_input + host_re) + ho.embedding_bwd * first
                       + ho.head_bwd * last + (0 if zb else host_w))
-            cp_re = cp_f if p.recompute in ("selective", "full") else 0.0  # the ring again
+            cp_re = cp_f * attn_rerun  # the ring again
             cost[(s, c, "F")] = OpCost(k * f, tf, host * host_f, per_chunk * cp_f)
             cost[(s, c, "B")] = OpCost(k * b_in, per_chunk * tp_b + tre, host * host_b,
                                        per_chunk * (cp_b + cp_re))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sandbox import recompute
 from sandbox.specs import Plan
 from sim.block_kernels import FLASH_BWD_KERNELS, FLASH_FWD_KERNELS, elementwise_kernels
 from sim.compute import CAST_KERNELS, FP8_CASTS
@@ -38,6 +39,7 @@ class HostOps:
     head_fwd: int = 3  # norm, logits GEMM, cross-entropy
     head_bwd: int = 5  # cross-entropy, two GEMMs, norm (x2)
     attn_core: int = ATTENTION_GEMMS + 1  # the core's forward again (selective recompute)
+    op_recompute: int = 0  # kernels "op" recompute re-runs (GEMMs, casts, elementwise, colls)
 
 
 def host_ops(plan: Plan) -> HostOps:
@@ -51,9 +53,14 @@ def host_ops(plan: Plan) -> HostOps:
                       for ph in FP8_CASTS[plan.train.fp8_recipe])
     if plan.train.attention == "flash":
         elem = len(elementwise_kernels(plan))
+        redo = recompute.op_recomputed_linears(plan.model, plan.train.precision)
+        casts = len(redo) * CAST_KERNELS * len(FP8_CASTS[plan.train.fp8_recipe][0]) \
+            if plan.train.precision == "fp8" else 0
+        op = len(redo) + casts + elem + (2 if p.tp > 1 else 0)  # re-run AG / AR
         return HostOps(block_fwd=BLOCK_GEMMS + FLASH_FWD_KERNELS + elem + tp_colls + cf,
                        block_bwd_input=BLOCK_GEMMS + FLASH_BWD_KERNELS + elem + tp_colls + cd,
-                       block_bwd_weight=BLOCK_GEMMS + cw, attn_core=FLASH_FWD_KERNELS)
+                       block_bwd_weight=BLOCK_GEMMS + cw, attn_core=FLASH_FWD_KERNELS,
+                       op_recompute=op)
     fwd = BLOCK_GEMMS + ATTENTION_GEMMS + BLOCK_MEMORY_OPS + tp_colls + cf
     bwd_input = BLOCK_GEMMS + 2 * ATTENTION_GEMMS + BLOCK_MEMORY_OPS + tp_colls + cd
     return HostOps(block_fwd=fwd, block_bwd_input=bwd_input,

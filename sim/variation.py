@@ -77,14 +77,15 @@ def step_counts(plan: Plan) -> tuple[int, float, float]:
     p, m = plan.parallel, plan.model
     if not (p.replica_seq_len or p.replica_microbatches):
         return (plan.tokens_per_step, counts.model_flops_per_step(m, p.global_batch),
-                counts.hardware_flops_per_step(m, p.global_batch, p.recompute))
+                counts.hardware_flops_per_step(m, p.global_batch, p.recompute,
+                                                 plan.train.precision))
     tokens, flops, hw = 0, 0.0, 0.0
     for mb, s in zip(replica_microbatches(plan), replica_seq_lens(plan), strict=True):
         mr = dataclasses.replace(m, seq_len=s)
         seqs = mb * p.micro_batch
         tokens += seqs * s
         flops += counts.model_flops_per_step(mr, seqs)
-        hw += counts.hardware_flops_per_step(mr, seqs, p.recompute)
+        hw += counts.hardware_flops_per_step(mr, seqs, p.recompute, plan.train.precision)
     return tokens, flops, hw
 
 

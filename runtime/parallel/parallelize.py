@@ -260,11 +260,11 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
         chunks = split_model(model, plan, mesh["pp"].get_local_rank())
     else:
         chunks = [(0, model)]
-    parts, sync = [], None
+    parts, sync, wrapped = [], None, 0
     for _, chunk in chunks:
         if p.tp > 1:
             apply_tp(chunk, mesh["tp"], p.sequence_parallel)
-        apply_recompute(chunk, p.recompute)
+        wrapped = apply_recompute(chunk, p.recompute, wrapped)
         if uses_sync_variants(plan):
             chunk, sync = apply_sync(chunk, plan, mesh)
         elif p.dp > 1:

@@ -232,7 +232,8 @@ def _microbatch_s(plan: Plan) -> float:
     prof = profile_for(c)
     dev = compute.device_of(plan, prof)
     lt = compute.layer_times(plan, dev)
-    recompute = {"full": lt.fwd, "selective": lt.attn_core}.get(p.recompute, 0.0)
+    recompute = {"full": lt.fwd, "selective": lt.attn_core, "op": lt.op_recompute,
+                 "layer": lt.fwd / 2}.get(p.recompute, 0.0)
     ends = sum(compute.embedding_times(plan, dev)) + sum(compute.head_times(plan, dev))
     layers = m.layers / p.pp
     gpu = layers * (lt.fwd + lt.bwd + recompute) + (ends if p.pp == 1 else ends / 2)
