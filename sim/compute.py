@@ -173,10 +173,14 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
     gemms = [(tokens, qkv, h), (tokens, h, m.q_dim // t), (tokens, ffn_in, h), (tokens, h, ffn)]
     f8 = plan.train.precision == "fp8"  # the linear layers' GEMMs in FP8
     cast_f, cast_d, cast_w = fp8_cast_times(plan, d, gemms)
-    fwds = tuple(gemm_time(d, M, N, K, bytes_per=w, fp8=f8) for M, N, K in gemms)
+    # tp_comm_overlap: each GEMM next to a collective runs as tp pieces of M / tp rows
+    pieces = t if p.tp_comm_overlap and sp else 1
+    fwds = tuple(pieces * gemm_time(d, M // pieces, N, K, bytes_per=w, fp8=f8)
+                 for M, N, K in gemms)
     fwd_gemm = sum(fwds) + cast_f
     # dgrad: (M x N) @ (N x K); wgrad: (K x M) @ (M x N)
-    dgrads = tuple(gemm_time(d, M, K, N, bytes_per=w, fp8=f8) for M, N, K in gemms)
+    dgrads = tuple(pieces * gemm_time(d, M // pieces, K, N, bytes_per=w, fp8=f8)
+                   for M, N, K in gemms)
     dgrad = sum(dgrads) + cast_d
     wgrads = [gemm_time(d, K, N, M, bytes_per=w, fp8=f8) for M, N, K in gemms]
     wgrad = sum(wgrads) + cast_w

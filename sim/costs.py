@@ -73,8 +73,7 @@ def pipelined_exposed(comm_s: float, gemm_s: float, chunks: int) -> float:
     pipelined with a GEMM of `gemm_s` cut into `chunks` pieces (Megatron-Core /
     Transformer Engine userbuffers, PyTorch async TP): the pipeline takes
     gemm/c + (c - 1) max(gemm/c, step), so (c - 1) max(0, step - gemm/c) is
-    exposed. The pieces are priced as the whole GEMM (their lower efficiency
-    is not modelled)."""
+    exposed. `sim.compute.layer_times` prices the GEMM as its c pieces."""
     c = max(2, chunks)
     return (c - 1) * max(0.0, comm_s / (c - 1) - gemm_s / c)
 

@@ -19,6 +19,11 @@ def _plan(**par):
         "parallel": {"tp": 8, "dp": 1, "micro_batch": 1, "global_batch": 4, **par}})
 
 
+def _qkv_nk(plan):
+    m = plan.model
+    return (m.q_dim + 2 * m.kv_dim) // plan.parallel.tp, m.hidden
+
+
 def test_pipelined_exposed_closed_form():
     assert pipelined_exposed(1.0, 0.0, 4) == pytest.approx(1.0)  # nothing to hide behind
     assert pipelined_exposed(1.0, 8.0, 4) == 0.0  # GEMM pieces longer than each step
@@ -43,7 +48,12 @@ def test_tp_times_pipeline_each_collective_with_its_gemm():
                               + pipelined_exposed(rs, out, 8) + pipelined_exposed(rs, fc2, 8))
     assert b == pytest.approx(pipelined_exposed(ag, d_out, 8) + pipelined_exposed(ag, d_fc2, 8)
                               + pipelined_exposed(rs, d_qkv, 8) + pipelined_exposed(rs, d_fc1, 8))
-    f0, b0 = tp_times(plain, topo, prof, 0, compute.layer_times(plain, dev))
+    lt0 = compute.layer_times(plain, dev)
+    # the pipelined GEMMs run as tp pieces of M / tp rows: never faster than whole
+    m = over.model.seq_len
+    assert qkv == pytest.approx(8 * compute.gemm_time(dev, m // 8, *_qkv_nk(over)))
+    assert all(a >= b for a, b in zip(lt.gemm_fwd, lt0.gemm_fwd, strict=True))
+    f0, b0 = tp_times(plain, topo, prof, 0, lt0)
     assert f0 == pytest.approx(2 * (ag + rs)) and f < f0 and b < b0
     r0, r1 = simulate(plain, timeline=False), simulate(over, timeline=False)
     assert r1.step_time_s < r0.step_time_s
