@@ -76,23 +76,41 @@ def fit_sets() -> dict[str, list[Case]]:
     return {"megatron": megatron_cases(), "torchtitan": tt}
 
 
+_POOL: list = []  # a ProcessPoolExecutor when --jobs > 1
+
+
+def _predict(job: tuple) -> dict:
+    case, values = job
+    return predict(case, profile(values))
+
+
+def predict_all(cases: list[Case], values: dict[str, float]) -> list[dict]:
+    """`validate_h100.predict` of every case under `values` (in the pool if any)."""
+    jobs = [(c, values) for c in cases]
+    return list(_POOL[0].map(_predict, jobs)) if _POOL else [_predict(j) for j in jobs]
+
+
 def choose(cases: list[Case], values: dict[str, float]) -> list:
     """Each case's fastest fitting plan under `values` (None: none loads)."""
-    prof = profile(values)
-    return [predict(c, prof).get("plan") for c in cases]
+    return [r.get("plan") for r in predict_all(cases, values)]
+
+
+def _row_error(job: tuple) -> float:
+    """|log(predicted / measured)| of one row's plan under constants `values`."""
+    from sim import simulate
+
+    plan, metric, measured, values = job
+    res = simulate(plan, profile=profile(values), timeline=False)
+    return abs(math.log(metric_of(res, metric, plan) / measured))
 
 
 def set_loss(cases: list[Case], plans: list, values: dict[str, float]) -> float:
-    from sim import simulate
-
-    prof = profile(values)
-    errs = []
-    for c, plan in zip(cases, plans, strict=True):
-        if plan is None:
-            continue
-        res = simulate(plan, profile=prof, timeline=False)
-        errs.append(abs(math.log(metric_of(res, c.metric, plan) / c.measured)))
-    return float(np.mean(errs))
+    """Mean |log(predicted / measured)| over the rows that have a plan."""
+    jobs = [(p, c.metric, c.measured, values) for c, p in zip(cases, plans, strict=True)
+            if p is not None]
+    if _POOL:
+        return float(np.mean(list(_POOL[0].map(_row_error, jobs))))
+    return float(np.mean([_row_error(j) for j in jobs]))
 
 
 def fit(sets: dict[str, list[Case]], iters: int, rounds: int = 2) -> dict[str, float]:
@@ -110,7 +128,7 @@ def fit(sets: dict[str, list[Case]], iters: int, rounds: int = 2) -> dict[str, f
 
 
 def errors(cases: list[Case], values: dict[str, float]) -> dict:
-    rows = [predict(c, profile(values)) for c in cases]
+    rows = predict_all(cases, values)
     err = np.array([r["error"] for r in rows if "error" in r])
     return {"rows": len(err), "mape": float(np.mean(np.abs(err))),
             "max_ape": float(np.max(np.abs(err))), "mean_signed": float(np.mean(err))}
@@ -118,14 +136,19 @@ def errors(cases: list[Case], values: dict[str, float]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iters", type=int, default=120, help="Nelder-Mead iterations per fit")
+    ap.add_argument("--iters", type=int, default=80, help="Nelder-Mead iterations per fit")
     ap.add_argument("--out", default=str(RESULTS / "h100_calibration"))
+    ap.add_argument("--jobs", type=int, default=2, help="processes simulating rows")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        _POOL.append(ProcessPoolExecutor(args.jobs))
     sets = fit_sets()
     cv = {}
     for held in sets:
-        values = fit({k: v for k, v in sets.items() if k != held}, args.iters)
+        values = fit({k: v for k, v in sets.items() if k != held}, args.iters, rounds=1)
         cv[held] = {"params": values, **errors(sets[held], values)}
         print(f"fit without {held}: {held} MAPE {100 * cv[held]['mape']:.1f}%", flush=True)
     values = fit(sets, args.iters)

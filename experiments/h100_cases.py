@@ -27,7 +27,10 @@ from experiments import provenance
 
 VALIDATION = provenance.ROOT.parent / "shared" / "validation"
 GIB = 2**30
-TRIED_RECOMPUTE = ("none", "selective", "op", "full")  # where a source does not say
+# recompute tried where a source does not say: Megatron-Core's kinds (selective =
+# its core-attention recompute), and PyTorch-native stacks' (op = per-op SAC)
+MEGATRON_RECOMPUTE = ("none", "selective", "full")
+TORCH_RECOMPUTE = ("none", "op", "full")
 
 
 @dataclass
@@ -91,7 +94,7 @@ def megatron_cases(data: Path = VALIDATION, cluster: str = "dgx-h100",
                     notes=["micro-batch, recompute, interleaving: best of the tried ones",
                            "FFN 4h, GeLU, LayerNorm assumed (not stated)"])
         per_replica = gb // dp
-        for mb, rec, v in itertools.product((1, 2, 4), TRIED_RECOMPUTE,
+        for mb, rec, v in itertools.product((1, 2, 4), MEGATRON_RECOMPUTE,
                                             vpp_choices(layers, pp)):
             if per_replica % mb:
                 continue
@@ -208,8 +211,8 @@ def automodel_cases(data: Path = VALIDATION, profile: str = "") -> list[Case]:
                    "micro_batch": int(r["micro_batch"]),
                    "global_batch": int(r["global_batch"]), "zero": 3,
                    "sequence_parallel": tp > 1, "recompute": "none"}
-            case.notes.append("recompute not stated: none")
-            for rec in TRIED_RECOMPUTE:
+            case.notes.append("recompute not stated: best of none / op / full")
+            for rec in TORCH_RECOMPUTE:
                 case.variants.append(_plan(
                     {"preset": _AM_DENSE[r["model"]], "seq_len": int(r["seq_len"])}, cl,
                     {**par, "recompute": rec}, {"precision": "bf16", "attention": "flash"}))
@@ -241,7 +244,7 @@ def llama3_cases(profile: str = "") -> list[Case]:
         cl = {"preset": "dgx-h100", **_nodes(gpus)}
         if profile:
             cl["profile"] = profile
-        for v, rec in itertools.product(vpp_choices(126, pp), TRIED_RECOMPUTE):
+        for v, rec in itertools.product(vpp_choices(126, pp), TORCH_RECOMPUTE):
             par = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "vpp": v, "micro_batch": 1,
                    "global_batch": per_dp * dp,
                    "schedule": "interleaved-1f1b" if v > 1 else "1f1b", "zero": 2,
