@@ -189,17 +189,29 @@ def layers_in_flight(plan: Plan, stage: int) -> float:
     return layers_per_stage * min(p - stage, m)  # 1f1b, zero-bubble (ZB-H1)
 
 
+def zero3_pipelined(plan: Plan) -> bool:
+    """ZeRO-3 (FSDP2) under pipeline parallelism as torch.distributed.pipelining
+    drives it (`PipelineStage.backward_maybe_with_nosync`: every backward runs
+    without gradient sync or reshard; `perform_reduce_grad` after a chunk's
+    last backward; torchtitan sets reshard_after_forward = False with pp): each
+    chunk gathered once per step and kept unsharded, gradients accumulated
+    unsharded in fp32 and reduce-scattered once per step."""
+    p = plan.parallel
+    return p.zero >= 3 and p.shard_size > 1 and p.pp > 1
+
+
 def zero3_gathered_params(plan: Plan, stage: int, n: float) -> float:
     """ZeRO-3 (FSDP2): unsharded parameters a GPU of `stage` (n parameters
     per GPU unsharded) holds at its peak beside its shard. With
     `reshard_after_forward` two FSDP units (the one computing, the one
     prefetched; the largest unit: a block, or the root's embedding / head);
     without it the stage's full parameters, kept from forward to backward of
-    a micro-batch. 0 with zero < 3 or no sharding (dp x cp, or dp_shard x cp, 1)."""
+    a micro-batch, and under pipeline parallelism (`zero3_pipelined`: kept
+    through the step). 0 with zero < 3 or no sharding (dp x cp, or dp_shard x cp, 1)."""
     m, p = plan.model, plan.parallel
     if p.zero < 3 or p.shard_size == 1:
         return 0.0
-    if not p.reshard_after_forward:
+    if not p.reshard_after_forward or zero3_pipelined(plan):
         return n
     root = n - stage_layer_count(plan, stage) * layer_params_per_gpu(m, p.tp)
     return 2 * max(layer_params_per_gpu(m, p.tp), root)
@@ -221,7 +233,7 @@ def zero3_gathered_bytes(plan: Plan, stage: int, n: float) -> float:
     if not (gathered and t.precision == "fp8" and t.fp8_all_gather):
         return gathered * wb
     block = layer_params_per_gpu(m, p.tp) * wb - linear_weights_per_gpu(m, p.tp) * (wb - 1)
-    if not p.reshard_after_forward:
+    if not p.reshard_after_forward or zero3_pipelined(plan):
         return n * wb - stage_layer_count(plan, stage) * linear_weights_per_gpu(m, p.tp) * (wb - 1)
     root = (n - stage_layer_count(plan, stage) * layer_params_per_gpu(m, p.tp)) * wb
     return 2 * max(block, root)
@@ -263,6 +275,8 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
     params = n * wb / (shard if p.zero >= 3 else 1)
     params += zero3_gathered_bytes(plan, stage, n) + fp8_weight_copy_bytes(plan)
     grads = n * gb / (shard if p.zero >= 2 else 1)
+    if zero3_pipelined(plan):  # FSDP2's unsharded accumulator, upcast to the fp32 reduce dtype
+        grads += n * 4  # (`FSDPParam.to_accumulated_grad_if_needed`)
     optim = n * ob / (shard if p.zero >= 1 else 1)
     # context parallelism: a rank keeps s / cp of every activation (its attention
     # core's queries against all keys: 1/cp of the scores too)
@@ -341,11 +355,16 @@ def fsdp_reduce_bytes(plan: Plan) -> float:
     and the fp32 reduce-scatter input it is copied into (`reduce_dtype = fp32`,
     `foreach_reduce`), both live at the copy-in, beside the fp32 gradient
     shard. (The root unit, embedding and head, reduces at the end of backward,
-    when the activations are freed.) 0 with zero < 3 or no sharding."""
+    when the activations are freed.) Under pipeline parallelism
+    (`zero3_pipelined`) backward reduces nothing: only the unit's fresh 16-bit
+    gradient, before it is added into the fp32 accumulator. 0 with zero < 3
+    or no sharding."""
     p = plan.parallel
     if p.zero < 3 or p.shard_size == 1:
         return 0.0
     grad16 = 4 if plan.train.precision == "fp32" else 2
+    if zero3_pipelined(plan):
+        return layer_params_per_gpu(plan.model, p.tp) * grad16
     return layer_params_per_gpu(plan.model, p.tp) * (grad16 + 4)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from sandbox.layout import rank_of
+from sandbox.memory import zero3_pipelined
 from sim.network.collectives import Phase
 from sim.network.flows import FlowNetwork
 from sim.network.topology import Topology
@@ -83,8 +84,10 @@ class Engine:
         self.ag_first: dict[tuple[int, int], simpy.Event] = {}
         self.ag_count: dict[tuple[int, int], int] = {}
         self.z3 = any(work.zero3_ag)
-        self.n_ag = {(r, s): sum(1 for k, _, _ in self.rws[r].ops[s] if self._gathers(k))
+        self.z3_pp = self.z3 and zero3_pipelined(work.plan)  # one gather per chunk per step
+        self.gath = {(r, s): self._gathers(self.rws[r].ops[s])
                      for r in replicas for s in range(self.P)}
+        self.n_ag = {key: sum(g) for key, g in self.gath.items()}
         self.rounds = [self._rounds(work.rep(0), s) for s in range(self.P)]
         # ZeRO-3: each micro-batch's reduction but the last as one transfer (it
         # runs behind the next ops; fewer flow events), the last per bucket
@@ -96,7 +99,8 @@ class Engine:
                                                    ph.latency_s * nb) for ph in src])] if b \
                 else []
             self.seq.append(whole * (self.rounds[s] - 1) + b)
-        self.ag_mb = {(r, s): [mb for k, mb, _ in self.rws[r].ops[s] if self._gathers(k)]
+        self.ag_mb = {(r, s): [op[1] for op, g in zip(self.rws[r].ops[s], self.gath[(r, s)],
+                                                      strict=True) if g]
                       for r in replicas for s in range(self.P)}  # microbatch of each gather
 
     def run(self) -> EngineResult:
@@ -185,17 +189,22 @@ class Engine:
                        self.env.now)
         self.gathered[s].succeed()
 
-    def _gathers(self, kind: str) -> bool:
-        """ZeRO-3: whether an op of `kind` all-gathers its chunk's parameters
-        first (forward always, backward when `reshard_after_forward`)."""
-        return self.z3 and (
-            kind == "F" or kind == "B" and self.plan.parallel.reshard_after_forward)
+    def _gathers(self, ops: list) -> list[bool]:
+        """ZeRO-3: whether each op all-gathers its chunk's parameters first
+        (forward always, backward when `reshard_after_forward`; under pipeline
+        parallelism only each chunk's first op: `zero3_pipelined`)."""
+        if self.z3_pp:
+            firsts = {c: i for i, (_, _, c) in reversed(list(enumerate(ops)))}
+            return [firsts[c] == i for i, (_, _, c) in enumerate(ops)]
+        raf = self.plan.parallel.reshard_after_forward
+        return [self.z3 and (k == "F" or k == "B" and raf) for k, _, _ in ops]
 
     def _rounds(self, rw, s: int) -> int:
         """Gradient reductions of stage s per step: one per micro-batch with
         ZeRO-3 (FSDP2 reduce-scatters after every backward: the gradients stay
-        sharded), one after the last backward otherwise."""
-        if self.plan.parallel.zero < 3:
+        sharded), one after the last backward otherwise (and under pipeline
+        parallelism: `perform_reduce_grad` after a chunk's last backward)."""
+        if self.plan.parallel.zero < 3 or zero3_pipelined(self.plan):
             return 1
         last = "W" if rw.cost[(s, 0, "W")].total else "B"
         return max(1, sum(1 for k, _, c in rw.ops[s] if k == last and c == 0))
@@ -267,6 +276,7 @@ class Engine:
         seen_chunk = [0] * v  # last-kind ops per chunk so far (interleaved, overlapped)
         by_chunk = v > 1 and work.dp_overlap and self.rounds[s] == 1 and work.dp_buckets[s]
         k_ag = 0  # gathered ops so far (ZeRO-3)
+        gath = self.gath[(r, s)]
         for i, (kind, mb, c) in enumerate(ops):
             vs = c * P + s
             need = None
@@ -282,7 +292,7 @@ class Engine:
                 st.pp_comm += exposed_pp
                 st.bubble += env.now - t_wait - exposed_pp
             done = None
-            if self._gathers(kind):  # wait for the op's first FSDP unit's parameters
+            if gath[i]:  # wait for the op's first FSDP unit's parameters
                 if kind == "F":  # FSDP2's root pre-forward: gathers wait for the compute
                     self._prefetch_ready(s, k_ag)
                 first = self._evt(self.ag_first, (s, k_ag))
@@ -292,7 +302,7 @@ class Engine:
                     st.dp_comm += env.now - t_wait
                 done = self._evt(self.ag_done, (s, k_ag))
                 k_ag += 1
-            if i + 1 < len(ops) and ops[i + 1][0] == "B" and self._gathers("B"):
+            if i + 1 < len(ops) and ops[i + 1][0] == "B" and gath[i + 1]:
                 self._prefetch_ready(s, k_ag)  # the next backward's gather runs behind this op
             cost = rw.cost[(s, c, kind)]
             t0 = env.now
@@ -348,12 +358,13 @@ class Engine:
         """Interleaved schedules with overlap: the buckets of chunk c (buckets run
         last layers first, so chunk v - 1 holds the first ones) are ready along
         the chunk's last backward (Megatron-LM reduces each model chunk's
-        buckets once its last micro-batch's backward has produced them)."""
+        buckets once its last micro-batch's backward has produced them; ZeRO-3
+        under pipeline parallelism: all at its end, `perform_reduce_grad`)."""
         nb, v = len(self.work.dp_buckets[s]), self.v
         # a bucket is ready once the last (lowest) chunk it holds parameters of is
         mine = [k for k in range(nb) if v - math.ceil((k + 1) * v / nb) == c]
         for j, key in enumerate(mine):
-            at = t0 + (t1 - t0) * (j + 1) / len(mine)
+            at = t1 if self.z3_pp else t0 + (t1 - t0) * (j + 1) / len(mine)
             if at <= self.env.now:
                 self._bucket_ready(s, key)
             else:
@@ -363,12 +374,13 @@ class Engine:
     def _issue_buckets(self, s: int, t0: float, t1: float, rnd: int = 0) -> None:
         """The last backward of the stage (ZeRO-3: of micro-batch `rnd`)
         produced the gradients: with overlap, bucket k is ready after its share
-        of that backward (last layers first)."""
+        of that backward (last layers first; ZeRO-3 under pipeline
+        parallelism: all at its end, `perform_reduce_grad`)."""
         env = self.env
         last = rnd == self.rounds[s] - 1
         nb = len(self.work.dp_buckets[s]) if last else 1
         for k in range(nb):
-            at = t0 + (t1 - t0) * (k + 1) / nb if self.work.dp_overlap else t1
+            at = t0 + (t1 - t0) * (k + 1) / nb if self.work.dp_overlap and not self.z3_pp else t1
             key = rnd + k
             if at <= env.now:
                 self._bucket_ready(s, key)

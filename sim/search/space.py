@@ -257,9 +257,11 @@ def step_time_lower_bound(plan: Plan) -> float:
         work *= 1 + slots / mbs
     grads_s = _dp_comm_s(plan)  # reduce-scatter + all-gather volume = one all-reduce
     # ZeRO-3 gathers the stage's parameters before every forward and backward
-    # (half an all-reduce each); that traffic may overlap compute, so it only
-    # bounds the step from below as a whole.
-    traffic = grads_s * (0.5 + mbs if p.zero >= 3 else 1.0)
+    # (half an all-reduce each; under pipeline parallelism once per step, with
+    # one reduce-scatter: `memory.zero3_pipelined`); that traffic may overlap
+    # compute, so it only bounds the step from below as a whole.
+    traffic = grads_s * (0.5 + mbs if p.zero >= 3 and not memory.zero3_pipelined(plan)
+                         else 1.0)
     hidden = work / mbs  # the last microbatch hides at most its own time
     if p.zero in (1, 2):  # reduce-scatter may hide; the all-gather follows the step
         exposed = grads_s / 2 + max(0.0, grads_s / 2 - hidden)

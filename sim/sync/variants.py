@@ -107,8 +107,11 @@ def gather_phases(plan: Plan, topo: Topology, prof: Profile, s: int,
 def zero3_gathers_per_step(plan: Plan) -> int:
     """ZeRO-3 all-gathers of a chunk's parameters per step on one GPU: before
     every micro-batch's forward of each chunk, and again before its backward
-    with `reshard_after_forward`."""
+    with `reshard_after_forward`; under pipeline parallelism once per chunk
+    (`memory.zero3_pipelined`: kept unsharded through the step)."""
     p = plan.parallel
+    if memory.zero3_pipelined(plan):
+        return virtual_stages(plan)
     return p.microbatches * virtual_stages(plan) * (2 if p.reshard_after_forward else 1)
 
 
@@ -151,9 +154,10 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
     seconds on an idle network, `_unit_phases`; the copy-out seconds; the
     units per chunk), the ZeRO 1/2 parameter all-gather after the step
     (`gather_phases`), and notes for `SimResult.extra`. With ZeRO-3 the
-    buckets are reduced after every micro-batch (`sim.engine`), so
-    `dp_bytes_per_gpu` counts micro-batches x the reduce-scatter plus every
-    gather (`zero3_gathers_per_step`)."""
+    buckets are reduced after every micro-batch (`sim.engine`; once per step
+    under pipeline parallelism, `memory.zero3_pipelined`), so
+    `dp_bytes_per_gpu` counts those reduce-scatters plus every gather
+    (`zero3_gathers_per_step`)."""
     m, p = plan.model, plan.parallel
     P, v = p.pp, virtual_stages(plan)
     buckets: list[Buckets] = []
@@ -192,7 +196,8 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
             g_bytes = 0.0
             if z3:  # one reduction per micro-batch (HSDP: one all-reduce), the gathers
                 rs, ar = hsdp_grad_bytes(plan, n_params) if hsdp else (b_sent, 0.0)
-                b_sent = b_plain = rs * p.microbatches + ar
+                rounds = 1 if memory.zero3_pipelined(plan) else p.microbatches
+                b_sent = b_plain = rs * rounds + ar
                 g_bytes = (zero3_gathers_per_step(plan) * zero3_chunk_bytes(plan, layers, s)
                            * (p.shard_size - 1) / p.shard_size)
             sent, plain = max(sent, b_sent + g_bytes), max(plain, b_plain + g_bytes)
@@ -214,7 +219,8 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
         note.update(zero3_copy_out_s=copy_s)
         note.update(zero3_allgather_bytes_per_gpu=ag_bytes,
                     zero3_gathers_per_step=zero3_gathers_per_step(plan),
-                    reshard_after_forward=p.reshard_after_forward)
+                    reshard_after_forward=p.reshard_after_forward
+                    and not memory.zero3_pipelined(plan))
     if p.dp_mode in ("parameter-server", "async"):
         note["ps_servers"] = len(ps_server_ranks(plan))
     gather = [gather_phases(plan, topo, prof, s, algorithm) for s in range(P)]
