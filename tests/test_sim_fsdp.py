@@ -179,3 +179,45 @@ def test_hsdp_in_node_shards_gather_on_nvlink():
     msg = f"ZeRO-3 {rz.step_time_s:.6f} s, HSDP {rh.step_time_s:.6f} s"
     assert m * t_node * (1 - 1e-9) <= rh.breakdown_s["dp_comm"] < rz.breakdown_s["dp_comm"], msg
     assert rh.breakdown_s["optimizer"] > rz.breakdown_s["optimizer"], msg
+
+
+@pytest.mark.parametrize("schedule,vpp", [("1f1b", 1), ("interleaved-1f1b", 2)])
+def test_pipelined_zero3_gathers_once_and_reduces_once(schedule, vpp):
+    """pp 2 (torch.distributed.pipelining driving FSDP2): each chunk gathered
+    once per step and kept unsharded, gradients accumulated unsharded in fp32
+    and reduce-scattered once per step, whatever `reshard_after_forward` says."""
+    p = plan(zero=3, pp=2, dp=8, global_batch=32, schedule=schedule, vpp=vpp)
+    r = simulate(p)
+    d, v = p.parallel.dp, vpp
+    assert p.parallel.microbatches == 4 and memory.zero3_pipelined(p)
+    assert r.extra["zero3_gathers_per_step"] == v
+    assert r.extra["reshard_after_forward"] is False
+    ns = [memory.stage_params_per_gpu(p.model, 1, 2, s, memory.stage_layer_count(p, s))
+          for s in range(2)]
+    ring = (d - 1) / d
+    assert r.extra["zero3_allgather_bytes_per_gpu"] == pytest.approx(max(ns) * 2 * ring,
+                                                                     rel=1e-9)
+    assert r.extra["dp_bytes_per_gpu"] == pytest.approx(max(n * (4 + 2) * ring for n in ns),
+                                                        rel=1e-9)
+    # one gather span per chunk on every stage's first rank
+    gathers = [x for x in r.timeline if x["kind"] == "param_allgather"]
+    assert len(gathers) == 2 * v
+    # memory: the fp32 shard, the stage's full 16-bit parameters, the fp32 shard
+    # gradient and the unsharded fp32 accumulator, AdamW moments on the shard
+    for s, n in enumerate(ns):
+        mem = memory.memory_per_gpu(p, s)
+        assert mem["params"] == pytest.approx((n * 4 / d + n * 2) / 1e9, rel=1e-12)
+        assert mem["grads"] == pytest.approx((n * 4 / d + n * 4) / 1e9, rel=1e-12)
+        assert mem["optimizer"] == pytest.approx(n * 8 / d / 1e9, rel=1e-12)
+    keep = plan(zero=3, pp=2, dp=8, global_batch=32, schedule=schedule, vpp=vpp,
+                reshard_after_forward=False)
+    assert memory.memory_per_gpu(keep) == memory.memory_per_gpu(p)
+    assert simulate(keep, timeline=False).step_time_s == simulate(p, timeline=False).step_time_s
+    # against per-micro-batch gathers and reduce-scatters (pp 1's pricing): fewer bytes
+    assert r.extra["dp_bytes_per_gpu"] < max(n * ring * (4 * 4 + 2 * 4 * 2) for n in ns)
+
+
+def test_pp1_zero3_not_pipelined():
+    """pp 1 keeps the per-micro-batch pricing (the closed forms above)."""
+    assert not memory.zero3_pipelined(plan(zero=3))
+    assert not memory.zero3_pipelined(plan(zero=1, pp=2, dp=8, global_batch=32))
