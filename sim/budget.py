@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from sandbox.errors import SandboxError
 from sandbox.layout import replica_microbatches
+from sandbox.memory import zero3_pipelined
 from sandbox.specs import Plan
 from sim.work import virtual_stages
 
@@ -61,7 +62,9 @@ def estimate_events(plan: Plan, replicas: str = "auto") -> int:
     mbs = replica_microbatches(plan)
     simulated = mbs if replicas == "all" or (replicas == "auto" and _asymmetric(plan)) \
         else mbs[:1]
-    per_op = ZERO3_EVENTS_PER_OP if p.zero == 3 else EVENTS_PER_OP
+    # ZeRO-3 under pipeline parallelism gathers and reduces once per chunk per step
+    per_op = ZERO3_EVENTS_PER_OP if p.zero == 3 and not zero3_pipelined(plan) \
+        else EVENTS_PER_OP
     return per_op * p.pp * virtual_stages(plan) * sum(simulated) + 1000
 
 
