@@ -174,7 +174,8 @@ class Parallel:
     # and all-gather them again for its backward (True, FSDP2's default), or keep
     # them from forward to backward of a micro-batch (False: one gather per
     # micro-batch instead of two, the stage's full parameters in memory). Ignored
-    # (accepted, no effect) with zero 0-2, whose parameters stay gathered.
+    # (accepted, no effect) with zero 0-2, whose parameters stay gathered, and with
+    # pp > 1, where pipelining keeps each chunk gathered through the step.
     reshard_after_forward: bool = True
     # ZeRO 1/2 (simulator): the all-gather of the updated parameters after the
     # optimizer step overlaps the next step's first forward, bucket by bucket

@@ -268,9 +268,12 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
         if uses_sync_variants(plan):
             chunk, sync = apply_sync(chunk, plan, mesh)
         elif p.dp > 1:
-            dp_mesh = hsdp_mesh(plan, device.type) if p.shard_size < p.dp else mesh["dp"]
+            hsdp = 0 < p.dp_shard < p.dp
+            dp_mesh = hsdp_mesh(plan, device.type) if hsdp else mesh["dp"]
+            # under pipelining FSDP2 units stay unsharded through the step (as
+            # torchtitan sets it, and as the simulator prices it)
             chunk = apply_dp(chunk, dp_mesh, p.zero, pipelined=p.pp > 1,
-                             reshard_after_forward=p.reshard_after_forward)
+                             reshard_after_forward=p.reshard_after_forward and p.pp == 1)
         parts.append(chunk)
     par = Parallelized(plan=plan, parts=parts, device=device, mesh=mesh, autocast_dtype=autocast,
                        sync=sync)
