@@ -143,7 +143,10 @@ def torchtitan_case(r: dict[str, str], profile: str = "") -> Case:
     fsdp, tp, pp, cp = (int(r[k] or 1) for k in ("fsdp", "tp", "pp", "cp"))
     local = int(r["local_batch"])
     tech, prec = r["techniques"], r["precision"]
-    case = Case("torchtitan", f"{r['model']} {gpus}x{r['gpu']} {tech} {prec}".strip(),
+    name = (f"{r['model']} {gpus}x{r['gpu']} {tech} {prec}; seq {r['seq_len'] or '-'}, "
+            f"cp {cp}, AC {r['activation_checkpointing'].split(' per ')[0]}"
+            + (f", {r['schedule']}" if r["schedule"] else ""))
+    case = Case("torchtitan", name,
                 "tokens_per_s_per_gpu", float(r["tps_per_gpu"]), gpus=gpus,
                 memory_gib=float(r["memory_gib"]) if r["memory_gib"] else None)
     model: dict[str, Any] = {"preset": _TT_MODELS[r["model"]]}
