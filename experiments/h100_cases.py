@@ -68,6 +68,14 @@ def vpp_choices(layers: int, pp: int, most: int = 4) -> list[int]:
     return [v for v in range(1, most + 1) if v == 1 or layers // (pp * v) >= 2]
 
 
+def llama3_vpp_choices(layers: int, pp: int) -> list[int]:
+    """Llama 3's depths: 1, 2, 4, 8 where every chunk has a block except the
+    first and the last, which may hold the embedding / the head alone (126
+    layers on 16 x 8 chunks: Dubey et al.'s one layer fewer on the first and
+    last stage)."""
+    return [v for v in (1, 2, 4, 8) if layers >= pp * v - 2]
+
+
 # ------------------------------------------------------------- Megatron-Core
 def megatron_cases(data: Path = VALIDATION, cluster: str = "dgx-h100",
                    profile: str = "") -> list[Case]:
@@ -247,7 +255,7 @@ def llama3_cases(profile: str = "") -> list[Case]:
         cl = {"preset": "dgx-h100", **_nodes(gpus)}
         if profile:
             cl["profile"] = profile
-        for v, rec in itertools.product(vpp_choices(126, pp), TORCH_RECOMPUTE):
+        for v, rec in itertools.product(llama3_vpp_choices(126, pp), TORCH_RECOMPUTE):
             par = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "vpp": v, "micro_batch": 1,
                    "global_batch": per_dp * dp,
                    "schedule": "interleaved-1f1b" if v > 1 else "1f1b", "zero": 2,

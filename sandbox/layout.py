@@ -22,7 +22,10 @@ means the same layers, ranks and micro-batches to both.
 
 from __future__ import annotations
 
-from sandbox.specs import Plan
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sandbox.specs import Plan
 
 
 def rank_of(plan: Plan, replica: int, stage: int, tp_rank: int, cp_rank: int = 0) -> int:
@@ -66,7 +69,9 @@ def split_blocks(layers: int, chunks: int) -> list[int]:
     (the first stage also runs the embedding, the last the head and loss:
     "we reduce one Transformer layer each from the first and the last
     stages", Dubey et al. 2024, section 3.3.2). Even when chunks divide layers.
-    A chunk can end up empty (0) when layers < chunks; validation refuses that.
+    With layers = chunks - 2 (or - 1) the first (and last) chunk is left empty:
+    it runs the embedding (the head and loss) alone, which is how Llama 3's
+    layout gives every pipeline stage the same work; validation refuses fewer.
     """
     full = -(-layers // chunks)
     sizes = [full] * chunks

@@ -119,6 +119,10 @@ _LLAMA3_FAILURES = {"gpu_mtbf_h": 86300.0, "node_mtbf_h": 20300.0,
 # A100 + Megatron-LM efficiency constants fitted by experiments/calibrate_vtrain_a100.py
 # (GEMM efficiency curve, host dispatch per kernel, NCCL efficiency; sandbox/profile.py).
 A100_PROFILE = "sandbox/profiles/a100-megatron.toml"
+# H100 / H200 efficiency constants fitted by experiments/calibrate_h100.py to
+# Megatron-Core's H100 weak scaling and torchtitan's H100 / H200 benchmarks
+# (GEMM curves bf16 and fp8, flash attention, NCCL, host dispatch per kernel).
+H100_PROFILE = "sandbox/profiles/h100.toml"
 
 CLUSTERS: dict[str, dict] = {
     # Selene-like DGX A100 SuperPOD (NVIDIA DGX A100 user guide; Narayanan et al.
@@ -149,7 +153,7 @@ CLUSTERS: dict[str, dict] = {
                  "storage_gb_per_s": 100.0, "storage_total_gb_per_s": 2000.0,
                  "restart_s": 600.0,
                  # Lambda on-demand list price, 8x H100 SXM (2024).
-                 "usd_per_gpu_hour": 2.99},
+                 "usd_per_gpu_hour": 2.99, "profile": H100_PROFILE},
     # DGX H200 (NVIDIA DGX H200 datasheet / user guide): 8 x H200 SXM, NVLink 4
     # 900 GB/s bidirectional = 450 GB/s per direction per GPU, 8 x ConnectX-7
     # 400 Gb/s compute NICs (one per GPU), 2 x 400 Gb/s storage ports = 100 GB/s.
@@ -160,7 +164,7 @@ CLUSTERS: dict[str, dict] = {
                  "intra_node_latency_us": 1.0, "topology": "fat-tree",
                  "nics_per_node": 8, "nic_gbit_per_s": 400.0,
                  "inter_node_latency_us": 2.5, **_LLAMA3_FAILURES,
-                 "storage_gb_per_s": 100.0, "restart_s": 600.0},
+                 "storage_gb_per_s": 100.0, "restart_s": 600.0, "profile": H100_PROFILE},
     # DGX B200 (NVIDIA DGX B200 datasheet / user guide): 8 x B200, NVLink 5 with
     # 14.4 TB/s aggregate = 1.8 TB/s bidirectional = 900 GB/s per direction per
     # GPU, 8 x single-port ConnectX-7 400 Gb/s compute NICs, 2 x dual-port
@@ -192,7 +196,7 @@ CLUSTERS: dict[str, dict] = {
                          "intra_node_latency_us": 1.0, "topology": "fat-tree",
                          "nics_per_node": 8, "nic_gbit_per_s": 400.0,
                          "inter_node_latency_us": 2.5, **_LLAMA3_FAILURES,
-                         "restart_s": 600.0},
+                         "restart_s": 600.0, "profile": H100_PROFILE},
     # The vTrain validation cluster (shared/validation/README.md): A100s, 8 per
     # node, 150 GB/s intra-node, 800 Gb/s per node inter-node (4 x 200 Gb/s HDR).
     # The README does not state the A100 memory size; 80 GB assumed.

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from sandbox import sections
 from sandbox.bounds import bound_problems
 from sandbox.errors import PlanError, did_you_mean
+from sandbox.layout import split_blocks
 from sandbox.presets import GPUS
 
 if TYPE_CHECKING:  # type hints only: sandbox.specs builds plans and calls validate
@@ -106,10 +107,12 @@ def plan_problems(plan: Plan) -> list[str]:
     elif m.ffn_hidden % p.tp:
         problems.append(f"parallel.tp: {p.tp} does not divide model.ffn_hidden = {m.ffn_hidden}")
     # pp*vpp need not divide the layers (`sandbox.layout.split_blocks` cuts them
-    # unevenly), but every chunk needs a block; stage_layers: checked below
-    if m.layers < p.pp * p.vpp and not p.stage_layers:
-        problems.append(f"parallel.pp: pp*vpp = {p.pp * p.vpp} chunks need at least one "
-                        f"block each, model.layers = {m.layers}")
+    # unevenly), and the first and last chunk may be left with the embedding or
+    # the head alone (Llama 3's layout); every other chunk needs a block
+    chunks = p.pp * p.vpp
+    if m.layers < chunks - min(2, chunks - 1) and not p.stage_layers:
+        problems.append(f"parallel.pp: pp*vpp = {chunks} chunks need a block each except "
+                        f"the first and the last, model.layers = {m.layers}")
     if p.global_batch % (p.dp * p.micro_batch):
         problems.append(f"parallel.global_batch: {p.global_batch} is not divisible by "
                         f"dp*micro_batch = {p.dp}*{p.micro_batch}")
@@ -289,6 +292,10 @@ def _unexecutable_fields(plan: Plan) -> list[str]:
     if p.tp_overlap:
         problems.append("parallel.tp_overlap: the runtime's DTensor TP does not overlap its "
                         "collectives with the weight-gradient GEMM; set it to false for run")
+    if not p.stage_layers and 0 in split_blocks(plan.model.layers, p.pp * p.vpp):
+        problems.append("parallel.pp: a first or last chunk without a block (embedding or "
+                        f"head alone) runs in the simulator only ({plan.model.layers} layers "
+                        f"over pp*vpp = {p.pp * p.vpp} chunks)")
     if p.tp_comm_overlap and p.tp > 1:
         problems.append("parallel.tp_comm_overlap: the runtime's DTensor TP does not pipeline "
                         "its collectives with the GEMMs; set it to false for run")

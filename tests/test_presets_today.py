@@ -87,7 +87,9 @@ def test_power_cap_slows_the_kernels_but_not_the_mfu_peak():
     frac = cap.cluster.gpu.sustained_fraction()
     assert compute.device_of(cap, prof).peak_flops == pytest.approx(
         frac * compute.device_of(full, prof).peak_flops)
-    a, b = simulate(cap, timeline=False), simulate(full, timeline=False)
+    # (default profile: the tiny model would be host-bound under the fitted H100 one)
+    a, b = simulate(cap, timeline=False, profile=prof), simulate(full, timeline=False,
+                                                                  profile=prof)
     assert a.step_time_s > b.step_time_s
     # MFU against the datasheet peak in both: mfu * step time = FLOPs / (GPUs * peak)
     assert a.mfu * a.step_time_s == pytest.approx(b.mfu * b.step_time_s, rel=1e-12)
@@ -154,6 +156,7 @@ def test_llama3_405b_on_16_stages_simulates_without_stage_layers():
 
 def test_more_chunks_than_layers_is_refused():
     with pytest.raises(PlanError, match="parallel.pp"):
-        sandbox.load({"model": {"preset": "tiny"}, "cluster": {"preset": "localhost"},
+        sandbox.load({"model": {"preset": "tiny", "layers": 3},
+                      "cluster": {"preset": "localhost"},
                       "parallel": {"pp": 2, "vpp": 3, "schedule": "interleaved-1f1b",
                                    "global_batch": 8}})
