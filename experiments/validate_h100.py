@@ -100,7 +100,11 @@ def report(rows: list[dict], summary: dict, meta: dict) -> str:
     lines = ["# Simulator vs published H100 runs (and torchtitan's H200 / A100 rows)", "",
              f"- command: `{meta['command']}`; commit {meta['machine']['git_commit']}; "
              f"{meta['wall_s']:.0f} s",
-             f"- profile: {meta['profile']}", "",
+             f"- profile: {meta['profile']}",
+             "- fitted on (`experiments/calibrate_h100.py`, `h100_calibration.md`): the "
+             "Megatron-Core rows and torchtitan's H100/H200 rows; each set predicted by a "
+             "fit on the other there. Never fitted: NeMo AutoModel, Llama 3 Table 4, "
+             "torchtitan's A100 rows (the A100 profile, fitted on vTrain)", "",
              "| source | rows | predicted | MAPE | max APE | mean signed | memory rows "
              "| memory MAPE | memory max |", "|---|---|---|---|---|---|---|---|---|"]
     for src, s in summary.items():
