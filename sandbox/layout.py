@@ -22,6 +22,7 @@ means the same layers, ranks and micro-batches to both.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -84,16 +85,37 @@ def split_blocks(layers: int, chunks: int) -> list[int]:
 def chunk_sizes(plan: Plan) -> list[int]:
     """Blocks of every chunk (virtual stage), in virtual-stage order (pp * vpp
     entries): `parallel.stage_layers` when given (vpp = 1), else `split_blocks`."""
+    return list(_split(plan)[0])
+
+
+def stage_blocks(plan: Plan, stage: int) -> int:
+    """Blocks of pipeline rank `stage` (one entry of `stage_layers`, O(1))."""
+    return _split(plan)[2][stage]
+
+
+def stage_chunk_sizes(plan: Plan, stage: int) -> tuple[int, ...]:
+    """Blocks of each chunk of pipeline rank `stage` (one row of `rank_chunk_sizes`)."""
+    return _split(plan)[1][stage]
+
+
+def _split(plan: Plan) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[int, ...]]:
     p = plan.parallel
-    if p.stage_layers:
-        return list(p.stage_layers)
-    return split_blocks(plan.model.layers, p.pp * p.vpp)
+    return _layout(plan.model.layers, p.pp, p.vpp, tuple(p.stage_layers))
+
+
+@lru_cache(maxsize=64)
+def _layout(layers: int, pp: int, vpp: int, explicit: tuple[int, ...]
+            ) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    """(chunk sizes, each rank's chunk sizes, each rank's blocks), cached: a
+    plan of 8,192 stages asks for them once per stage."""
+    sizes = explicit or tuple(split_blocks(layers, pp * vpp))
+    ranks = tuple(tuple(sizes[c] for c in chunk_ids(r, pp, vpp)) for r in range(pp))
+    return sizes, ranks, tuple(sum(r) for r in ranks)
 
 
 def stage_layers(plan: Plan) -> list[int]:
     """Transformer blocks of each pipeline rank (all its chunks together)."""
-    p, sizes = plan.parallel, chunk_sizes(plan)
-    return [sum(sizes[c] for c in chunk_ids(r, p.pp, p.vpp)) for r in range(p.pp)]
+    return list(_split(plan)[2])
 
 
 def rank_chunk_sizes(plan: Plan, layers: list[int] | None = None) -> list[list[int]]:
@@ -103,8 +125,7 @@ def rank_chunk_sizes(plan: Plan, layers: list[int] | None = None) -> list[list[i
     `split_blocks`."""
     p = plan.parallel
     if layers is None or list(layers) == stage_layers(plan):
-        sizes = chunk_sizes(plan)
-        return [[sizes[c] for c in chunk_ids(r, p.pp, p.vpp)] for r in range(p.pp)]
+        return [list(r) for r in _split(plan)[1]]
     return [split_blocks(n, p.vpp) for n in layers]
 
 

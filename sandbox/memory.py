@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from sandbox import counts
 from sandbox import recompute as rc
-from sandbox.layout import rank_chunk_sizes, stage_layers
+from sandbox.layout import stage_blocks, stage_chunk_sizes
 from sandbox.specs import Model, Plan
 
 GB = 1e9
@@ -86,7 +86,7 @@ def layer_params_per_gpu(m: Model, tp: int) -> float:
 
 def stage_layer_count(plan: Plan, stage: int) -> float:
     """Blocks of pipeline stage `stage` (`sandbox.layout.stage_layers`)."""
-    return float(stage_layers(plan)[stage])
+    return float(stage_blocks(plan, stage))
 
 
 def stage_params_per_gpu(m: Model, tp: int, pp: int, stage: int,
@@ -184,7 +184,7 @@ def layers_in_flight(plan: Plan, stage: int) -> float:
         # The k-th forward of rank `stage` runs its chunk (k // p) % v (Megatron's
         # get_model_chunk_id); at the peak the first `chunks` forwards are held.
         chunks = min(m * v, (p - stage - 1) * 2 + (v - 1) * p + 1)
-        sizes = rank_chunk_sizes(plan)[stage]
+        sizes = stage_chunk_sizes(plan, stage)
         return float(sum(sizes[(k // p) % v] for k in range(chunks)))
     return layers_per_stage * min(p - stage, m)  # 1f1b, zero-bubble (ZB-H1)
 

@@ -2,10 +2,30 @@
 torchtitan, Megatron-Core and Llama 3 row is expressed (CP, FP8, 126 layers on
 8 stages included), and only MoE and LoRA rows are listed with a reason."""
 
+import pytest
+
 import sandbox
-from experiments.h100_cases import all_cases
+from experiments.h100_cases import VALIDATION, all_cases, llama3_cases
+
+# the public CSVs live beside the checkout (../shared/validation/), not in it
+needs_csvs = pytest.mark.skipif(not (VALIDATION / "torchtitan_benchmarks.csv").exists(),
+                                reason=f"no published tables at {VALIDATION}")
 
 
+def test_llama3_table4_layouts_load_with_one_block_fewer_at_the_ends():
+    from sandbox.layout import chunk_sizes
+
+    cases = llama3_cases()
+    assert [c.gpus for c in cases] == [8192, 16384, 16384]
+    for c in cases:
+        plans = [sandbox.load(v) for v in c.variants]
+        assert all(p.world_size == c.gpus for p in plans)
+        deep = next(p for p in plans if p.parallel.vpp == 8)
+        sizes = chunk_sizes(deep)  # 126 blocks over 128 chunks: embedding / head alone
+        assert sizes[0] == sizes[-1] == 0 and set(sizes[1:-1]) == {1}
+
+
+@needs_csvs
 def test_every_dense_pretraining_row_has_a_plan_that_loads():
     cases = all_cases()
     by_source: dict[str, list] = {}
@@ -24,6 +44,7 @@ def test_every_dense_pretraining_row_has_a_plan_that_loads():
     assert all("issue 18" in r or "LoRA" in r for r in reasons if r)
 
 
+@needs_csvs
 def test_rows_carry_their_mechanisms():
     cases = {c.name: c for c in all_cases()}
     cp8 = [c for n, c in cases.items() if "CP" in n and "8B" in n]

@@ -161,8 +161,8 @@ def test_cli_simulate_reports_not_fitting_plan(cli, tmp_path):
 @pytest.mark.parametrize("text,words", [
     ('[parallel]\ntp = 4\n', ["parallel.tp", "heads"]),
     # 5 pipeline stages of a 4-layer model: a stage without a block
-    ('[model]\npreset = "tiny"\n[cluster]\npreset = "dgx-a100-80g"\nnodes = 5\n'
-     '[parallel]\npp = 5\n', ["parallel.pp"]),
+    ('[model]\npreset = "tiny"\n[cluster]\npreset = "dgx-a100-80g"\nnodes = 7\n'
+     '[parallel]\npp = 7\n', ["parallel.pp"]),
     ('[parallel]\nschedule = "1f2b"\n', ["parallel.schedule"]),
 ])
 def test_cli_simulate_rejects_bad_plans(cli, tmp_path, text, words):
