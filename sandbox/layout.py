@@ -4,7 +4,7 @@ The mesh is (pp, dp, cp, tp) with tp innermost (Megatron-LM's and
 torchtitan's order): global rank = ((stage * dp + replica) * cp + cp_rank) *
 tp + tp_rank. The cp ranks of a replica hold the same weights and
 `local_seq_len` tokens of each sequence; gradients are reduced (and ZeRO
-shards) over the dp x cp ranks of a stage (`grad_group`). Transformer
+shards) over the dp x cp ranks of a stage (`shard_groups`). Transformer
 blocks are cut into `pp * vpp` chunks of consecutive layers (virtual stages);
 pipeline rank r owns chunks r, r + pp, r + 2 pp, ... (the interleaved "loop"
 layout; with vpp = 1 just chunk r). When `pp * vpp` does not divide the
@@ -53,13 +53,6 @@ def grad_ranks(plan: Plan) -> int:
     """Ranks of a stage holding the same weights (dp x cp): the gradient
     reduction's group size and the ZeRO sharding degree."""
     return plan.parallel.dp * plan.parallel.cp
-
-
-def grad_group(plan: Plan, stage: int, tp_rank: int) -> tuple[int, ...]:
-    """Global ranks of the gradient reduction / ZeRO group of (stage, tp rank):
-    every data-parallel replica's every context-parallel rank."""
-    p = plan.parallel
-    return tuple(rank_of(plan, d, stage, tp_rank, c) for d in range(p.dp) for c in range(p.cp))
 
 
 def split_blocks(layers: int, chunks: int) -> list[int]:

@@ -48,14 +48,13 @@ def tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
     w = 4 if plan.train.precision == "fp32" else 2
     nbytes = p.micro_batch * local_seq_len(plan) * m.hidden * w
     group = tuple(rank_of(plan, d, stage, t) for t in range(p.tp))
-    if p.sequence_parallel:
-        one = (collective_time(topo, Coll("all_gather", group, nbytes), prof)
-               + collective_time(topo, Coll("reduce_scatter", group, nbytes), prof))
-    else:
+    if not p.sequence_parallel:
         one = collective_time(topo, Coll("all_reduce", group, nbytes), prof)
-    if p.tp_comm_overlap and p.sequence_parallel and lt.gemm_fwd:
+    else:
         ag = collective_time(topo, Coll("all_gather", group, nbytes), prof)
         rs = collective_time(topo, Coll("reduce_scatter", group, nbytes), prof)
+        one = ag + rs
+    if p.tp_comm_overlap and p.sequence_parallel and lt.gemm_fwd:
         qkv, out, fc1, fc2 = lt.gemm_fwd
         d_qkv, d_out, d_fc1, d_fc2 = lt.gemm_dgrad
         fwd = sum(pipelined_exposed(ag, g, p.tp) for g in (qkv, fc1)) + sum(

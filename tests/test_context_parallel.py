@@ -9,7 +9,7 @@ import pytest
 import sandbox
 from sandbox import memory
 from sandbox.errors import PlanError
-from sandbox.layout import cp_chunks, grad_group, local_seq_len, rank_of
+from sandbox.layout import cp_chunks, local_seq_len, rank_of, shard_groups
 from sandbox.profile import profile_for
 from sandbox.validate import runtime_problems
 from sim import compute, simulate
@@ -34,7 +34,8 @@ def test_rank_of_order_is_pp_dp_cp_tp_with_tp_innermost():
              for t in range(2)]
     assert order == list(range(16))
     assert rank_of(plan, 1, 0, 1) == rank_of(plan, 1, 0, 1, 0) == 5  # cp_rank defaults to 0
-    assert grad_group(plan, 1, 1) == (9, 11, 13, 15)  # every dp x cp rank of stage 1, tp rank 1
+    # every dp x cp rank of stage 1, tp rank 1: the gradient / ZeRO group
+    assert shard_groups(plan, 1)[1] == (9, 11, 13, 15)
 
 
 def test_world_size_is_pp_dp_cp_tp():
