@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def errors(cases: list[Case], values: dict[str, float]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iters", type=int, default=80, help="Nelder-Mead iterations per fit")
+    ap.add_argument("--iters", type=int, default=60, help="Nelder-Mead iterations per fit")
     ap.add_argument("--out", default=str(RESULTS / "h100_calibration"))
     ap.add_argument("--jobs", type=int, default=2, help="processes simulating rows")
     args = ap.parse_args(argv)
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fit without {held}: {held} MAPE {100 * cv[held]['mape']:.1f}%", flush=True)
     values = fit(sets, args.iters)
     final = {k: errors(cs, values) for k, cs in sets.items()}
-    cmd = provenance.command("calibrate_h100", argv or [])
+    cmd = provenance.command("calibrate_h100", sys.argv[1:] if argv is None else argv)
     source = (f"fitted by `{cmd.strip()}` to Megatron-Core's H100 weak scaling and "
               f"torchtitan's H100/H200 rows (MAPE {100 * final['megatron']['mape']:.1f}% / "
               f"{100 * final['torchtitan']['mape']:.1f}%); other constants are "
