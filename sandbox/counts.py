@@ -22,6 +22,7 @@ Which count is which:
 
 from __future__ import annotations
 
+from sandbox import experts
 from sandbox import recompute as rc
 from sandbox.specs import Model
 
@@ -32,21 +33,67 @@ def norm_params(m: Model) -> int:
 
 
 def attention_params(m: Model) -> int:
+    """One block's attention projections (MLA: its down / up projections and
+    latent norms, `sandbox.experts`)."""
+    if m.kind == "mla":
+        return sum(i * o for i, o in mla_projections(m)) + m.kv_lora_rank + m.q_lora_rank
     weights = m.hidden * (m.q_dim + 2 * m.kv_dim) + m.q_dim * m.hidden
     biases = (m.q_dim + 2 * m.kv_dim + m.hidden) if m.bias else 0
     return weights + biases
 
 
-def mlp_params(m: Model) -> int:
+def mla_projections(m: Model) -> list[tuple[int, int]]:
+    """(in, out) widths of MLA's linear layers: query down and up (or one
+    full-rank query projection), the key-value down projection to the latent
+    plus the shared RoPE key, its up projection to keys and values, output."""
+    h, nope, v = m.hidden, m.head_dim, m.v_head_dim
+    q = ([(h, m.q_lora_rank), (m.q_lora_rank, m.q_dim)] if m.q_lora_rank
+         else [(h, m.q_dim)])
+    return q + [(h, m.kv_lora_rank + m.qk_rope_head_dim),
+                (m.kv_lora_rank, m.heads * (nope + v)), (m.heads * v, h)]
+
+
+def mlp_params(m: Model, ffn: int | None = None) -> int:
+    """One FFN of width `ffn` (default the dense `ffn_hidden`; an expert's is
+    `expert_ffn_hidden`)."""
+    f = m.ffn_hidden if ffn is None else ffn
     gated = m.activation == "swiglu"
-    weights = (3 if gated else 2) * m.hidden * m.ffn_hidden
-    biases = ((2 if gated else 1) * m.ffn_hidden + m.hidden) if m.bias else 0
+    weights = (3 if gated else 2) * m.hidden * f
+    biases = ((2 if gated else 1) * f + m.hidden) if m.bias else 0
     return weights + biases
 
 
-def layer_params(m: Model) -> int:
-    """One transformer block: two norms, attention and MLP."""
-    return 2 * norm_params(m) + attention_params(m) + mlp_params(m)
+def router_params(m: Model) -> int:
+    """A MoE block's router: hidden -> experts logits (with a bias when biased)."""
+    return m.experts * (m.hidden + (1 if m.bias else 0))
+
+
+def expert_params(m: Model) -> int:
+    """One routed (or shared) expert's FFN."""
+    return mlp_params(m, m.expert_ffn_hidden)
+
+
+def moe_ffn_params(m: Model, routed: int | None = None) -> int:
+    """A MoE block's FFN part: router, `routed` routed experts (default all)
+    and the shared experts."""
+    n = m.experts if routed is None else routed
+    return router_params(m) + (n + m.shared_experts) * expert_params(m)
+
+
+def layer_params(m: Model, moe: bool = False) -> int:
+    """One transformer block: two norms, attention and the dense FFN, or with
+    `moe` the MoE FFN (router, every routed and shared expert)."""
+    ffn = moe_ffn_params(m) if moe else mlp_params(m)
+    return 2 * norm_params(m) + attention_params(m) + ffn
+
+
+def blocks_params(m: Model, layers: range, routed: int | None = None) -> int:
+    """Parameters of the blocks with global indices `layers`; `routed` counts
+    only that many routed experts per MoE block (an active count, or one
+    expert-parallel rank's share)."""
+    dense, moe = experts.layer_kinds(m, layers)
+    moe_block = 2 * norm_params(m) + attention_params(m) + moe_ffn_params(m, routed)
+    return dense * layer_params(m) + moe * moe_block
 
 
 def embedding_params(m: Model) -> int:
@@ -61,15 +108,53 @@ def head_params(m: Model) -> int:
 
 def param_count(m: Model) -> int:
     """Total parameters of the model, counting tied weights once."""
-    return embedding_params(m) + m.layers * layer_params(m) + norm_params(m) + head_params(m)
+    return (embedding_params(m) + blocks_params(m, range(m.layers)) + norm_params(m)
+            + head_params(m))
+
+
+def active_params(m: Model) -> int:
+    """Parameters one token uses: every weight except the routed experts it
+    does not visit (top-k of them per MoE block). The token embedding table
+    counts whole, as Mistral, Qwen and DeepSeek count "activated" parameters
+    (`active_params_excl_embedding` drops it). Equals `param_count` for a
+    dense model."""
+    return (embedding_params(m) + blocks_params(m, range(m.layers), m.experts_per_token)
+            + norm_params(m) + head_params(m))
+
+
+def active_params_excl_embedding(m: Model) -> int:
+    """`active_params` without the input embedding table (a lookup, not a
+    matmul); OpenAI's gpt-oss model card counts "active parameters" this way.
+    With tied embeddings the shared matrix stays (the head multiplies by it)."""
+    table = 0 if m.tied_embeddings else m.vocab * m.hidden
+    return active_params(m) - table
 
 
 # ------------------------------------------------------------------- FLOPs
-def layer_matmul_flops_per_token(m: Model) -> float:
-    """Forward FLOPs of one block's weight matmuls per token (2 per multiply-add)."""
+def layer_matmul_flops_per_token(m: Model, moe: bool = False) -> float:
+    """Forward FLOPs of one block's weight matmuls per token (2 per
+    multiply-add); with `moe` a MoE block's: router, top-k routed and the
+    shared experts (the active FLOPs everyone reports MoE MFU on)."""
+    if m.kind == "mla":
+        attention = sum(i * o for i, o in mla_projections(m))
+    else:
+        attention = m.hidden * (m.q_dim + 2 * m.kv_dim) + m.q_dim * m.hidden
     mlp_mats = 3 if m.activation == "swiglu" else 2
-    return 2.0 * (m.hidden * (m.q_dim + 2 * m.kv_dim) + m.q_dim * m.hidden
-                  + mlp_mats * m.hidden * m.ffn_hidden)
+    if moe:
+        ffn = (m.experts * m.hidden
+               + (m.experts_per_token + m.shared_experts) * mlp_mats * m.hidden
+               * m.expert_ffn_hidden)
+    else:
+        ffn = mlp_mats * m.hidden * m.ffn_hidden
+    return 2.0 * (attention + ffn)
+
+
+def blocks_matmul_flops_per_token(m: Model, layers: range) -> float:
+    """Forward weight-matmul FLOPs per token of the blocks `layers` (dense and
+    MoE blocks each at their own count)."""
+    dense, moe = experts.layer_kinds(m, layers)
+    flops = dense * layer_matmul_flops_per_token(m) if dense else 0.0
+    return flops + (moe * layer_matmul_flops_per_token(m, moe=True) if moe else 0.0)
 
 
 FLASH_TILE = 128  # key/query tile of FlashAttention-2/3 and cuDNN SDPA kernels (rows)
@@ -94,7 +179,8 @@ def layer_attention_flops_per_token(m: Model, seq_len: int | None = None,
     """Forward FLOPs of Q K^T and scores x V per token: the full square (the
     model-FLOPs basis), or with `causal` what a causal flash kernel executes."""
     s = seq_len or m.seq_len
-    return 2.0 * 2.0 * s * m.q_dim * (causal_fraction(s) if causal else 1.0)
+    pv = m.heads * m.v_head_dim if m.kind == "mla" else m.q_dim  # scores x V width
+    return 2.0 * s * (m.q_dim + pv) * (causal_fraction(s) if causal else 1.0)
 
 
 def attention_flops_executed(m: Model, tokens: int, seq_len: int | None = None,
@@ -111,8 +197,10 @@ def logits_flops_per_token(m: Model) -> float:
 
 
 def forward_flops_per_token(m: Model) -> float:
-    layer = layer_matmul_flops_per_token(m) + layer_attention_flops_per_token(m)
-    return m.layers * layer + logits_flops_per_token(m)
+    """Forward model FLOPs per token: every block (MoE blocks on their active
+    experts) and the logits."""
+    return (blocks_matmul_flops_per_token(m, range(m.layers))
+            + m.layers * layer_attention_flops_per_token(m) + logits_flops_per_token(m))
 
 
 def model_flops_per_step(m: Model, sequences: int) -> float:
@@ -124,7 +212,8 @@ def recompute_flops_per_token(m: Model, recompute: str, precision: str = "bf16")
     """Extra forward FLOPs per token spent re-computing activations ("layer":
     the blocks `sandbox.recompute.layer_checkpointed` of one rank holding all;
     "op": the linears torchtitan's per-op policy re-runs)."""
-    block = layer_matmul_flops_per_token(m) + layer_attention_flops_per_token(m)
+    attn = layer_attention_flops_per_token(m)
+    block = blocks_matmul_flops_per_token(m, range(m.layers)) / m.layers + attn  # mean block
     if recompute == "full":  # every block's forward again (not the logits)
         return m.layers * block
     if recompute == "layer":

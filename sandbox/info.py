@@ -31,6 +31,7 @@ def info(plan: Plan) -> Facts:
         model=m.name,
         cluster=plan.cluster.name,
         params=counts.param_count(m),
+        active_params=counts.active_params(m),
         flops_per_step=counts.model_flops_per_step(m, p.global_batch),
         hw_flops_per_step=counts.hardware_flops_per_step(m, p.global_batch, p.recompute,
                                                             plan.train.precision),
@@ -50,6 +51,7 @@ def format_facts(f: dict) -> str:
     rows = [
         ("model", f["model"]), ("cluster", f["cluster"]),
         ("parameters", f"{f['params'] / 1e9:.3f} B ({f['params']:,})"),
+        ("active parameters", f"{f['active_params'] / 1e9:.3f} B per token"),
         ("model FLOPs / step", f"{f['flops_per_step']:.4g}"),
         ("hardware FLOPs / step", f"{f['hw_flops_per_step']:.4g}"),
         ("world size", f["world_size"]), ("microbatches / replica", f["microbatches"]),

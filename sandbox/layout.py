@@ -169,3 +169,23 @@ def replicate_groups(plan: Plan, stage: int) -> list[tuple[int, ...]]:
         return []
     return [tuple(rank_of(plan, g * k + i, stage, t, c) for g in range(p.dp // k))
             for t in range(p.tp) for i in range(k) for c in range(p.cp)]
+
+
+def ep_groups(plan: Plan, stage: int) -> list[tuple[int, ...]]:
+    """Expert-parallel groups of `stage`: runs of `ep` consecutive data-parallel
+    replicas (same tensor- and context-parallel rank), among which each MoE
+    block's routed experts are split and tokens are exchanged all-to-all.
+    Replica d holds expert shard d % ep (`sandbox.experts`)."""
+    p = plan.parallel
+    return [tuple(rank_of(plan, g * p.ep + i, stage, t, c) for i in range(p.ep))
+            for t in range(p.tp) for c in range(p.cp) for g in range(p.dp // p.ep)]
+
+
+def expert_grad_groups(plan: Plan, stage: int) -> list[tuple[int, ...]]:
+    """Expert-data-parallel groups of `stage`: the dp / ep replicas holding the
+    same expert shard, with all their context-parallel ranks; the routed
+    experts' gradients are reduced (and ZeRO-sharded) over these."""
+    p = plan.parallel
+    return [tuple(rank_of(plan, g * p.ep + i, stage, t, c) for g in range(p.dp // p.ep)
+                  for c in range(p.cp))
+            for t in range(p.tp) for i in range(p.ep)]

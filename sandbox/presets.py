@@ -55,6 +55,85 @@ MODELS: dict[str, dict] = {
                    "ffn_hidden": 13824},
     "llama2-70b": {**_LLAMA2, "layers": 80, "hidden": 8192, "heads": 64, "kv_heads": 8,
                    "ffn_hidden": 28672},
+    # ---- mixtures of experts (`sandbox.experts`). seq_len is the pretraining
+    # length where the source gives one (4K for DeepSeek-V3, Qwen3's first
+    # stages, gpt-oss's initial_context_length), else 4096. MoE presets route
+    # dropless (capacity_factor 0) as their published training does.
+    # Test-sized MoE: one dense block, then 4 routed experts (top-2) and a shared one.
+    "tiny-moe": {**_LLAMA3, "layers": 4, "hidden": 64, "heads": 4, "kv_heads": 2,
+                 "ffn_hidden": 192, "vocab": 256, "seq_len": 64, "rope_theta": 10000.0,
+                 "experts": 4, "experts_per_token": 2, "expert_ffn_hidden": 64,
+                 "shared_experts": 1, "dense_layers": 1},
+    # Test-sized multi-head latent attention (dense FFN), DeepSeek-V3's shape in small.
+    "tiny-mla": {**_LLAMA3, "layers": 4, "hidden": 64, "heads": 4, "ffn_hidden": 192,
+                 "vocab": 256, "seq_len": 64, "rope_theta": 10000.0, "attention_kind": "mla",
+                 "head_dim": 16, "q_lora_rank": 32, "kv_lora_rank": 32,
+                 "qk_rope_head_dim": 8, "v_head_dim": 16},
+    # Mixtral 8x7B: Jiang et al. 2024 ("Mixtral of Experts"), Table 1 (dim 4096, 32
+    # layers, head_dim 128, hidden_dim 14336, 32 heads, 8 kv heads, vocab 32000, 8
+    # experts, top-2); rope_theta 1e6 and router_aux_loss_coef 0.02 from the released
+    # config.json; 46.7B total / 12.9B active (section 2.1).
+    "mixtral-8x7b": {**_LLAMA3, "layers": 32, "hidden": 4096, "heads": 32, "kv_heads": 8,
+                     "ffn_hidden": 14336, "vocab": 32000, "seq_len": 4096,
+                     "rope_theta": 1e6, "experts": 8, "experts_per_token": 2,
+                     "router_aux_loss": 0.02},
+    # Qwen3 MoE: Qwen Team 2025 ("Qwen3 Technical Report"), Table 2, and the
+    # released config.json of Qwen/Qwen3-30B-A3B and Qwen/Qwen3-235B-A22B
+    # (head_dim 128, 128 experts, 8 per token, moe_intermediate_size 768 / 1536, no
+    # shared expert, every layer MoE, vocab 151936, rope_theta 1e6, rms_norm_eps
+    # 1e-6, untied, router_aux_loss_coef 0.001). Per-head q/k RMSNorms (2 x 128
+    # weights per block) are not modelled. 30.5B / 3.3B and 235B / 22B.
+    "qwen3-30b-a3b": {**_LLAMA3, "layers": 48, "hidden": 2048, "heads": 32, "kv_heads": 4,
+                      "head_dim": 128, "ffn_hidden": 6144, "vocab": 151936,
+                      "seq_len": 4096, "rope_theta": 1e6, "norm_eps": 1e-6,
+                      "experts": 128, "experts_per_token": 8, "expert_ffn_hidden": 768,
+                      "router_aux_loss": 0.001},
+    "qwen3-235b-a22b": {**_LLAMA3, "layers": 94, "hidden": 4096, "heads": 64,
+                        "kv_heads": 4, "head_dim": 128, "ffn_hidden": 12288,
+                        "vocab": 151936, "seq_len": 4096, "rope_theta": 1e6,
+                        "norm_eps": 1e-6, "experts": 128, "experts_per_token": 8,
+                        "expert_ffn_hidden": 1536, "router_aux_loss": 0.001},
+    # DeepSeek-V3: DeepSeek-AI 2024 ("DeepSeek-V3 Technical Report"), section 4.2
+    # and the released config.json: 61 layers, hidden 7168, 128 heads, MLA with
+    # q_lora_rank 1536, kv_lora_rank 512, qk_nope_head_dim 128, qk_rope_head_dim 64,
+    # v_head_dim 128; the first 3 layers dense (intermediate 18432), then 256 routed
+    # experts (8 per token) and 1 shared expert of 2048; vocab 129280, untied;
+    # 671B total / 37B active (the multi-token-prediction module is not part of it).
+    # Pretrained at 4K tokens. Its auxiliary-loss-free balancing keeps a 1e-4
+    # sequence-wise balance loss.
+    "deepseek-v3": {**_LLAMA3, "layers": 61, "hidden": 7168, "heads": 128,
+                    "ffn_hidden": 18432, "vocab": 129280, "seq_len": 4096,
+                    "rope_theta": 10000.0, "norm_eps": 1e-6, "attention_kind": "mla",
+                    "head_dim": 128, "q_lora_rank": 1536, "kv_lora_rank": 512,
+                    "qk_rope_head_dim": 64, "v_head_dim": 128, "experts": 256,
+                    "experts_per_token": 8, "expert_ffn_hidden": 2048,
+                    "shared_experts": 1, "dense_layers": 3, "router_aux_loss": 0.0001},
+    # Kimi K2: Kimi Team 2025 ("Kimi K2: Open Agentic Intelligence"), Table 2, and
+    # the released config.json: DeepSeek-V3's architecture with 64 heads, 384
+    # experts (8 per token), 1 shared, 1 dense layer, vocab 163840, rope_theta 50000;
+    # 1.04T total / 32.6B active.
+    "kimi-k2": {**_LLAMA3, "layers": 61, "hidden": 7168, "heads": 64, "ffn_hidden": 18432,
+                "vocab": 163840, "seq_len": 4096, "rope_theta": 50000.0, "norm_eps": 1e-6,
+                "attention_kind": "mla", "head_dim": 128, "q_lora_rank": 1536,
+                "kv_lora_rank": 512, "qk_rope_head_dim": 64, "v_head_dim": 128,
+                "experts": 384, "experts_per_token": 8, "expert_ffn_hidden": 2048,
+                "shared_experts": 1, "dense_layers": 1},
+    # gpt-oss: OpenAI 2025 ("gpt-oss-120b & gpt-oss-20b Model Card"), Table 1, and
+    # the released config.json: hidden 2880, 64 query heads of 64, 8 kv heads,
+    # experts of width 2880 (SwiGLU), 4 per token, biases in attention, experts and
+    # router, vocab 201088 (o200k_harmony), untied, rope_theta 150000,
+    # initial_context_length 4096; 36 layers / 128 experts (116.8B total, 5.1B
+    # active) and 24 / 32 (20.9B, 3.6B). Not modelled: the banded (128-token)
+    # sliding-window attention of every other layer (attention FLOPs are counted
+    # dense), the per-head attention sinks (64 weights per block).
+    "gpt-oss-120b": {**_LLAMA3, "layers": 36, "hidden": 2880, "heads": 64, "kv_heads": 8,
+                     "head_dim": 64, "ffn_hidden": 2880, "vocab": 201088, "seq_len": 4096,
+                     "rope_theta": 150000.0, "bias": True, "experts": 128,
+                     "experts_per_token": 4, "expert_ffn_hidden": 2880},
+    "gpt-oss-20b": {**_LLAMA3, "layers": 24, "hidden": 2880, "heads": 64, "kv_heads": 8,
+                    "head_dim": 64, "ffn_hidden": 2880, "vocab": 201088, "seq_len": 4096,
+                    "rope_theta": 150000.0, "bias": True, "experts": 32,
+                    "experts_per_token": 4, "expert_ffn_hidden": 2880},
 }
 
 # ----------------------------------------------------------------------- GPUs

@@ -25,6 +25,7 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 FAILURE_DISTRIBUTIONS = ("exponential", "weibull")
 ATTENTION = ("flash", "eager")
+ATTENTION_KINDS = ("", "mha", "gqa", "mla")
 FP8_RECIPES = ("tensorwise", "rowwise")
 
 
@@ -46,21 +47,72 @@ class Model:
     tied_embeddings: bool = True  # output head shares the token embedding
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    # per-head width of queries and keys (0: hidden / heads; Qwen3 uses 128 with
+    # hidden 4096 and 64 heads). With MLA: the non-RoPE part (qk_nope_head_dim).
+    head_dim: int = 0
+    # "" (multi-head or grouped-query attention, from heads and kv_heads), "mha",
+    # "gqa", or "mla": DeepSeek-V2/V3's multi-head latent attention (queries
+    # through a q_lora_rank bottleneck, keys and values from one kv_lora_rank
+    # latent, plus a qk_rope_head_dim RoPE key shared by all heads)
+    attention_kind: str = ""
+    q_lora_rank: int = 0  # MLA: query down-projection rank (0: full-rank queries)
+    kv_lora_rank: int = 0  # MLA: width of the compressed key-value latent
+    qk_rope_head_dim: int = 0  # MLA: RoPE part of each query / key head
+    v_head_dim: int = 0  # MLA: per-head value width (0: head_dim)
+    # Mixture of experts (`sandbox.experts`; 0 experts: every block is dense).
+    # A MoE block replaces the FFN by `experts` routed FFNs of width
+    # `expert_ffn_hidden` (0: ffn_hidden), of which each token visits the top
+    # `experts_per_token`, plus `shared_experts` FFNs of that width every token
+    # visits; the first `dense_layers` blocks keep the dense FFN (ffn_hidden).
+    experts: int = 0
+    experts_per_token: int = 0
+    expert_ffn_hidden: int = 0
+    shared_experts: int = 0
+    dense_layers: int = 0
+    # tokens an expert accepts per micro-batch, as a multiple of its balanced
+    # share (tokens * top-k / experts); the rest are dropped. 0: dropless
+    capacity_factor: float = 0.0
+    router_aux_loss: float = 0.01  # load-balancing loss coefficient (Switch Transformer)
     name: str = "custom"
 
+    def __post_init__(self) -> None:
+        if not self.head_dim and self.heads > 0:
+            object.__setattr__(self, "head_dim", self.hidden // self.heads)
+        if self.attention_kind == "mla" and not self.v_head_dim:
+            object.__setattr__(self, "v_head_dim", self.head_dim)
+        if self.experts and not self.expert_ffn_hidden:
+            object.__setattr__(self, "expert_ffn_hidden", self.ffn_hidden)
+
     @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
+    def kind(self) -> str:
+        """The attention kind: "mha", "gqa" (fewer kv heads) or "mla"."""
+        if self.attention_kind == "mla":
+            return "mla"
+        return "gqa" if self.kv_heads and self.kv_heads < self.heads else "mha"
 
     @property
     def q_dim(self) -> int:
-        """Width of the query projection (= hidden when heads divide it)."""
-        return self.heads * self.head_dim
+        """Width of the query projection (= hidden when heads divide it; MLA:
+        heads x (head_dim + qk_rope_head_dim))."""
+        return self.heads * (self.head_dim + self.qk_rope_head_dim)
 
     @property
     def kv_dim(self) -> int:
-        """Width of each of the key and value projections."""
+        """Width of each of the key and value projections (MLA: of the
+        up-projected keys; values are heads x v_head_dim, `v_dim`)."""
+        if self.kind == "mla":
+            return self.q_dim
         return self.kv_heads * self.head_dim
+
+    @property
+    def v_dim(self) -> int:
+        """Width of the values, the attention core's output (= kv_dim without MLA)."""
+        return self.heads * self.v_head_dim if self.kind == "mla" else self.kv_dim
+
+    @property
+    def moe(self) -> bool:
+        """Whether some blocks are mixtures of experts."""
+        return self.experts > 0
 
 
 @dataclass(frozen=True)
@@ -166,6 +218,12 @@ class Parallel:
     # context parallel (simulator): each sequence split over cp ranks in 2*cp
     # load-balanced causal chunks, attention as a KV ring; mesh pp x dp x cp x tp
     cp: int = 1
+    # expert parallel: the routed experts of each MoE block split over groups of
+    # `ep` consecutive data-parallel replicas (carved out of dp, as Megatron-Core
+    # does); tokens reach their experts by all-to-all. Expert weights are
+    # replicated over the dp / ep expert-data-parallel groups and split by tp
+    # like the dense FFN (expert tensor parallel = tp)
+    ep: int = 1
     micro_batch: int = 1  # sequences per microbatch per data-parallel replica
     global_batch: int = 8  # sequences per optimizer step
     schedule: str = "1f1b"

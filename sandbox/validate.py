@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from sandbox import sections
 from sandbox.bounds import bound_problems
 from sandbox.errors import PlanError, did_you_mean
+from sandbox.experts import expert_problems
 from sandbox.layout import split_blocks
 from sandbox.presets import GPUS
 
@@ -89,7 +90,7 @@ def plan_problems(plan: Plan) -> list[str]:
     if problems:  # the divisibility rules below assume positive sizes
         return problems
 
-    if m.hidden % m.heads:
+    if m.hidden % m.heads and m.head_dim == m.hidden // m.heads:  # no head_dim given
         problems.append(f"model.hidden: {m.hidden} is not divisible by model.heads = {m.heads}")
     if m.heads % m.kv_heads:
         problems.append(f"model.kv_heads: {m.kv_heads} does not divide model.heads = {m.heads}")
@@ -100,6 +101,7 @@ def plan_problems(plan: Plan) -> list[str]:
                         f"!= world size {c.world_size} (cluster.nodes*gpus_per_node = "
                         f"{c.nodes}*{c.gpus_per_node})")
     problems += context_problems(plan)
+    problems += expert_problems(plan)
     if m.heads % p.tp:
         problems.append(f"parallel.tp: {p.tp} does not divide model.heads = {m.heads}")
     elif m.kv_heads % p.tp:
@@ -319,6 +321,11 @@ def _unexecutable_fields(plan: Plan) -> list[str]:
         problems.append(f"cluster.slow_link_fraction: {c.slow_link_fraction}: {_SIM_ONLY}")
     if p.cp > 1:
         problems.append("parallel.cp: context parallelism runs in the simulator only")
+    if plan.model.experts:
+        problems.append("model.experts: mixture-of-experts blocks run in the simulator only")
+    if plan.model.kind == "mla":
+        problems.append("model.attention_kind: multi-head latent attention runs in the "
+                        "simulator only")
     if len(set(c.node_gpus)) > 1:
         problems.append(f"cluster.node_gpus: mixed GPU kinds {sorted(set(c.node_gpus))}: "
                         f"{_SIM_ONLY}")

@@ -25,9 +25,11 @@ def main(args: argparse.Namespace) -> int:
     print("models:")
     for name in presets.MODELS:
         m = load({"model": {"preset": name}}).model
-        print(f"  {name:<12} {counts.param_count(m) / 1e9:9.3f} B params  layers {m.layers:>3}"
+        moe = (f"  {m.experts} experts top-{m.experts_per_token}, "
+               f"{counts.active_params(m) / 1e9:.1f} B active" if m.experts else "")
+        print(f"  {name:<15} {counts.param_count(m) / 1e9:9.3f} B params  layers {m.layers:>3}"
               f"  hidden {m.hidden:>6}  heads {m.heads:>3}/{m.kv_heads:<3} vocab {m.vocab:>6}"
-              f"  seq {m.seq_len:>5}  {m.activation}")
+              f"  seq {m.seq_len:>5}  {m.activation} {m.kind}{moe}")
     print("gpus:")
     for name, g in presets.GPUS.items():
         print(f"  {name:<12} bf16 {g['tflops_bf16']:7.1f} TFLOP/s  {g['hbm_gb']:6.1f} GB  "
