@@ -20,11 +20,21 @@ h -> q_lora_rank (RMSNorm) -> heads x (head_dim + qk_rope_head_dim)
 h -> kv_lora_rank + qk_rope_head_dim (RMSNorm on the latent part) ->
 heads x (head_dim + v_head_dim); the RoPE key part is shared by all heads;
 output heads x v_head_dim -> h.
+
+Load imbalance (`Model.router_skew`, simulator): the router sends expert of
+popularity rank j the share 1 / (j + 1)^skew (normalised; 0 = balanced, as a
+forced-balanced gate); expert ids take popularity ranks by a permutation
+`random.Random(cluster.variation_seed).shuffle`, and ep rank r holds experts
+r E/ep .. (r + 1) E/ep - 1, so where the hot experts sit is fixed per cluster
+seed. With `capacity_factor` > 0 each expert keeps at most `expert_capacity`
+of an expert-parallel group's tokens and drops the rest. The busiest ep rank
+(most token copies after dropping) sets the pace of the block.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from typing import TYPE_CHECKING
 
 from sandbox.sections import Model
@@ -78,6 +88,89 @@ def dispatch_elements(m: Model, tokens: float, ep: int) -> float:
     return routed_tokens(m, tokens) * (ep - 1) / ep * m.hidden
 
 
+def expert_shares(m: Model, seed: int = 0) -> list[float]:
+    """Fraction of the token-expert assignments each expert (by id) receives:
+    Zipf-like 1 / (j + 1)^router_skew over popularity ranks j, ids mapped to
+    ranks by a permutation seeded `seed` (module docstring); 1 / E each when
+    balanced. Sums to 1."""
+    e = m.experts
+    if e == 0:
+        return []
+    if m.router_skew == 0:
+        return [1.0 / e] * e
+    weight = [1.0 / (j + 1) ** m.router_skew for j in range(e)]
+    total = sum(weight)
+    rank = list(range(e))
+    random.Random(seed).shuffle(rank)
+    return [weight[rank[i]] / total for i in range(e)]
+
+
+def expert_loads(m: Model, tokens: float, ep: int, seed: int = 0) -> list[float]:
+    """Token copies each expert computes in one micro-batch of an
+    expert-parallel group whose `ep` ranks hold `tokens` tokens each:
+    ep x tokens x top-k x its share, capped at `expert_capacity` of the
+    group's tokens (the rest dropped). Balanced: tokens x k x ep / experts."""
+    routed = routed_tokens(m, tokens * ep)
+    cap = expert_capacity(m, tokens * ep)
+    return [min(routed * x, cap) for x in expert_shares(m, seed)]
+
+
+def rank_loads(loads: list[float], ep: int) -> list[float]:
+    """Token copies each ep rank computes: the sum over its E / ep
+    contiguous experts."""
+    n = len(loads) // ep
+    return [sum(loads[r * n:(r + 1) * n]) for r in range(ep)]
+
+
+def busiest_rank(m: Model, tokens: float, ep: int, seed: int = 0) -> int:
+    """The ep rank with the most token copies (the first of equals)."""
+    per = rank_loads(expert_loads(m, tokens, ep, seed), ep)
+    return max(range(ep), key=lambda r: (per[r], -r))
+
+
+def busiest_expert_loads(m: Model, tokens: float, ep: int, seed: int = 0) -> list[float]:
+    """Token copies of each local expert of the busiest ep rank."""
+    loads = expert_loads(m, tokens, ep, seed)
+    r, n = busiest_rank(m, tokens, ep, seed), local_experts(m, ep)
+    return loads[r * n:(r + 1) * n]
+
+
+def load_factor(m: Model, tokens: float, ep: int, seed: int = 0) -> float:
+    """The busiest ep rank's token copies over the balanced dropless ones
+    (tokens x top-k): 1 when balanced, > 1 under skew; it scales that rank's
+    received all-to-all bytes."""
+    if m.experts == 0 or tokens <= 0:
+        return 1.0
+    return sum(busiest_expert_loads(m, tokens, ep, seed)) / routed_tokens(m, tokens)
+
+
+def dropped_fraction(m: Model, tokens: float, ep: int, seed: int = 0) -> float:
+    """Share of the token copies dropped at the capacity (0 when dropless)."""
+    if m.experts == 0 or tokens <= 0 or m.capacity_factor <= 0:
+        return 0.0
+    return max(0.0, 1.0 - sum(expert_loads(m, tokens, ep, seed))
+               / routed_tokens(m, tokens * ep))
+
+
+def routed_params_per_gpu(m: Model, tp: int, ep: int, blocks: range) -> float:
+    """Routed-expert parameters one GPU holds of the global blocks `blocks`:
+    per MoE block experts / ep experts, split over tp (expert TP = tp)."""
+    from sandbox import counts  # counts imports this module
+
+    return layer_kinds(m, blocks)[1] * local_experts(m, ep) * counts.expert_params(m) / tp
+
+
+def shared_block_params_per_gpu(m: Model, tp: int, blocks: range) -> float:
+    """Parameters other than the routed experts one GPU holds of `blocks`:
+    dense blocks whole, MoE blocks' attention, router and shared experts; the
+    norms (and row-parallel biases) replicated over tp, the rest split."""
+    from sandbox import counts
+
+    replicated = 2 * counts.norm_params(m) + (2 * m.hidden if m.bias else 0)
+    n = len(blocks)
+    return (counts.blocks_params(m, blocks, 0) - n * replicated) / tp + n * replicated
+
+
 # --------------------------------------------------------------------- rules
 def expert_problems(plan: Plan) -> list[str]:
     """Rules of the MoE fields, `parallel.ep` and MLA; one line per problem."""
@@ -88,9 +181,9 @@ def expert_problems(plan: Plan) -> list[str]:
                  "v_head_dim", "head_dim"):
         if getattr(m, name) < 0:
             problems.append(f"model.{name}: must not be negative, got {getattr(m, name)}")
-    if m.capacity_factor < 0 or m.router_aux_loss < 0:
-        bad = "capacity_factor" if m.capacity_factor < 0 else "router_aux_loss"
-        problems.append(f"model.{bad}: must not be negative, got {getattr(m, bad)}")
+    for bad in ("capacity_factor", "router_aux_loss", "router_skew"):
+        if getattr(m, bad) < 0:
+            problems.append(f"model.{bad}: must not be negative, got {getattr(m, bad)}")
     if problems:
         return problems
     if m.experts == 0:
@@ -98,8 +191,9 @@ def expert_problems(plan: Plan) -> list[str]:
             if getattr(m, name):
                 problems.append(f"model.{name}: {getattr(m, name)} needs model.experts > 0 "
                                 "(a mixture of experts)")
-        if m.capacity_factor:
-            problems.append("model.capacity_factor: needs model.experts > 0")
+        for name in ("capacity_factor", "router_skew"):
+            if getattr(m, name):
+                problems.append(f"model.{name}: needs model.experts > 0")
         if p.ep > 1:
             problems.append(f"parallel.ep: {p.ep} needs a mixture-of-experts model "
                             "(model.experts > 0)")

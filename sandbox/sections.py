@@ -73,6 +73,11 @@ class Model:
     # share (tokens * top-k / experts); the rest are dropped. 0: dropless
     capacity_factor: float = 0.0
     router_aux_loss: float = 0.01  # load-balancing loss coefficient (Switch Transformer)
+    # (simulator) router load imbalance: expert i's share of the tokens is
+    # proportional to 1 / (i + 1)^router_skew (Zipf-like; 0 = balanced), experts
+    # placed on the ep ranks after a permutation seeded by cluster.variation_seed
+    # (`sandbox.experts.expert_shares`)
+    router_skew: float = 0.0
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -224,6 +229,10 @@ class Parallel:
     # replicated over the dp / ep expert-data-parallel groups and split by tp
     # like the dense FFN (expert tensor parallel = tp)
     ep: int = 1
+    # (simulator) the expert all-to-alls of a MoE block hidden behind the same
+    # block's attention and shared-expert compute (DeepSeek-V3's dual-batch /
+    # Megatron-Core's --moe-a2a-overlap); only the part longer than it is exposed
+    ep_overlap: bool = False
     micro_batch: int = 1  # sequences per microbatch per data-parallel replica
     global_batch: int = 8  # sequences per optimizer step
     schedule: str = "1f1b"

@@ -22,7 +22,12 @@ from sandbox.profile import Profile, profile_for
 from sandbox.specs import Plan
 from sim import engine, lowering, variation
 from sim.budget import check_budget
+from sandbox.experts import layer_kinds
+from sandbox.layout import stage_layers
 from sim.context_parallel import cp_note
+from sim.costs import chunk_blocks
+from sim.expert_parallel import ep_note
+from sim.moe_compute import moe_note
 from sim.engine import EngineResult
 from sim.network.shared import shared
 from sim.result import BREAKDOWN, SimResult
@@ -91,6 +96,14 @@ def _result(plan: Plan, res: EngineResult, wall: float, extra: dict | None = Non
     if plan.parallel.cp > 1:  # exposed ring attention transfers (DESIGN.md: when they occur)
         parts["cp_comm"] = st.cp_comm
         extra = {**(extra or {}), **cp_note(plan)}
+    if m.moe:  # routing facts; exposed expert all-to-alls when ep > 1 (DESIGN.md)
+        extra = {**(extra or {}), **moe_note(plan)}
+        if plan.parallel.ep > 1:
+            parts["ep_comm"] = st.ep_comm
+            per_stage: dict[int, int] = {}
+            for (s, _c), r in chunk_blocks(plan, stage_layers(plan)).items():
+                per_stage[s] = per_stage.get(s, 0) + layer_kinds(m, r)[1]
+            extra.update(ep_note(plan, max(per_stage.values())))
     parts["other"] = max(0.0, step - sum(parts.values()))
     if st.host > 0:  # part of `other`: host-bound ops (`sim.host`)
         extra = {**(extra or {}), "host_bound_s": st.host}
@@ -108,8 +121,8 @@ def _result(plan: Plan, res: EngineResult, wall: float, extra: dict | None = Non
         tflops_per_gpu=flops / step / n / 1e12, hw_tflops_per_gpu=hw / step / n / 1e12,
         mfu=flops / (step * n * peak), hfu=hw / (step * n * peak), memory_gb_per_gpu=mem_d,
         fits=fits,
-        breakdown_s={k: parts[k] for k in (*BREAKDOWN[:2], "cp_comm", *BREAKDOWN[2:])
-                     if k in parts},
+        breakdown_s={k: parts[k] for k in (*BREAKDOWN[:2], "cp_comm", "ep_comm",
+                                           *BREAKDOWN[2:]) if k in parts},
         events=res.events, sim_wall_s=wall,
         world_size=n, critical_rank=rank_of(plan, key[0], key[1], 0), extra=extra or {},
         timeline=res.spans)

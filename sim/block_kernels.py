@@ -63,39 +63,50 @@ def flash_work(plan: Plan, square_flops: float) -> FlashWork:
     w = 4 if plan.train.precision == "fp32" else 2
     t, tokens = p.tp, p.micro_batch * local_seq_len(plan)  # this cp rank's tokens
     q, kv = m.q_dim / t, m.kv_dim / t
+    kv2, o = 2 * kv, q  # K and V together; O (MLA: values and O of v_head_dim)
+    if m.kind == "mla":
+        kv2, o = kv + m.v_dim / t, m.v_dim / t
     rows = tokens * m.heads / t  # (query, head) rows: fp32 logsumexp and D = rowsum(dO * O)
-    fwd = tokens * w * (q + 2 * kv + q) + 4 * rows  # read Q, K, V; write O, LSE
-    bwd = (tokens * w * 2 * q + 4 * rows  # pre-processing: read O, dO; write D
-           + tokens * w * (q + 2 * kv + q) + 8 * rows  # read Q, K, V, dO, LSE, D
-           + tokens * (8 * q + w * 2 * kv)  # fp32 dQ accumulated (write + read), write dK, dV
+    fwd = tokens * w * (q + kv2 + o) + 4 * rows  # read Q, K, V; write O, LSE
+    bwd = (tokens * w * 2 * o + 4 * rows  # pre-processing: read O, dO; write D
+           + tokens * w * (q + kv2 + o) + 8 * rows  # read Q, K, V, dO, LSE, D
+           + tokens * (8 * q + w * kv2)  # fp32 dQ accumulated (write + read), write dK, dV
            + tokens * w * q)  # write dQ
     # with context parallelism K and V of all s tokens stream through the ring
-    fwd += (p.cp - 1) * tokens * w * 2 * kv
-    bwd += (p.cp - 1) * tokens * w * 4 * kv
+    fwd += (p.cp - 1) * tokens * w * kv2
+    bwd += (p.cp - 1) * tokens * w * 2 * kv2
     return FlashWork(square_flops, counts.causal_fraction(m.seq_len), fwd, bwd)
 
 
-def elementwise_kernels(plan: Plan) -> tuple[float, ...]:
-    """Bytes read + written by each forward elementwise kernel of one block."""
+def elementwise_kernels(plan: Plan, moe: bool = False) -> tuple[float, ...]:
+    """Bytes read + written by each forward elementwise kernel of one block
+    (`moe`: a MoE block, whose MLP here is its shared experts; the routed
+    part's kernels are `sim.moe_compute`'s). MLA: RoPE on the queries' and
+    the shared key's RoPE parts only, and the RMSNorms of its two latents."""
     m, p, tr = plan.model, plan.parallel, plan.train
     w = 4 if tr.precision == "fp32" else 2
     t, tokens = p.tp, p.micro_batch * local_seq_len(plan)  # this cp rank's tokens
     tok_local = tokens / t if p.sequence_parallel and t > 1 else tokens
     hid = tok_local * m.hidden  # elements of the residual stream on this rank
-    ffn = tokens * m.ffn_hidden / t
+    ffn = tokens * (m.shared_experts * m.expert_ffn_hidden if moe else m.ffn_hidden) / t
     rope = ([tokens * m.q_dim / t, tokens * m.kv_dim / t] if m.position == "rope" else [])
+    latent = []
+    if m.kind == "mla":
+        rope = [tokens * m.heads * m.qk_rope_head_dim / t, tokens * m.qk_rope_head_dim]
+        latent = [2 * w * tokens * r for r in (m.q_lora_rank, m.kv_lora_rank) if r]
     gated = m.activation == "swiglu"
     if tr.compile:
         ks = [2 * w * hid]  # attention norm
-        ks += [2 * w * n for n in rope]  # fused RoPE per tensor
+        ks += latent + [2 * w * n for n in rope]  # fused RoPE per tensor
         ks += [4 * w * hid]  # residual add + MLP norm
-        ks += [(3 if gated else 2) * w * ffn]  # silu(gate) * up | gelu
+        ks += [(3 if gated else 2) * w * ffn] if ffn else []  # silu(gate) * up | gelu
         ks += [3 * w * hid]  # residual add
         return tuple(ks)
-    ks = [2 * w * hid]
+    ks = [2 * w * hid] + latent
     for n in rope:  # upcast, rotate (complex multiply), cast back
         ks += [(w + 4) * n, 8 * n, (4 + w) * n]
     ks += [3 * w * hid, 2 * w * hid]  # residual add, MLP norm
-    ks += [2 * w * ffn, 3 * w * ffn] if gated else [2 * w * ffn]  # silu, multiply | gelu
+    if ffn:
+        ks += [2 * w * ffn, 3 * w * ffn] if gated else [2 * w * ffn]  # silu, multiply | gelu
     ks += [3 * w * hid]
     return tuple(ks)

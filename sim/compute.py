@@ -37,6 +37,7 @@ benchmarks do not see).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from sandbox import memory, recompute
@@ -44,7 +45,7 @@ from sandbox.layout import grad_ranks, local_seq_len
 from sandbox.profile import BlockPoint, Profile
 from sandbox.sections import GPU
 from sandbox.specs import Plan
-from sim import block_kernels
+from sim import block_kernels, moe_compute
 
 
 @dataclass(frozen=True)
@@ -148,17 +149,51 @@ class LayerTimes:
     # forward and dgrad seconds of the QKV, attention-output, MLP-in, MLP-out GEMMs
     gemm_fwd: tuple[float, ...] = ()
     gemm_dgrad: tuple[float, ...] = ()
+    # MoE blocks: (forward, backward) seconds of attention and shared-expert compute
+    ep_hide: tuple[float, float] = (0.0, 0.0)
 
     @property
     def bwd(self) -> float:
         return self.bwd_input + self.bwd_weight
 
 
-def layer_times(plan: Plan, d: Device) -> LayerTimes:
+def block_gemms(plan: Plan, tokens: int, moe: bool = False
+                ) -> tuple[list[tuple[int, int, int]], tuple[tuple[int, ...], ...]]:
+    """(M, N, K) of one block's linear GEMMs on one TP rank, and the indices of
+    its four groups: attention in (QKV; MLA's down and up projections, the
+    down ones replicated over tp as Megatron-Core runs them), attention out,
+    MLP in, MLP out. A MoE block's MLP is its shared experts (one FFN of
+    shared_experts x expert_ffn_hidden; none without them); its routed part
+    is `sim.moe_compute`'s."""
+    m, t, h = plan.model, plan.parallel.tp, plan.model.hidden
+    if m.kind == "mla":
+        q = ([(tokens, m.q_lora_rank, h), (tokens, m.q_dim // t, m.q_lora_rank)]
+             if m.q_lora_rank else [(tokens, m.q_dim // t, h)])
+        attn = q + [(tokens, m.kv_lora_rank + m.qk_rope_head_dim, h),
+                    (tokens, m.heads * (m.head_dim + m.v_head_dim) // t, m.kv_lora_rank)]
+        out = (tokens, h, m.v_dim // t)
+    else:
+        attn, out = [(tokens, (m.q_dim + 2 * m.kv_dim) // t, h)], (tokens, h, m.q_dim // t)
+    width = m.shared_experts * m.expert_ffn_hidden if moe else m.ffn_hidden
+    mlp = []
+    if width:
+        ffn_in = (2 if m.activation == "swiglu" else 1) * width // t
+        mlp = [(tokens, ffn_in, h), (tokens, h, width // t)]
+    gemms = attn + [out] + mlp
+    a = len(attn)
+    groups = (tuple(range(a)), (a,), (a + 1,) if mlp else (), (a + 2,) if mlp else ())
+    return gemms, groups
+
+
+def layer_times(plan: Plan, d: Device, moe: bool = False) -> LayerTimes:
     """Kernel times of one transformer block (Megatron-LM's kernels, or with
     `attention = "flash"` a flash kernel and eager/compiled elementwise chains).
     With context parallelism the block runs on its s / cp local tokens and the
-    attention core on cp KV blocks of s / cp keys each (the ring's steps)."""
+    attention core on cp KV blocks of s / cp keys each (the ring's steps).
+    `moe`: a mixture-of-experts block (shared experts as its MLP, the routed
+    part from `sim.moe_compute`; `ep_hide`: its attention and shared-expert
+    compute, forward and backward, that `parallel.ep_overlap` hides the
+    all-to-alls behind)."""
     m, p = plan.model, plan.parallel
     t, b, s, h = p.tp, p.micro_batch, local_seq_len(plan), m.hidden
     kv_blocks = p.cp  # context parallelism: local queries x cp KV chunks (ring steps)
@@ -167,10 +202,8 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
     sp = p.sequence_parallel and t > 1
     tok_local = tokens // t if sp else tokens
     heads = m.heads // t
-    qkv = (m.q_dim + 2 * m.kv_dim) // t
-    ffn_in = (2 if m.activation == "swiglu" else 1) * m.ffn_hidden // t
-    ffn = m.ffn_hidden // t
-    gemms = [(tokens, qkv, h), (tokens, h, m.q_dim // t), (tokens, ffn_in, h), (tokens, h, ffn)]
+    ffn = (m.shared_experts * m.expert_ffn_hidden if moe else m.ffn_hidden) // t
+    gemms, groups = block_gemms(plan, tokens, moe)
     f8 = plan.train.precision == "fp8"  # the linear layers' GEMMs in FP8
     cast_f, cast_d, cast_w = fp8_cast_times(plan, d, gemms)
     # tp_comm_overlap: each GEMM next to a collective runs as tp pieces of M / tp rows
@@ -184,16 +217,19 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
     dgrad = sum(dgrads) + cast_d
     wgrads = [gemm_time(d, K, N, M, bytes_per=w, fp8=f8) for M, N, K in gemms]
     wgrad = sum(wgrads) + cast_w
+    fwds, dgrads = (tuple(sum(x[i] for i in g) for g in groups) for x in (fwds, dgrads))
+    wgrad_column = (sum(wgrads[i] for i in groups[0]), sum(wgrads[i] for i in groups[2]))
+    routed = moe_compute.routed_times(plan, d) if moe else None
     if plan.train.attention == "flash":
         core_f, core_b = flash_times(plan, d)
-        elem = block_kernels.elementwise_kernels(plan)
+        elem = block_kernels.elementwise_kernels(plan, moe)
         mem_f = sum(memory_time(d, x) for x in elem)
         mem_b = sum(memory_time(d, 2 * x) for x in elem)
-        return LayerTimes(fwd=fwd_gemm + core_f + mem_f, bwd_input=dgrad + core_b + mem_b,
-                          bwd_weight=wgrad, attn_core=core_f,
-                          op_recompute=op_recompute_time(plan, d, mem_f),
-                          wgrad_column=(wgrads[0], wgrads[2]), gemm_fwd=fwds,
-                          gemm_dgrad=dgrads)
+        lt = LayerTimes(fwd=fwd_gemm + core_f + mem_f, bwd_input=dgrad + core_b + mem_b,
+                        bwd_weight=wgrad, attn_core=core_f,
+                        op_recompute=op_recompute_time(plan, d, mem_f),
+                        wgrad_column=wgrad_column, gemm_fwd=fwds, gemm_dgrad=dgrads)
+        return _with_routed(lt, routed, (fwd_gemm + core_f, dgrad + wgrad + core_b))
     hd = m.head_dim
     score = kv_blocks * gemm_time(d, s, s, hd, batch=b * heads, bytes_per=w, attention=True)
     ctx = kv_blocks * gemm_time(d, s, hd, s, batch=b * heads, bytes_per=w, attention=True)
@@ -210,10 +246,21 @@ def layer_times(plan: Plan, d: Device) -> LayerTimes:
     elem_fwd = [x for x in (norm, softmax, act, resid) if x]
     mem_fwd = sum(memory_time(d, x) for x in elem_fwd)
     mem_bwd = sum(memory_time(d, 2 * x) for x in elem_fwd)
-    return LayerTimes(fwd=fwd_gemm + attn_fwd + mem_fwd, bwd_input=dgrad + attn_bwd + mem_bwd,
-                      bwd_weight=wgrad,
-                      attn_core=attn_fwd + (memory_time(d, softmax) if softmax else 0.0),
-                      wgrad_column=(wgrads[0], wgrads[2]), gemm_fwd=fwds, gemm_dgrad=dgrads)
+    lt = LayerTimes(fwd=fwd_gemm + attn_fwd + mem_fwd, bwd_input=dgrad + attn_bwd + mem_bwd,
+                    bwd_weight=wgrad,
+                    attn_core=attn_fwd + (memory_time(d, softmax) if softmax else 0.0),
+                    wgrad_column=wgrad_column, gemm_fwd=fwds, gemm_dgrad=dgrads)
+    return _with_routed(lt, routed, (fwd_gemm + attn_fwd, dgrad + wgrad + attn_bwd))
+
+
+def _with_routed(lt: LayerTimes, routed: moe_compute.RoutedTimes | None,
+                 hide: tuple[float, float]) -> LayerTimes:
+    """A MoE block: `lt` (attention, shared experts, elementwise) plus its routed part."""
+    if routed is None:
+        return lt
+    return dataclasses.replace(lt, fwd=lt.fwd + routed.fwd,
+                               bwd_input=lt.bwd_input + routed.dgrad,
+                               bwd_weight=lt.bwd_weight + routed.wgrad, ep_hide=hide)
 
 
 def op_recompute_time(plan: Plan, d: Device, elementwise_s: float) -> float:
@@ -241,9 +288,11 @@ def flash_times(plan: Plan, d: Device) -> tuple[float, float]:
     `FLASH_BWD_KERNELS` backward."""
     m, p = plan.model, plan.parallel
     pr, hd, batch = d.profile, m.head_dim, p.micro_batch * (m.heads // p.tp)
+    # q.k width and value width (MLA: head_dim + qk_rope_head_dim, v_head_dim)
+    qk, vd = (hd + m.qk_rope_head_dim, m.v_head_dim) if m.kind == "mla" else (hd, hd)
     q, s = local_seq_len(plan), m.seq_len  # a cp rank's queries against all keys
-    fw = block_kernels.flash_work(plan, pr.padded_gemm_flops(q, s, hd, batch)
-                                  + pr.padded_gemm_flops(q, hd, s, batch))
+    fw = block_kernels.flash_work(plan, pr.padded_gemm_flops(q, s, qk, batch)
+                                  + pr.padded_gemm_flops(q, vd, s, batch))
     rate = fw.fwd_flops / max(pr.attention_seconds(fw.fwd_flops, d.peak_flops), 1e-30)
     mem = pr.memory_rate(d.hbm_bytes_per_s)
     fwd = pr.kernel_overhead_s + max(fw.fwd_flops / rate, fw.fwd_bytes / mem)
@@ -283,9 +332,10 @@ def optimizer_time(d: Device, params: float, precision: str) -> float:
 
 def measured_block(plan: Plan, d: Device) -> BlockPoint | None:
     """The profile's measured layer of exactly this plan's shape, if any
-    (none under context parallelism: no measured layer runs a ring)."""
+    (none under context parallelism: no measured layer runs a ring, nor for
+    MoE or MLA models: the measured layers are dense MHA / GQA blocks)."""
     m, p = plan.model, plan.parallel
-    if p.cp > 1:
+    if p.cp > 1 or m.moe or m.kind == "mla":
         return None
     return d.profile.block_point(p.tp, p.sequence_parallel, p.micro_batch, m.seq_len, m.hidden,
                                  m.heads, m.ffn_hidden)

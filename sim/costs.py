@@ -9,18 +9,22 @@ Stage s holds `layers[s]` blocks (`sandbox.layout.stage_layers`), its chunks
 the layout's `rank_chunk_sizes` (uneven when pp * vpp does not divide the
 layers). With context parallelism every rank works on s / cp tokens (TP
 collectives and pipeline sends too) and its ring attention's exposed KV
-transfers (`sim.context_parallel`) block the compute stream. Units:
-seconds, bytes.
+transfers (`sim.context_parallel`) block the compute stream. A MoE model's
+chunk costs its dense and MoE blocks each at their own kernel times
+(`sandbox.experts.layer_kinds` over the chunk's global blocks); a MoE block's
+expert all-to-alls (`sim.expert_parallel`) block the compute stream too.
+Units: seconds, bytes.
 """
 
 from __future__ import annotations
 
-from sandbox import memory, recompute
+from sandbox import experts, memory, recompute
 from sandbox.layout import local_seq_len, rank_chunk_sizes, rank_of
 from sandbox.profile import Profile
 from sandbox.specs import Plan
 from sim import compute
 from sim.context_parallel import cp_times
+from sim.expert_parallel import ep_times
 from sim.host import host_ops
 from sim.network.collectives import Coll, collective_time, concurrent_time
 from sim.network.topology import Topology
@@ -116,7 +120,44 @@ def send_time(plan: Plan, topo: Topology, prof: Profile, d: int = 0, a: int = 0,
 def stage_params(plan: Plan, layers: list[int], s: int) -> float:
     """Parameters held by one GPU of stage s when stages have `layers` blocks."""
     m, p = plan.model, plan.parallel
+    if m.moe:
+        return sum(stage_param_parts(plan, layers, s))
     return memory.stage_params_per_gpu(m, p.tp, p.pp, s, layers[s])
+
+
+def chunk_blocks(plan: Plan, layers: list[int]) -> dict[tuple[int, int], range]:
+    """Global block indices of each (stage, chunk) when stages hold `layers`
+    blocks (virtual stage c * pp + s follows c * pp + s - 1)."""
+    P, v = plan.parallel.pp, virtual_stages(plan)
+    chunks = rank_chunk_sizes(plan, layers)
+    out, start = {}, 0
+    for vs in range(P * v):
+        s, c = vs % P, vs // P
+        n = chunks[s][c] if v > 1 else layers[s]
+        out[(s, c)] = range(start, start + n)
+        start += n
+    return out
+
+
+def stage_param_parts(plan: Plan, layers: list[int], s: int) -> tuple[float, float]:
+    """(parameters other than the routed experts, routed-expert parameters)
+    one GPU of stage s holds (`sandbox.experts`; the embedding / head parts
+    from `sandbox.memory`). Dense models: (all, 0)."""
+    m, p = plan.model, plan.parallel
+    if not m.moe:
+        return memory.stage_params_per_gpu(m, p.tp, p.pp, s, layers[s]), 0.0
+    blocks = [r for (st, _c), r in chunk_blocks(plan, layers).items() if st == s]
+    ends = memory.stage_params_per_gpu(m, p.tp, p.pp, s, 0)
+    shared = ends + sum(experts.shared_block_params_per_gpu(m, p.tp, r) for r in blocks)
+    routed = sum(experts.routed_params_per_gpu(m, p.tp, p.ep, r) for r in blocks)
+    return shared, routed
+
+
+def expert_shard(plan: Plan) -> int:
+    """Ranks one routed expert's states are ZeRO-sharded over: its
+    expert-data-parallel group (dp / ep replicas x cp)."""
+    p = plan.parallel
+    return p.dp // p.ep * p.cp
 
 
 def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.Device],
@@ -133,45 +174,75 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
     opt: list[float] = []
     per_dev: dict = {} if cache is None else cache
     chunks = rank_chunk_sizes(plan, layers)
+    moe = plan.model.moe
+    blocks = chunk_blocks(plan, layers) if moe else {}
+    tpm_f = tpm_b = cpm_f = cpm_b = ep_f = ep_b = 0.0
+    lm = None
     for s in range(P):
         dev, k = devs[s], slow[s]
         key = (dev, plan.model.seq_len)
         if key not in per_dev:
             per_dev[key] = (compute.layer_times(plan, dev), compute.embedding_times(plan, dev),
                             compute.head_times(plan, dev))
+            if moe:
+                per_dev[("moe", *key)] = compute.layer_times(plan, dev, moe=True)
         lt0, (emb_f, emb_b), (head_f, head_b) = per_dev[key]
         tp_f, tp_b = tp_times(plan, topo, prof, s, lt0, d)
         lt = compute.calibrated_layer(plan, dev, lt0, tp_f + tp_b)  # a measured layer, if any
         cp_f, cp_b = cp_times(plan, topo, prof, s, lt, d)  # exposed ring transfers per block
+        if moe:  # MoE blocks: own kernels, TP and CP exposure, all-to-alls
+            lm = per_dev[("moe", *key)]
+            tpm_f, tpm_b = tp_times(plan, topo, prof, s, lm, d)
+            cpm_f, cpm_b = cp_times(plan, topo, prof, s, lm, d)
+            ep_f, ep_b = ep_times(plan, topo, prof, s, lm, per_dev)
         rerun = recompute.forward_rerun_share(p.recompute, layers[s])
         attn_rerun = recompute.attention_rerun_share(p.recompute, layers[s])
         tp_re = op_tp_recompute_s(plan, topo, prof, s, d) if p.recompute == "op" else 0.0
         for c in range(v):
             vs, per_chunk = c * P + s, chunks[s][c]
-            f = per_chunk * lt.fwd + (emb_f if vs == 0 else 0) + (head_f if vs == P * v - 1 else 0)
-            tf = per_chunk * tp_f
+            n_d, n_m = (experts.layer_kinds(plan.model, blocks[(s, c)]) if moe
+                        else (per_chunk, 0))
+
+            def mix(name: str, x: float = 0.0, y: float = 0.0) -> float:
+                """Sum over the chunk's dense and MoE blocks of an attribute
+                of their LayerTimes (or of the given per-block seconds)."""
+                dense = getattr(lt, name) if name else x
+                return n_d * dense + ((getattr(lm, name) if name else y) * n_m if n_m else 0.0)
+
+            f = mix("fwd") + (emb_f if vs == 0 else 0) + (head_f if vs == P * v - 1 else 0)
+            tf = mix("", tp_f, tpm_f)
             first, last = vs == 0, vs == P * v - 1
-            re, tre, host_re = 0.0, 0.0, 0.0
+            re, tre, host_re, ep_re = 0.0, 0.0, 0.0, 0.0
             if p.recompute in ("full", "layer"):  # "layer": a share of the blocks
-                k_re = per_chunk * rerun
-                re, tre, host_re = k_re * lt.fwd, k_re * tp_f, rerun * ho.block_fwd
+                re, tre = rerun * mix("fwd"), rerun * mix("", tp_f, tpm_f)
+                if not moe:  # dense: as before (k_re = per_chunk * rerun)
+                    k_re = per_chunk * rerun
+                    re, tre = k_re * lt.fwd, k_re * tp_f
+                host_re, ep_re = rerun * ho.block_fwd, rerun * n_m * ep_f
             elif p.recompute == "selective":
                 re, host_re = per_chunk * lt.attn_core, ho.attn_core
             elif p.recompute == "op":
-                re, tre, host_re = per_chunk * lt.op_recompute, per_chunk * tp_re, ho.op_recompute
+                re, tre, host_re = mix("op_recompute"), per_chunk * tp_re, ho.op_recompute
             extra_b = (emb_b if first else 0) + (head_b if last else 0)
-            b_in = per_chunk * (lt.bwd_input if zb else lt.bwd) + re + extra_b
+            b_in = (mix("bwd_input") if zb else mix("bwd")) + re + extra_b
             host_f = per_chunk * ho.block_fwd + ho.embedding_fwd * first + ho.head_fwd * last
             host_w = per_chunk * ho.block_bwd_weight
             host_b = (per_chunk * (ho.block_bwd_input + host_re) + ho.embedding_bwd * first
                       + ho.head_bwd * last + (0 if zb else host_w))
             cp_re = cp_f * attn_rerun  # the ring again
-            cost[(s, c, "F")] = OpCost(k * f, tf, host * host_f, per_chunk * cp_f)
-            cost[(s, c, "B")] = OpCost(k * b_in, per_chunk * tp_b + tre, host * host_b,
-                                       per_chunk * (cp_b + cp_re))
-            cost[(s, c, "W")] = (OpCost(k * per_chunk * lt.bwd_weight, 0.0, host * host_w)
-                                 if zb else OpCost(0.0, 0.0))
-        shard = stage_params(plan, layers, s) / (p.shard_size if p.zero >= 1 else 1)
+            cp_fwd = mix("", cp_f, cpm_f)
+            cp_bwd = per_chunk * (cp_b + cp_re) if not moe else \
+                mix("", cp_b, cpm_b) + attn_rerun * cp_fwd
+            cost[(s, c, "F")] = OpCost(k * f, tf, host * host_f, cp_fwd, n_m * ep_f)
+            cost[(s, c, "B")] = OpCost(k * b_in, mix("", tp_b, tpm_b) + tre, host * host_b,
+                                       cp_bwd, n_m * ep_b + ep_re)
+            w_s = k * mix("bwd_weight") if moe else k * per_chunk * lt.bwd_weight
+            cost[(s, c, "W")] = OpCost(w_s, 0.0, host * host_w) if zb \
+                else OpCost(0.0, 0.0)
+        dense_p, routed_p = stage_param_parts(plan, layers, s)
+        shard = dense_p / (p.shard_size if p.zero >= 1 else 1)
+        if routed_p:  # routed experts' states shard over their expert-data-parallel group
+            shard += routed_p / (expert_shard(plan) if p.zero >= 1 else 1)
         server_side = p.dp_mode in ("parameter-server", "async") and p.dp > 1
         opt.append(0.0 if server_side else k * (
             compute.optimizer_time(dev, shard, tr.precision)

@@ -31,6 +31,7 @@ class RankStats:
     compute: float = 0.0
     tp_comm: float = 0.0
     cp_comm: float = 0.0  # exposed context-parallel ring transfers
+    ep_comm: float = 0.0  # exposed expert-parallel all-to-alls
     pp_comm: float = 0.0
     bubble: float = 0.0
     dp_comm: float = 0.0
@@ -323,11 +324,14 @@ class Engine:
             st.compute += cost.compute_s + copy
             st.tp_comm += cost.tp_s
             st.cp_comm += cost.cp_s
-            st.host += cost.total - cost.compute_s - cost.tp_s - cost.cp_s
+            st.ep_comm += cost.ep_s
+            st.host += cost.total - cost.compute_s - cost.tp_s - cost.cp_s - cost.ep_s
             self._span(rank, "compute", {"F": "fwd", "B": "bwd", "W": "wgrad"}[kind], t0,
                        env.now, mb)
             if cost.cp_s:  # the op's exposed context-parallel ring transfers, drawn at its end
                 self._span(rank, "cp_ring", "cp_comm", env.now - cost.cp_s, env.now, mb)
+            if cost.ep_s:  # the op's exposed expert all-to-alls, drawn at its end
+                self._span(rank, "ep_a2a", "ep_comm", env.now - cost.ep_s, env.now, mb)
             if done is not None:  # the last unit computes once its parameters are in
                 yield from self._last_unit(st, done, cost.total / work.zero3_units[s])
             if kind == "F" and vs < P * v - 1:

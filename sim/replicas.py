@@ -27,7 +27,7 @@ def _signature(rw: RepWork) -> tuple:
     def r(x: float) -> float:
         return float(f"{x:.12g}")
 
-    cost = tuple((k, r(c.compute_s), r(c.tp_s), r(c.host_s), r(c.cp_s))
+    cost = tuple((k, r(c.compute_s), r(c.tp_s), r(c.host_s), r(c.cp_s), r(c.ep_s))
                  for k, c in sorted(rw.cost.items()))
     send = None if rw.send_s is None else tuple(map(r, rw.send_s))
     return cost, tuple(map(r, rw.optimizer_s)), send, tuple(map(tuple, rw.ops))

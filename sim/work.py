@@ -27,17 +27,19 @@ def virtual_stages(plan: Plan) -> int:
 @dataclass
 class OpCost:
     """GPU compute and blocking TP communication of one op, the host's
-    dispatch time for it (the op takes the larger: `sim.host`), and the
-    context-parallel ring's exposed transfers; seconds."""
+    dispatch time for it (the op takes the larger: `sim.host`), the
+    context-parallel ring's and the expert all-to-alls' exposed transfers;
+    seconds."""
 
     compute_s: float
     tp_s: float
     host_s: float = 0.0
     cp_s: float = 0.0
+    ep_s: float = 0.0
 
     @property
     def total(self) -> float:
-        return max(self.compute_s + self.tp_s + self.cp_s, self.host_s)
+        return max(self.compute_s + self.tp_s + self.cp_s + self.ep_s, self.host_s)
 
 
 @dataclass

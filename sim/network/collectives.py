@@ -13,6 +13,11 @@ in one or more phases, each with a latency term:
 - tree: a binary tree, `N` bytes up every edge then down; `2 log2 p` steps.
 - hierarchical: reduce-scatter inside each node, all-reduce of N/g across
   nodes (g rings in parallel, one per local rank), all-gather inside the node.
+- all_to_all (expert-parallel token dispatch / combine, NCCL's grouped
+  send/recv and DeepEP alike): every rank sends N/p bytes of its N-byte
+  buffer straight to each of the p - 1 others, all at once, one phase; inside
+  a node over NVLink, across nodes through the sender's NIC. On one link
+  class of bandwidth B, idle: `(p-1)/p * N / B + alpha` (one step).
 
 Link bandwidth is derated by the profile's `collective_efficiency`; a
 measured `[[collective]]` point in the profile replaces the link model.
@@ -28,7 +33,7 @@ from sandbox.profile import Profile, bus_factor
 from sim.network.flows import fluid_finish
 from sim.network.topology import Topology
 
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv", "all_to_all")
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class Coll:
 
     op: str
     ranks: tuple[int, ...]  # global GPU ranks, in ring order
-    nbytes: float  # buffer size N (all-reduce input; all-gather output)
+    nbytes: float  # buffer size N (all-reduce input; all-gather output; all-to-all input)
     algorithm: str = "ring"
 
 
@@ -87,6 +92,16 @@ def _tree(topo: Topology, op: str, ranks: tuple[int, ...], nbytes: float,
     return phases
 
 
+def _all_to_all(topo: Topology, ranks: tuple[int, ...], nbytes: float,
+                prof: Profile) -> Phase:
+    """Every ordered pair's N/p bytes as one phase of concurrent flows."""
+    p = len(ranks)
+    per = nbytes / p / prof.collective_efficiency
+    paths = tuple(topo.route(a, b, topo.nic_of(a)) for a in ranks for b in ranks if a != b)
+    hop = max(topo.latency(pa) for pa in paths)
+    return Phase(paths, (per,) * len(paths), hop + prof.collective_step_latency_s)
+
+
 def phases(topo: Topology, coll: Coll, prof: Profile) -> list[Phase]:
     """The collective as sequential phases of concurrent flows."""
     ranks, op = coll.ranks, coll.op
@@ -96,6 +111,8 @@ def phases(topo: Topology, coll: Coll, prof: Profile) -> list[Phase]:
         path = topo.route(ranks[0], ranks[1], topo.nic_of(ranks[0]))
         return [Phase((path,), (coll.nbytes / prof.collective_efficiency,),
                       topo.latency(path) + prof.collective_step_latency_s)]
+    if op == "all_to_all":
+        return [_all_to_all(topo, ranks, coll.nbytes, prof)]
     if coll.algorithm == "tree":
         return _tree(topo, op, ranks, coll.nbytes, prof)
     by_node: dict[int, list[int]] = {}
