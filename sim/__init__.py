@@ -17,18 +17,17 @@ from dataclasses import replace
 from typing import Any
 
 from sandbox import counts, memory
-from sandbox.layout import rank_of
+from sandbox.experts import layer_kinds
+from sandbox.layout import rank_of, stage_layers
 from sandbox.profile import Profile, profile_for
 from sandbox.specs import Plan
 from sim import engine, lowering, variation
 from sim.budget import check_budget
-from sandbox.experts import layer_kinds
-from sandbox.layout import stage_layers
 from sim.context_parallel import cp_note
 from sim.costs import chunk_blocks
+from sim.engine import EngineResult
 from sim.expert_parallel import ep_note
 from sim.moe_compute import moe_note
-from sim.engine import EngineResult
 from sim.network.shared import shared
 from sim.result import BREAKDOWN, SimResult
 from sim.sync import variants

@@ -31,6 +31,12 @@ from sim.network.topology import Topology
 from sim.work import OpCost, virtual_stages
 
 
+def _mix(kinds: tuple[int, int], dense_s: float, moe_s: float) -> float:
+    """Seconds of a chunk of (dense, MoE) blocks taking `dense_s` / `moe_s` each."""
+    n_d, n_m = kinds
+    return n_d * dense_s + (n_m * moe_s if n_m else 0.0)
+
+
 def tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
               lt: compute.LayerTimes, d: int = 0) -> tuple[float, float]:
     """(forward, backward) exposed TP communication seconds of one block.
@@ -177,7 +183,6 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
     moe = plan.model.moe
     blocks = chunk_blocks(plan, layers) if moe else {}
     tpm_f = tpm_b = cpm_f = cpm_b = ep_f = ep_b = 0.0
-    lm = None
     for s in range(P):
         dev, k = devs[s], slow[s]
         key = (dev, plan.model.seq_len)
@@ -190,6 +195,7 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
         tp_f, tp_b = tp_times(plan, topo, prof, s, lt0, d)
         lt = compute.calibrated_layer(plan, dev, lt0, tp_f + tp_b)  # a measured layer, if any
         cp_f, cp_b = cp_times(plan, topo, prof, s, lt, d)  # exposed ring transfers per block
+        lm = lt
         if moe:  # MoE blocks: own kernels, TP and CP exposure, all-to-alls
             lm = per_dev[("moe", *key)]
             tpm_f, tpm_b = tp_times(plan, topo, prof, s, lm, d)
@@ -202,19 +208,15 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
             vs, per_chunk = c * P + s, chunks[s][c]
             n_d, n_m = (experts.layer_kinds(plan.model, blocks[(s, c)]) if moe
                         else (per_chunk, 0))
+            kinds = (n_d, n_m)
 
-            def mix(name: str, x: float = 0.0, y: float = 0.0) -> float:
-                """Sum over the chunk's dense and MoE blocks of an attribute
-                of their LayerTimes (or of the given per-block seconds)."""
-                dense = getattr(lt, name) if name else x
-                return n_d * dense + ((getattr(lm, name) if name else y) * n_m if n_m else 0.0)
-
-            f = mix("fwd") + (emb_f if vs == 0 else 0) + (head_f if vs == P * v - 1 else 0)
-            tf = mix("", tp_f, tpm_f)
+            f = (_mix(kinds, lt.fwd, lm.fwd) + (emb_f if vs == 0 else 0)
+                 + (head_f if vs == P * v - 1 else 0))
+            tf = _mix(kinds, tp_f, tpm_f)
             first, last = vs == 0, vs == P * v - 1
             re, tre, host_re, ep_re = 0.0, 0.0, 0.0, 0.0
             if p.recompute in ("full", "layer"):  # "layer": a share of the blocks
-                re, tre = rerun * mix("fwd"), rerun * mix("", tp_f, tpm_f)
+                re, tre = rerun * _mix(kinds, lt.fwd, lm.fwd), rerun * _mix(kinds, tp_f, tpm_f)
                 if not moe:  # dense: as before (k_re = per_chunk * rerun)
                     k_re = per_chunk * rerun
                     re, tre = k_re * lt.fwd, k_re * tp_f
@@ -222,21 +224,24 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
             elif p.recompute == "selective":
                 re, host_re = per_chunk * lt.attn_core, ho.attn_core
             elif p.recompute == "op":
-                re, tre, host_re = mix("op_recompute"), per_chunk * tp_re, ho.op_recompute
+                re = _mix(kinds, lt.op_recompute, lm.op_recompute)
+                tre, host_re = per_chunk * tp_re, ho.op_recompute
             extra_b = (emb_b if first else 0) + (head_b if last else 0)
-            b_in = (mix("bwd_input") if zb else mix("bwd")) + re + extra_b
+            b_in = (_mix(kinds, lt.bwd_input, lm.bwd_input) if zb
+                    else _mix(kinds, lt.bwd, lm.bwd)) + re + extra_b
             host_f = per_chunk * ho.block_fwd + ho.embedding_fwd * first + ho.head_fwd * last
             host_w = per_chunk * ho.block_bwd_weight
             host_b = (per_chunk * (ho.block_bwd_input + host_re) + ho.embedding_bwd * first
                       + ho.head_bwd * last + (0 if zb else host_w))
             cp_re = cp_f * attn_rerun  # the ring again
-            cp_fwd = mix("", cp_f, cpm_f)
+            cp_fwd = _mix(kinds, cp_f, cpm_f)
             cp_bwd = per_chunk * (cp_b + cp_re) if not moe else \
-                mix("", cp_b, cpm_b) + attn_rerun * cp_fwd
+                _mix(kinds, cp_b, cpm_b) + attn_rerun * cp_fwd
             cost[(s, c, "F")] = OpCost(k * f, tf, host * host_f, cp_fwd, n_m * ep_f)
-            cost[(s, c, "B")] = OpCost(k * b_in, mix("", tp_b, tpm_b) + tre, host * host_b,
+            cost[(s, c, "B")] = OpCost(k * b_in, _mix(kinds, tp_b, tpm_b) + tre, host * host_b,
                                        cp_bwd, n_m * ep_b + ep_re)
-            w_s = k * mix("bwd_weight") if moe else k * per_chunk * lt.bwd_weight
+            w_s = (k * _mix(kinds, lt.bwd_weight, lm.bwd_weight) if moe
+                   else k * per_chunk * lt.bwd_weight)
             cost[(s, c, "W")] = OpCost(w_s, 0.0, host * host_w) if zb \
                 else OpCost(0.0, 0.0)
         dense_p, routed_p = stage_param_parts(plan, layers, s)
