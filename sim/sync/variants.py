@@ -32,6 +32,7 @@ from typing import Any
 
 from sandbox import memory
 from sandbox.layout import (
+    expert_grad_groups,
     grad_ranks,
     rank_of,
     replicate_groups,
@@ -41,7 +42,7 @@ from sandbox.layout import (
 from sandbox.profile import Profile, bus_factor
 from sandbox.specs import Plan
 from sim import compute
-from sim.costs import stage_params
+from sim.costs import expert_shard, stage_param_parts, stage_params
 from sim.engine import EngineResult
 from sim.network.collectives import Coll, Phase, concurrent_time, merge_phases, phases
 from sim.network.topology import Topology
@@ -62,9 +63,23 @@ def _allreduce_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.De
                       algorithm: str, replicate: bool = True) -> list[Phase]:
     """One bucket's reduction over the data-parallel groups. HSDP (`dp_shard`
     < dp): the reduce-scatter runs over each shard group, then (`replicate`)
-    the 1/dp_shard shards are all-reduced across the replicate groups."""
+    the 1/dp_shard shards are all-reduced across the replicate groups. A MoE
+    stage reduces its routed experts' share over the expert-data-parallel
+    groups at the same time (`_moe_phases`)."""
+    if plan.model.moe:
+        return _moe_phases(plan, topo, prof, dev, s, share, algorithm, replicate)
     p = plan.parallel
     groups, reps, k = shard_groups(plan, s), replicate_groups(plan, s), p.shard_size
+    return _reduction(plan, topo, prof, dev, mats, share, algorithm, groups,
+                      reps if replicate else [], k)
+
+
+def _reduction(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device,
+               mats: compression.Matrices, share: float, algorithm: str,
+               groups: list[tuple[int, ...]], reps: list[tuple[int, ...]], k: int
+               ) -> list[Phase]:
+    """`share` of `mats`' gradients reduced over `groups` (k ranks each), then
+    the 1/k shards all-reduced over `reps` (HSDP; empty: none)."""
     out: list[Phase] = []
     for step in compression.bucket_steps(plan, dev, mats, share, k):
         if step[0] == "compute":
@@ -72,10 +87,79 @@ def _allreduce_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.De
             continue
         out += merge_phases([phases(topo, Coll(step[0], g, step[1], algorithm), prof)
                              for g in groups])
-        if reps and replicate and step[0] == "reduce_scatter":
+        if reps and step[0] == "reduce_scatter":
             out += merge_phases([phases(topo, Coll("all_reduce", g, step[1] / k, algorithm),
                                         prof) for g in reps])
     return out
+
+
+def _moe_parts(plan: Plan, layers: list[int], s: int) -> tuple[float, float]:
+    return stage_param_parts(plan, layers, s)
+
+
+def _moe_phases(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, s: int,
+                share: float, algorithm: str, replicate: bool = True) -> list[Phase]:
+    """A MoE stage's bucket: `share` of the non-routed gradients over the
+    data-parallel groups (as a dense stage's) and at the same time `share` of
+    the routed experts' over the expert-data-parallel groups
+    (`sandbox.layout.expert_grad_groups`, dp / ep x cp ranks; none when each
+    expert shard has one replica). Gradients as vectors (PowerSGD sends them
+    uncompressed)."""
+    p = plan.parallel
+    dense, routed = _moe_parts(plan, stage_layers(plan), s)
+    parts = [_reduction(plan, topo, prof, dev, compression.Matrices((), dense), share,
+                        algorithm, shard_groups(plan, s),
+                        replicate_groups(plan, s) if replicate else [], p.shard_size)]
+    edp = expert_grad_groups(plan, s)
+    if routed and len(edp[0]) > 1:
+        parts.append(_reduction(plan, topo, prof, dev, compression.Matrices((), routed), share,
+                                algorithm, edp, [], len(edp[0])))
+    return merge_phases(parts)
+
+
+def moe_wire_bytes(plan: Plan, dev: compute.Device, layers: list[int], s: int,
+                   compressed: bool = True) -> float:
+    """Bytes one GPU of a MoE stage sends per step to reduce its gradients:
+    the non-routed over dp x cp (HSDP: shard then replicate groups), the
+    routed experts over the expert-data-parallel group (ring factors included)."""
+    p = plan.parallel
+    dense, routed = _moe_parts(plan, layers, s)
+    if p.shard_size < grad_ranks(plan):
+        out = sum(hsdp_grad_bytes(plan, dense))
+    else:
+        out = compression.wire_bytes(plan, dev, compression.Matrices((), dense), grad_ranks(plan),
+                                     compressed)
+    k = expert_shard(plan)
+    if routed and k > 1:
+        out += compression.wire_bytes(plan, dev, compression.Matrices((), routed), k, compressed)
+    return out
+
+
+def _gather_colls(plan: Plan, layers: list[int], s: int, bytes_per: float, algorithm: str,
+                  divide: int = 1) -> list[Coll]:
+    """All-gathers of stage s's parameters (`bytes_per` bytes each, 1/`divide`
+    of them): over the shard groups, a MoE stage's routed experts over the
+    expert-data-parallel groups."""
+    if not plan.model.moe:
+        n = stage_params(plan, layers, s) * bytes_per / divide
+        return [Coll("all_gather", g, n, algorithm) for g in shard_groups(plan, s)]
+    dense, routed = _moe_parts(plan, layers, s)
+    colls = [Coll("all_gather", g, dense * bytes_per / divide, algorithm)
+             for g in shard_groups(plan, s)]
+    edp = expert_grad_groups(plan, s)
+    if routed and len(edp[0]) > 1:
+        colls += [Coll("all_gather", g, routed * bytes_per / divide, algorithm) for g in edp]
+    return colls
+
+
+def moe_gather_bytes(plan: Plan, layers: list[int], s: int) -> float:
+    """Bytes one GPU of a MoE stage receives gathering all its 16-bit
+    parameters once: the non-routed from the other shard-group ranks, the
+    routed experts from the other expert-data-parallel ranks."""
+    wb = memory.weight_bytes_per_param(plan.train.precision)
+    dense, routed = _moe_parts(plan, layers, s)
+    k, e = plan.parallel.shard_size, expert_shard(plan)
+    return wb * (dense * (k - 1) / k + routed * (e - 1) / e)
 
 
 def hsdp_grad_bytes(plan: Plan, n_params: float) -> tuple[float, float]:
@@ -98,10 +182,9 @@ def gather_phases(plan: Plan, topo: Topology, prof: Profile, s: int,
     p = plan.parallel
     if grad_ranks(plan) == 1 or p.zero not in (1, 2) or p.dp_mode != "allreduce":
         return []
-    n = stage_params(plan, stage_layers(plan), s)
     wb = memory.weight_bytes_per_param(plan.train.precision)
-    return merge_phases([phases(topo, Coll("all_gather", g, n * wb, algorithm), prof)
-                         for g in shard_groups(plan, s)])
+    return merge_phases([phases(topo, c, prof)
+                         for c in _gather_colls(plan, stage_layers(plan), s, wb, algorithm)])
 
 
 def zero3_gathers_per_step(plan: Plan) -> int:
@@ -184,6 +267,9 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
                 b_plain = compression.wire_bytes(plan, dev, mats, g, compressed=False)
                 if hsdp:  # validated: no compression
                     b_sent = b_plain = sum(hsdp_grad_bytes(plan, n_params))
+                if m.moe:  # routed experts over their expert-data-parallel groups
+                    b_sent = moe_wire_bytes(plan, dev, layers, s)
+                    b_plain = moe_wire_bytes(plan, dev, layers, s, compressed=False)
             else:
                 workers = [rank_of(plan, d, s, t) for d in range(p.dp) for t in range(p.tp)]
                 ph = ps_phases(plan, topo, prof, dev, workers, n_params / nb)
@@ -195,17 +281,22 @@ def dp_work(plan: Plan, topo: Topology, prof: Profile, dev: compute.Device, laye
                                                algorithm, replicate=False))
             g_bytes = 0.0
             if z3:  # one reduction per micro-batch (HSDP: one all-reduce), the gathers
-                rs, ar = hsdp_grad_bytes(plan, n_params) if hsdp else (b_sent, 0.0)
+                rs, ar = hsdp_grad_bytes(plan, n_params) if hsdp and not m.moe else (b_sent, 0.0)
                 rounds = 1 if memory.zero3_pipelined(plan) else p.microbatches
                 b_sent = b_plain = rs * rounds + ar
                 g_bytes = (zero3_gathers_per_step(plan) * zero3_chunk_bytes(plan, layers, s)
                            * (p.shard_size - 1) / p.shard_size)
+                if m.moe:  # routed experts gathered over their expert-data-parallel group
+                    g_bytes = zero3_gathers_per_step(plan) / v * moe_gather_bytes(plan, layers, s)
             sent, plain = max(sent, b_sent + g_bytes), max(plain, b_plain + g_bytes)
             ag_bytes = max(ag_bytes, g_bytes)
         buckets.append(stage_b)
         chunk_b = zero3_chunk_bytes(plan, layers, s)
         colls = [Coll("all_gather", g, chunk_b, algorithm)
                  for g in shard_groups(plan, s)] if z3 else []
+        if z3 and m.moe:  # the routed experts over their expert-data-parallel groups
+            colls = _gather_colls(plan, layers, s, memory.weight_bytes_per_param(
+                plan.train.precision), algorithm, divide=v)
         whole, first = _unit_phases(topo, prof, colls, zero3_units(plan, layers, s)) if z3 \
             else ([], 0.0)
         ag.append(whole)
