@@ -4,7 +4,9 @@
   `gpus` GPUs, training options); `candidates` enumerates the parallel
   settings (tp within a node, pp up to the number of layers, dp from the
   world size; vpp, micro-batch, ZeRO stage, recompute, sequence parallelism,
-  schedule), restricted by `fix`.
+  schedule; for a mixture of experts the expert-parallel degree ep, every
+  divisor of dp that divides the experts, 1 for dense models), restricted
+  by `fix`.
 - `screen` keeps what can run (`sandbox.validate.plan_problems`) and fits
   (`sandbox.memory.memory_per_gpu`), and gives every rejected candidate its
   reason.
@@ -28,14 +30,15 @@ from typing import Any
 
 from sandbox import memory, presets
 from sandbox.errors import SandboxError
+from sandbox.layout import stage_layers
 from sandbox.planfile import did_you_mean, load
 from sandbox.profile import profile_for
 from sandbox.specs import Parallel, Plan
 from sandbox.validate import plan_problems
-from sim import compute, host
+from sim import compute, costs, host
 
 SEARCHED = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute",
-            "sequence_parallel", "schedule")
+            "sequence_parallel", "schedule", "ep")
 MICRO_BATCHES = (1, 2, 4, 8)
 VPPS = (2, 3, 4, 6, 8)  # virtual stages tried with the interleaved schedule
 ZEROS = (0, 1, 2, 3)
@@ -141,12 +144,15 @@ def candidates(base: Plan, fix: dict | None = None) -> Iterator[Parallel]:
             scheds = [(s, v) for s, v in scheds
                       if s in _options("schedule", [s], fix) and v in _options("vpp", [v], fix)]
             sps = _options("sequence_parallel", [True, False] if tp > 1 else [False], fix)
-            for (sched, vpp), mb, zero, rc, sp in itertools.product(
+            e = base.model.experts
+            eps = _options("ep", [x for x in divisors(dp or 1) if e and e % x == 0] or [1], fix)
+            for (sched, vpp), mb, zero, rc, sp, ep in itertools.product(
                     scheds, _options("micro_batch", MICRO_BATCHES, fix),
-                    _options("zero", ZEROS, fix), _options("recompute", RECOMPUTES, fix), sps):
+                    _options("zero", ZEROS, fix), _options("recompute", RECOMPUTES, fix), sps,
+                    eps):
                 yield dataclasses.replace(base.parallel, dp=dp or 1, tp=tp, pp=pp, vpp=vpp,
                                           micro_batch=mb, zero=zero, recompute=rc,
-                                          sequence_parallel=sp, schedule=sched)
+                                          sequence_parallel=sp, schedule=sched, ep=ep)
 
 
 def with_parallel(base: Plan, **fields: Any) -> Plan:
@@ -207,12 +213,20 @@ def screen(base: Plan, settings: Iterable[Parallel], max_memory_gb: float | None
     return feasible, rejected
 
 
+def _stage0_params(plan: Plan) -> tuple[float, float]:
+    """(non-routed, routed-expert) parameters of one GPU of stage 0."""
+    m, p = plan.model, plan.parallel
+    if not m.moe:
+        return memory.stage_params_per_gpu(m, p.tp, p.pp, 0), 0.0
+    return costs.stage_param_parts(plan, stage_layers(plan), 0)
+
+
 def _dp_comm_s(plan: Plan) -> float:
     """Least time to reduce one replica's gradients over the data-parallel group."""
-    m, c, p = plan.model, plan.cluster, plan.parallel
+    c, p = plan.cluster, plan.parallel
     if p.dp <= 1:
         return 0.0
-    grads = memory.stage_params_per_gpu(m, p.tp, p.pp, 0) * GRAD_BYTES
+    grads = _stage0_params(plan)[0] * GRAD_BYTES  # MoE: routed experts reduce over less
     per_node = c.gpus_per_node
     stride = p.tp * p.pp  # ranks of one DP group are tp*pp apart
     if stride * p.dp <= per_node:  # the whole group inside one node
@@ -231,12 +245,15 @@ def _microbatch_s(plan: Plan) -> float:
     m, c, p, t = plan.model, plan.cluster, plan.parallel, plan.train
     prof = profile_for(c)
     dev = compute.device_of(plan, prof)
-    lt = compute.layer_times(plan, dev)
-    recompute = {"full": lt.fwd, "selective": lt.attn_core, "op": lt.op_recompute,
-                 "layer": lt.fwd / 2}.get(p.recompute, 0.0)
+    per_layer = []
+    for lt in [compute.layer_times(plan, dev)] + (
+            [compute.layer_times(plan, dev, moe=True)] if m.moe else []):
+        recompute = {"full": lt.fwd, "selective": lt.attn_core, "op": lt.op_recompute,
+                     "layer": lt.fwd / 2}.get(p.recompute, 0.0)
+        per_layer.append(lt.fwd + lt.bwd + recompute)  # MoE: the cheaper block kind
     ends = sum(compute.embedding_times(plan, dev)) + sum(compute.head_times(plan, dev))
     layers = m.layers / p.pp
-    gpu = layers * (lt.fwd + lt.bwd + recompute) + (ends if p.pp == 1 else ends / 2)
+    gpu = layers * min(per_layer) + (ends if p.pp == 1 else ends / 2)
     if p.tp > 1:  # 2 collectives forward + 2 backward per layer (all-reduce or AG+RS)
         act = m.seq_len * p.micro_batch * m.hidden * memory.weight_bytes_per_param(t.precision)
         one = 2 * (p.tp - 1) / p.tp * act / (c.intra_node_gb_per_s * 1e9)
@@ -248,7 +265,7 @@ def _microbatch_s(plan: Plan) -> float:
 
 def step_time_lower_bound(plan: Plan) -> float:
     """A lower bound on one optimizer step's time, seconds (see module doc)."""
-    m, c, p = plan.model, plan.cluster, plan.parallel
+    c, p = plan.cluster, plan.parallel
     mbs = p.microbatches
     work = _microbatch_s(plan) * mbs  # per GPU, all microbatches
     if p.pp > 1:
@@ -268,6 +285,7 @@ def step_time_lower_bound(plan: Plan) -> float:
     else:
         exposed = max(0.0, grads_s - hidden)
     shard = p.dp if p.zero >= 1 else 1
-    optim = (memory.stage_params_per_gpu(m, p.tp, p.pp, 0) / shard * OPTIMIZER_BYTES
-             / (c.gpu.hbm_gb_per_s * 1e9))
+    dense, routed = _stage0_params(plan)  # routed experts shard over dp / ep
+    held = dense / shard + (routed / (p.dp // p.ep if p.zero >= 1 else 1) if routed else 0.0)
+    optim = held * OPTIMIZER_BYTES / (c.gpu.hbm_gb_per_s * 1e9)
     return BOUND_SLACK * (max(work + exposed, traffic) + optim)
