@@ -207,10 +207,35 @@ def report(rows: list[dict], summary: dict, meta: dict) -> str:
                          f"{100 * s['max_abs']:.1f}%, mean signed {_pct(s['mean_signed'])} "
                          f"over {summary['predicted']} rows")
     lines.append(f"- not expressible: {summary['not_expressible']} rows (listed above)")
+    lines += ["", "Where the error comes from (not fixed here, nothing tuned):",
+              "- Every predicted row is slow; in the multi-node EP rows the exposed all-to-alls "
+              "(`ep_comm`) are as large as the compute. The model sends each of a token's "
+              "top-k copies to its expert's GPU separately. DeepEP's internode dispatch sends "
+              "a token once per destination node over RDMA and fans it out over NVLink there; "
+              "for k experts spread over n nodes of the EP group that cuts the NIC bytes to "
+              "E[distinct remote nodes] / E[remote copies] = "
+              "(n-1)(1-(1-1/n)^k) / (k(n-1)/n) of the modelled ones:"]
+    for r in rows:
+        if "plan" in r and r["plan"]["ep"] > 8:
+            n, k = r["plan"]["ep"] // 8, _top_k(r["model"])
+            ratio = (n - 1) * (1 - (1 - 1 / n) ** k) / (k * (n - 1) / n)
+            lines.append(f"  {r['model']} ({r['gpus']} GPUs): ep {r['plan']['ep']} over {n} "
+                         f"nodes, k {k}: {ratio:.2f}")
+    lines += ["- `fits` reads `sandbox.memory`, which does not yet count routed experts / ep "
+              "(another branch makes it MoE-aware); it does not feed these timings.",
+              "- TFLOP/s uses the sandbox's active-parameter FLOPs; AutoModel's own count "
+              "differs (compare the two error columns of one row), so tokens/s is "
+              "the comparable metric."]
     notes = sorted({n for r in rows for n in r.get("notes", [])})
     if notes:
         lines += ["", "Row assumptions:", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
+
+
+def _top_k(name: str) -> int:
+    import sandbox
+
+    return sandbox.load({"model": {"preset": PRESETS[name]}}).model.experts_per_token
 
 
 def main(argv: list[str] | None = None) -> int:
