@@ -15,7 +15,11 @@
   in use (`fp8_weight_copy_bytes`); activations as bf16, because torchao
   saves the bf16 input and weight for backward and casts again there
   (`matmul_with_hp_or_float8_args`; Transformer Engine instead saves the
-  fp8 input casts, which this model does not follow).
+  fp8 input casts, which this model does not follow); per-op SAC keeps the
+  same linear outputs as bf16 (`sandbox.recompute`).
+- Not modelled: torchtitan's logged "memory" is the caching allocator's
+  `reserved_bytes.all.peak` (metrics.py, `max_reserved_gib`), allocated
+  plus fragmentation, which no shape gives; this model is the allocated peak.
 - Activations per layer with `train.attention = "flash"` (the default):
   per tensor what autograd saves for the runtime's block, written out in
   `flash_activation_bytes_per_layer`; no s x s tensor is ever stored.
@@ -335,82 +339,19 @@ def stored_bytes_per_layer(plan: Plan, stage: int) -> float:
     return f * per("full") + (1 - f) * per("none")
 
 
-def recompute_working_bytes(plan: Plan) -> float:
-    """Bytes (per GPU, before the cp split) of the one block-microbatch whose
-    activations backward re-materialises with "full", "layer" or "op": all a
-    plain block keeps (`flash_activation_bytes_per_layer` with "none") except
-    what stays stored anyway: the block input (the first norm's input) and,
-    with "op", the kept flash output O and logsumexp, V (wv's output) and the
-    MLP's first GEMM output (the gate g, or GeLU's input). 0 for none /
-    selective, and with eager attention (Korthikanti's accounting)."""
-    m, p, t = plan.model, plan.parallel, plan.train
-    if p.recompute not in rc.CHECKPOINTING or t.attention != "flash":
-        return 0.0
-    if m.moe or m.kind == "mla":  # the largest block kind's (`sandbox.memory_moe`)
-        return mm.plan_working_bytes(plan)
-    tokens, tp = m.seq_len * p.micro_batch, p.tp
-    w = 4 if t.precision == "fp32" else 2
-    full = flash_activation_bytes_per_layer(m, p.micro_batch, tp, p.sequence_parallel,
-                                            "none", t.precision)
-    kept = tokens * m.hidden * w / (tp if p.sequence_parallel and tp > 1 else 1)
-    if p.recompute == "op":
-        kept += tokens * (w * m.q_dim + 4 * m.heads) / tp
-        if rc.op_saved_linears(m, t.precision):
-            kept += tokens * w * (m.kv_dim + m.ffn_hidden) / tp
-    return full - kept
-
-
-LOSS_BYTES_PER_LOGIT = 12  # fp32 log-softmax output, its fp32 incoming gradient, fp32 grad
-
-
-def loss_bytes(plan: Plan, stage: int) -> float:
-    """Cross-entropy logits tensors live at the last stage's peak, one microbatch,
-    per tp rank (vocab-parallel) and cp rank; 0 on other stages.
-
-    Flash plans follow torchtitan and the runtime (`F.cross_entropy(logits.float())`
-    on bf16 logits, torchtitan deleting `pred` before backward): the backward
-    of log_softmax holds its saved fp32 output, the dense fp32 gradient
-    nll_loss hands it and the fp32 gradient it writes (`LOSS_BYTES_PER_LOGIT`;
-    the bf16 logits and their bf16 gradient live only beside fewer fp32 ones).
-    Eager (Megatron) plans keep Megatron's fused vocab-parallel cross-entropy,
-    which works in place on one fp32 logits tensor: 4 bytes per logit."""
-    m, p, t = plan.model, plan.parallel, plan.train
-    if stage != p.pp - 1:
-        return 0.0
-    per = LOSS_BYTES_PER_LOGIT if t.attention == "flash" else 4
-    return float(per) * m.seq_len * p.micro_batch * m.vocab / p.tp / p.cp
-
-
-def fsdp_reduce_bytes(plan: Plan) -> float:
-    """FSDP2 (ZeRO-3) in a block's backward: the unsharded gradient of the block
-    unit being reduced (16-bit, the parameter dtype; fp32 with fp32 training)
-    and the fp32 reduce-scatter input it is copied into (`reduce_dtype = fp32`,
-    `foreach_reduce`), both live at the copy-in, beside the fp32 gradient
-    shard. (The root unit, embedding and head, reduces at the end of backward,
-    when the activations are freed.) Under pipeline parallelism
-    (`zero3_pipelined`) backward reduces nothing: only the unit's fresh 16-bit
-    gradient, before it is added into the fp32 accumulator. 0 with zero < 3
-    or no sharding."""
-    p = plan.parallel
-    if p.zero < 3 or p.shard_size == 1:
-        return 0.0
-    grad16 = 4 if plan.train.precision == "fp32" else 2
-    unit = mm.unit_params(plan) if plan.model.moe else layer_params_per_gpu(plan.model, p.tp)
-    if zero3_pipelined(plan):
-        return unit * grad16
-    return unit * (grad16 + 4)
-
-
-def backward_working_bytes(plan: Plan, stage: int) -> float:
-    """Bytes live at the peak besides parameters, states and stored activations.
-
-    The peak comes in backward at one of two moments: the loss's backward on
-    the last stage (`loss_bytes`), or a block's backward, which holds the
-    re-materialised block (`recompute_working_bytes`, 1/cp of it per GPU) and
-    the FSDP2 unit gradient being reduced (`fsdp_reduce_bytes`); the larger."""
-    block = recompute_working_bytes(plan) / plan.parallel.cp + fsdp_reduce_bytes(plan)
-    return max(loss_bytes(plan, stage), block)
-
-
 def fits(plan: Plan) -> bool:
     return memory_per_gpu(plan)["total"] <= plan.cluster.gpu.hbm_gb
+
+
+# The backward's working set at the peak (its own module; re-exported here).
+from sandbox.memory_peak import (  # noqa: E402
+    LOSS_BYTES_PER_LOGIT,
+    LOSS_PARALLEL_BYTES_PER_LOGIT,
+    backward_working_bytes,
+    fsdp_reduce_bytes,
+    loss_bytes,
+    recompute_working_bytes,
+)
+
+__all__ = ["LOSS_BYTES_PER_LOGIT", "LOSS_PARALLEL_BYTES_PER_LOGIT", "backward_working_bytes",
+           "fsdp_reduce_bytes", "loss_bytes", "recompute_working_bytes"]

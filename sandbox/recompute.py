@@ -15,8 +15,15 @@
   all-reduces, the other mm) is re-run in backward. In a Llama block the mm
   order is wq, wk, wv, wo, w1, w3, w2: wq, wv, w1 and w2 are kept (GeLU: wq,
   wv, fc1; fc2, the last, is not needed by backward and not re-run). FP8
-  (torchao Float8Linear) runs its linears through `aten._scaled_mm`, which is
-  not in the list: none of their outputs is kept and all are recomputed.
+  (torchao Float8Linear) keeps the same outputs: its autograd function
+  (`manual_float8_matmul_with_args_in_float8` / `matmul_with_hp_or_float8_args`)
+  calls `torch.mm` on Float8Tensor subclass arguments, and the SAC policy, a
+  TorchDispatchMode, sees that `aten.mm.default` before the subclass's
+  `__torch_dispatch__` lowers it to `aten._scaled_mm` (modes dispatch
+  before subclasses); its bf16 output is what is saved. (The `aten.abs`
+  outputs torchtitan's list also held from 2024-11-26 to 2025-02-06, #701 /
+  #820, cost nothing with tensorwise scaling under torch.compile, which fuses
+  abs into the amax reduction: #820's tensorwise runs peak the same.)
 - "layer": torchtitan's `selective_ac_option = "2"`: every second block of a
   rank is fully checkpointed (`ptd_checkpoint_wrapper`), the others keep all.
 """
@@ -80,17 +87,13 @@ def block_mms(m: Model, moe: bool = False
 def op_saved_mms(m: Model, moe: bool = False, precision: str = "bf16") -> tuple[str, ...]:
     """Names of the matmuls of `block_mms` whose outputs "op" keeps: the
     odd-numbered ones (1st, 3rd, ...), the grouped expert GEMMs counted in
-    the same alternation (see `op_saved_linears` for fp8)."""
-    if precision == "fp8" and not op_saved_linears(m, precision):
-        return ()
+    the same alternation (fp8 too: `op_saved_linears`)."""
     return tuple(x[0] for i, x in enumerate(block_mms(m, moe)) if i % 2 == 0)
 
 
 def op_saved_linears(m: Model, precision: str = "bf16") -> tuple[str, ...]:
     """Names of the linears whose outputs the "op" policy keeps: the odd-numbered
-    mm of the block (1st, 3rd, ...); none with fp8 (`aten._scaled_mm`)."""
-    if precision == "fp8":
-        return ()
+    mm of the block (1st, 3rd, ...), with fp8 as with bf16 (module docstring)."""
     return tuple(name for i, (name, *_r) in enumerate(block_linears(m)) if i % 2 == 0)
 
 

@@ -151,3 +151,27 @@ def test_deepseek_v3_on_1024_h100_fits_in_80_gb(tmp_path, capsys):
     none = sandbox.load({**_deepseek_1024(), "parallel": {**_deepseek_1024()["parallel"],
                                                           "recompute": "none"}})
     assert not memory.fits(none)
+
+
+# ------------------------------------------------ issue 17: torchtitan's peak memory
+def _titan(prec: str, rec: str, tp: int = 1) -> sandbox.specs.Plan:
+    return sandbox.load({"model": {"preset": "llama3-8b", "seq_len": 8192},
+                         "cluster": {"preset": "grand-teton-h100", "nodes": 1},
+                         "parallel": {"dp": 8 // tp, "tp": tp, "micro_batch": 2,
+                                      "global_batch": 16 // tp, "zero": 3, "recompute": rec,
+                                      "sequence_parallel": tp > 1},
+                         "train": {"precision": prec, "compile": True}})
+
+
+def test_fp8_op_sac_keeps_the_bf16_matmul_outputs():
+    bf16, fp8 = _titan("bf16", "op"), _titan("fp8", "op")
+    assert memory.memory_per_gpu(fp8)["activations"] == memory.memory_per_gpu(bf16)[
+        "activations"]
+    assert [x[0] for x in rc.op_recomputed_linears(fp8.model, "fp8")] == ["wk", "wo", "w3"]
+
+
+def test_loss_parallel_holds_four_fp32_logit_tensors():
+    one, tp2 = _titan("bf16", "full"), _titan("bf16", "full", tp=2)
+    logits = 2 * 8192 * 128256
+    assert memory.loss_bytes(one, 0) == 12 * logits
+    assert memory.loss_bytes(tp2, 0) == 16 * logits / 2
