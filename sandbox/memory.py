@@ -8,14 +8,18 @@
   optimizer keeps an fp32 copy of them for the master weights
   (2 + 2 + 16 = 20); fp32 training keeps 4 + 4 + 8. ZeRO 1 shards the
   optimizer states over dp, ZeRO 2 also the gradients, ZeRO 3 also the
-  weights, plus the FSDP units it holds gathered (`zero3_gathered_params`).
-  HSDP (`parallel.dp_shard`) shards over dp_shard ranks instead of dp.
+  weights, plus the FSDP units it holds gathered (`zero3_gathered_params`);
+  HSDP (`parallel.dp_shard`) over dp_shard ranks. MoE / MLA: `sandbox.memory_moe`.
 - FP8 (`precision = "fp8"`, torchao Float8Linear as torchtitan runs it):
   weights, gradients and optimizer as bf16, plus the fp8 cast of the block
   in use (`fp8_weight_copy_bytes`); activations as bf16, because torchao
   saves the bf16 input and weight for backward and casts again there
   (`matmul_with_hp_or_float8_args`; Transformer Engine instead saves the
-  fp8 input casts, which this model does not follow).
+  fp8 input casts, which this model does not follow); per-op SAC keeps the
+  same linear outputs as bf16 (`sandbox.recompute`).
+- Not modelled: torchtitan's logged "memory" is the caching allocator's
+  `reserved_bytes.all.peak` (metrics.py, `max_reserved_gib`), allocated
+  plus fragmentation, which no shape gives; this model is the allocated peak.
 - Activations per layer with `train.attention = "flash"` (the default):
   per tensor what autograd saves for the runtime's block, written out in
   `flash_activation_bytes_per_layer`; no s x s tensor is ever stored.
@@ -49,6 +53,7 @@
 from __future__ import annotations
 
 from sandbox import counts
+from sandbox import memory_moe as mm
 from sandbox import recompute as rc
 from sandbox.layout import stage_blocks, stage_chunk_sizes
 from sandbox.specs import Model, Plan
@@ -81,6 +86,7 @@ def layer_params_per_gpu(m: Model, tp: int) -> float:
     row-parallel output biases and the norms are replicated (Megatron-LM).
     """
     replicated = 2 * counts.norm_params(m) + (2 * m.hidden if m.bias else 0)
+    replicated += mm.mla_replicated_params(m)  # MLA's down-projections (0 without)
     return (counts.layer_params(m) - replicated) / tp + replicated
 
 
@@ -106,7 +112,8 @@ def stage_params_per_gpu(m: Model, tp: int, pp: int, stage: int,
 
 def flash_activation_bytes_per_layer(m: Model, micro_batch: int, tp: int = 1,
                                      sequence_parallel: bool = False, recompute: str = "none",
-                                     precision: str = "bf16") -> float:
+                                     precision: str = "bf16", moe: bool = False,
+                                     ep: int = 1) -> float:
     """Bytes one block keeps for backward with flash attention, per microbatch, per GPU.
 
     Per tensor (w = 2 bytes, 4 with fp32; per token unless named):
@@ -129,9 +136,12 @@ def flash_activation_bytes_per_layer(m: Model, micro_batch: int, tp: int = 1,
     stores anyway: it frees only the logsumexp, at the cost of a second flash
     forward. Full recompute keeps each layer's input (h w, split with SP);
     "op" what torchtitan's per-op policy saves (`sandbox.recompute`).
+    A MoE block (`moe`) or MLA: `sandbox.memory_moe.block_bytes`.
     """
     s, b, h, f = m.seq_len, micro_batch, m.hidden, m.ffn_hidden
     sp = sequence_parallel and tp > 1
+    if moe or m.kind == "mla":
+        return mm.block_bytes(m, micro_batch, tp, sp, recompute, precision, moe, ep)
     w = 4 if precision == "fp32" else 2
     tokens = s * b
     if recompute == "op":
@@ -148,13 +158,15 @@ def flash_activation_bytes_per_layer(m: Model, micro_batch: int, tp: int = 1,
 
 def activation_bytes_per_layer(m: Model, micro_batch: int, tp: int = 1,
                                sequence_parallel: bool = False, recompute: str = "none",
-                               precision: str = "bf16", attention: str = "flash") -> float:
+                               precision: str = "bf16", attention: str = "flash",
+                               moe: bool = False, ep: int = 1) -> float:
     """Activation bytes one block keeps for its backward, per microbatch, per GPU:
     `flash_activation_bytes_per_layer`, or with `attention = "eager"`
-    Korthikanti et al.'s tensors (s x s scores, softmax and dropout masks)."""
+    Korthikanti et al.'s tensors (s x s scores, softmax and dropout masks; a
+    MoE block's FFN as `sandbox.memory_moe.eager_moe_delta` says)."""
     if attention == "flash":
         return flash_activation_bytes_per_layer(m, micro_batch, tp, sequence_parallel,
-                                                recompute, precision)
+                                                recompute, precision, moe, ep)
     s, b, h, a, f = m.seq_len, micro_batch, m.hidden, m.heads, m.ffn_hidden
     sp = sequence_parallel and tp > 1
     scale = 2.0 if precision == "fp32" else 1.0
@@ -168,7 +180,8 @@ def activation_bytes_per_layer(m: Model, micro_batch: int, tp: int = 1,
     mlp = 8 * s * b * f if m.activation == "swiglu" else 4 * s * b * f
     inside = 2 * s * b * (m.q_dim + 2 * m.kv_dim) + 2 * s * b * m.q_dim + mlp
     core = 5 * a * s * s * b if recompute == "none" else 0.0  # softmax, mask, dropout
-    return scale * ((outside / tp if sp else outside) + (inside + core) / tp)
+    delta = mm.eager_moe_delta(m, s * b, tp, sp, scale) if moe else 0.0
+    return scale * ((outside / tp if sp else outside) + (inside + core) / tp) + delta
 
 
 def layers_in_flight(plan: Plan, stage: int) -> float:
@@ -213,6 +226,8 @@ def zero3_gathered_params(plan: Plan, stage: int, n: float) -> float:
         return 0.0
     if not p.reshard_after_forward or zero3_pipelined(plan):
         return n
+    if m.moe:  # MoE blocks: each with its local routed experts (`sandbox.memory_moe`)
+        return 2 * max(mm.unit_params(plan, stage), n - mm.stage_blocks_params(plan, stage))
     root = n - stage_layer_count(plan, stage) * layer_params_per_gpu(m, p.tp)
     return 2 * max(layer_params_per_gpu(m, p.tp), root)
 
@@ -232,6 +247,9 @@ def zero3_gathered_bytes(plan: Plan, stage: int, n: float) -> float:
     gathered = zero3_gathered_params(plan, stage, n)
     if not (gathered and t.precision == "fp8" and t.fp8_all_gather):
         return gathered * wb
+    if m.moe:
+        return mm.fp8_gathered_bytes(plan, stage, n, wb,
+                                     not p.reshard_after_forward or zero3_pipelined(plan))
     block = layer_params_per_gpu(m, p.tp) * wb - linear_weights_per_gpu(m, p.tp) * (wb - 1)
     if not p.reshard_after_forward or zero3_pipelined(plan):
         return n * wb - stage_layer_count(plan, stage) * linear_weights_per_gpu(m, p.tp) * (wb - 1)
@@ -248,6 +266,8 @@ def fp8_weight_copy_bytes(plan: Plan) -> float:
     p, t = plan.parallel, plan.train
     if t.precision != "fp8" or (t.fp8_all_gather and p.zero >= 3 and p.shard_size > 1):
         return 0.0
+    if plan.model.moe:
+        return mm.largest_linear_weights(plan)
     return linear_weights_per_gpu(plan.model, p.tp)
 
 
@@ -261,9 +281,12 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
     if stage is None:
         stages = range(plan.parallel.pp)
         return max((memory_per_gpu(plan, s) for s in stages), key=lambda d: d["total"])
-    m, p, t = plan.model, plan.parallel, plan.train
-    n = stage_params_per_gpu(m, p.tp, p.pp, stage, stage_layer_count(plan, stage))
+    p, t = plan.parallel, plan.train
+    # dense parameters and the local routed experts (`sandbox.memory_moe`; 0 if dense)
+    n_dense, n_exp = mm.stage_params_split(plan, stage)
+    n = n_dense + n_exp
     shard = p.shard_size  # ZeRO shards over dp x cp, or HSDP's dp_shard x cp
+    eshard = mm.expert_shard_size(plan)  # routed experts: over dp / ep x cp
     wb, gb = weight_bytes_per_param(t.precision), grad_bytes_per_param(t.precision)
     ob = optimizer_bytes_per_param(t.precision, t.optimizer)
     if p.zero >= 3 and t.precision != "fp32":
@@ -272,12 +295,16 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
         # master; only the gathered units are 16-bit: 4 + 4 + 8 bytes per parameter
         # with AdamW (Megatron's mixed precision: 2 + 4 + 12).
         wb, gb, ob = 4, 4, optimizer_bytes_per_param("fp32", t.optimizer)
-    params = n * wb / (shard if p.zero >= 3 else 1)
+
+    def sharded(per: float, stage_from: int) -> float:  # ZeRO shards from this stage on
+        on = p.zero >= stage_from
+        return n_dense * per / (shard if on else 1) + n_exp * per / (eshard if on else 1)
+    params = sharded(wb, 3)
     params += zero3_gathered_bytes(plan, stage, n) + fp8_weight_copy_bytes(plan)
-    grads = n * gb / (shard if p.zero >= 2 else 1)
+    grads = sharded(gb, 2)
     if zero3_pipelined(plan):  # FSDP2's unsharded accumulator, upcast to the fp32 reduce dtype
         grads += n * 4  # (`FSDPParam.to_accumulated_grad_if_needed`)
-    optim = n * ob / (shard if p.zero >= 1 else 1)
+    optim = sharded(ob, 1)
     # context parallelism: a rank keeps s / cp of every activation (its attention
     # core's queries against all keys: 1/cp of the scores too)
     acts = stored_bytes_per_layer(plan, stage) * layers_in_flight(plan, stage) / p.cp
@@ -293,91 +320,38 @@ def memory_per_gpu(plan: Plan, stage: int | None = None) -> dict:
 def stored_bytes_per_layer(plan: Plan, stage: int) -> float:
     """Activation bytes one block of `stage` keeps per microbatch, on average
     over its blocks: with "layer" `layer_checkpointed_fraction` of them keep
-    only their input (as "full"), the rest everything (as "none")."""
+    only their input (as "full"), the rest everything (as "none"). MoE
+    stages: the mean over their dense and MoE blocks."""
     m, p, t = plan.model, plan.parallel, plan.train
+    dense, moe = mm.stage_kinds(plan, stage)
+
+    def kind(mode: str, is_moe: bool) -> float:
+        return activation_bytes_per_layer(m, p.micro_batch, p.tp, p.sequence_parallel, mode,
+                                          t.precision, t.attention, is_moe, p.ep)
 
     def per(mode: str) -> float:
-        return activation_bytes_per_layer(m, p.micro_batch, p.tp, p.sequence_parallel, mode,
-                                          t.precision, t.attention)
+        if not moe:
+            return kind(mode, False)
+        return (dense * kind(mode, False) + moe * kind(mode, True)) / (dense + moe)
     if p.recompute != "layer":
         return per(p.recompute)
     f = rc.layer_checkpointed_fraction(stage_layer_count(plan, stage))
     return f * per("full") + (1 - f) * per("none")
 
 
-def recompute_working_bytes(plan: Plan) -> float:
-    """Bytes (per GPU, before the cp split) of the one block-microbatch whose
-    activations backward re-materialises with "full", "layer" or "op": all a
-    plain block keeps (`flash_activation_bytes_per_layer` with "none") except
-    what stays stored anyway: the block input (the first norm's input) and,
-    with "op", the kept flash output O and logsumexp, V (wv's output) and the
-    MLP's first GEMM output (the gate g, or GeLU's input). 0 for none /
-    selective, and with eager attention (Korthikanti's accounting)."""
-    m, p, t = plan.model, plan.parallel, plan.train
-    if p.recompute not in rc.CHECKPOINTING or t.attention != "flash":
-        return 0.0
-    tokens, tp = m.seq_len * p.micro_batch, p.tp
-    w = 4 if t.precision == "fp32" else 2
-    full = flash_activation_bytes_per_layer(m, p.micro_batch, tp, p.sequence_parallel,
-                                            "none", t.precision)
-    kept = tokens * m.hidden * w / (tp if p.sequence_parallel and tp > 1 else 1)
-    if p.recompute == "op":
-        kept += tokens * (w * m.q_dim + 4 * m.heads) / tp
-        if rc.op_saved_linears(m, t.precision):
-            kept += tokens * w * (m.kv_dim + m.ffn_hidden) / tp
-    return full - kept
-
-
-LOSS_BYTES_PER_LOGIT = 12  # fp32 log-softmax output, its fp32 incoming gradient, fp32 grad
-
-
-def loss_bytes(plan: Plan, stage: int) -> float:
-    """Cross-entropy logits tensors live at the last stage's peak, one microbatch,
-    per tp rank (vocab-parallel) and cp rank; 0 on other stages.
-
-    Flash plans follow torchtitan and the runtime (`F.cross_entropy(logits.float())`
-    on bf16 logits, torchtitan deleting `pred` before backward): the backward
-    of log_softmax holds its saved fp32 output, the dense fp32 gradient
-    nll_loss hands it and the fp32 gradient it writes (`LOSS_BYTES_PER_LOGIT`;
-    the bf16 logits and their bf16 gradient live only beside fewer fp32 ones).
-    Eager (Megatron) plans keep Megatron's fused vocab-parallel cross-entropy,
-    which works in place on one fp32 logits tensor: 4 bytes per logit."""
-    m, p, t = plan.model, plan.parallel, plan.train
-    if stage != p.pp - 1:
-        return 0.0
-    per = LOSS_BYTES_PER_LOGIT if t.attention == "flash" else 4
-    return float(per) * m.seq_len * p.micro_batch * m.vocab / p.tp / p.cp
-
-
-def fsdp_reduce_bytes(plan: Plan) -> float:
-    """FSDP2 (ZeRO-3) in a block's backward: the unsharded gradient of the block
-    unit being reduced (16-bit, the parameter dtype; fp32 with fp32 training)
-    and the fp32 reduce-scatter input it is copied into (`reduce_dtype = fp32`,
-    `foreach_reduce`), both live at the copy-in, beside the fp32 gradient
-    shard. (The root unit, embedding and head, reduces at the end of backward,
-    when the activations are freed.) Under pipeline parallelism
-    (`zero3_pipelined`) backward reduces nothing: only the unit's fresh 16-bit
-    gradient, before it is added into the fp32 accumulator. 0 with zero < 3
-    or no sharding."""
-    p = plan.parallel
-    if p.zero < 3 or p.shard_size == 1:
-        return 0.0
-    grad16 = 4 if plan.train.precision == "fp32" else 2
-    if zero3_pipelined(plan):
-        return layer_params_per_gpu(plan.model, p.tp) * grad16
-    return layer_params_per_gpu(plan.model, p.tp) * (grad16 + 4)
-
-
-def backward_working_bytes(plan: Plan, stage: int) -> float:
-    """Bytes live at the peak besides parameters, states and stored activations.
-
-    The peak comes in backward at one of two moments: the loss's backward on
-    the last stage (`loss_bytes`), or a block's backward, which holds the
-    re-materialised block (`recompute_working_bytes`, 1/cp of it per GPU) and
-    the FSDP2 unit gradient being reduced (`fsdp_reduce_bytes`); the larger."""
-    block = recompute_working_bytes(plan) / plan.parallel.cp + fsdp_reduce_bytes(plan)
-    return max(loss_bytes(plan, stage), block)
-
-
 def fits(plan: Plan) -> bool:
     return memory_per_gpu(plan)["total"] <= plan.cluster.gpu.hbm_gb
+
+
+# The backward's working set at the peak (its own module; re-exported here).
+from sandbox.memory_peak import (  # noqa: E402
+    LOSS_BYTES_PER_LOGIT,
+    LOSS_PARALLEL_BYTES_PER_LOGIT,
+    backward_working_bytes,
+    fsdp_reduce_bytes,
+    loss_bytes,
+    recompute_working_bytes,
+)
+
+__all__ = ["LOSS_BYTES_PER_LOGIT", "LOSS_PARALLEL_BYTES_PER_LOGIT", "backward_working_bytes",
+           "fsdp_reduce_bytes", "loss_bytes", "recompute_working_bytes"]

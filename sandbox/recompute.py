@@ -15,8 +15,15 @@
   all-reduces, the other mm) is re-run in backward. In a Llama block the mm
   order is wq, wk, wv, wo, w1, w3, w2: wq, wv, w1 and w2 are kept (GeLU: wq,
   wv, fc1; fc2, the last, is not needed by backward and not re-run). FP8
-  (torchao Float8Linear) runs its linears through `aten._scaled_mm`, which is
-  not in the list: none of their outputs is kept and all are recomputed.
+  (torchao Float8Linear) keeps the same outputs: its autograd function
+  (`manual_float8_matmul_with_args_in_float8` / `matmul_with_hp_or_float8_args`)
+  calls `torch.mm` on Float8Tensor subclass arguments, and the SAC policy, a
+  TorchDispatchMode, sees that `aten.mm.default` before the subclass's
+  `__torch_dispatch__` lowers it to `aten._scaled_mm` (modes dispatch
+  before subclasses); its bf16 output is what is saved. (The `aten.abs`
+  outputs torchtitan's list also held from 2024-11-26 to 2025-02-06, #701 /
+  #820, cost nothing with tensorwise scaling under torch.compile, which fuses
+  abs into the amax reduction: #820's tensorwise runs peak the same.)
 - "layer": torchtitan's `selective_ac_option = "2"`: every second block of a
   rank is fully checkpointed (`ptd_checkpoint_wrapper`), the others keep all.
 """
@@ -40,11 +47,53 @@ def block_linears(m: Model) -> tuple[tuple[str, int, int, bool], ...]:
     return attn + (("fc1", f, h, False), ("fc2", h, f, True))
 
 
+def block_mms(m: Model, moe: bool = False
+              ) -> tuple[tuple[str, int, int, str, float], ...]:
+    """One block's matmuls in forward order as (name, out, in, split, rows):
+    split "col" (column-parallel: out / tp columns per rank), "row"
+    (row-parallel: full-width partial sums) or "rep" (replicated over tp:
+    MLA's down-projections); rows: token rows per token of the block (the
+    routed copies, `sandbox.memory_moe.routed_rows`, for the grouped expert
+    GEMMs; 1 else). MLA's projections (`counts.mla_projections`: wq_a, wq_b
+    (or wq), wkv_a, wkv_b, wo) replace wq, wk, wv, wo; a MoE block's FFN is
+    the routed experts' grouped w1, w3, w2, then the shared experts' w1, w3,
+    w2 (torchtitan's `MoE.forward` order). The router's gate is left out:
+    torchtitan's SelectiveAC forces it recomputed without counting it
+    (`force_recompute_mm_shapes_by_fqns = ["moe.router.gate"]`). A dense,
+    non-MLA block: `block_linears`."""
+    if m.kind == "mla":
+        from sandbox import counts
+        proj = counts.mla_projections(m)
+        names = (("wq_a", "wq_b") if m.q_lora_rank else ("wq",)) + ("wkv_a", "wkv_b", "wo")
+        split = (("rep", "col") if m.q_lora_rank else ("col",)) + ("rep", "col", "row")
+        attn = tuple((n, o, i, sp, 1.0) for n, (i, o), sp in zip(names, proj, split, strict=True))
+    else:
+        attn = tuple((n, o, i, "row" if r else "col", 1.0) for n, o, i, r in block_linears(m)[:4])
+    h, gated = m.hidden, m.activation == "swiglu"
+    if not moe:
+        ffn = tuple((n, o, i, "row" if r else "col", 1.0) for n, o, i, r in block_linears(m)[4:])
+        return attn + ffn
+
+    def mlp(prefix: str, f: int, rows: float) -> tuple[tuple[str, int, int, str, float], ...]:
+        up = ((prefix + "w1", f, h, "col", rows), (prefix + "w3", f, h, "col", rows)) if gated \
+            else ((prefix + "fc1", f, h, "col", rows),)
+        return up + ((prefix + ("w2" if gated else "fc2"), h, f, "row", rows),)
+    from sandbox.memory_moe import routed_rows
+    shared = mlp("shared.", m.shared_experts * m.expert_ffn_hidden, 1.0) if m.shared_experts \
+        else ()
+    return attn + mlp("experts.", m.expert_ffn_hidden, routed_rows(m)) + shared
+
+
+def op_saved_mms(m: Model, moe: bool = False, precision: str = "bf16") -> tuple[str, ...]:
+    """Names of the matmuls of `block_mms` whose outputs "op" keeps: the
+    odd-numbered ones (1st, 3rd, ...), the grouped expert GEMMs counted in
+    the same alternation (fp8 too: `op_saved_linears`)."""
+    return tuple(x[0] for i, x in enumerate(block_mms(m, moe)) if i % 2 == 0)
+
+
 def op_saved_linears(m: Model, precision: str = "bf16") -> tuple[str, ...]:
     """Names of the linears whose outputs the "op" policy keeps: the odd-numbered
-    mm of the block (1st, 3rd, ...); none with fp8 (`aten._scaled_mm`)."""
-    if precision == "fp8":
-        return ()
+    mm of the block (1st, 3rd, ...), with fp8 as with bf16 (module docstring)."""
     return tuple(name for i, (name, *_r) in enumerate(block_linears(m)) if i % 2 == 0)
 
 
