@@ -16,15 +16,33 @@ How a row becomes a plan (each assumption also in the row's notes):
   no multi-token-prediction module (the benchmark trains the base model);
   gpt-oss's alternating 128-token sliding-window attention and attention
   sinks are not expressible: every layer runs full causal attention.
+- the benchmark configs: the doc (commit 89e3a9fdd, 2025-10-06, where the
+  table first appears) links `examples/benchmark/configs/*_te_deepep.yaml`
+  of that commit; DeepSeek V3 (256 GPUs: GBS 512, LBS 8), Kimi K2 and GPT-OSS
+  20B match their rows; Qwen3 30B differs in GBS only; GPT-OSS 120B's differs
+  (pp 2, ep 16, GBS 256) and DeepSeek V3 1,024 has none (the 256-GPU file is
+  taken). `CONFIG` below lists what is read from them.
+- routing: "round-robin" (`model.routing`): the configs set
+  `fake_balanced_gate: true`, whose FakeBalancedGate (noise 0) sends token t
+  of a micro-batch to experts t k .. t k + k - 1 mod E: a token's experts are
+  consecutive, on 1-2 ranks of one node. Dispatcher "deepep"
+  (`parallel.ep_dispatch`) for rows whose kernel_optimizations say DeepEP
+  (every MoE row; the configs' `enable_deepep: true`): a token crosses the
+  network once per destination node, NVLink once per destination rank.
+- recompute: "full" where the config sets `activation_checkpointing: true`
+  (`parallelizer.apply_ac`: every block in a checkpoint_wrapper: DeepSeek
+  V3, Kimi K2, Qwen3 30B, GPT-OSS 20B), "none" for GPT-OSS 120B (false); the
+  table says nothing, so `recompute_none_*` fields give the other reading.
 - parallel: tp, pp, cp, ep from the row, dp = GPUs /
   (tp pp cp); the `fsdp` column is the ZeRO-3 sharding degree (= dp in every
   row, so FSDP2 over all of dp; the routed experts shard over dp / ep);
   the `vp` column is the virtual stages per pipeline rank (interleaved
   1F1B; Kimi K2's vp 4 with pp 8 rules out "total stages"); micro_batch and
-  global_batch from the row, all of a replica's micro-batches in one
-  pipeline schedule (AutoModel runs `ga` passes of local_batch / micro_batch
-  each: for ga > 1 with pp > 1 its pipeline fills and drains ga times,
-  which this plan does not charge); FSDP2 reshards after forward without
+  global_batch from the row; with pp > 1 the step runs `ga` pipeline
+  schedules of local_batch / micro_batch micro-batches each
+  (`parallel.pipeline_flushes` = ga: AutoModel's benchmark recipe calls
+  `_forward_backward_step`, one `schedule.step`, per gradient-accumulation
+  step, each filling and draining the pipeline); FSDP2 reshards after forward without
   pp (its default) and keeps chunks gathered with pp (`sandbox.memory`).
 - an empty ep (the GPT-OSS rows, which list DeepEP, so experts are
   parallel): every ep dividing dp and the experts is tried and the fastest
@@ -32,10 +50,8 @@ How a row becomes a plan (each assumption also in the row's notes):
   the chosen ep is reported.
 - router_skew 0: the benchmark forces a balanced gate ("fake balanced
   gate"); dropless routing (capacity_factor 0).
-- attention flash; recompute none (the source states no activation
-  checkpointing); bf16; no torch.compile (TE modules, eager elsewhere);
-  ep_overlap off (the source states no all-to-all overlap; DeepEP's
-  kernels are priced as all-to-alls over the topology).
+- attention flash; bf16; no torch.compile (TE modules, eager elsewhere);
+  ep_overlap off (the source states no all-to-all overlap).
 - metrics: tokens/s per GPU and model TFLOP/s per GPU (active-parameter
   FLOPs, `sandbox.counts`; AutoModel's own FLOP formula may differ, so the
   TFLOP/s error is the less reliable one).
@@ -63,6 +79,14 @@ PRESETS = {"DeepSeek V3 671B": "deepseek-v3", "Kimi K2": "kimi-k2",
            "Qwen3 MoE 30B": "qwen3-30b-a3b", "GPT-OSS 20B": "gpt-oss-20b",
            "GPT-OSS 120B": "gpt-oss-120b"}
 HYBRID = "Nemotron V3"
+# what the benchmark config of each row sets (NVIDIA-NeMo/Automodel @ 89e3a9fdd,
+# examples/benchmark/configs/<file>): file, activation_checkpointing, ep_size
+_CFG = "NVIDIA-NeMo/Automodel@89e3a9fdd examples/benchmark/configs/"
+CONFIG = {"DeepSeek V3 671B": (_CFG + "deepseek_v3_te_deepep.yaml", True, 64),
+          "Kimi K2": (_CFG + "kimi_k2_te_deepep.yaml", True, 32),
+          "Qwen3 MoE 30B": (_CFG + "qwen3_moe_30b_te_deepep.yaml", True, 8),
+          "GPT-OSS 20B": (_CFG + "gptoss_20b_te_deepep.yaml", True, 8),
+          "GPT-OSS 120B": (_CFG + "gptoss_120b_te_deepep.yaml", False, 0)}
 
 
 def _int(x: str, default: int = 1) -> int:
@@ -85,6 +109,10 @@ def row_plans(r: dict[str, str]) -> tuple[list[dict], list[str], str]:
     plan, notes, _ = _row_plan(r)
     if r["ep"].strip():
         return [plan], notes, ""
+    ep = CONFIG[r["model"]][2]
+    if ep:
+        notes = notes + [f"ep not stated: {ep} from the benchmark config"]
+        return [{**plan, "parallel": {**plan["parallel"], "ep": ep}}], notes, ""
     import sandbox
 
     experts = sandbox.load({"model": plan["model"]}).model.experts
@@ -102,20 +130,26 @@ def _row_plan(r: dict[str, str]) -> tuple[dict, list[str], str]:
     notes = []
     if fsdp != dp:
         notes.append(f"fsdp {fsdp} != dp {dp}: HSDP dp_shard = {fsdp}")
-    if _int(r["ga"]) > 1 and pp > 1:
-        notes.append(f"ga {r['ga']} pipeline passes simulated as one schedule")
+    ga = _int(r["ga"])
+    if ga > 1 and pp > 1:
+        notes.append(f"ga {ga} with pp: {ga} pipeline schedules per step")
+    deepep = "deepep" in r["kernel_optimizations"].lower()
+    _, ac, _ = CONFIG[r["model"]]
     if r["model"].startswith("GPT-OSS"):
         notes.append("sliding-window attention and sinks not modelled: full causal attention")
     par: dict[str, Any] = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "ep": ep,
                            "micro_batch": int(r["micro_batch"]),
                            "global_batch": int(r["global_batch"]), "zero": 3,
                            "dp_shard": 0 if fsdp == dp else fsdp,
-                           "reshard_after_forward": pp == 1, "recompute": "none",
-                           "sequence_parallel": tp > 1}
+                           "reshard_after_forward": pp == 1,
+                           "recompute": "full" if ac else "none",
+                           "sequence_parallel": tp > 1,
+                           "ep_dispatch": "deepep" if deepep else "all-to-all",
+                           "pipeline_flushes": ga if pp > 1 else 1}
     if vp > 1:
         par.update(vpp=vp, schedule="interleaved-1f1b")
     plan = {"model": {"preset": PRESETS[r["model"]], "seq_len": int(r["seq_len"]),
-                      "router_skew": 0.0},
+                      "router_skew": 0.0, "routing": "round-robin"},
             "cluster": {"preset": "dgx-h100", "nodes": max(1, gpus // 8),
                         "gpus_per_node": min(8, gpus)},
             "parallel": par, "train": {"precision": "bf16", "attention": "flash"}}
@@ -157,7 +191,27 @@ def predict(r: dict[str, str]) -> dict[str, Any]:
                breakdown_s=res.breakdown_s, mfu=res.mfu,
                ep_bytes_per_gpu=res.extra.get("ep_bytes_per_gpu", 0.0),
                sim_wall_s=res.sim_wall_s)
+    row["mechanisms"] = {name: simulate(sandbox.load(x), timeline=False).tokens_per_s
+                         / plan.world_size / row["measured_tokens_per_s_per_gpu"] - 1
+                         for name, x in _ablations(spec)}
     return row
+
+
+# each mechanism of this pass undone in turn, cumulatively from the first pass's
+# plan (all-to-all, uniform routing, one pipeline schedule, no recompute)
+ABLATIONS = ("first pass", "+ deepep, round-robin", "+ pipeline flushes",
+             "+ config recompute")
+
+
+def _ablations(spec: dict) -> list[tuple[str, dict]]:
+    """(label, plan dict) of ABLATIONS for the row's plan `spec`."""
+    par, mod = spec["parallel"], spec["model"]
+    steps = [({"ep_dispatch": "all-to-all", "pipeline_flushes": 1, "recompute": "none"},
+              {"routing": "uniform"}),
+             ({"pipeline_flushes": 1, "recompute": "none"}, {}),
+             ({"recompute": "none"}, {}), ({}, {})]
+    return [(name, {**spec, "parallel": {**par, **p}, "model": {**mod, **m}})
+            for name, (p, m) in zip(ABLATIONS, steps, strict=True)]
 
 
 def summarize(rows: list[dict]) -> dict:
