@@ -124,7 +124,8 @@ def plan_problems(plan: Plan) -> list[str]:
     if p.pipeline_flushes < 1 or p.microbatches % p.pipeline_flushes:
         problems.append(f"parallel.pipeline_flushes: {p.pipeline_flushes} must be >= 1 and "
                         f"divide the microbatches per replica ({p.microbatches})")
-    elif p.schedule == "interleaved-1f1b" and (p.microbatches // p.pipeline_flushes) % p.pp:
+    elif p.pipeline_flushes > 1 and p.schedule == "interleaved-1f1b" \
+            and (p.microbatches // p.pipeline_flushes) % p.pp:
         problems.append(f"parallel.pipeline_flushes: interleaved-1f1b needs each flush's "
                         f"{p.microbatches // p.pipeline_flushes} micro-batches divisible by "
                         f"pp = {p.pp}")
