@@ -202,3 +202,19 @@ def test_flushed_schedule_numbers_micro_batches_on():
     assert sorted(mb for k, mb, _ in ops if k == "F") == list(range(8))
     assert ops[:len(ops) // 2] == schedule("1f1b", 4, 4, 1)
     assert schedule("1f1b", 1, 8, 0, flushes=4) == schedule("1f1b", 1, 8, 0)  # no pipeline
+
+
+def test_validate_moe_rows_follow_their_benchmark_configs():
+    from experiments import moe_published, validate_moe
+
+    rows = {(r["model"], r["num_gpus"]): r for r in validate_moe.moe_rows()}
+    plans, notes, _ = validate_moe.row_plans(rows[("DeepSeek V3 671B", "1024")])
+    par = plans[0]["parallel"]
+    assert (par["ep_dispatch"], par["pipeline_flushes"], par["recompute"]) == \
+        ("deepep", 4, "full")
+    assert plans[0]["model"]["routing"] == "round-robin"
+    par = validate_moe.row_plans(rows[("GPT-OSS 120B", "64")])[0][0]["parallel"]
+    assert (par["pipeline_flushes"], par["recompute"]) == (1, "none")  # pp 1; config: no AC
+    assert validate_moe.row_plans(rows[("GPT-OSS 20B", "8")])[0][0]["parallel"]["ep"] == 8
+    for e in moe_published.EXTERNAL:  # every published row is a valid plan with a source
+        assert sandbox.load(e["plan"]).world_size == e["gpus"] and e["source"]
