@@ -37,6 +37,7 @@ import math
 import random
 from typing import TYPE_CHECKING
 
+from sandbox.layout import ep_groups
 from sandbox.sections import Model
 
 if TYPE_CHECKING:
@@ -86,6 +87,39 @@ def dispatch_elements(m: Model, tokens: float, ep: int) -> float:
     if ep <= 1:
         return 0.0
     return routed_tokens(m, tokens) * (ep - 1) / ep * m.hidden
+
+
+def _uniform_hit(pool: int, unit: int, k: int) -> float:
+    """P(a given unit of `unit` experts holds at least one of k experts drawn
+    without replacement from `pool`): 1 - C(pool - unit, k) / C(pool, k)."""
+    return 1.0 - math.comb(pool - unit, k) / math.comb(pool, k)
+
+
+def distinct_units(m: Model, units: int, nodes: int = 1) -> float:
+    """Expected distinct units a token's top-k experts fall in, the experts
+    split into `units` equal runs of consecutive ids (the ep ranks: units = ep;
+    the group's nodes: units = nodes); `nodes` is the expert-parallel group's
+    node count, for `max_route_nodes`.
+
+    "uniform": the k experts a uniformly random k-subset of a pool of E experts
+    (E, or the M E / nodes experts of M whole nodes under node-limited routing,
+    M = max_route_nodes < nodes); a unit of u = E / units experts inside the
+    pool is hit with P = 1 - C(pool - u, k) / C(pool, k), so the expectation is
+    (pool / u) P. "round-robin": token t takes experts t k .. t k + k - 1 mod
+    E; over a cycle of E / gcd(k, E) tokens the start s = t k mod E visits the
+    multiples of gcd(k, E), and the count is the exact average over them of
+    the runs the k consecutive ids touch."""
+    e, k = m.experts, m.experts_per_token
+    if e == 0 or units <= 1:
+        return 1.0 if e else 0.0
+    u = e // units
+    if m.routing == "round-robin":
+        step = math.gcd(k, e)
+        starts = range(0, e, step)
+        return sum(len({((s + j) % e) // u for j in range(k)}) for s in starts) / len(starts)
+    limit = m.max_route_nodes
+    pool = e * limit // nodes if 0 < limit < nodes else e
+    return pool / u * _uniform_hit(pool, u, k)
 
 
 def expert_shares(m: Model, seed: int = 0) -> list[float]:
@@ -171,7 +205,20 @@ def shared_block_params_per_gpu(m: Model, tp: int, blocks: range) -> float:
     return (counts.blocks_params(m, blocks, 0) - n * replicated) / tp + n * replicated
 
 
+def route_nodes(plan: Plan) -> int:
+    """Nodes one expert-parallel group spans (at least 1)."""
+    p = plan.parallel
+    if p.ep <= 1 or p.dp % p.ep or plan.model.experts % p.ep:
+        return 1
+    gpn = plan.cluster.gpus_per_node
+    return len({r // gpn for r in ep_groups(plan, 0)[0]})
+
+
 # --------------------------------------------------------------------- rules
+ROUTINGS = ("uniform", "round-robin")
+DISPATCHERS = ("all-to-all", "deepep")
+
+
 def expert_problems(plan: Plan) -> list[str]:
     """Rules of the MoE fields, `parallel.ep` and MLA; one line per problem."""
     m, p = plan.model, plan.parallel
@@ -186,6 +233,19 @@ def expert_problems(plan: Plan) -> list[str]:
             problems.append(f"model.{bad}: must not be negative, got {getattr(m, bad)}")
     if problems:
         return problems
+    if m.routing not in ROUTINGS:
+        problems.append(f"model.routing: unknown value '{m.routing}'; choose one of "
+                        + ", ".join(ROUTINGS))
+    if p.ep_dispatch not in DISPATCHERS:
+        problems.append(f"parallel.ep_dispatch: unknown value '{p.ep_dispatch}'; choose one "
+                        "of " + ", ".join(DISPATCHERS))
+    if m.max_route_nodes < 0:
+        problems.append(f"model.max_route_nodes: must not be negative, got {m.max_route_nodes}")
+    if problems:
+        return problems
+    if m.routing == "round-robin" and (m.router_skew or m.max_route_nodes):
+        problems.append("model.routing: 'round-robin' (a forced-balanced gate) ignores the "
+                        "router; set router_skew = 0 and max_route_nodes = 0")
     if m.experts == 0:
         for name in ("experts_per_token", "shared_experts", "dense_layers"):
             if getattr(m, name):
@@ -207,6 +267,12 @@ def expert_problems(plan: Plan) -> list[str]:
         if 0 < m.capacity_factor < 1.0:
             problems.append(f"model.capacity_factor: {m.capacity_factor} < 1 drops tokens "
                             "even under perfect balance; give >= 1, or 0 for dropless")
+        nodes = route_nodes(plan)
+        if 0 < m.max_route_nodes < nodes and \
+                m.max_route_nodes * m.experts // nodes < m.experts_per_token:
+            problems.append(f"model.max_route_nodes: {m.max_route_nodes} of the {nodes} nodes "
+                            f"of an expert-parallel group hold fewer than experts_per_token = "
+                            f"{m.experts_per_token} experts")
         if m.expert_ffn_hidden % p.tp:
             problems.append(f"parallel.tp: {p.tp} does not divide model.expert_ffn_hidden = "
                             f"{m.expert_ffn_hidden}")

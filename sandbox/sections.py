@@ -78,6 +78,15 @@ class Model:
     # placed on the ep ranks after a permutation seeded by cluster.variation_seed
     # (`sandbox.experts.expert_shares`)
     router_skew: float = 0.0
+    # (simulator) which experts a token's top-k are, for the dispatch bytes
+    # (`sandbox.experts.distinct_units`): "uniform" (a uniformly random k-subset
+    # of the experts: a balanced learned router) or "round-robin" (token t of a
+    # micro-batch to experts t*k .. t*k+k-1 mod experts: NeMo AutoModel's
+    # FakeBalancedGate, consecutive experts on few ranks)
+    routing: str = "uniform"
+    # (simulator) node-limited routing: a token's experts lie on at most this
+    # many nodes of its expert-parallel group (DeepSeek-V3's M = 4); 0: unlimited
+    max_route_nodes: int = 0
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -233,9 +242,20 @@ class Parallel:
     # block's attention and shared-expert compute (DeepSeek-V3's dual-batch /
     # Megatron-Core's --moe-a2a-overlap); only the part longer than it is exposed
     ep_overlap: bool = False
+    # (simulator) the token dispatcher: "all-to-all" (every token-expert copy
+    # sent to its expert's rank: NCCL all-to-all, Megatron's alltoall dispatcher)
+    # or "deepep" (DeepEP: a token sent once per destination node over the
+    # NICs and fanned out once per destination rank over NVLink there; the
+    # combine reduces inside the node first); `sim.expert_parallel`
+    ep_dispatch: str = "all-to-all"
     micro_batch: int = 1  # sequences per microbatch per data-parallel replica
     global_batch: int = 8  # sequences per optimizer step
     schedule: str = "1f1b"
+    # (simulator) pipeline schedules per step: the replica's micro-batches run
+    # as this many separate schedules (flushes) of microbatches / flushes each,
+    # every one paying the fill and drain (NeMo AutoModel's gradient
+    # accumulation with pp: `ga` schedule steps of local_batch / micro_batch)
+    pipeline_flushes: int = 1
     zero: int = 1  # 0 DDP, 1 optimizer states, 2 +grads, 3 +params (FSDP)
     # ZeRO-3 (FSDP2's flag): free each unit's gathered parameters after its forward
     # and all-gather them again for its backward (True, FSDP2's default), or keep

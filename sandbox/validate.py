@@ -121,6 +121,14 @@ def plan_problems(plan: Plan) -> list[str]:
     elif p.schedule == "interleaved-1f1b" and p.microbatches % p.pp:
         problems.append(f"parallel.schedule: interleaved-1f1b needs microbatches per replica "
                         f"({p.microbatches}) divisible by pp = {p.pp}")
+    if p.pipeline_flushes < 1 or p.microbatches % p.pipeline_flushes:
+        problems.append(f"parallel.pipeline_flushes: {p.pipeline_flushes} must be >= 1 and "
+                        f"divide the microbatches per replica ({p.microbatches})")
+    elif p.pipeline_flushes > 1 and p.schedule == "interleaved-1f1b" \
+            and (p.microbatches // p.pipeline_flushes) % p.pp:
+        problems.append(f"parallel.pipeline_flushes: interleaved-1f1b needs each flush's "
+                        f"{p.microbatches // p.pipeline_flushes} micro-batches divisible by "
+                        f"pp = {p.pp}")
     if p.vpp > 1 and p.schedule != "interleaved-1f1b":
         problems.append(f"parallel.vpp: vpp = {p.vpp} needs schedule = 'interleaved-1f1b'")
     if p.schedule == "interleaved-1f1b" and (p.vpp < 2 or p.pp < 2):
@@ -291,6 +299,9 @@ def _unexecutable_fields(plan: Plan) -> list[str]:
     if p.replica_seq_len and set(p.replica_seq_len) != {plan.model.seq_len}:
         problems.append(f"parallel.replica_seq_len: {list(p.replica_seq_len)}: run trains on "
                         f"model.seq_len = {plan.model.seq_len} tokens ({_SIM_ONLY})")
+    if p.pipeline_flushes > 1 and p.pp > 1:
+        problems.append(f"parallel.pipeline_flushes: {p.pipeline_flushes} schedules per step "
+                        f"({_SIM_ONLY}); run drives one")
     if p.tp_overlap:
         problems.append("parallel.tp_overlap: the runtime's DTensor TP does not overlap its "
                         "collectives with the weight-gradient GEMM; set it to false for run")

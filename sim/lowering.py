@@ -47,7 +47,7 @@ def lower(plan: Plan, topo: Topology, prof: Profile, dp_overlap: bool = True,
     buckets, zero3, gather, note = variants.dp_work(plan, topo, prof, dev, layers,
                                                     dp_overlap, bucket_params, dp_algorithm)
     ag, ag_s, copy_s, units, early = zero3
-    ops = [schedule(p.schedule, P, mb, s, v) for s in range(P)]
+    ops = [schedule(p.schedule, P, mb, s, v, p.pipeline_flushes) for s in range(P)]
     work = Work(plan, P, mb, v, ops, cost, send_time(plan, topo, prof), buckets,
                 dp_overlap, ag, opt, dp_gather=gather, flows_note=note, zero3_ag_s=ag_s,
                 zero3_copy_s=copy_s, zero3_units=units, dp_early=early)

@@ -80,7 +80,7 @@ def attach(work: Work, topo: Topology, prof: Profile, layers: list[int]) -> None
         key = (tuple(names), seqs[d], mbs[d], d if links else -1)
         if key not in made:
             cost, opt = stage_costs(plan_d, topo, prof, devs, ks, layers, d, times)
-            ops = [schedule(p.schedule, P, mbs[d], s, v) for s in range(P)]
+            ops = [schedule(p.schedule, P, mbs[d], s, v, p.pipeline_flushes) for s in range(P)]
             send = None
             if P > 1 and links:
                 send = [send_time(plan_d, topo, prof, d, b, (b + 1) % P) for b in range(P)]

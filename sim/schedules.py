@@ -5,7 +5,10 @@ input-gradient half only under zero-bubble) or "W" (weight gradient, zero
 bubble only); `chunk` is the model chunk (virtual stage `chunk * p + rank`)
 for interleaved 1F1B, else 0. Dependencies (F of virtual stage k waits for F
 of k-1, B of k waits for B of k+1, W after its own B) are the engine's; the
-schedule only fixes each rank's order, as Megatron-LM and ZB-H1 do.
+schedule only fixes each rank's order, as Megatron-LM and ZB-H1 do. With
+several flushes per step a rank's ops are the flushes' schedules in turn: the
+next flush's first forward waits only for the rank's own last op, and the
+fill / drain bubble is paid once per flush.
 """
 
 from __future__ import annotations
@@ -78,8 +81,19 @@ def zero_bubble_h1(p: int, m: int, rank: int) -> list[Op]:
     return ops + [("W", i, 0) for i in pending]
 
 
-def schedule(name: str, p: int, m: int, rank: int, v: int = 1) -> list[Op]:
-    """The op order of pipeline rank `rank` (0-based) for `m` microbatches."""
+def schedule(name: str, p: int, m: int, rank: int, v: int = 1, flushes: int = 1) -> list[Op]:
+    """The op order of pipeline rank `rank` (0-based) for `m` microbatches,
+    run as `flushes` schedules one after another (`Parallel.pipeline_flushes`:
+    micro-batches split as evenly as possible, numbered on), each filling
+    and draining the pipeline."""
+    if flushes > 1 and m > 1:
+        ops: list[Op] = []
+        start = 0
+        for i in range(min(flushes, m)):
+            n = m // flushes + (1 if i < m % flushes else 0)
+            ops += [(k, mb + start, c) for k, mb, c in schedule(name, p, n, rank, v)]
+            start += n
+        return ops
     if name == "gpipe":
         return gpipe(p, m, rank)
     if name == "interleaved-1f1b" and v > 1:

@@ -19,6 +19,14 @@ in one or more phases, each with a latency term:
   a node over NVLink, across nodes through the sender's NIC. On one link
   class of bandwidth B, idle: `(p-1)/p * N / B + alpha` (one step).
 
+- dedup_dispatch (DeepEP's internode dispatch, or its combine reversed; not a
+  `Coll`, `sim.expert_parallel` builds it): each rank sends its tokens once
+  per other node of the group, through its own NIC to the member at its own
+  index there, and every member of a node sends each other member of it the
+  tokens routed there (its own, and those it received for the node), over
+  NVLink; both legs stream at once, one phase. On one link class of
+  bandwidth B, idle: (members - 1) x the per-pair bytes / B + alpha.
+
 Link bandwidth is derated by the profile's `collective_efficiency`; a
 measured `[[collective]]` point in the profile replaces the link model.
 Units: bytes, seconds.
@@ -181,3 +189,41 @@ def point_to_point(topo: Topology, prof: Profile, pairs: list[tuple[int, int]], 
         return Phase((), (), 0.0)
     lat = max(topo.latency(pa) for pa in paths) + prof.collective_step_latency_s
     return Phase(paths, (nbytes / prof.collective_efficiency,) * len(paths), lat)
+
+
+def dedup_dispatch(topo: Topology, ranks: tuple[int, ...], nic_bytes: float, nvl_bytes: float,
+                   prof: Profile) -> Phase:
+    """One expert-parallel group's node-deduplicated dispatch as one phase
+    (module docstring): `nic_bytes` from every rank to its peer on each other
+    node of the group, `nvl_bytes` between every ordered pair of members of
+    one node; latency of the two legs one after the other."""
+    by_node: dict[int, list[int]] = {}
+    for r in ranks:
+        by_node.setdefault(topo.node_of(r), []).append(r)
+    eff = prof.collective_efficiency
+    nic_paths, nvl_paths = [], []
+    for node, members in by_node.items():
+        for i, a in enumerate(members):
+            for other, there in by_node.items():
+                if other != node and nic_bytes > 0:
+                    nic_paths.append(topo.route(a, there[i % len(there)], topo.nic_of(a)))
+            if nvl_bytes > 0:
+                nvl_paths += [topo.route(a, b) for b in members if b != a]
+    paths = nic_paths + nvl_paths
+    sizes = [nic_bytes / eff] * len(nic_paths) + [nvl_bytes / eff] * len(nvl_paths)
+    if not paths:
+        return Phase((), (), 0.0)
+    legs = [max(topo.latency(pa) for pa in x) + prof.collective_step_latency_s
+            for x in (nic_paths, nvl_paths) if x]
+    return Phase(tuple(paths), tuple(sizes), sum(legs))
+
+
+def phases_time(topo: Topology, phases_: list[Phase]) -> float:
+    """Seconds of `phases_` run one after another on an idle network, each
+    phase's flows sharing links max-min fairly, plus its latency."""
+    total = 0.0
+    for ph in phases_:
+        if ph.paths:
+            total += max(fluid_finish(list(ph.paths), list(ph.sizes), topo.capacity),
+                         default=0.0) + ph.latency_s
+    return total
