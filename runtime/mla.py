@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from sandbox.specs import Model
 
 
-def _rope(x: torch.Tensor, theta: float, offset: int = 0) -> torch.Tensor:
+def rope_at(x: torch.Tensor, theta: float, offset: int = 0) -> torch.Tensor:
     """RoPE (interleaved pairs, as `runtime.model.apply_rope`) of x (b, heads, s, d)
     at positions offset..offset+s-1."""
     from runtime.model import apply_rope, rope_cos_sin
@@ -92,7 +92,7 @@ class LatentAttention(nn.Module):
         from runtime.model import eager_attention
 
         q_nope, q_r = q.split([self.nope, self.rope_dim], dim=-1)
-        q = torch.cat([q_nope, _rope(q_r, self.rope_theta, offset)], dim=-1)
+        q = torch.cat([q_nope, rope_at(q_r, self.rope_theta, offset)], dim=-1)
         k = torch.cat([k_nope, k_r.expand(-1, k_nope.shape[1], -1, -1)], dim=-1)
         if mask is not None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -104,7 +104,7 @@ class LatentAttention(nn.Module):
              v: torch.Tensor) -> torch.Tensor:
         """RoPE on k_r (b, 1, s, d_rope) and the query's RoPE part, causal
         attention: (b, n, s, d_v). What selective recompute redoes."""
-        return self.scores_values(q, k_nope, _rope(k_r, self.rope_theta), v)
+        return self.scores_values(q, k_nope, rope_at(k_r, self.rope_theta), v)
 
     def output(self, y: torch.Tensor) -> torch.Tensor:
         """(b, n, s, d_v) -> (b, s, h)."""
