@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -83,14 +84,30 @@ def test_latent_attention_follows_the_equations(q_lora_rank):
 _refs: dict = {}
 
 
+@contextmanager
+def one_thread():
+    """Single-process references on one intra-op thread, as the spawned ranks
+    run (tiny models: several threads only contend, badly on a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _overrides(case: dict) -> dict:
     return {**MLA, **case}
 
 
 def reference(case: dict) -> dict:
-    plan = single_process(plan_of(**_overrides(case)))
+    """One process's run of the case's model and training (the settings one
+    process ignores reset, so that the cases share references)."""
+    plan = single_process(plan_of(**_overrides(case))).replace(
+        zero=1, recompute="selective", sequence_parallel=True)
     if plan not in _refs:
-        _refs[plan] = train(plan, steps=STEPS)
+        with one_thread():
+            _refs[plan] = train(plan, steps=STEPS)
     return _refs[plan]
 
 
@@ -132,7 +149,8 @@ def runs_2() -> dict:
 def test_mla_tensor_parallel_gradients_match_one_process(runs_2: dict, name: str) -> None:
     run = runs_2[name]
     assert "error" not in run, f"{name} failed:\n{run['error']}"
-    ref = full_grads(single_process(plan_of(**_overrides(GRAD_CASES[name]))), None)
+    with one_thread():
+        ref = full_grads(single_process(plan_of(**_overrides(GRAD_CASES[name]))), None)
     assert run["grads"].keys() == ref.keys()
     worst = max((run["grads"][n] - g).abs().max().item() / g.abs().max().item()
                 for n, g in ref.items())
