@@ -31,6 +31,9 @@ from torch.utils.checkpoint import checkpoint
 
 from sandbox.specs import Model
 
+# runtime.model imports this module (Block picks LatentAttention), so its RoPE and
+# eager-attention helpers are imported where they are used
+
 
 def rope_at(x: torch.Tensor, theta: float, offset: int = 0) -> torch.Tensor:
     """RoPE (interleaved pairs, as `runtime.model.apply_rope`) of x (b, heads, s, d)
