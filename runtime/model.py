@@ -1,7 +1,8 @@
 """The decoder-only transformer the runtime trains, built from a `Model` spec.
 
 GPT-2/3 style (learned positions, LayerNorm, GELU, biases, tied head) and
-Llama style (RoPE, RMSNorm, SwiGLU, GQA, untied head) share one module tree,
+Llama style (RoPE, RMSNorm, SwiGLU, GQA, untied head) and DeepSeek's latent
+attention (`runtime.mla`, attention_kind "mla") share one module tree,
 shaped the way torchtitan shapes its models so that parallelism can be
 applied from outside:
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from runtime.mla import LatentAttention
 from sandbox.specs import Model
 
 
@@ -120,7 +122,7 @@ class Block(nn.Module):
     def __init__(self, spec: Model):
         super().__init__()
         self.attention_norm = make_norm(spec)
-        self.attention = Attention(spec)
+        self.attention = LatentAttention(spec) if spec.kind == "mla" else Attention(spec)
         self.ffn_norm = make_norm(spec)
         self.feed_forward = FeedForward(spec)
 

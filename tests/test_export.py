@@ -1,7 +1,8 @@
 """Export to ONNX: correctness against PyTorch, the KV-cache decoder, quantized
 files, structured pruning, and the CLI's behaviour on bad input.
 
-Runs on the `tiny` and `tiny-llama` (GQA + RoPE + SwiGLU) presets, trained
+Runs on the `tiny`, `tiny-llama` (GQA + RoPE + SwiGLU) and `tiny-mla`
+(DeepSeek's multi-head latent attention, its decoder caching the latent) presets, trained
 for a few seconds in-process and saved as run directories. The size, speed
 and quality targets at a realistic scale are in experiments/bench_export.py.
 """
@@ -31,7 +32,7 @@ FAST = {"eval_batches": 2, "latency_repeats": 3, "decode_tokens": 12}
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    for preset in ("tiny", "tiny-llama"):
+    for preset in ("tiny", "tiny-llama", "tiny-mla"):
         train_run(root / preset, preset, steps=60, batch=8, lr=2e-3)
         out[preset] = root / preset
     return out
@@ -83,7 +84,7 @@ def _check_shapes(path: Path, model, tol: float | None) -> None:
                 assert np.abs(out - ref).max() <= tol
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama", "tiny-mla"])
 def test_fp32_export_matches_torch(preset, runs, exported):
     path, rep = exported(preset, "none")
     assert rep["max_abs_diff"] <= 1e-4 and rep["top1_agreement"] == 1.0
@@ -101,7 +102,7 @@ def test_fp32_export_matches_torch(preset, runs, exported):
     assert dc["cache_matches_no_cache"] and dc["cache_matches_torch"], dc
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama", "tiny-mla"])
 def test_decoder_graph_logits_match_torch_step_by_step(preset, runs, exported):
     """Prefill with an empty past, then 1- and 3-token steps: RoPE and learned
     position offsets and the causal mask over the cache must be right."""
@@ -125,7 +126,7 @@ def test_decoder_graph_logits_match_torch_step_by_step(preset, runs, exported):
         start = stop
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama", "tiny-mla"])
 def test_int8_quality_and_cached_decoding(preset, runs, exported):
     path, rep = exported(preset, "int8")
     assert rep["size_ratio"] < 0.6  # tiny's embeddings are a large share; gpt-mini: bench
@@ -213,6 +214,20 @@ def test_cli_bad_input(cli, runs, tmp_path):
     _one_line_error(cli("export", str(tmp_path / "empty"), "--out", str(out)), "plan.toml")
     assert not out.exists() and not list(tmp_path.glob("o/*"))
     _one_line_error(cli("generate", str(out), "--prompt", "x"), "no such")
+
+
+def test_mla_export_refuses_pruning_and_reports_its_shape(runs, exported, tmp_path):
+    out = tmp_path / "model.onnx"
+    with pytest.raises(SandboxError, match="--prune: 0.25: .*multi-head latent attention"):
+        export(runs["tiny-mla"], out, prune=0.25)
+    assert not out.exists() and not list(tmp_path.iterdir())
+    path, rep = exported("tiny-mla", "none")
+    assert rep["shape"]["attention"] == "mla" and rep["shape"]["kv_lora_rank"] == 32
+    cache = rep["graphs"]["decoder"]["inputs"]
+    assert cache["past_key_0"] == ["batch", 1, "past", "kv_lora_rank"]
+    assert cache["past_value_0"] == ["batch", 1, "past", "qk_rope_head_dim"]
+    assert {i.name: i.shape[3] for i in session(decoder_path(path)).get_inputs()[1:3]} == {
+        "past_key_0": 32, "past_value_0": 8}
 
 
 def test_cli_export_report_and_generate(cli, exported):

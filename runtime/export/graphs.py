@@ -9,7 +9,10 @@ onnxruntime, see `runtime.export.quantize`):
   plus ``past_key_i`` / ``past_value_i`` float32 (batch, kv_heads, past,
   head_dim) for every layer -> ``logits`` and ``present_key_i`` /
   ``present_value_i`` (batch, kv_heads, past + seq, head_dim). A prompt is
-  run with past length 0, then one token at a time.
+  run with past length 0, then one token at a time. With multi-head latent
+  attention the cache is MLA's compressed one: ``key`` holds the normalised
+  latent (batch, 1, past, kv_lora_rank), ``value`` the rotated RoPE key
+  (batch, 1, past, qk_rope_head_dim).
 
 `CachedGPT` reuses the GPT's own submodules (embeddings, norms, projections,
 MLPs, RoPE helpers); only the attention core is rewritten to take a cache and
@@ -29,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.mla import LatentAttention, rope_at
 from runtime.model import GPT, Attention, apply_rope, rope_cos_sin
 
 OPSET = 18  # ONNX default opset of torch.onnx's dynamo exporter in torch 2.x
@@ -57,6 +61,8 @@ def shape_of(model: GPT) -> dict[str, int]:
     att: Attention = block.attention
     ff = block.feed_forward
     hidden_ff = (ff.w1 if ff.gated else ff.fc1).out_features
+    if isinstance(att, LatentAttention):
+        return _mla_shape(model, hidden_ff)
     return {
         "layers": len(model.layers),
         "hidden": model.spec.hidden,
@@ -71,6 +77,18 @@ def shape_of(model: GPT) -> dict[str, int]:
         "ffn_per_layer": [(b.feed_forward.w1 if ff.gated else b.feed_forward.fc1).out_features
                           for b in model.layers.values()],
     }
+
+
+def _mla_shape(model: GPT, hidden_ff: int) -> dict:
+    """`shape_of` for multi-head latent attention: its heads and ranks."""
+    att: LatentAttention = model.layers["0"].attention
+    heads = att.wkv_b.out_features // (att.nope + att.v_dim)
+    s = model.spec
+    return {"layers": len(model.layers), "hidden": s.hidden, "attention": "mla",
+            "heads": heads, "kv_heads": heads, "head_dim": att.nope,
+            "q_lora_rank": att.q_rank, "kv_lora_rank": att.kv_rank,
+            "qk_rope_head_dim": att.rope_dim, "v_head_dim": att.v_dim,
+            "ffn_hidden": hidden_ff, "vocab": s.vocab, "seq_len": s.seq_len}
 
 
 def _repeat_kv(x: torch.Tensor, rep: int) -> torch.Tensor:
@@ -106,6 +124,25 @@ def attend_cached(att: Attention, x: torch.Tensor, past_k: torch.Tensor,
     return att.wo(y.transpose(1, 2).reshape(b, s, -1)), k, v
 
 
+def attend_cached_latent(att: LatentAttention, x: torch.Tensor, past_c: torch.Tensor,
+                         past_kr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """MLA's `attend_cached`: the cache holds the normalised latent (b, 1, p,
+    kv_lora_rank) and the rotated RoPE key (b, 1, p, qk_rope_head_dim), the
+    compressed KV cache of DeepSeek-V2; keys and values are up-projected from
+    the whole latent at every step."""
+    past = past_c.shape[2]
+    s = x.shape[1]
+    q = att.queries(x)
+    c, k_r = att.latent(x)
+    c = torch.cat([past_c, c], dim=2)
+    k_r = torch.cat([past_kr, rope_at(k_r, att.rope_theta, offset=past)], dim=2)
+    k_nope, v = att.keys_values(c)
+    qpos = torch.arange(s, device=x.device)[:, None] + past
+    mask = torch.arange(c.shape[2], device=x.device)[None, :] <= qpos
+    y = att.scores_values(q, k_nope, k_r, v, offset=past, mask=mask)
+    return att.output(y), c, k_r
+
+
 class CachedGPT(nn.Module):
     """A GPT's forward with a key/value cache, built on the GPT's submodules.
 
@@ -126,8 +163,10 @@ class CachedGPT(nn.Module):
             h = h + m.pos_embeddings(pos)
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(m.layers.values()):
-            a, k, v = attend_cached(layer.attention, layer.attention_norm(h),
-                                    past[2 * i], past[2 * i + 1])
+            attend = attend_cached_latent if isinstance(layer.attention, LatentAttention) \
+                else attend_cached
+            a, k, v = attend(layer.attention, layer.attention_norm(h), past[2 * i],
+                             past[2 * i + 1])
             h = h + a
             h = h + layer.feed_forward(layer.ffn_norm(h))
             presents += [k, v]
@@ -135,10 +174,15 @@ class CachedGPT(nn.Module):
 
 
 def empty_past(model: GPT, batch: int, length: int = 0) -> list[torch.Tensor]:
-    """Zero caches (b, kv_heads, length, head_dim) for every layer, k then v."""
+    """Zero caches (b, kv_heads, length, head_dim) for every layer, k then v
+    (MLA: latent (b, 1, length, kv_lora_rank) then RoPE key (b, 1, length,
+    qk_rope_head_dim))."""
     out = []
     for layer in model.layers.values():
         att = layer.attention
+        if isinstance(att, LatentAttention):
+            out += [torch.zeros(batch, 1, length, d) for d in (att.kv_rank, att.rope_dim)]
+            continue
         kv = att.wk.out_features // att.head_dim
         out += [torch.zeros(batch, kv, length, att.head_dim) for _ in range(2)]
     return out
@@ -208,7 +252,12 @@ def export_decoder(model: GPT, path: str | Path) -> GraphInfo:
             output_names=out_names, dynamic_shapes=dyn, verbose=False, optimize=True)
     _save(program, path)
     _check(path)
-    cache_in = {name: ["batch", "kv_heads", "past", "head_dim"] for name in in_names[1:]}
-    cache_out = {name: ["batch", "kv_heads", "past + seq", "head_dim"] for name in out_names[1:]}
+    mla = isinstance(model.layers["0"].attention, LatentAttention)
+    dims = ["kv_lora_rank", "qk_rope_head_dim"] if mla else ["head_dim", "head_dim"]
+    heads = 1 if mla else "kv_heads"
+    cache_in = {name: ["batch", heads, "past", dims[i % 2]]
+                for i, name in enumerate(in_names[1:])}
+    cache_out = {name: ["batch", heads, "past + seq", dims[i % 2]]
+                 for i, name in enumerate(out_names[1:])}
     return GraphInfo(str(path), OPSET, {"input_ids": ["batch", "seq"], **cache_in},
                      {"logits": ["batch", "seq", model.spec.vocab], **cache_out})

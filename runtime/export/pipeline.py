@@ -20,6 +20,8 @@ calls. `export()` is one call of a fresh `Exporter`.
 Files written: OUT (e.g. model.onnx), OUT's decoder graph (model.decoder.onnx)
 and the report (model.report.json). Everything is produced in a temporary
 folder next to OUT and renamed into place only on success, the model last.
+Models with multi-head latent attention export the same way (their decoder
+caches MLA's latent), but are not pruned.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from runtime.export.prune import prune as prune_model
 from runtime.export.quantize import COMPARISON_MODES, MODES, decoder_calibration, quantize
 from runtime.export.report import ExportReport, versions
 from runtime.export.source import heldout_batches, load_run, train_batches
+from runtime.mla import LatentAttention
 from runtime.model import GPT
 from sandbox.errors import SandboxError
 
@@ -70,6 +73,14 @@ def check_options(out: Path, quantize: str, prune: float, distill_steps: int) ->
         raise SandboxError(f"--distill-steps: must be >= 0, got {distill_steps}")
     if out.suffix != ".onnx":
         raise SandboxError(f"--out: expected a path ending in .onnx, got {out}")
+
+
+def check_prunable(model: GPT, prune: float) -> None:
+    """One-line `SandboxError` when `prune` asks to prune a model it cannot."""
+    if prune > 0 and isinstance(model.layers["0"].attention, LatentAttention):
+        raise SandboxError(f"--prune: {prune}: structured pruning removes mha / gqa heads; "
+                           "this run's model uses multi-head latent attention "
+                           "(model.attention_kind = 'mla'); export it with --prune 0")
 
 
 def quantize_or_fail(src: Path, dst: Path, mode: str, calibration: list | None) -> None:
@@ -160,6 +171,7 @@ class Exporter:
         t0 = time.perf_counter()
         out = Path(out)
         check_options(out, quantize, float(prune), int(distill_steps))
+        check_prunable(self.run.model, float(prune))
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         torch.manual_seed(seed)
         run = self.run

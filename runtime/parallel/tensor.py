@@ -18,7 +18,9 @@ Megatron-LM's layout, written the way torchtitan's `apply_tp` writes it:
   all-gathered before attention / feed-forward (`PrepareModuleInput`) and
   reduce-scattered after wo / fc2 (`RowwiseParallel(output_layouts=Shard(1))`).
 
-Works on a whole model or on a pipeline chunk (parts set to None are skipped).
+Multi-head latent attention blocks take `runtime.parallel.mla_tensor`'s plan
+for their attention instead. Works on a whole model or on a pipeline chunk
+(parts set to None are skipped).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from torch.distributed.tensor.parallel import (
     SequenceParallel,
     parallelize_module,
 )
+
+from runtime.mla import LatentAttention
+from runtime.parallel.mla_tensor import mla_plan
 
 
 def _replicate_positions(module: nn.Embedding, mesh: DeviceMesh, sequence_parallel: bool) -> None:
@@ -90,4 +95,7 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool) -> 
                 "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),),
                                                    desired_input_layouts=(Replicate(),)),
             })
+        if isinstance(block.attention, LatentAttention):  # MLA: `runtime.parallel.mla_tensor`
+            plan = {k: v for k, v in plan.items() if k.partition(".")[0] != "attention"}
+            plan.update(mla_plan(block.attention, tp_mesh, sp))
         parallelize_module(block, tp_mesh, plan)
