@@ -192,3 +192,28 @@ def test_sandbox_info_activations_divide_by_cp_and_grow_linearly(tmp_path):
     for method in ("ring", "allgather"):
         a = sandbox.info(llama8b(cp=4, method=method, recompute="selective")).to_dict()
         assert a["memory_gb_per_gpu"]["activations"] == pytest.approx(cp4["activations"])
+
+
+def test_search_enumerates_cp_only_for_long_sequences_and_bounds_it():
+    """Below `CP_MIN_SEQ_LEN` tokens every candidate has cp = 1 (the space of a
+    short-sequence search is unchanged); from it, cp runs over the divisors of
+    the GPUs left by tp x pp that cut the sequence into 2 cp chunks, ring
+    unless cp_method is fixed; the bound stays below the simulated step."""
+    from sim.search import space
+    short = space.base_plan("llama3-8b", "dgx-h100", 16, 16, seq_len=8192)
+    assert {par.cp for par in space.candidates(short)} == {1}
+    long = space.base_plan("llama3-8b", "dgx-h100", 16, 16, seq_len=space.CP_MIN_SEQ_LEN * 8)
+    seen = {(par.tp, par.pp, par.cp, par.dp) for par in space.candidates(long, {"pp": 1})}
+    assert {c for t, p, c, d in seen if t == 1} == {1, 2, 4, 8, 16}
+    assert all(t * p * c * d == 16 for t, p, c, d in seen)
+    assert {par.cp_method for par in space.candidates(long, {"pp": 1})} == {"ring"}
+    both = {par.cp_method for par in space.candidates(long, {"pp": 1, "cp": 4,
+                                                            "cp_method": ["ring", "allgather"]})}
+    assert both == {"ring", "allgather"}
+    odd = space.base_plan("llama3-8b", "dgx-h100", 16, 16, seq_len=3 * 2 ** 13)  # 24576 = 2^13 * 3
+    assert max(par.cp for par in space.candidates(odd, {"pp": 1})) == 16  # 24576 / 32 = 768
+    with pytest.raises(sandbox.SandboxError, match="fix: cp_method = 'ringg' is not one of"):
+        space.check_fix({"cp_method": "ringg"})
+    for method in ("ring", "allgather"):
+        plan = llama8b(cp=8, seq=131072, nodes=2, method=method, recompute="full")
+        assert space.step_time_lower_bound(plan) < simulate(plan, timeline=False).step_time_s
