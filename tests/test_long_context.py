@@ -217,3 +217,21 @@ def test_search_enumerates_cp_only_for_long_sequences_and_bounds_it():
     for method in ("ring", "allgather"):
         plan = llama8b(cp=8, seq=131072, nodes=2, method=method, recompute="full")
         assert space.step_time_lower_bound(plan) < simulate(plan, timeline=False).step_time_s
+
+
+def test_reports_show_cp_traffic():
+    """`sandbox report`'s table has the plan's cp, method and cp_comm seconds, its
+    breakdown figure a cp comm bar; a plan without cp shows neither."""
+    from sandbox import plots, report
+    ring = llama8b(cp=8, seq=131072, nodes=2)
+    dense = llama8b(cp=1, seq=8192)
+    results = [simulate(p, timeline=False) for p in (ring, dense)]
+    table = report.compare_table([ring, dense], results, ["cp8", "dense"])
+    assert table.loc["cp", "cp8"] == 8 and table.loc["cp_method", "cp8"] == "ring"
+    assert table.loc["cp_comm (s)", "cp8"] == pytest.approx(results[0].breakdown_s["cp_comm"])
+    assert table["dense"].isna()[["cp", "cp_comm (s)"]].all()
+    fig = plots.breakdown_bars(["cp8", "dense"], [r.breakdown_s for r in results])
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "cp comm" in labels
+    dense_fig = plots.breakdown_bars(["dense"], [results[1].breakdown_s])
+    assert "cp comm" not in [t.get_text() for t in dense_fig.axes[0].get_legend().get_texts()]
