@@ -37,7 +37,9 @@
   gives it (`sandbox.layout.rank_chunk_sizes`; 1/v of the stage's layers
   when they divide evenly).
 - Context parallelism (`parallel.cp`): activations and logits of s / cp
-  tokens per GPU; ZeRO shards over the dp x cp ranks of a stage.
+  tokens per GPU; ZeRO shards over the dp x cp ranks of a stage; the
+  all-gather method's gathered K, V and dK, dV in a block's backward
+  (`cp_gather_bytes`, part of `other`).
 - Recompute "op" and "layer" (torchtitan's selective options) keep what
   `sandbox.recompute` says; "layer" mixes fully checkpointed and plain blocks.
 - The peak's working set besides the stored tensors (flash plans; eager
@@ -348,10 +350,11 @@ from sandbox.memory_peak import (  # noqa: E402
     LOSS_BYTES_PER_LOGIT,
     LOSS_PARALLEL_BYTES_PER_LOGIT,
     backward_working_bytes,
+    cp_gather_bytes,
     fsdp_reduce_bytes,
     loss_bytes,
     recompute_working_bytes,
 )
 
 __all__ = ["LOSS_BYTES_PER_LOGIT", "LOSS_PARALLEL_BYTES_PER_LOGIT", "backward_working_bytes",
-           "fsdp_reduce_bytes", "loss_bytes", "recompute_working_bytes"]
+           "cp_gather_bytes", "fsdp_reduce_bytes", "loss_bytes", "recompute_working_bytes"]

@@ -92,12 +92,30 @@ def fsdp_reduce_bytes(plan: Plan) -> float:
     return unit * (grad16 + 4)
 
 
+def cp_gather_bytes(plan: Plan) -> float:
+    """`parallel.cp_method = "allgather"` (Transformer Engine's KV all-gather
+    attention, Llama 3's CP): a block's backward holds the gathered K and V of
+    the whole sequence (its tp share of the KV heads; re-gathered, only the
+    local chunk is stored) and the full-length dK, dV before their
+    reduce-scatter, in the KV dtype: 2 x b s 2 kv_dim / tp bytes (the
+    forward's gather plus its reordered copy is as large). 0 for the ring
+    (its in-flight KV chunks, 1/cp of this, are not counted) and cp = 1."""
+    m, p = plan.model, plan.parallel
+    if p.cp <= 1 or p.cp_method != "allgather":
+        return 0.0
+    w = 4 if plan.train.precision == "fp32" else 2
+    return 2.0 * p.micro_batch * m.seq_len * 2 * m.kv_dim / p.tp * w
+
+
 def backward_working_bytes(plan: Plan, stage: int) -> float:
     """Bytes live at the peak besides parameters, states and stored activations.
 
     The peak comes in backward at one of two moments: the loss's backward on
     the last stage (`loss_bytes`), or a block's backward, which holds the
-    re-materialised block (`recompute_working_bytes`, 1/cp of it per GPU) and
-    the FSDP2 unit gradient being reduced (`fsdp_reduce_bytes`); the larger."""
-    block = recompute_working_bytes(plan) / plan.parallel.cp + fsdp_reduce_bytes(plan)
+    re-materialised block (`recompute_working_bytes`, 1/cp of it per GPU),
+    the FSDP2 unit gradient being reduced (`fsdp_reduce_bytes`) and, with the
+    all-gather CP, the gathered K, V and their gradients (`cp_gather_bytes`);
+    the larger."""
+    block = (recompute_working_bytes(plan) / plan.parallel.cp + fsdp_reduce_bytes(plan)
+             + cp_gather_bytes(plan))
     return max(loss_bytes(plan, stage), block)

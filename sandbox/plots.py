@@ -12,14 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-BREAKDOWN = ("compute", "tp_comm", "pp_comm", "dp_comm", "bubble", "optimizer", "other")
+# the parts of `breakdown_s`, stacked in this order (context- and expert-parallel
+# traffic last, drawn only when a plan has it, so other plans keep their colours)
+BREAKDOWN = ("compute", "tp_comm", "pp_comm", "dp_comm", "bubble", "optimizer", "other",
+             "cp_comm", "ep_comm")
 MEMORY = ("params", "grads", "optimizer", "activations", "other")
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "legend.fontsize": 9,
          "xtick.labelsize": 9, "ytick.labelsize": 10, "axes.grid": True, "grid.alpha": 0.3}
 KIND_COLORS = {"fwd": "#4C72B0", "forward": "#4C72B0", "bwd": "#DD8452", "backward": "#DD8452",
                "wgrad": "#C44E52", "recompute": "#8172B3", "tp_comm": "#55A868",
                "pp_comm": "#2CA02C", "dp_comm": "#937860", "param_allgather": "#DA8BC3",
-               "optimizer": "#8C8C8C", "other": "#CCB974"}
+               "optimizer": "#8C8C8C", "other": "#CCB974", "cp_comm": "#8c8c00"}
 
 
 def _figure(width: float, height: float, ncols: int = 1):

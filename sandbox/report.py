@@ -71,6 +71,8 @@ def plan_row(plan: Plan, sim: dict) -> dict:
            **{k: getattr(p, k) for k in ("dp", "tp", "pp", "vpp", "micro_batch",
                                           "microbatches", "global_batch", "schedule", "zero",
                                           "recompute", "sequence_parallel")},
+           # context parallelism (its traffic is the "cp_comm (s)" row below)
+           **({"cp": p.cp, "cp_method": p.cp_method} if p.cp > 1 else {}),
            **{k: sim.get(k) for k in ("step_time_s", "tokens_per_s", "tflops_per_gpu", "mfu",
                                       "hfu", "fits")},
            "memory_gb": _memory(sim).get("total"), "usd_per_million_tokens": usd}

@@ -26,6 +26,7 @@ LR_SCHEDULES = ("cosine", "constant")
 FAILURE_DISTRIBUTIONS = ("exponential", "weibull")
 ATTENTION = ("flash", "eager")
 ATTENTION_KINDS = ("", "mha", "gqa", "mla")
+CP_METHODS = ("ring", "allgather")
 FP8_RECIPES = ("tensorwise", "rowwise")
 
 
@@ -232,6 +233,10 @@ class Parallel:
     # context parallel (simulator): each sequence split over cp ranks in 2*cp
     # load-balanced causal chunks, attention as a KV ring; mesh pp x dp x cp x tp
     cp: int = 1
+    # how attention gets the other cp ranks' keys and values: "ring" (cp - 1
+    # send/recv steps behind the blockwise attention) or "allgather" (Llama 3:
+    # one exposed all-gather of K, V per block, reduce-scatter of dK, dV)
+    cp_method: str = "ring"
     # expert parallel: the routed experts of each MoE block split over groups of
     # `ep` consecutive data-parallel replicas (carved out of dp, as Megatron-Core
     # does); tokens reach their experts by all-to-all. Expert weights are

@@ -170,13 +170,15 @@ _LINK = re.compile(r"^(nvlink:(\d+)|nic:(\d+)\.(\d+)|node:(\d+))$")
 
 
 def context_problems(plan: Plan) -> list[str]:
-    """Rules of `parallel.cp` (cp > 1): the mesh pp x dp x cp x tp fills the
-    cluster, every sequence splits into 2 * cp equal chunks (causal load
-    balance), and the gradients are all-reduced (no parameter server)."""
+    """Rules of `parallel.cp_method` (one of `CP_METHODS`) and of `parallel.cp`
+    (cp > 1): the mesh pp x dp x cp x tp fills the cluster, every sequence
+    splits into 2 * cp equal chunks (causal load balance), and the gradients
+    are all-reduced (no parameter server)."""
     m, c, p = plan.model, plan.cluster, plan.parallel
+    problems: list[str] = []
+    _choice(problems, "parallel.cp_method", p.cp_method, sections.CP_METHODS)
     if p.cp == 1:
-        return []
-    problems = []
+        return problems
     n = p.pp * p.dp * p.cp * p.tp
     if n != c.world_size:
         problems.append(f"parallel: pp*dp*cp*tp = {p.pp}*{p.dp}*{p.cp}*{p.tp} = {n} != world "

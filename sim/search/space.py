@@ -5,8 +5,13 @@
   settings (tp within a node, pp up to the number of layers, dp from the
   world size; vpp, micro-batch, ZeRO stage, recompute, sequence parallelism,
   schedule; for a mixture of experts the expert-parallel degree ep, every
-  divisor of dp that divides the experts, 1 for dense models), restricted
-  by `fix`.
+  divisor of dp that divides the experts, 1 for dense models; for long
+  sequences, `seq_len >= CP_MIN_SEQ_LEN`, the context-parallel degree cp,
+  every divisor of the GPUs left by tp x pp that cuts the sequence into
+  2 cp equal chunks, with the ring method; below that threshold cp = 1, as
+  every published short-sequence run has it, and the space of such searches
+  stays what it was), restricted by `fix` (`cp_method` = "allgather" or both
+  methods only when fixed).
 - `screen` keeps what can run (`sandbox.validate.plan_problems`) and fits
   (`sandbox.memory.memory_per_gpu`), and gives every rejected candidate its
   reason.
@@ -28,9 +33,9 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from sandbox import memory, presets
+from sandbox import memory, presets, sections
 from sandbox.errors import SandboxError
-from sandbox.layout import stage_layers
+from sandbox.layout import local_seq_len, stage_layers
 from sandbox.planfile import did_you_mean, load
 from sandbox.profile import profile_for
 from sandbox.specs import Parallel, Plan
@@ -38,7 +43,11 @@ from sandbox.validate import plan_problems
 from sim import compute, costs, host
 
 SEARCHED = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute",
-            "sequence_parallel", "schedule", "ep")
+            "sequence_parallel", "schedule", "ep", "cp", "cp_method")
+# Sequences from this length (tokens) get context parallelism in the space:
+# NVIDIA's long-sequence tables run cp = 1 up to 16K tokens and cp > 1 from
+# 32K (NeMo docs, performance_long_sequence.md); 16K is where it may start to pay.
+CP_MIN_SEQ_LEN = 16384
 MICRO_BATCHES = (1, 2, 4, 8)
 VPPS = (2, 3, 4, 6, 8)  # virtual stages tried with the interleaved schedule
 ZEROS = (0, 1, 2, 3)
@@ -101,7 +110,8 @@ def check_fix(fix: dict | None) -> dict:
     """Validate the keys of `fix` (searched parallel fields) -> a plain dict."""
     fix = dict(fix or {})
     choices = {"recompute": RECOMPUTES, "schedule": (*PIPELINE_SCHEDULES, "interleaved-1f1b"),
-               "sequence_parallel": (True, False), "zero": ZEROS}
+               "sequence_parallel": (True, False), "zero": ZEROS,
+               "cp_method": sections.CP_METHODS}
     for key, value in fix.items():
         if key not in SEARCHED:
             raise SandboxError(f"fix: unknown field '{key}'{did_you_mean(key, SEARCHED)}; "
@@ -132,8 +142,9 @@ def candidates(base: Plan, fix: dict | None = None) -> Iterator[Parallel]:
     for tp in tps:
         pps = _options("pp", [p for p in divisors(max(1, world // tp))
                               if p <= base.model.layers], fix)
-        for pp in pps:
-            dp = world // (tp * pp) if world % (tp * pp) == 0 else 0
+        layouts = [(q, c) for q in pps for c in cp_options(base, world // tp // q, fix)]
+        for pp, cp in layouts:
+            dp = world // (tp * pp * cp) if world % (tp * pp * cp) == 0 else 0
             if "dp" in fix and dp not in _options("dp", [], fix):
                 continue
             if pp == 1:
@@ -146,13 +157,25 @@ def candidates(base: Plan, fix: dict | None = None) -> Iterator[Parallel]:
             sps = _options("sequence_parallel", [True, False] if tp > 1 else [False], fix)
             e = base.model.experts
             eps = _options("ep", [x for x in divisors(dp or 1) if e and e % x == 0] or [1], fix)
-            for (sched, vpp), mb, zero, rc, sp, ep in itertools.product(
+            methods = _options("cp_method", ["ring"], fix) if cp > 1 else [base.parallel.cp_method]
+            for (sched, vpp), mb, zero, rc, sp, ep, method in itertools.product(
                     scheds, _options("micro_batch", MICRO_BATCHES, fix),
                     _options("zero", ZEROS, fix), _options("recompute", RECOMPUTES, fix), sps,
-                    eps):
+                    eps, methods):
                 yield dataclasses.replace(base.parallel, dp=dp or 1, tp=tp, pp=pp, vpp=vpp,
                                           micro_batch=mb, zero=zero, recompute=rc,
-                                          sequence_parallel=sp, schedule=sched, ep=ep)
+                                          sequence_parallel=sp, schedule=sched, ep=ep, cp=cp,
+                                          cp_method=method)
+
+
+def cp_options(base: Plan, ranks: int, fix: dict) -> list[int]:
+    """Context-parallel degrees for `ranks` GPUs left by tp x pp: [1] below
+    `CP_MIN_SEQ_LEN` tokens, else every divisor of `ranks` that cuts the
+    sequence into 2 cp equal chunks (`fix["cp"]` overrides)."""
+    s = base.model.seq_len
+    default = ([c for c in divisors(max(1, ranks)) if s % (2 * c) == 0]
+               if s >= CP_MIN_SEQ_LEN else [1])
+    return _options("cp", default, fix)
 
 
 def with_parallel(base: Plan, **fields: Any) -> Plan:
@@ -224,6 +247,8 @@ def _stage0_params(plan: Plan) -> tuple[float, float]:
 def _dp_comm_s(plan: Plan) -> float:
     """Least time to reduce one replica's gradients over the data-parallel group."""
     c, p = plan.cluster, plan.parallel
+    if p.cp > 1:  # over dp x cp ranks, tp apart at the closest: as many per node as fit
+        return _grad_reduce_s(plan, p.dp * p.cp, max(1, c.gpus_per_node // p.tp))
     if p.dp <= 1:
         return 0.0
     grads = _stage0_params(plan)[0] * GRAD_BYTES  # MoE: routed experts reduce over less
@@ -235,6 +260,22 @@ def _dp_comm_s(plan: Plan) -> float:
     groups = per_node // members  # groups sharing one node's NICs
     k = p.dp // members  # nodes one group spans
     node_bytes = groups * 2 * (k - 1) / k * grads  # after reducing inside the node
+    return node_bytes / (c.node_nic_gb_per_s * 1e9)
+
+
+def _grad_reduce_s(plan: Plan, g: int, per_node: int) -> float:
+    """Least time of an all-reduce of stage 0's gradients over `g` ranks of
+    which at most `per_node` share a node (NVLink inside, the node's NICs,
+    shared by its groups, across)."""
+    c = plan.cluster
+    grads = _stage0_params(plan)[0] * GRAD_BYTES
+    if g <= 1:
+        return 0.0
+    members = min(g, per_node)
+    if members == g:
+        return 2 * (g - 1) / g * grads / (c.intra_node_gb_per_s * 1e9)
+    k = -(-g // members)  # nodes one group spans
+    node_bytes = c.gpus_per_node // members * 2 * (k - 1) / k * grads
     return node_bytes / (c.node_nic_gb_per_s * 1e9)
 
 
@@ -255,7 +296,8 @@ def _microbatch_s(plan: Plan) -> float:
     layers = m.layers / p.pp
     gpu = layers * min(per_layer) + (ends if p.pp == 1 else ends / 2)
     if p.tp > 1:  # 2 collectives forward + 2 backward per layer (all-reduce or AG+RS)
-        act = m.seq_len * p.micro_batch * m.hidden * memory.weight_bytes_per_param(t.precision)
+        act = (local_seq_len(plan) * p.micro_batch * m.hidden
+               * memory.weight_bytes_per_param(t.precision))
         one = 2 * (p.tp - 1) / p.tp * act / (c.intra_node_gb_per_s * 1e9)
         gpu += (2 if p.tp_overlap else 4) * one * layers
     ho = host.host_ops(plan)
@@ -284,7 +326,7 @@ def step_time_lower_bound(plan: Plan) -> float:
         exposed = grads_s / 2 + max(0.0, grads_s / 2 - hidden)
     else:
         exposed = max(0.0, grads_s - hidden)
-    shard = p.dp if p.zero >= 1 else 1
+    shard = p.dp * p.cp if p.zero >= 1 else 1  # ZeRO shards over dp x cp
     dense, routed = _stage0_params(plan)  # routed experts shard over dp / ep
     held = dense / shard + (routed / (p.dp // p.ep if p.zero >= 1 else 1) if routed else 0.0)
     optim = held * OPTIMIZER_BYTES / (c.gpu.hbm_gb_per_s * 1e9)
