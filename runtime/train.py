@@ -113,6 +113,20 @@ def _seed_everything(seed: int) -> None:
         pass
 
 
+def keep_tokenizer(source: str, out: Path) -> None:
+    """Copy a prepared data directory's tokenizer.json into the run (export and
+    generate decode with it); byte-level data needs none."""
+    from runtime.shards import TOKENIZER, is_prepared
+
+    if not is_prepared(source):
+        return
+    src = Path(source).expanduser() / TOKENIZER
+    with writing(out / TOKENIZER):
+        data = src.read_bytes()
+        if not (out / TOKENIZER).is_file() or (out / TOKENIZER).read_bytes() != data:
+            (out / TOKENIZER).write_bytes(data)
+
+
 def _compile_blocks(parts: list[torch.nn.Module]) -> None:
     """torch.compile each transformer block in place (GPU only)."""
     for part in parts:
@@ -158,6 +172,7 @@ class Trainer:
             if not self.resuming or not (self.out / "plan.toml").exists():
                 with writing(self.out / "plan.toml"):  # the run describes itself (export)
                     (self.out / "plan.toml").write_text(plan.to_toml())
+            keep_tokenizer(plan.train.data, self.out)
         self.backend = backend
         _seed_everything(plan.train.seed)
         check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)
