@@ -32,6 +32,7 @@ class LoadedRun:
     plan: Plan
     checkpoint: Path
     model: GPT
+    tokenizer: Path | None = None  # the run's tokenizer.json (None: byte-level data)
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -63,7 +64,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if missing or unexpected:
         raise SandboxError(f"{ckpt}: checkpoint does not match the plan's model "
                            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
-    return LoadedRun(run_dir, plan, ckpt, model.float().eval())
+    tok = run_dir / "tokenizer.json"
+    return LoadedRun(run_dir, plan, ckpt, model.float().eval(), tok if tok.is_file() else None)
 
 
 def heldout_batches(batch: int, seq: int, n_batches: int,
