@@ -17,13 +17,17 @@ The breakdown (seconds) is what `sandbox compare` reports as measured:
   the kernels that start after the `optimizer` region begins; other is the
   rest of the step (launch gaps, host work).
 
-The profiled step is slower than the others (the profiler's overhead); its
-metrics line is kept as measured.
+Memory: the peak resident set and `model_mem_gb`: on CPU that peak minus
+the resident set before the model was built (as
+`runtime.calibrate.step_profile`), on a GPU the peak allocated device memory.
+The profiled step is slower than the others (the profiler's overhead): its
+metrics line says `"profiled": true` and the summary leaves it out.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,13 @@ from runtime.calibrate.step_profile import (
 from sandbox.specs import Plan
 
 PROFILE_DIR = "profile"
+
+
+def read_breakdowns(out: Path, step: int) -> list[dict]:
+    """Every rank's breakdown of profiled step `step`, in rank order."""
+    files = sorted((Path(out) / PROFILE_DIR).glob(f"step_{step}.rank_*.breakdown.json"),
+                   key=lambda p: int(p.name.split(".rank_")[1].split(".")[0]))
+    return [json.loads(p.read_text()) for p in files]
 
 
 def trace_paths(out: Path, step: int, rank: int) -> tuple[Path, Path]:
@@ -83,13 +94,17 @@ def analyse_device(events: list[dict], plan: Plan) -> dict:
             classes.setdefault(comm_class(e["name"], plan), []).append(
                 (e["start_us"], e["end_us"]))
     covered: list[tuple[float, float]] = []
+    intervals = {"compute": _subtract(compute, optimizer), "optimizer": optimizer}
     for name, iv in sorted(classes.items()):
         exposed = _subtract(_subtract(_union(iv), compute), covered)
         covered = _union(covered + exposed)
         out[name] = _length(exposed) / 1e6
         out[f"{name}_in_flight"] = _length(_union(iv)) / 1e6
+        intervals[name] = _union(iv)
     out["other"] = max(0.0, out["step_s"] - out["compute"] - out["optimizer"]
                        - sum(out[k] for k in classes))
+    out["intervals_s"] = {k: [((a - t0) / 1e6, (b - t0) / 1e6) for a, b in v]
+                          for k, v in intervals.items()}
     return out
 
 
@@ -97,8 +112,10 @@ class StepTrace:
     """Context manager around one step: yields the phase marker for
     `runtime.step.train_step`, writes the trace and the breakdown on exit."""
 
-    def __init__(self, out: Path, step: int, rank: int, device: torch.device, plan: Plan):
+    def __init__(self, out: Path, step: int, rank: int, device: torch.device, plan: Plan,
+                 base_rss: int = 0):
         self.out, self.step, self.rank, self.device, self.plan = out, step, rank, device, plan
+        self.base_rss = base_rss  # resident set before the model was built, bytes
         acts = [ProfilerActivity.CPU]
         if device.type == "cuda":
             acts.append(ProfilerActivity.CUDA)
@@ -121,7 +138,9 @@ class StepTrace:
             b = analyse_device(events, self.plan)
         else:
             b = analyse(cpu, self.plan)
-            b.pop("intervals_s", None)
-        b.update(rank=self.rank, step=self.step, device=self.device.type,
-                 trace=trace.name)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        model = (torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda"
+                 else peak - self.base_rss)
+        b.update(rank=self.rank, step=self.step, device=self.device.type, trace=trace.name,
+                 peak_rss_gb=peak / 1e9, model_mem_gb=model / 1e9)
         breakdown.write_text(json.dumps(b, indent=2) + "\n")

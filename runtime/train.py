@@ -28,6 +28,7 @@ import faulthandler
 import json
 import os
 import random
+import resource
 import signal
 import sys
 import time
@@ -187,6 +188,7 @@ class Trainer:
             from runtime.parallel.mesh import build_mesh
 
             mesh = build_mesh(plan, self.device.type)
+        self.base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes
         self.par = parallelize(plan, mesh, self.device)
         self.dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
         if plan.train.compile and self.device.type == "cuda":
@@ -315,11 +317,14 @@ class Trainer:
                                  after_backward=lambda s=step: self._maybe_fail(s), mark=mark)
                 self._sync()
             dt = time.perf_counter() - t0
-            times.append(dt)
             row = {"step": step, "loss": res.loss, "step_time_s": dt,
                    "tokens_per_s": tokens / dt,
                    "mem_gb": max_over_ranks(peak_memory_gb(self.device), self.device),
                    "lr": res.lr, "grad_norm": res.grad_norm}
+            if step == self.args.profile_step:  # slowed by the profiler: not in the summary
+                row["profiled"] = True
+            else:
+                times.append(dt)
             if self.scaler is not None:
                 row.update(loss_scale=res.loss_scale, skipped=not res.updated)
             if (sent := self.par.comm_bytes()) is not None:
@@ -352,7 +357,7 @@ class Trainer:
             return contextlib.nullcontext(_no_mark)
         from runtime.step_trace import StepTrace
 
-        return StepTrace(self.out, step, self.rank, self.device, self.plan)
+        return StepTrace(self.out, step, self.rank, self.device, self.plan, self.base_rss)
 
     def summary(self, times: list[float], last: dict[str, Any], start: int) -> dict[str, Any]:
         """summary.json (see `runtime.summary.run_summary`); with nothing left to
