@@ -69,7 +69,7 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data, run_dir = work / "bpe8192", work / "run"
-    load0 = provenance.load_average()
+    load0, commit = provenance.load_average(), provenance.git_commit()  # the code that runs
     prep_args = ("prepare-data", "builtin", "--out", str(data), "--tokenizer", "bpe",
                  "--vocab", "8192")
     _, prep, prep_s = _cli(*prep_args)
@@ -95,7 +95,7 @@ def main() -> int:
         "commands": [shlex.join(["sandbox", *prep_args]), shlex.join(["sandbox", *run_args])],
         "plan": plan.read_text(), "machine": provenance.machine(("torch", "tokenizers",
                                                                   "tensorboard", "numpy")),
-        "git_commit": provenance.git_commit(), "date_utc": provenance.utc_now(),
+        "git_commit": commit, "date_utc": provenance.utc_now(),
         "load_before": load0, "load_after": provenance.load_average(),
         "prepare": {"wall_s": prep_s, "vocab": meta["vocab"], "tokens": meta["tokens"],
                     "bytes_per_token": meta["bytes_per_token"], "split": meta["split"],
