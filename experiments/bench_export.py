@@ -324,6 +324,14 @@ def vocab_section(run_dir: Path, work: Path, out: Path, args: argparse.Namespace
                 print(f"{label}: size {r['size_ratio']:.3f}, ppl {r['ppl_onnx']:.4f} vs "
                       f"{r['baseline_ppl_onnx']:.4f}, top1 {r['top1_agreement']:.4f}", flush=True)
     rows = [json.loads((rows_dir / f"{m}.json").read_text()) for m in VOCAB_MODES]
+    model = rows[VOCAB_MODES.index("int8")]["files"]["model"]
+    gen = [*_sandbox_cli(), "generate", model, "--prompt", "def ", "--max-new-tokens", "32",
+           "--temperature", "0.8", "--seed", "1"]
+    proc = subprocess.run(gen, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench_export: generate failed: {proc.stderr.strip()[-300:]}")
+    sample = {"command": shlex.join(["sandbox", *gen[len(_sandbox_cli()):]]),
+              "stdout": proc.stdout}
     train = run_dir.parent / "data_path.json"
     info = json.loads(train.read_text()) if train.is_file() else \
         json.loads((ROOT / "experiments" / "results" / "data_path.json").read_text())
@@ -331,7 +339,7 @@ def vocab_section(run_dir: Path, work: Path, out: Path, args: argparse.Namespace
                                                      "tokenizers")),
                       "run_dir": str(run_dir), "train": {k: info[k] for k in
                                                          ("commands", "run", "prepare")},
-                      "rows": rows}
+                      "rows": rows, "generate": sample}
     _write(out, saved)
     return 0 if all(v["met"] for r in rows for v in r["targets"].values()) else 1
 
@@ -368,6 +376,11 @@ def render_vocab(v: dict) -> str:
                      f"{r['top1_agreement']:.4f} | {r['max_abs_diff']:.2e} | "
                      f"{dc['prompts_cache_eq_no_cache']}/{n} | "
                      f"{dc['prompts_cache_eq_torch']}/{n} |")
+    if v.get("generate"):
+        g = v["generate"]
+        lines += ["", f"`{g['command']}` (sampled, after 40 training steps; decoded by "
+                  "the run's tokenizer, model.tokenizer.json):", "", "```",
+                  g["stdout"].rstrip("\n"), "```"]
     lines += ["", "### Issue 20's targets", ""]
     for r in rows:
         for name, x in r["targets"].items():
