@@ -85,17 +85,25 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
-def _workers() -> list[int]:
-    pids = []
+def _workers(root: int) -> list[int]:
+    """The `runtime.train` processes descending from process `root` (this
+    run's, not another job's on the same machine)."""
+    parent, cmds = {}, {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
+                stat = (d / "stat").read_text()
+                cmds[int(d.name)] = (d / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"runtime.train" in cmd and b"-m" in cmd and b"torch.distributed.run" not in cmd:
-                pids.append(int(d.name))
-    return pids
+            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    mine, grew = {root}, True
+    while grew:
+        more = {p for p, pp in parent.items() if pp in mine} - mine
+        mine |= more
+        grew = bool(more)
+    return [p for p in mine if b"runtime.train" in cmds.get(p, [])
+            and b"torch.distributed.run" not in cmds.get(p, [])]
 
 
 def train_and_poll(plan: Path, out: Path) -> dict:
@@ -106,7 +114,7 @@ def train_and_poll(plan: Path, out: Path) -> dict:
                             cwd=ROOT)
     peak: dict[int, dict[str, int]] = {}
     while proc.poll() is None:
-        for pid in _workers():
+        for pid in _workers(proc.pid):
             st = _status(pid)
             cur = peak.setdefault(pid, {})
             for k, v in st.items():

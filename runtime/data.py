@@ -292,7 +292,9 @@ class DataLoader:
         """`n` fixed global batches of held-out windows, evenly spaced over the split."""
         view = split_view("heldout", self.source, self.seq_len)
         count = n * self.global_batch
-        starts = torch.linspace(0, len(view) - self.seq_len - 1, count).long()
+        last = len(view) - self.seq_len - 1
+        # float32 steps (as ever) rounded past the end of a long split: clamp
+        starts = torch.linspace(0, last, count).long().clamp_(max=last)
         return [self._windows(view, s) for s in starts.split(self.global_batch)]
 
 

@@ -87,6 +87,8 @@ class Prepared:
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """Tokens [lo, hi) of the stream, int64 (a copy; may span shards)."""
+        if not 0 <= lo <= hi <= self.tokens:
+            raise ValueError(f"tokens [{lo}, {hi}) outside the stream of {self.tokens}")
         parts = []
         i = int(np.searchsorted(self.offsets, lo, side="right")) - 1
         while lo < hi:

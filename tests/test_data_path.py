@@ -291,3 +291,24 @@ def test_device_breakdown_from_kernels():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_long_split_is_windowed_to_its_last_token(tmp_path):
+    """5e8 tokens (a sparse 1 GB shard): the evenly spaced evaluation windows,
+    computed in float32 (24,999,935 rounds up), stay inside the split."""
+    from runtime.shards import FORMAT
+
+    n = 500_000_000
+    with open(tmp_path / "tokens_000000.bin", "wb") as f:
+        f.truncate(2 * n)
+    byte_tokenizer().save(tmp_path / "tokenizer.json")
+    cut = n - n // 20
+    (tmp_path / "meta.json").write_text(json.dumps({
+        "format": FORMAT, "vocab": 256, "dtype": "uint16", "tokens": n,
+        "shards": [{"file": "tokens_000000.bin", "tokens": n}],
+        "split": {"train": [0, cut], "val": [cut, n]}}))
+    assert data.check_data(str(tmp_path), 64, 256) == n
+    batches = data.DataLoader(str(tmp_path), 8, 64, 0).eval_batches(4)
+    assert len(batches) == 4 and batches[-1][0].shape == (8, 64)
+    with pytest.raises(ValueError, match="outside the stream"):
+        open_prepared(str(tmp_path)).read(n - 2, n + 1)
