@@ -22,6 +22,7 @@ its windows are cut where asked and only they become int64.
 from __future__ import annotations
 
 import json
+import mmap
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -162,6 +163,19 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
+def _random_access(m: np.memmap) -> np.memmap:
+    """Tell the kernel the mapping is read at random (MADV_RANDOM): a window's
+    page fault then reads and maps that page, not a read-ahead run or a large
+    folio around it (which grew a rank's resident set by ~1.6 MB per window)."""
+    mm = getattr(m, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            mm.madvise(mmap.MADV_RANDOM)
+        except OSError:
+            pass
+    return m
+
+
 @lru_cache(maxsize=4)
 def open_prepared(source: str) -> Prepared:
     """Open (once per process) the prepared directory `source`: meta.json
@@ -180,7 +194,7 @@ def open_prepared(source: str) -> Prepared:
         if not f.is_file() or size != want:
             raise SandboxError(f"{f}: {size:,} bytes, meta.json says {want:,} "
                                f"({s['tokens']:,} x {meta['dtype']}); re-run prepare-data")
-        maps.append(np.memmap(f, dtype=dtype, mode="r"))
+        maps.append(_random_access(np.memmap(f, dtype=dtype, mode="r")))
     offsets = np.concatenate([[0], np.cumsum([len(m) for m in maps])]).astype(np.int64)
     return Prepared(path, meta, maps, offsets)
 
