@@ -14,8 +14,9 @@ document separator's id or null), `dtype`, `tokens` (the stream's length),
 
 `open_prepared(DIR)` checks meta.json against the files (one line naming the
 problem) and memory-maps the shards read-only: pages are read on demand and
-shared by every process of the machine through the page cache, so a rank's
-resident memory does not grow with the data. `TokenRange` is a split of it:
+shared by every process of the machine through the page cache; each read
+copies its windows out and unmaps what it touched (`Prepared.release`), so
+a rank's resident memory does not grow with the data. `TokenRange` is a split of it:
 its windows are cut where asked and only they become int64.
 """
 
@@ -79,6 +80,19 @@ class Prepared:
     def tokens(self) -> int:
         return int(self.offsets[-1])
 
+    def release(self) -> None:
+        """Unmap the pages read so far (MADV_DONTNEED: they stay in the page
+        cache, shared, but leave this process's resident set). Called after
+        every read: a fault maps a whole large folio (up to 2 MB) of a cached
+        file, so kept mappings of random windows would add up to the file."""
+        for m in self.shards:
+            mm = getattr(m, "_mmap", None)
+            if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                try:
+                    mm.madvise(mmap.MADV_DONTNEED)
+                except OSError:
+                    pass
+
     def split(self, name: str) -> TokenRange:
         """The "train" or "heldout" (meta's "val") part of the stream."""
         if name not in ("train", "heldout"):
@@ -98,9 +112,9 @@ class Prepared:
             parts.append(self.shards[i][start:start + take])
             lo += take
             i += 1
-        if not parts:
-            return np.zeros(0, np.int64)
-        return np.concatenate(parts).astype(np.int64)
+        out = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        self.release()
+        return out
 
 
 @dataclass(frozen=True)
@@ -164,9 +178,8 @@ def read_meta(path: Path) -> dict:
 
 
 def _random_access(m: np.memmap) -> np.memmap:
-    """Tell the kernel the mapping is read at random (MADV_RANDOM): a window's
-    page fault then reads and maps that page, not a read-ahead run or a large
-    folio around it (which grew a rank's resident set by ~1.6 MB per window)."""
+    """Tell the kernel the mapping is read at random (MADV_RANDOM: no
+    read-ahead run on a page fault of a cold file)."""
     mm = getattr(m, "_mmap", None)
     if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
         try:

@@ -293,6 +293,36 @@ if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
 
 
+def _rss_file() -> int:
+    """This process's resident file-backed pages, bytes (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_windows_read_leave_the_resident_set(tmp_path):
+    """64 MiB of cached tokens read at 64 random windows: the pages each read
+    maps (whole large folios of a cached file) are unmapped again."""
+    n = 32 << 20
+    np.random.default_rng(0).integers(0, 256, n, dtype=np.uint16).tofile(
+        tmp_path / "tokens_000000.bin")
+    byte_tokenizer().save(tmp_path / "tokenizer.json")
+    (tmp_path / "meta.json").write_text(json.dumps({
+        "format": 1, "vocab": 256, "dtype": "uint16", "tokens": n,
+        "shards": [{"file": "tokens_000000.bin", "tokens": n}],
+        "split": {"train": [0, n - 4096], "val": [n - 4096, n]}}))
+    loader = data.DataLoader(str(tmp_path), 64, 64, 0)
+    before = _rss_file()
+    x, _ = loader.global_batch_at(0)
+    assert _rss_file() - before < 4 << 20, (_rss_file() - before) / 2**20
+    row = x[0].numpy()  # the first window of step 0 (seed 0), as DataLoader draws it
+    gen = torch.Generator().manual_seed(0)
+    start = int(torch.randint(0, n - 4096 - 64, (64,), generator=gen)[0])
+    ref = np.fromfile(tmp_path / "tokens_000000.bin", np.uint16, count=64, offset=2 * start)
+    assert (row == ref).all()
+
+
 def test_a_long_split_is_windowed_to_its_last_token(tmp_path):
     """5e8 tokens (a sparse 1 GB shard): the evenly spaced evaluation windows,
     computed in float32 (24,999,935 rounds up), stay inside the split."""
