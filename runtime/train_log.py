@@ -1,7 +1,8 @@
 """What a run tells people while it trains: per-step lines, the bar, TensorBoard.
 
-- `step_line(info)`: one plain line per step (train.log always; stderr when
-  stderr is not a terminal: Slurm, nohup, a pipe), e.g.
+- `step_line(info)` (`is_step_line` tells one apart): one plain line per
+  step (train.log always; stderr when stderr is not a terminal: Slurm,
+  nohup, a pipe), e.g.
 
       step 12/40 loss 6.1234 lr 1.00e-03 grad_norm 1.234 step 0.186 s 5,504 tokens/s mem 0.36 GB
 
@@ -18,11 +19,19 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 from typing import Any
 
 TB_DIR = "tb"
+STEP_LINE = re.compile(r"^step \d+/\d+ loss ")
+
+
+def is_step_line(line: str) -> bool:
+    """Whether a line of `sandbox run`'s stderr is a progress line (`step_line`),
+    not a problem: a failed run's stderr is its step lines, then one error line."""
+    return bool(STEP_LINE.match(line))
 
 
 def step_line(info: dict[str, Any]) -> str:
