@@ -109,10 +109,10 @@ def _regular_size(path: Path) -> int:
     return regular_file_size(path, "train.data file (.txt or .jsonl)")
 
 
-def data_files(source: str, limit: int | None = DATA_LIMIT) -> list[Path]:
+def data_files(source: str, capped: bool = True) -> list[Path]:
     """The files of a data source (a file, or a directory's .txt/.jsonl files in
-    sorted order), each a regular file, at most `limit` bytes in all (None: no
-    cap). Nothing is read."""
+    sorted order), each a regular file, at most `DATA_LIMIT` bytes in all
+    (unless not `capped`: prepare-data streams them). Nothing is read."""
     path = Path(source).expanduser()
     if not path.exists():
         raise SandboxError(f"{path}: no such data file or directory (train.data)")
@@ -130,7 +130,8 @@ def data_files(source: str, limit: int | None = DATA_LIMIT) -> list[Path]:
                                "of them")
         files = [path]
     total = sum(_regular_size(p) for p in files)
-    if limit is not None and total > limit:
+    limit = DATA_LIMIT
+    if capped and total > limit:
         raise SandboxError(f"{path}: {total:,} bytes of data, more than train.data may hold "
                            f"({limit:,}; raw text is kept in memory: use sandbox prepare-data "
                            "for token shards that are memory-mapped)")

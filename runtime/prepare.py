@@ -41,7 +41,7 @@ DEFAULT_VAL_FRACTION = 0.05
 
 def _files(source: str) -> list[Path]:
     """The files of one source, checked as `train.data` is but with no size cap."""
-    return rdata.data_files(source, limit=None)
+    return rdata.data_files(source, capped=False)
 
 
 def _text_pieces(path: Path, digest) -> Iterator[str]:
