@@ -16,8 +16,8 @@ and the checkpoint to resume from is complete and intact. Each problem is a
 streaming the workers' output to `out/train.log` with one plain line per
 step (`runtime.train_log`), shown as a progress bar on a terminal and as
 the same lines on a stderr that is not one (Slurm, nohup, a pipe). Each
-rank's own output and, on failure, its error (torchelastic's `record`)
-are kept in `out/logs/`.
+rank that fails with an exception leaves its error in `out/logs/`
+(torchelastic's `record`).
 """
 
 from __future__ import annotations
@@ -190,11 +190,14 @@ def torchrun_command(plan: Plan, out: Path, resume: bool = False, fail_at_step: 
                      fail_rank: int = 0, max_restarts: int = 0,
                      no_final_checkpoint: bool = False, profile_step: int = 0) -> list[str]:
     """The torchrun command line that trains `out/plan.toml` on this machine.
-    Each rank's own output also goes to out/logs/ (torchrun's --log-dir:
-    attempt_K/RANK/stdout.log, stderr.log and, when it fails, error.json)."""
+    A rank that fails with an exception leaves its error and traceback in
+    out/logs/RUN/attempt_K/RANK/error.json (torchrun's --log-dir and
+    torchelastic's `record`), which torchrun prints as the root cause. The
+    ranks' output is not redirected to files there: it streams to train.log,
+    which keeps a reserve for a full disk (`_Log`)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc-per-node", str(plan.world_size), "--max-restarts", str(max_restarts),
-           "--log-dir", str(out / RANK_LOGS), "--redirects", "3", "--tee", "3",
+           "--log-dir", str(out / RANK_LOGS),
            "-m", "runtime.train", "--plan", str(out / "plan.toml"), "--out", str(out)]
     if resume:
         cmd.append("--resume")
@@ -234,13 +237,25 @@ class _Log:
         self.f.close()
 
 
+def _progress(line: str) -> dict | None:
+    """The workers' progress record in a line, or None (also for a torn one)."""
+    import json
+
+    if PROGRESS not in line:
+        return None
+    try:
+        info = json.loads(line.split(PROGRESS, 1)[1])
+    except json.JSONDecodeError:
+        return None
+    return info if isinstance(info, dict) and {"step", "steps", "loss"} <= info.keys() else None
+
+
 def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
             env_extra: dict[str, str]) -> tuple[int, list[str], str]:
     """Run the workers; log their output and one line per step (train.log),
     and show progress on stderr: a bar on a terminal, else the same per-step
     lines (`runtime.train_log`). Returns (exit code, log lines, what could
     not be written to train.log or "")."""
-    import json
 
     from tqdm import tqdm
 
@@ -264,8 +279,8 @@ def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
                           bufsize=1, env=env, cwd=ROOT) as proc:
         try:
             for line in proc.stdout:
-                if PROGRESS in line:
-                    info = json.loads(line.split(PROGRESS, 1)[1])
+                info = _progress(line)
+                if info is not None:
                     if "step_time_s" in info:
                         times.append(info["step_time_s"])
                     text = step_line(info)

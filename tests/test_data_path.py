@@ -205,7 +205,7 @@ def test_run_on_prepared_data_logs_lines_tensorboard_and_a_trace(trained, prepar
         assert any(e.get("name") == "fwd_bwd" for e in trace["traceEvents"])
         b = json.loads((out / "profile" / f"step_2.rank_{rank}.breakdown.json").read_text())
         assert 0 < b["compute"] <= b["step_s"] and b["device"] == "cpu"
-    assert list((out / "logs").rglob("stdout.log"))  # torchrun's per-rank logs
+    assert list((out / "logs").rglob("attempt_0"))  # torchrun's --log-dir (error files)
 
 
 @pytest.fixture(scope="module")
