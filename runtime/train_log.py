@@ -72,15 +72,37 @@ class TensorBoard:
     def __init__(self, out: Path, start: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(Path(out) / TB_DIR),
-                                    purge_step=start + 1 if start else None)
+        self.path = Path(out) / TB_DIR
+        self.writer = None
+        try:
+            self.writer = SummaryWriter(log_dir=str(self.path),
+                                        purge_step=start + 1 if start else None)
+        except OSError as e:
+            self._failed(e)
+
+    def _failed(self, e: OSError) -> None:
+        """Events are a view of metrics.jsonl: a write that fails (a full disk)
+        stops them with a note, never the run or the error that matters."""
+        print(f"note: {self.path}: cannot write TensorBoard events "
+              f"({e.strerror or e}); metrics.jsonl has every step", flush=True)
+        self.writer = None
 
     def log(self, row: dict[str, Any]) -> None:
-        for key, tag in self.TAGS.items():
-            v = row.get(key)
-            if isinstance(v, (int, float)) and v == v and abs(v) != float("inf"):
-                self.writer.add_scalar(tag, float(v), int(row["step"]))
+        if self.writer is None:
+            return
+        try:
+            for key, tag in self.TAGS.items():
+                v = row.get(key)
+                if isinstance(v, (int, float)) and v == v and abs(v) != float("inf"):
+                    self.writer.add_scalar(tag, float(v), int(row["step"]))
+        except OSError as e:
+            self._failed(e)
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        if self.writer is None:
+            return
+        try:
+            self.writer.flush()
+            self.writer.close()
+        except OSError as e:
+            self._failed(e)
