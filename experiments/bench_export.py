@@ -208,7 +208,13 @@ def main() -> int:
     ap.add_argument("--latency-threads", type=int, default=1)
     ap.add_argument("--latency-repeats", type=int, default=100)
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
+    ap.add_argument("--vocab-run", default=None, metavar="RUN_DIR",
+                    help="export this large-vocabulary run (experiments.data_path: gpt-mini, "
+                         "BPE 8192) fp32 and int8, into the table's second section; the "
+                         "first section's rows are kept from OUT/export.json")
     args = ap.parse_args()
+    if args.vocab_run:
+        return vocab_section(Path(args.vocab_run), Path(args.work), Path(args.out), args)
 
     work = Path(args.work)
     run_dir = Path(args.run_dir) if args.run_dir else work / "run"
@@ -265,10 +271,122 @@ def main() -> int:
                      None, "seq_len": rows[0]["eval_length"] if rows else None}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "export.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (out / "export.md").write_text(render(meta, rows))
-    print(render(meta, rows))
+    vocab = _saved(out).get("vocab")
+    _write(out, {"meta": meta, "rows": rows, **({"vocab": vocab} if vocab else {})})
     return 0
+
+
+def _saved(out: Path) -> dict:
+    path = out / "export.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write(out: Path, d: dict) -> None:
+    """export.json and export.md (both sections) from one dict."""
+    text = render(d["meta"], d["rows"]) + (render_vocab(d["vocab"]) if d.get("vocab") else "")
+    (out / "export.json").write_text(json.dumps(d, indent=2))
+    (out / "export.md").write_text(text)
+    print(text)
+
+
+VOCAB_MODES = ("fp32", "int8")
+
+
+def _vocab_targets(label: str, r: dict) -> dict[str, dict]:
+    """Issue 20's targets for the int8 export of a large-vocabulary model."""
+    if label != "int8":
+        return {}
+    base = r["baseline_ppl_onnx"]
+    t = {"size <= 0.30 of fp32": (r["size_ratio"] <= 0.30, f"{r['size_ratio']:.3f}"),
+         "perplexity within 3% of fp32": (abs(r["ppl_onnx"] / base - 1) <= 0.03,
+                                          f"{r['ppl_onnx'] / base - 1:+.2%}"),
+         "top-1 agreement >= 0.95": (r["top1_agreement"] >= 0.95,
+                                     f"{r['top1_agreement']:.4f}")}
+    return {k: {"met": ok, "value": v} for k, (ok, v) in t.items()}
+
+
+def vocab_section(run_dir: Path, work: Path, out: Path, args: argparse.Namespace) -> int:
+    """Export the large-vocabulary run fp32 and int8; add it to export.json/md."""
+    from runtime.export.pipeline import Exporter
+
+    saved = _saved(out)
+    if "rows" not in saved:
+        sys.exit(f"bench_export: {out / 'export.json'} has no first section to keep")
+    rows_dir = work / "vocab_rows"
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    todo = [m for m in VOCAB_MODES if args.redo or not (rows_dir / f"{m}.json").is_file()]
+    if todo:
+        with Exporter(run_dir) as exporter:
+            for label in todo:
+                r = export_row(label, exporter, work / "vocab", args)
+                r["targets"] = _vocab_targets(label, r)
+                (rows_dir / f"{label}.json").write_text(json.dumps(r, indent=2))
+                print(f"{label}: size {r['size_ratio']:.3f}, ppl {r['ppl_onnx']:.4f} vs "
+                      f"{r['baseline_ppl_onnx']:.4f}, top1 {r['top1_agreement']:.4f}", flush=True)
+    rows = [json.loads((rows_dir / f"{m}.json").read_text()) for m in VOCAB_MODES]
+    model = rows[VOCAB_MODES.index("int8")]["files"]["model"]
+    gen = [*_sandbox_cli(), "generate", model, "--prompt", "def ", "--max-new-tokens", "32",
+           "--temperature", "0.8", "--seed", "1"]
+    proc = subprocess.run(gen, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench_export: generate failed: {proc.stderr.strip()[-300:]}")
+    sample = {"command": shlex.join(["sandbox", *gen[len(_sandbox_cli()):]]),
+              "stdout": proc.stdout}
+    train = run_dir.parent / "data_path.json"
+    info = json.loads(train.read_text()) if train.is_file() else \
+        json.loads((ROOT / "experiments" / "results" / "data_path.json").read_text())
+    saved["vocab"] = {"machine": provenance.machine(("torch", "onnx", "onnxruntime",
+                                                     "tokenizers")),
+                      "run_dir": str(run_dir), "train": {k: info[k] for k in
+                                                         ("commands", "run", "prepare")},
+                      "rows": rows, "generate": sample}
+    _write(out, saved)
+    return 0 if all(v["met"] for r in rows for v in r["targets"].values()) else 1
+
+
+def render_vocab(v: dict) -> str:
+    """The second section: the BPE-8192 gpt-mini, fp32 and int8."""
+    rows, t = v["rows"], v["train"]
+    r0 = rows[0]
+    s = r0["shape"]
+    lines = ["", "## Large vocabulary: gpt-mini with a BPE of 8,192 tokens", "",
+             f"- model: gpt-mini with vocab {s['vocab']:,} ({r0['baseline_params']:,} "
+             "parameters, tied embeddings: the table is "
+             f"{s['vocab'] * s['hidden'] / r0['baseline_params']:.0%} of them), trained by "
+             + ", then ".join(f"`{c}`" for c in t["commands"])
+             + f" (`python -m experiments.data_path`): {t['run']['device']}, 40 steps, loss "
+             f"{t['run']['first_loss']:.3f} -> {t['run']['last_loss']:.3f}",
+             f"- rows made by `{r0['command']}` at commit "
+             f"{', '.join(sorted({r['git_commit'] for r in rows}))}, "
+             f"{v['machine']['cpu']}, {v['machine']['cores']} cores (shared); "
+             f"versions {', '.join(f'{k} {x}' for k, x in v['machine']['versions'].items())}",
+             f"- quality: {r0['eval_batches']} held-out batches of {r0['eval_batch']} x "
+             f"{r0['eval_length']} tokens of the prepared data's held-out split; perplexity "
+             "per BPE token; int8 quantizes the embedding gathers and the tied head too "
+             "(one int8 table with a scale per row, `runtime/export/int8.py`). The first "
+             "section's rows predate that (their vocab-256 embedding stayed fp32)", "",
+             "| mode | size (bytes) | size vs fp32 | latency ms | fp32 ms | ppl onnx | "
+             "fp32 ppl | top-1 agr. | max abs diff | kv==no-kv | kv==torch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dc, n = r["decode_check"], r["decode_check"]["batch"]
+        lines.append(f"| {r['mode']} | {r['size_bytes']:,} | {r['size_ratio']:.3f} | "
+                     f"{r['latency_ms']:.2f} | {r['baseline_latency_ms']:.2f} | "
+                     f"{r['ppl_onnx']:.3f} | {r['baseline_ppl_onnx']:.3f} | "
+                     f"{r['top1_agreement']:.4f} | {r['max_abs_diff']:.2e} | "
+                     f"{dc['prompts_cache_eq_no_cache']}/{n} | "
+                     f"{dc['prompts_cache_eq_torch']}/{n} |")
+    if v.get("generate"):
+        g = v["generate"]
+        lines += ["", f"`{g['command']}` (sampled, after 40 training steps; decoded by "
+                  "the run's tokenizer, model.tokenizer.json):", "", "```",
+                  g["stdout"].rstrip("\n"), "```"]
+    lines += ["", "### Issue 20's targets", ""]
+    for r in rows:
+        for name, x in r["targets"].items():
+            lines.append(f"- {r['mode']}: {name}: {x['value']}, "
+                         f"**{'met' if x['met'] else 'missed'}**")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt_load(x: list[float]) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 from experiments import provenance
 from experiments.fuzz import Case, all_cases
 from experiments.fuzz.case import DEFAULT_RSS_MB
+from runtime.train_log import is_step_line
 
 ROOT = provenance.ROOT
 RESULTS = ROOT / "experiments" / "results"
@@ -151,7 +152,7 @@ def run_case(case: Case) -> dict:
 
 
 def _last_line(text: str) -> str:
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in text.splitlines() if ln.strip() and not is_step_line(ln)]
     return lines[-1][:200] if lines else ""
 
 
@@ -177,7 +178,8 @@ def _classify(case: Case, results: list[dict], wall: float, lost: list, problem:
         return "ok"
     if rc == 0:
         return "wrong: accepted"
-    err = [ln for ln in results[0]["stderr"].splitlines() if ln.strip()]
+    err = [ln for ln in results[0]["stderr"].splitlines()
+           if ln.strip() and not is_step_line(ln)]  # a run's progress lines are not problems
     if case.entry != "torchrun" and (
             not err or any(": error: " not in ln for ln in err)):
         return "wrong: not one line per problem"

@@ -15,6 +15,11 @@ bytes in all; `check_data` (the launcher's check) stats .txt files rather
 than reading them. The last `HELDOUT_FRACTION` of the token stream (at
 least one sequence) is held out for evaluation.
 
+Prepared data (`sandbox prepare-data`, `runtime.shards`): `train.data` names
+a folder holding meta.json, tokenizer.json and token shards that every rank
+memory-maps; its split is the one meta.json records. `split_view` gives
+either kind of split with one interface (`windows`, `read`).
+
 Batches depend on (seed, step) alone, never on the parallel layout:
 `global_batch(step)` returns the whole step's (global_batch, seq_len) tokens
 and targets, and data-parallel rank r takes rows `[r*B/dp, (r+1)*B/dp)`
@@ -32,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from runtime.shards import TokenRange, check_prepared, is_prepared, open_prepared
 from sandbox.errors import SandboxError
 from sandbox.files import regular_file_size
 from sandbox.specs import Plan
@@ -54,7 +60,7 @@ def decode(ids: torch.Tensor | list[int]) -> str:
     return bytes(int(i) & 0xFF for i in values).decode("utf-8", errors="replace")
 
 
-def _builtin_bytes(limit: int = BUILTIN_BYTES) -> bytes:
+def builtin_bytes(limit: int = BUILTIN_BYTES) -> bytes:
     """Deterministic bytes of the standard library's .py sources (no tests)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"test", "tests", "site-packages", "dist-packages", "idle_test", "__pycache__"}
@@ -103,10 +109,10 @@ def _regular_size(path: Path) -> int:
     return regular_file_size(path, "train.data file (.txt or .jsonl)")
 
 
-def _data_files(source: str) -> list[Path]:
+def data_files(source: str, capped: bool = True) -> list[Path]:
     """The files of a data source (a file, or a directory's .txt/.jsonl files in
-    sorted order), each a regular file, at most `DATA_LIMIT` bytes in all.
-    Nothing is read."""
+    sorted order), each a regular file, at most `DATA_LIMIT` bytes in all
+    (unless not `capped`: prepare-data streams them). Nothing is read."""
     path = Path(source).expanduser()
     if not path.exists():
         raise SandboxError(f"{path}: no such data file or directory (train.data)")
@@ -124,9 +130,11 @@ def _data_files(source: str) -> list[Path]:
                                "of them")
         files = [path]
     total = sum(_regular_size(p) for p in files)
-    if total > DATA_LIMIT:
+    limit = DATA_LIMIT
+    if capped and total > limit:
         raise SandboxError(f"{path}: {total:,} bytes of data, more than train.data may hold "
-                           f"({DATA_LIMIT:,}; the byte tokenizer keeps it all in memory)")
+                           f"({limit:,}; raw text is kept in memory: use sandbox prepare-data "
+                           "for token shards that are memory-mapped)")
     return files
 
 
@@ -146,8 +154,8 @@ def _read_file(path: Path, size: int) -> bytearray:
 
 def _source_bytes(source: str) -> bytearray:
     if source == "builtin":
-        return bytearray(_builtin_bytes())
-    files = _data_files(source)
+        return bytearray(builtin_bytes())
+    files = data_files(source)
     if len(files) == 1:
         return _read_file(files[0], _regular_size(files[0]))
     out = bytearray()
@@ -194,10 +202,13 @@ def token_split(split: str, source: str = "builtin", seq_len: int = 0) -> torch.
 
 def token_count(source: str) -> int:
     """Tokens of a data source, checking it as `byte_tokens` would but keeping
-    nothing: .txt files are only stat-ed, .jsonl files parsed and dropped."""
+    nothing: .txt files are only stat-ed, .jsonl files parsed and dropped; a
+    prepared directory's count is its meta.json's."""
+    if is_prepared(source):
+        return open_prepared(source).tokens
     if source == "builtin":
         return len(byte_tokens(source))
-    files = _data_files(source)
+    files = data_files(source)
     n = len(files) - 1  # the newlines joining them
     for p in files:
         n += len(_read_file(p, 0)) if p.suffix == ".jsonl" else _regular_size(p)
@@ -208,18 +219,47 @@ def token_count(source: str) -> int:
 
 def check_data(source: str, seq_len: int, vocab: int) -> int:
     """Raise SandboxError (one line naming the path) unless the source is
-    readable (regular files, at most `DATA_LIMIT` bytes) and long enough for
-    seq_len-token training and held-out windows. Reads no more than it must
-    (see `token_count`). Returns the number of tokens."""
+    readable (regular files, at most `DATA_LIMIT` bytes; or an intact prepared
+    directory whose vocabulary fits `vocab`, `runtime.shards.check_prepared`)
+    and long enough for seq_len-token training and held-out windows. Reads no
+    more than it must (see `token_count`). Returns the number of tokens."""
+    if is_prepared(source):
+        return check_prepared(source, seq_len, vocab)
     if vocab < BYTE_VOCAB:
         raise SandboxError(f"model.vocab: {vocab} < {BYTE_VOCAB}; the byte-level tokenizer "
-                           f"needs at least {BYTE_VOCAB} ids")
+                           f"needs at least {BYTE_VOCAB} ids (or train a smaller BPE with "
+                           "sandbox prepare-data --vocab N)")
     n = token_count(source)
     need = 2 * (seq_len + 1)
     if n < need:
         raise SandboxError(f"{source}: too little data ({n} bytes; seq_len {seq_len} "
                            f"needs at least {need})")
     return n
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """A split of a byte-token stream (uint8, in memory); same interface as
+    `runtime.shards.TokenRange`."""
+
+    toks: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.toks)
+
+    def windows(self, starts: torch.Tensor, length: int) -> torch.Tensor:
+        idx = starts[:, None] + torch.arange(length)[None, :]
+        return self.toks[idx].long()  # only the batch becomes int64
+
+    def read(self, lo: int, hi: int) -> torch.Tensor:
+        return self.toks[lo:hi].long()
+
+
+def split_view(split: str, source: str, seq_len: int) -> ByteRange | TokenRange:
+    """The "train" or "heldout" split of any source, read window by window."""
+    if is_prepared(source):
+        return open_prepared(source).split(split)
+    return ByteRange(byte_split(split, source, seq_len))
 
 
 @dataclass(frozen=True)
@@ -236,26 +276,27 @@ class DataLoader:
         return cls(plan.train.data, plan.parallel.global_batch, plan.model.seq_len,
                    plan.train.seed)
 
-    def _windows(self, toks: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor,
-                                                                           torch.Tensor]:
-        idx = starts[:, None] + torch.arange(self.seq_len + 1)[None, :]
-        rows = toks[idx].long()  # only the batch becomes int64
+    def _windows(self, view: ByteRange | TokenRange,
+                 starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = view.windows(starts, self.seq_len + 1)
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
     def global_batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens, targets), each (global_batch, seq_len) int64, for 0-based `step`:
         random windows of the training split from a generator seeded by (seed, step)."""
-        toks = byte_split("train", self.source, self.seq_len)
+        view = split_view("train", self.source, self.seq_len)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        starts = torch.randint(0, len(toks) - self.seq_len, (self.global_batch,), generator=gen)
-        return self._windows(toks, starts)
+        starts = torch.randint(0, len(view) - self.seq_len, (self.global_batch,), generator=gen)
+        return self._windows(view, starts)
 
     def eval_batches(self, n: int = EVAL_BATCHES) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """`n` fixed global batches of held-out windows, evenly spaced over the split."""
-        toks = byte_split("heldout", self.source, self.seq_len)
+        view = split_view("heldout", self.source, self.seq_len)
         count = n * self.global_batch
-        starts = torch.linspace(0, len(toks) - self.seq_len - 1, count).long()
-        return [self._windows(toks, s) for s in starts.split(self.global_batch)]
+        last = len(view) - self.seq_len - 1
+        # float32 steps (as ever) rounded past the end of a long split: clamp
+        starts = torch.linspace(0, last, count).long().clamp_(max=last)
+        return [self._windows(view, s) for s in starts.split(self.global_batch)]
 
 
 def global_batch(plan: Plan, step: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,8 +13,11 @@ and the checkpoint to resume from is complete and intact. Each problem is a
     python -m torch.distributed.run --standalone --nproc-per-node N
         [--max-restarts K] -m runtime.train --plan out/plan.toml --out out
 
-streaming the workers' output to `out/train.log` and their `@@progress`
-lines into a progress bar on the terminal.
+streaming the workers' output to `out/train.log` with one plain line per
+step (`runtime.train_log`), shown as a progress bar on a terminal and as
+the same lines on a stderr that is not one (Slurm, nohup, a pipe). Each
+rank that fails with an exception leaves its error in `out/logs/`
+(torchelastic's `record`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ CPU_OVERSUBSCRIPTION = 4  # at most this many CPU processes per core
 LOG_RESERVE = 1 << 20  # bytes set aside for train.log: a run that fills the disk still logs
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESS, ERROR = "@@progress", "@@error"  # must match runtime.train
+RANK_LOGS = "logs"  # torchrun's --log-dir inside the run directory
 
 
 def device_capacity() -> tuple[str, int]:
@@ -184,10 +188,16 @@ def _last_error(log_lines: list[str]) -> str | None:
 
 def torchrun_command(plan: Plan, out: Path, resume: bool = False, fail_at_step: int = 0,
                      fail_rank: int = 0, max_restarts: int = 0,
-                     no_final_checkpoint: bool = False) -> list[str]:
-    """The torchrun command line that trains `out/plan.toml` on this machine."""
+                     no_final_checkpoint: bool = False, profile_step: int = 0) -> list[str]:
+    """The torchrun command line that trains `out/plan.toml` on this machine.
+    A rank that fails with an exception leaves its error and traceback in
+    out/logs/RUN/attempt_K/RANK/error.json (torchrun's --log-dir and
+    torchelastic's `record`), which torchrun prints as the root cause. The
+    ranks' output is not redirected to files there: it streams to train.log,
+    which keeps a reserve for a full disk (`_Log`)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc-per-node", str(plan.world_size), "--max-restarts", str(max_restarts),
+           "--log-dir", str(out / RANK_LOGS),
            "-m", "runtime.train", "--plan", str(out / "plan.toml"), "--out", str(out)]
     if resume:
         cmd.append("--resume")
@@ -195,6 +205,8 @@ def torchrun_command(plan: Plan, out: Path, resume: bool = False, fail_at_step: 
         cmd += ["--fail-at-step", str(fail_at_step), "--fail-rank", str(fail_rank)]
     if no_final_checkpoint:
         cmd.append("--no-final-checkpoint")
+    if profile_step:
+        cmd += ["--profile-step", str(profile_step)]
     return cmd
 
 
@@ -225,13 +237,29 @@ class _Log:
         self.f.close()
 
 
-def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
-            env_extra: dict[str, str]) -> tuple[int, list[str], str]:
-    """Run the workers; log their output, draw the bar; returns (exit code, log
-    lines, what could not be written to train.log or "")."""
+def _progress(line: str) -> dict | None:
+    """The workers' progress record in a line, or None (also for a torn one)."""
     import json
 
+    if PROGRESS not in line:
+        return None
+    try:
+        info = json.loads(line.split(PROGRESS, 1)[1])
+    except json.JSONDecodeError:
+        return None
+    return info if isinstance(info, dict) and {"step", "steps", "loss"} <= info.keys() else None
+
+
+def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
+            env_extra: dict[str, str]) -> tuple[int, list[str], str]:
+    """Run the workers; log their output and one line per step (train.log),
+    and show progress on stderr: a bar on a terminal, else the same per-step
+    lines (`runtime.train_log`). Returns (exit code, log lines, what could
+    not be written to train.log or "")."""
+
     from tqdm import tqdm
+
+    from runtime.train_log import bar_postfix, step_line
 
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
@@ -241,18 +269,28 @@ def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     lines: list[str] = []
-    bar = tqdm(total=steps, unit="step", disable=not progress or None, file=sys.stderr,
-               dynamic_ncols=True, leave=True)
+    times: list[float] = []
+    tty = progress and sys.stderr.isatty()
+    bar = tqdm(total=steps, unit="step", disable=not tty, file=sys.stderr,
+               dynamic_ncols=True, leave=True,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {postfix}]")
     log = _Log(out / "train.log")
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           bufsize=1, env=env, cwd=ROOT) as proc:
         try:
             for line in proc.stdout:
-                if PROGRESS in line:
-                    info = json.loads(line.split(PROGRESS, 1)[1])
-                    bar.n = info["step"]
-                    bar.set_postfix(loss=info["loss"], refresh=False)
-                    bar.refresh()
+                info = _progress(line)
+                if info is not None:
+                    if "step_time_s" in info:
+                        times.append(info["step_time_s"])
+                    text = step_line(info)
+                    log.write(text + "\n")
+                    if tty:
+                        bar.n = info["step"]
+                        bar.set_postfix_str(bar_postfix(info, times), refresh=False)
+                        bar.refresh()
+                    elif progress:
+                        print(text, file=sys.stderr, flush=True)
                     continue
                 lines.append(line.rstrip("\n"))
                 log.write(line)
@@ -283,13 +321,15 @@ def check_runnable(plan: Plan) -> str | None:
 
 def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = False,
         fail_at_step: int = 0, fail_rank: int = 0, max_restarts: int = 0,
-        progress: bool = True, no_final_checkpoint: bool = False) -> RunResult:
+        progress: bool = True, no_final_checkpoint: bool = False,
+        profile_step: int = 0) -> RunResult:
     """Train `plan` on this machine into `out`; returns the RunResult.
 
     steps: override train.steps. resume: continue from the newest complete
     checkpoint in `out` (appending to metrics.jsonl). fail_at_step / fail_rank:
     make that rank exit at that step once (failure injection); max_restarts:
     torchrun elastic restarts, each resuming from the newest checkpoint.
+    profile_step: trace that step with torch.profiler (`runtime.step_trace`).
     Raises SandboxError (one line) on bad input or a failed run; never
     deletes checkpoints or metrics.
     """
@@ -303,6 +343,9 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
                            f"{plan.world_size}")
     if max_restarts < 0:
         raise SandboxError(f"--max-restarts: must not be negative, got {max_restarts}")
+    if not 0 <= profile_step <= plan.train.steps:
+        raise SandboxError(f"--profile-step: {profile_step} is not a step of this run "
+                           f"(1..{plan.train.steps})")
     if not resume:  # the cheapest refusal first: before torch is imported
         refuse_existing_run(out)
     note = check_runnable(plan)
@@ -316,7 +359,7 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
         with writing(out / "plan.toml"):
             (out / "plan.toml").write_text(plan.to_toml())
         cmd = torchrun_command(plan, out, resume, fail_at_step, fail_rank, max_restarts,
-                               no_final_checkpoint)
+                               no_final_checkpoint, profile_step)
         code, lines, unlogged = _stream(cmd, out, plan.train.steps, progress,
                                         {LOCK_ENV: lock.token})
     log = f"log: {out / 'train.log'}" if not unlogged else f"and {unlogged}"

@@ -2,10 +2,10 @@
 
 `measure(plan, out)` runs the plan (`runtime.launch.run` into out/run):
 step time (median after warm-up), tokens/s, peak memory and the spread of
-the per-step times (metrics.jsonl); then profiles one more training step
-with torch.profiler (`runtime.calibrate.step_profile`, CPU/gloo), which
-splits a step into compute, exposed communication by class, optimizer and
-other. The prediction and the comparison are `sandbox.compare`'s; this
+the per-step times (metrics.jsonl); the run's one extra last step is traced
+with torch.profiler (`sandbox run --profile-step`, `runtime.step_trace`, on
+CPU or GPU), which splits a step into compute, exposed communication by
+class, optimizer and other. The prediction and the comparison are `sandbox.compare`'s; this
 module never asks the simulator. Units: seconds, GB, tokens/s.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from runtime.calibrate.kernels import ForeignLoad
-from runtime.calibrate.step_profile import profile_step
 from runtime.launch import run
 from runtime.rundir import read_metrics
+from runtime.step_trace import read_breakdowns
 from runtime.train import WARMUP_STEPS
 from sandbox.compare import FIELDS
 from sandbox.specs import Plan
@@ -97,27 +97,30 @@ def measure(plan: Plan, out: str | Path, steps: int | None = None, profile_steps
             progress: bool = True) -> Measurement:
     """Run the plan (`runtime.launch.run` into out/run) and profile one step.
 
-    steps: runtime steps (default: train.steps, at most 8); profile_steps:
-    timed steps of the profiling run before the profiled one.
+    steps: runtime steps (default: train.steps, at most 8), timed; one more
+    is traced. profile_steps: unused (kept for callers; the run's own steps
+    are the timed ones now).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     steps = steps or min(plan.train.steps, 8)
     load_before = os.getloadavg()[0]
     foreign = ForeignLoad().start()
-    result = run(plan, out / "run", steps=steps, progress=progress, no_final_checkpoint=True)
-    metrics = read_metrics(out / "run" / "metrics.jsonl")
+    # one more step, traced by the run itself (`sandbox run --profile-step`)
+    result = run(plan, out / "run", steps=steps + 1, progress=progress,
+                 no_final_checkpoint=True, profile_step=steps + 1)
+    metrics = [r for r in read_metrics(out / "run" / "metrics.jsonl") if not r.get("profiled")]
     not_measured = ["bubble and pp_comm separately (a blocked recv is both: one field)",
                     "other (framework overhead) is measured but not compared"]
-    prof = None
+    ranks = read_breakdowns(out / "run", steps + 1)
+    prof = {"world_size": plan.world_size, "source": "sandbox run --profile-step",
+            "step": steps + 1, "ranks": ranks} if ranks else None
+    if prof is not None:
+        (out / "step_profile.json").write_text(json.dumps(prof))
     if not _has_cuda():
         not_measured.append("device memory: on CPU peak_mem_gb is the resident set of the "
                             "process (Python and torch libraries included); model_mem_gb "
                             "subtracts the resident set before the model was built")
-        prof = profile_step(plan, warmup=1, steps=profile_steps).to_dict()
-        (out / "step_profile.json").write_text(json.dumps(prof))
-    else:
-        not_measured.append("breakdown on GPU (the step profiler runs CPU/gloo only)")
     prov = provenance(plan, steps)
     prov["loadavg_1m"] = [load_before, os.getloadavg()[0]]
     prov["foreign_cores"] = foreign.stop()

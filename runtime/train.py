@@ -23,10 +23,12 @@ complete checkpoint and drop metrics lines after its step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import os
 import random
+import resource
 import signal
 import sys
 import time
@@ -35,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from runtime import checkpoint as ckpt
 from runtime.data import DataLoader, check_data, dp_slice
@@ -48,9 +51,10 @@ from runtime.rundir import (
     write_all,
     writing,
 )
-from runtime.step import Divergence, train_step
+from runtime.step import Divergence, _no_mark, train_step
 from runtime.summary import WARMUP_STEPS as WARMUP_STEPS  # noqa: F401  (runtime.measure)
 from runtime.summary import max_over_ranks, peak_memory_gb, run_summary
+from runtime.train_log import TensorBoard
 from sandbox.errors import SandboxError
 
 PROGRESS, ERROR = "@@progress", "@@error"
@@ -66,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fail-rank", type=int, default=0, help="rank that fails")
     p.add_argument("--no-final-checkpoint", action="store_true",
                    help="do not checkpoint after the last step")
+    p.add_argument("--profile-step", type=int, default=0,
+                   help="trace this step with torch.profiler (DIR/profile/)")
     return p.parse_args(argv)
 
 
@@ -113,6 +119,20 @@ def _seed_everything(seed: int) -> None:
         pass
 
 
+def keep_tokenizer(source: str, out: Path) -> None:
+    """Copy a prepared data directory's tokenizer.json into the run (export and
+    generate decode with it); byte-level data needs none."""
+    from runtime.shards import TOKENIZER, is_prepared
+
+    if not is_prepared(source):
+        return
+    src = Path(source).expanduser() / TOKENIZER
+    with writing(out / TOKENIZER):
+        data = src.read_bytes()
+        if not (out / TOKENIZER).is_file() or (out / TOKENIZER).read_bytes() != data:
+            (out / TOKENIZER).write_bytes(data)
+
+
 def _compile_blocks(parts: list[torch.nn.Module]) -> None:
     """torch.compile each transformer block in place (GPU only)."""
     for part in parts:
@@ -158,6 +178,7 @@ class Trainer:
             if not self.resuming or not (self.out / "plan.toml").exists():
                 with writing(self.out / "plan.toml"):  # the run describes itself (export)
                     (self.out / "plan.toml").write_text(plan.to_toml())
+            keep_tokenizer(plan.train.data, self.out)
         self.backend = backend
         _seed_everything(plan.train.seed)
         check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)
@@ -167,6 +188,7 @@ class Trainer:
             from runtime.parallel.mesh import build_mesh
 
             mesh = build_mesh(plan, self.device.type)
+        self.base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # bytes
         self.par = parallelize(plan, mesh, self.device)
         self.dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
         if plan.train.compile and self.device.type == "cuda":
@@ -248,53 +270,20 @@ class Trainer:
         os._exit(17)
 
     def run(self) -> dict[str, Any]:
-        plan, t = self.plan, self.plan.train
+        t = self.plan.train
         start = self._restore()
         if self.world > 1:
             dist.barrier()
-        tokens = plan.tokens_per_step
         times: list[float] = []
-        row: dict[str, Any] = {}
-        saved = -1
         with writing(self.metrics_path):
             log = open(self.metrics_path if self.rank == 0 else os.devnull, "ab", buffering=0)
-        with log:
-            for step in range(start + 1, t.steps + 1):  # `step` = steps done after this one
-                self._sync()
-                t0 = time.perf_counter()
-                x, y = self._batch(step - 1)
-                ckpt_now = bool(t.checkpoint_every and step % t.checkpoint_every == 0)
-                res = train_step(self.par, self.optimizer, x, y, step, t.grad_clip,
-                                 scheduler=self.scheduler, scaler=self.scaler,
-                                 sync=ckpt_now or step == t.steps,
-                                 after_backward=lambda s=step: self._maybe_fail(s))
-                loss = res.loss
-                self._sync()
-                dt = time.perf_counter() - t0
-                times.append(dt)
-                row = {"step": step, "loss": loss, "step_time_s": dt,
-                       "tokens_per_s": tokens / dt,
-                       "mem_gb": max_over_ranks(peak_memory_gb(self.device), self.device),
-                       "lr": res.lr, "grad_norm": res.grad_norm}
-                if self.scaler is not None:
-                    row.update(loss_scale=res.loss_scale, skipped=not res.updated)
-                if (sent := self.par.comm_bytes()) is not None:
-                    row["dp_comm_bytes"] = sent  # sent by this rank for dp sync
-                diverged = self.divergence.why(res)
-                if not diverged and (step == t.steps or t.eval_every
-                                     and step % t.eval_every == 0):
-                    row["eval_loss"] = self.evaluate()
-                with writing(self.metrics_path):
-                    write_all(log, (json.dumps(row) + "\n").encode())
-                if diverged:  # logged; no checkpoint of what diverged
-                    raise self.divergence.error(step, diverged)
-                if self.rank == 0:
-                    print(f"{PROGRESS} " + json.dumps({"step": step, "steps": t.steps,
-                                                       "loss": round(loss, 4)}), flush=True)
-                if ckpt_now:
-                    ckpt.save(self.out, step, self.par.parts, self.optimizer, self.scheduler,
-                              self._meta())
-                    saved = step
+        tb = TensorBoard(self.out, start) if self.rank == 0 else None
+        try:
+            with log:
+                row, saved = self._train(start, times, log, tb)
+        finally:
+            if tb is not None:
+                tb.close()
         if saved != t.steps and not self.args.no_final_checkpoint and start < t.steps:
             ckpt.save(self.out, t.steps, self.par.parts, self.optimizer, self.scheduler,
                       self._meta())
@@ -308,6 +297,68 @@ class Trainer:
                 (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
+    def _train(self, start: int, times: list[float], log: Any,
+               tb: TensorBoard | None) -> tuple[dict[str, Any], int]:
+        """Steps start+1 .. train.steps; returns the last metrics row and the
+        last step checkpointed (-1: none)."""
+        plan, t = self.plan, self.plan.train
+        tokens = plan.tokens_per_step
+        row: dict[str, Any] = {}
+        saved = -1
+        for step in range(start + 1, t.steps + 1):  # `step` = steps done after this one
+            self._sync()
+            t0 = time.perf_counter()
+            x, y = self._batch(step - 1)
+            ckpt_now = bool(t.checkpoint_every and step % t.checkpoint_every == 0)
+            with self._profiling(step) as mark:
+                res = train_step(self.par, self.optimizer, x, y, step, t.grad_clip,
+                                 scheduler=self.scheduler, scaler=self.scaler,
+                                 sync=ckpt_now or step == t.steps,
+                                 after_backward=lambda s=step: self._maybe_fail(s), mark=mark)
+                self._sync()
+            dt = time.perf_counter() - t0
+            row = {"step": step, "loss": res.loss, "step_time_s": dt,
+                   "tokens_per_s": tokens / dt,
+                   "mem_gb": max_over_ranks(peak_memory_gb(self.device), self.device),
+                   "lr": res.lr, "grad_norm": res.grad_norm}
+            if step == self.args.profile_step:  # slowed by the profiler: not in the summary
+                row["profiled"] = True
+            else:
+                times.append(dt)
+            if self.scaler is not None:
+                row.update(loss_scale=res.loss_scale, skipped=not res.updated)
+            if (sent := self.par.comm_bytes()) is not None:
+                row["dp_comm_bytes"] = sent  # sent by this rank for dp sync
+            diverged = self.divergence.why(res)
+            if not diverged and (step == t.steps or t.eval_every
+                                 and step % t.eval_every == 0):
+                row["eval_loss"] = self.evaluate()
+            with writing(self.metrics_path):
+                write_all(log, (json.dumps(row) + "\n").encode())
+            if tb is not None:
+                tb.log(row)
+            if diverged:  # logged; no checkpoint of what diverged
+                raise self.divergence.error(step, diverged)
+            if self.rank == 0:
+                keep = ("step", "loss", "lr", "grad_norm", "step_time_s", "tokens_per_s",
+                        "mem_gb", "eval_loss")
+                info = {"steps": t.steps, **{k: row[k] for k in keep if k in row}}
+                print(f"{PROGRESS} " + json.dumps(info), flush=True)
+            if ckpt_now:
+                ckpt.save(self.out, step, self.par.parts, self.optimizer, self.scheduler,
+                          self._meta())
+                saved = step
+        return row, saved
+
+    def _profiling(self, step: int) -> contextlib.AbstractContextManager:
+        """Around step `step`: nothing, or with --profile-step that step's
+        torch.profiler trace (`runtime.step_trace`)."""
+        if step != self.args.profile_step:
+            return contextlib.nullcontext(_no_mark)
+        from runtime.step_trace import StepTrace
+
+        return StepTrace(self.out, step, self.rank, self.device, self.plan, self.base_rss)
+
     def summary(self, times: list[float], last: dict[str, Any], start: int) -> dict[str, Any]:
         """summary.json (see `runtime.summary.run_summary`); with nothing left to
         train, from the logged steps."""
@@ -318,6 +369,7 @@ class Trainer:
         return run_summary(self.plan, self.device, self.backend, self.world, times, last, start)
 
 
+@record  # an uncaught exception: torchrun shows the failing rank's error (logs/.../error.json)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack

@@ -11,17 +11,22 @@ import sys
 
 # errors of the machine, not of the code: a full disk, a read-only file system, a quota
 _ENVIRONMENT = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-COMMANDS = ("demo", "info", "presets", "simulate", "search", "report", "run", "compare",
-            "calibrate", "export", "generate")
+COMMANDS = ("demo", "info", "presets", "simulate", "search", "report", "prepare-data", "run",
+            "compare", "calibrate", "export", "generate")
+
+
+def _module(command: str) -> str:
+    """The module of a subcommand: `prepare-data` lives in prepare_data.py."""
+    return command.replace("-", "_")
 
 
 def _modules() -> dict:
     found = {}
     for name in COMMANDS:
         try:
-            found[name] = importlib.import_module(f"sandbox.commands.{name}")
+            found[name] = importlib.import_module(f"sandbox.commands.{_module(name)}")
         except ModuleNotFoundError as e:
-            if e.name != f"sandbox.commands.{name}":
+            if e.name != f"sandbox.commands.{_module(name)}":
                 raise
     return found
 

@@ -36,7 +36,10 @@ def big_cpu_plan() -> sandbox.Plan:
 
 
 def one_line(r: subprocess.CompletedProcess) -> str:
-    lines = r.stderr.strip().splitlines()
+    """The one error line of a failed command (after a run's progress lines)."""
+    from runtime.train_log import is_step_line
+
+    lines = [ln for ln in r.stderr.strip().splitlines() if not is_step_line(ln)]
     assert r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
     return lines[0]
 

@@ -56,7 +56,9 @@ def _stopped_at_the_nan(d: Path, results: list) -> str:
     r, run = results[0], d / "run"
     if r["rc"] in (0, None):
         return f"exit code {r['rc']}: want a refusal"
-    err = [ln for ln in r["stderr"].splitlines() if ln.strip()]
+    from runtime.train_log import is_step_line  # progress lines, not problems
+
+    err = [ln for ln in r["stderr"].splitlines() if ln.strip() and not is_step_line(ln)]
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     step = rows[-1]["step"]
     if len(err) != 1 or f"step {step}: loss is" not in err[0]:

@@ -5,8 +5,11 @@
 is run once with an empty past, then one token per step with the returned
 key/values; without it, the full graph re-reads the whole sequence each
 step. Greedy when temperature is 0, else sampling from softmax(logits / T)
-with a seeded generator. Tokens are bytes 0..255 (the byte-level tokenizer
-of the vocab-256 presets); the context length bounds prompt + new tokens.
+with a seeded generator. The window the model sees slides once prompt +
+new tokens exceed the context. Text is encoded and decoded with the
+tokenizer `sandbox export` wrote next to the model (`load_tokenizer`;
+`encode` / `decode` here are the byte-level tokenizer of the vocab-256
+presets).
 """
 
 from __future__ import annotations
@@ -82,32 +85,55 @@ class Generator:
     def generate(self, prompt: list[list[int]] | list[int], max_new_tokens: int,
                  temperature: float = 0.0, seed: int = 0,
                  use_cache: bool = True) -> list[list[int]]:
-        """New tokens for each prompt (prompts of one batch have equal length)."""
+        """New tokens for each prompt (prompts of one batch have equal length).
+
+        The model sees at most its context: a longer prompt, or one that
+        grows past the context while generating, slides (the last `context`
+        tokens). With the cache, a full cache restarts from that window with
+        an empty past, so both ways compute the same window each step."""
         ids = np.array(prompt if isinstance(prompt[0], list) else [prompt], dtype=np.int64)
         if ids.size == 0 or ids.shape[1] == 0:
             raise SandboxError("empty prompt")
-        if self.context:
-            ids = ids[:, -self.context:]
-            max_new_tokens = min(max_new_tokens, self.context - ids.shape[1])
+        ctx = self.context or None
         rng = np.random.default_rng(seed)
-        out: list[np.ndarray] = []
-        if use_cache:
-            names = [o.name for o in self._dec.get_outputs()]
-            feeds = {"input_ids": ids, **self._empty_past(ids.shape[0])}
-            for _ in range(max_new_tokens):
+        seq, out = ids, []
+        names = [o.name for o in self._dec.get_outputs()]
+        feeds, cached = None, 0
+        for _ in range(max_new_tokens):
+            window = seq[:, -ctx:] if ctx else seq
+            if use_cache:
+                if feeds is None or (ctx and cached + 1 > ctx):
+                    feeds = {"input_ids": window, **self._empty_past(ids.shape[0])}
                 res = self._dec.run(names, feeds)
-                nxt = _pick(res[0][:, -1], temperature, rng)
-                out.append(nxt)
+                logits, cached = res[0][:, -1], res[1].shape[2]
+            else:
+                logits = self._full.run(["logits"], {"input_ids": window})[0][:, -1]
+            nxt = _pick(logits, temperature, rng)
+            out.append(nxt)
+            seq = np.concatenate([seq, nxt[:, None].astype(np.int64)], axis=1)
+            if use_cache:
                 feeds = {"input_ids": nxt[:, None].astype(np.int64)}
                 feeds.update({n.replace("present", "past"): r for n, r in zip(names[1:], res[1:],
                                                                               strict=True)})
-        else:
-            seq = ids
-            for _ in range(max_new_tokens):
-                logits = self._full.run(["logits"], {"input_ids": seq})[0]
-                nxt = _pick(logits[:, -1], temperature, rng)
-                out.append(nxt)
-                seq = np.concatenate([seq, nxt[:, None].astype(np.int64)], axis=1)
         if not out:
             return [[] for _ in range(ids.shape[0])]
         return np.stack(out, axis=1).tolist()
+
+
+def tokenizer_path(model: str | Path) -> Path:
+    """Where `sandbox export` puts the run's tokenizer: model.tokenizer.json."""
+    return Path(model).with_suffix(".tokenizer.json")
+
+
+def load_tokenizer(model: str | Path, vocab: int):
+    """The tokenizer next to an exported model (`runtime.tokenizer.Tokenizer`);
+    without one, the byte tokenizer for a vocab-256 model, else one line."""
+    from runtime.tokenizer import BYTE_VOCAB, Tokenizer, byte_tokenizer
+
+    path = tokenizer_path(model)
+    if path.is_file():
+        return Tokenizer.load(path)
+    if vocab == BYTE_VOCAB:
+        return byte_tokenizer()
+    raise SandboxError(f"{path}: missing; a vocab-{vocab:,} model needs the tokenizer its run "
+                       "trained with (re-export with sandbox export)")

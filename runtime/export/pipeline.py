@@ -17,8 +17,9 @@ comparing modes): the run is loaded once, and the unpruned fp32 graphs and
 each pruned (and distilled) student are made once and reused by its later
 calls. `export()` is one call of a fresh `Exporter`.
 
-Files written: OUT (e.g. model.onnx), OUT's decoder graph (model.decoder.onnx)
-and the report (model.report.json). Everything is produced in a temporary
+Files written: OUT (e.g. model.onnx), OUT's decoder graph (model.decoder.onnx),
+the run's tokenizer (model.tokenizer.json; the byte tokenizer for byte-level
+data) and the report (model.report.json). Everything is produced in a temporary
 folder next to OUT and renamed into place only on success, the model last.
 Models with multi-head latent attention export the same way (their decoder
 caches MLA's latent), but are not pruned.
@@ -42,6 +43,7 @@ import torch
 
 from runtime.export import evaluate as ev
 from runtime.export.distill import TrainLog, distill
+from runtime.export.generate import tokenizer_path
 from runtime.export.graphs import OPSET, GraphInfo, export_decoder, export_full, shape_of
 from runtime.export.onnx_files import decoder_path, file_size
 from runtime.export.prune import PruneResult, n_params
@@ -51,6 +53,7 @@ from runtime.export.report import ExportReport, versions
 from runtime.export.source import heldout_batches, load_run, train_batches
 from runtime.mla import LatentAttention
 from runtime.model import GPT
+from runtime.tokenizer import byte_tokenizer
 from sandbox.errors import SandboxError
 
 
@@ -236,14 +239,21 @@ class Exporter:
                 distill_log=stu.distill_log.to_dict() if stu.distill_log else None,
                 run_dir=str(run.run_dir), checkpoint=str(run.checkpoint),
                 files={"model": str(out), "decoder": str(decoder_path(out)),
-                       "report": str(out.with_suffix(".report.json"))},
+                       "report": str(out.with_suffix(".report.json")),
+                       "tokenizer": str(tokenizer_path(out))},
                 versions=versions(), wall_s=0.0)
+            tok_tmp = tokenizer_path(final)  # generate encodes and decodes with it
+            if run.tokenizer is not None:
+                shutil.copyfile(run.tokenizer, tok_tmp)
+            else:
+                byte_tokenizer().save(tok_tmp)
             report_tmp = final.with_suffix(".report.json")  # Generator reads the context here
             report_tmp.write_text(json.dumps(report.to_dict(), indent=2))
             report.decode_check = ev.decode_check(final, student, prompts, decode_tokens)
             report.wall_s = time.perf_counter() - t0
             report_tmp.write_text(json.dumps(report.to_dict(), indent=2))
             os.replace(final_dec, decoder_path(out))
+            os.replace(tok_tmp, tokenizer_path(out))
             os.replace(report_tmp, out.with_suffix(".report.json"))
             os.replace(final, out)
             return report

@@ -32,6 +32,7 @@ class LoadedRun:
     plan: Plan
     checkpoint: Path
     model: GPT
+    tokenizer: Path | None = None  # the run's tokenizer.json (None: byte-level data)
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -63,24 +64,26 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if missing or unexpected:
         raise SandboxError(f"{ckpt}: checkpoint does not match the plan's model "
                            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
-    return LoadedRun(run_dir, plan, ckpt, model.float().eval())
+    tok = run_dir / "tokenizer.json"
+    return LoadedRun(run_dir, plan, ckpt, model.float().eval(), tok if tok.is_file() else None)
 
 
 def heldout_batches(batch: int, seq: int, n_batches: int,
                     source: str = "builtin") -> list[torch.Tensor]:
     """`n_batches` consecutive, non-overlapping (batch, seq) windows of held-out data."""
-    toks = data.token_split("heldout", source, seq)
+    view = data.split_view("heldout", source, seq)
     need = batch * seq
-    if len(toks) < need * n_batches:
+    if len(view) < need * n_batches:
         raise SandboxError(f"held-out split too small for {n_batches} batches of {batch}x{seq}")
+    toks = view.read(0, need * n_batches)
     return [toks[i * need:(i + 1) * need].view(batch, seq) for i in range(n_batches)]
 
 
 def train_batches(batch: int, seq: int, seed: int = 0,
                   source: str = "builtin") -> Iterator[torch.Tensor]:
     """Endless random (batch, seq + 1) windows of the training split."""
-    toks = data.token_split("train", source, seq)
+    view = data.split_view("train", source, seq)
     gen = torch.Generator().manual_seed(seed)
     while True:
-        starts = torch.randint(0, len(toks) - seq - 1, (batch,), generator=gen)
-        yield torch.stack([toks[s:s + seq + 1] for s in starts.tolist()])
+        starts = torch.randint(0, len(view) - seq - 1, (batch,), generator=gen)
+        yield view.windows(starts, seq + 1)

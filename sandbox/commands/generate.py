@@ -15,7 +15,7 @@ HELP = "generate text with onnxruntime from an exported model (uses its KV-cache
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="ONNX file written by `sandbox export`")
     p.add_argument("--prompt", required=True, type=text,
-                   help="prompt text (byte-level tokens)")
+                   help="prompt text (encoded with the tokenizer exported next to the model)")
     p.add_argument("--max-new-tokens", type=integer(0, MAX_NEW_TOKENS), default=64)
     p.add_argument("--temperature", type=number(0.0), default=0.0, help="0: greedy (default)")
     p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
@@ -53,17 +53,22 @@ def main(args: argparse.Namespace) -> int:
     if not args.prompt:
         raise SandboxError("--prompt: empty; the model continues a prompt of at least one byte")
     check_report(model)  # before importing onnxruntime (seconds)
-    from runtime.export.generate import Generator, decode, encode
+    from runtime.export.generate import Generator, load_tokenizer
 
     gen = Generator.open(model)
-    if gen.vocab != 256:
-        raise SandboxError(f"{args.model}: vocab {gen.vocab} is not byte-level (256)")
-    n_prompt = len(encode(args.prompt))
-    if gen.context and n_prompt + args.max_new_tokens > gen.context:
-        raise SandboxError(f"--max-new-tokens: the prompt's {n_prompt} tokens + "
+    tok = load_tokenizer(model, gen.vocab)
+    if tok.vocab > gen.vocab:
+        raise SandboxError(f"{args.model}: the tokenizer has {tok.vocab:,} ids but the model "
+                           f"only {gen.vocab:,}")
+    prompt = tok.encode(args.prompt)
+    if gen.context and len(prompt) >= gen.context:
+        raise SandboxError(f"--prompt: {len(prompt):,} tokens, the model's context is "
+                           f"{gen.context}; give a prompt of at most {gen.context - 1} tokens")
+    if gen.context and len(prompt) + args.max_new_tokens > gen.context:
+        raise SandboxError(f"--max-new-tokens: the prompt's {len(prompt)} tokens + "
                            f"{args.max_new_tokens:,} new ones exceed the model's context of "
                            f"{gen.context} tokens")
-    tokens = gen.generate(encode(args.prompt), args.max_new_tokens, args.temperature,
+    tokens = gen.generate(prompt, args.max_new_tokens, args.temperature,
                           args.seed, use_cache=not args.no_cache)[0]
-    sys.stdout.write(args.prompt + decode(tokens) + "\n")
+    sys.stdout.write(tok.decode(prompt + tokens) + "\n")
     return 0

@@ -1,5 +1,5 @@
 """sandbox run PLAN --out DIR [--steps N] [--resume] [--fail-at-step N --fail-rank R
---max-restarts K] [--json]"""
+--max-restarts K] [--profile-step N] [--json]"""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fail-rank", type=integer(0), default=0, metavar="R", help="rank that fails")
     p.add_argument("--max-restarts", type=integer(0), default=0, metavar="K",
                    help="torchrun elastic restarts (each resumes from the newest checkpoint)")
+    p.add_argument("--profile-step", type=integer(1), default=0, metavar="N",
+                   help="trace step N with torch.profiler: Chrome-trace JSON and the measured "
+                        "breakdown in DIR/profile/")
     p.add_argument("--json", action="store_true", help="print summary.json")
 
 
@@ -34,6 +37,7 @@ def main(args: argparse.Namespace) -> int:
     check_input_paths(plan)
     result = sandbox.run(plan, args.out, steps=args.steps,
                          resume=args.resume, fail_at_step=args.fail_at_step,
-                         fail_rank=args.fail_rank, max_restarts=args.max_restarts)
+                         fail_rank=args.fail_rank, max_restarts=args.max_restarts,
+                         profile_step=args.profile_step)
     print(json.dumps(result.to_dict(), indent=2) if args.json else str(result))
     return 0
