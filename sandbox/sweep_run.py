@@ -117,10 +117,8 @@ def open_study(spec: SweepSpec, storage: str) -> Any:
 
 
 def _grid_left(spec: SweepSpec, study: Any) -> int:
-    import optuna
-
-    done = {tuple(sorted(t.params.items())) for t in study.trials
-            if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL}
+    """Grid points no finished trial visited (a failed point counts, as for GridSampler)."""
+    done = {tuple(sorted(t.params.items())) for t in study.trials if t.state.is_finished()}
     return math.prod(len(v) for v in spec.grid.values()) - len(done)
 
 

@@ -184,8 +184,10 @@ def _objective(data: dict, mode: str) -> str:
     if obj in fields or (mode == "simulate" and obj.startswith(SIM_PREFIXES)):
         return obj
     other = "simulate" if mode == "run" else "run"
-    hint = f" (a {other} field: set mode = \"{other}\")" if obj in (
-        SIM_FIELDS if mode == "run" else RUN_FIELDS) else did_you_mean(obj, fields)
+    elsewhere = obj in RUN_FIELDS if mode == "simulate" else (
+        obj in SIM_FIELDS or obj.startswith(SIM_PREFIXES))
+    hint = f" (a {other} field: set mode = \"{other}\")" if elsewhere \
+        else did_you_mean(obj, fields)
     raise SandboxError(f"objective: '{obj}' is not a {mode} field{hint}; choose "
                        f"{', '.join(fields)}")
 

@@ -100,27 +100,25 @@ def field_value(result: dict, name: str) -> float:
     return float(node)
 
 
-def _launch(cmd: list[str], folder: Path, log: Path) -> subprocess.Popen:
+def _launch(cmd: list[str], log: Path) -> subprocess.Popen:
+    """Start a trial's child in its own process group, output to `log`."""
     with open(log, "wb") as out:
         return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
 
 
-def run_trial(spec: SweepSpec, plan_toml: Path, folder: Path, trial: Any = None) -> dict:
-    """`sandbox run` the trial's plan into `folder` -> its summary.json. With a `trial`
-    (optuna.Trial) and a loss objective, each step's loss is reported and a trial the
-    pruner stops raises optuna.TrialPruned after its processes are stopped."""
-    cmd = [sys.executable, "-m", "sandbox.sweep_trial", str(plan_toml), str(folder)]
-    proc = _launch(cmd, folder, folder / "sweep.log")
-    prune = trial is not None and spec.pruner != "none" and spec.objective in LOSSES
+def watch(proc: subprocess.Popen, metrics: Path, trial: Any = None) -> None:
+    """Wait for a trial's process; with a `trial` (optuna.Trial) report each new step's
+    training loss in `metrics` (metrics.jsonl) and, when the pruner says so, stop the
+    process group and raise optuna.TrialPruned."""
     seen, reported = 0, set()
     try:
         while proc.poll() is None:
             time.sleep(POLL_S)
-            if not prune:
+            if trial is None:
                 continue
-            rows, seen = read_losses(folder / "metrics.jsonl", seen)
+            rows, seen = read_losses(metrics, seen)
             for step, loss in rows:
                 if step not in reported:
                     trial.report(loss, step)
@@ -134,6 +132,15 @@ def run_trial(spec: SweepSpec, plan_toml: Path, folder: Path, trial: Any = None)
         if proc.poll() is None:
             _stop(proc)
         raise
+
+
+def run_trial(spec: SweepSpec, plan_toml: Path, folder: Path, trial: Any = None) -> dict:
+    """Run the trial's plan into `folder` -> its summary.json. With a `trial` and a loss
+    objective each step's loss feeds the pruner (`watch`)."""
+    cmd = [sys.executable, "-m", "sandbox.sweep_trial", str(plan_toml), str(folder)]
+    proc = _launch(cmd, folder / "sweep.log")
+    prune = trial is not None and spec.pruner != "none" and spec.objective in LOSSES
+    watch(proc, folder / "metrics.jsonl", trial if prune else None)
     if proc.returncode:
         raise TrialFailed(_last_line(folder / "sweep.log"))
     try:
