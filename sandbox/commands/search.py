@@ -33,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=integer(1), default=None, help="override the model's sequence")
     p.add_argument("--workers", type=integer(1), default=None,
                    help="simulation processes (default: cores)")
-    p.add_argument("--max-simulations", type=integer(1), default=128,
-                   help="simulation budget (plans simulated at most)")
+    p.add_argument("--max-simulations", type=integer(1), default=None,
+                   help="simulation budget (plans simulated at most; default: none, every "
+                        "candidate the lower bound cannot rule out is simulated)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print a JSON list of plans")
