@@ -28,7 +28,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pandas as pd
@@ -39,6 +38,7 @@ from sandbox.bounds import bound_problems
 from sandbox.errors import SandboxError
 from sandbox.specs import Plan
 from sim.budget import check_search_budget, search_workers
+from sim.search.executors import check_executor, pool
 from sim.search.result import SearchCounts, SearchResult, flatten, summary
 from sim.search.space import (
     SEARCHED,
@@ -108,7 +108,8 @@ def cost_key(value: float) -> float:
 
 
 def _simulate_all(todo: list[Screened], top: int, objective_of: Callable, workers: int,
-                  max_simulations: int | None, simulator: Callable | None, progress: bool
+                  max_simulations: int | None, simulator: Callable | None, progress: bool,
+                  executor: str = "local", address: str | None = None
                   ) -> tuple[list[tuple[Screened, dict]], int, int]:
     """Simulate `todo` (sorted by bound) until the bound prunes the rest:
     candidate i is simulated when its bound beats the top-th distinct objective
@@ -140,18 +141,18 @@ def _simulate_all(todo: list[Screened], top: int, objective_of: Callable, worker
         bar.update(1)
 
     i, pruned = 0, 0
-    if workers == 1:
+    if workers == 1 and executor == "local":
         while i < stop and admits(i):
             record(todo[i], _simulate_dict(simulator, todo[i].plan))
             i += 1
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with pool(executor, workers, address) as ex:
             ahead: dict = {}  # candidate index -> future
             nxt = 0
             while True:
                 # the taken results only lower the top-th value: what fails now fails later
                 while nxt < stop and len(ahead) < 2 * workers and admits(nxt):
-                    ahead[nxt] = pool.submit(_simulate_dict, simulator, todo[nxt].plan)
+                    ahead[nxt] = ex.submit(_simulate_dict, simulator, todo[nxt].plan)
                     nxt += 1
                 if i not in ahead:
                     break
@@ -199,7 +200,8 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
                fix: dict | None = None, seq_len: int | None = None,
                workers: int | None = None, progress: bool = True,
                max_simulations: int | None = None,
-               simulator: Callable | None = None, **plan_overrides: Any) -> SearchResult:
+               simulator: Callable | None = None, executor: str = "local",
+               ray_address: str | None = None, **plan_overrides: Any) -> SearchResult:
     """Rank feasible plans -> `SearchResult` (see the module docstring).
 
     model, cluster: preset names or section dicts; gpus: world size;
@@ -211,7 +213,9 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
     workers: simulation processes (default: all cores); max_simulations:
     simulation budget (a count; default None, no budget: exhaustive up to
     the sound bound); simulator: `plan -> result with .to_dict()`
-    (default `sim.simulate`; must be picklable for workers > 1); progress: a
+    (default `sim.simulate`; must be picklable for workers > 1); executor:
+    "local" processes or "ray" tasks (`sim.search.executors`; ray_address: a
+    cluster to join, default a local Ray instance); progress: a
     progress bar and the `summary` on stderr; plan_overrides: other plan
     fields (precision="fp8", nic_gbit_per_s=100.0, ...).
     """
@@ -229,6 +233,7 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
         raise SandboxError(f"max_simulations: must be a positive integer, got {max_simulations!r}")
     if seq_len is not None and not (isinstance(seq_len, int) and seq_len > 0):
         raise SandboxError(f"seq_len: must be a positive integer, got {seq_len!r}")
+    check_executor(executor, ray_address)
     start = time.perf_counter()
     fix = check_fix(fix)
     for key in [k for k in plan_overrides if k in SEARCHED]:
@@ -237,8 +242,7 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
     problems = bound_problems(base)  # a global batch of 10**12 or a NaN: before any work
     if problems:
         raise SandboxError(problems[0])
-    if max_simulations is not None:
-        check_search_budget(base.world_size, max_simulations)
+    check_search_budget(base.world_size, max_simulations or 1)  # no budget: the GPUs only
     settings = list(itertools.islice(candidates(base, fix), MAX_CANDIDATES + 1))
     if len(settings) > MAX_CANDIDATES:
         raise SandboxError(f"fix: more than {MAX_CANDIDATES:,} candidate plans to screen "
@@ -253,7 +257,7 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
     reps, members = _timing_groups(feasible, simulator)
     done, stopped, pruned = _simulate_all(
         reps, top, objective_of, _resolve_workers(workers, len(reps), base.world_size),
-        max_simulations, simulator, progress)
+        max_simulations, simulator, progress, executor, ray_address)
     simulated = len(done)
     done = [(m, res if m is item else _with_memory(m.plan, res))
             for item, res in done for m in members[id(item)]]
