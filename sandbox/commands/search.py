@@ -15,7 +15,7 @@ HELP = "rank feasible parallel plans by simulated step time or cost per token"
 
 COLUMNS = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute", "sequence_parallel",
            "schedule", "step_time_s", "tokens_per_s", "mfu", "memory_gb",
-           "usd_per_million_tokens", "pareto_time_memory")
+           "usd_per_million_tokens", "same_cost", "pareto_time_memory")
 _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
 
 
