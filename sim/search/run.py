@@ -54,6 +54,7 @@ OBJECTIVES = ("time", "cost")
 MAX_WORKERS = 64  # simulation processes at most (each holds a simulator: 100 MB and more)
 SCREEN_S = 0.00025  # seconds to validate and bound one candidate (6,480 in 1.6 s)
 MAX_CANDIDATES = 50_000  # candidates screened at most (the default space holds about 7,000)
+EXHAUSTIVE_FLOOR = 128  # simulations an unbudgeted search is assumed to need, for the limit
 SAME_COST_DIGITS = 12  # objectives equal to this many significant digits are one cost
 CONTRACT = ("params", "flops_per_step", "step_time_s", "tokens_per_s", "tflops_per_gpu",
             "hw_tflops_per_gpu", "mfu", "hfu", "memory_gb_per_gpu", "fits", "breakdown_s",
@@ -242,7 +243,9 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
     problems = bound_problems(base)  # a global batch of 10**12 or a NaN: before any work
     if problems:
         raise SandboxError(problems[0])
-    check_search_budget(base.world_size, max_simulations or 1)  # no budget: the GPUs only
+    # no budget: at least EXHAUSTIVE_FLOOR simulations are likely, refused up front past
+    # the GPUs x simulations limit (65,536 GPUs: use --max-simulations)
+    check_search_budget(base.world_size, max_simulations or EXHAUSTIVE_FLOOR)
     settings = list(itertools.islice(candidates(base, fix), MAX_CANDIDATES + 1))
     if len(settings) > MAX_CANDIDATES:
         raise SandboxError(f"fix: more than {MAX_CANDIDATES:,} candidate plans to screen "
