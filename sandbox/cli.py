@@ -12,7 +12,7 @@ import sys
 # errors of the machine, not of the code: a full disk, a read-only file system, a quota
 _ENVIRONMENT = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 COMMANDS = ("demo", "info", "presets", "simulate", "search", "report", "prepare-data", "run",
-            "compare", "calibrate", "export", "generate")
+            "compare", "calibrate", "export", "generate", "sweep")
 
 
 def _module(command: str) -> str:

@@ -45,3 +45,9 @@ def test_03_export():
                    for o in c.get("outputs", []) if o.get("output_type") == "stream")
     # both continuations start from the prompt (repr quotes with ' or ")
     assert re.search(r"greedy : ['\"]def ", text) and re.search(r"sampled: ['\"]def ", text)
+
+
+def test_04_codesign():
+    nb = execute("04_codesign.ipynb")
+    assert outputs(nb, "image/png") >= 2  # cost / time Pareto, step time by bandwidth
+    assert outputs(nb, "text/html") >= 2  # designs, best plan per design

@@ -1,5 +1,6 @@
 """sandbox search --model M --cluster C --gpus N --global-batch B [--top K]
-[--objective time|cost] [--max-memory-gb X] [--fix key=value ...] [--json|--csv]"""
+[--objective time|cost] [--max-memory-gb X] [--fix key=value ...] [--executor local|ray
+[--ray-address A]] [--json|--csv]"""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import argparse
 import json
 import sys
 
-from sandbox.commands._args import integer
+from sandbox.commands._args import integer, text
 from sandbox.errors import SandboxError
 
 HELP = "rank feasible parallel plans by simulated step time or cost per token"
 
 COLUMNS = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute", "sequence_parallel",
            "schedule", "step_time_s", "tokens_per_s", "mfu", "memory_gb",
-           "usd_per_million_tokens", "pareto_time_memory")
+           "usd_per_million_tokens", "same_cost", "pareto_time_memory")
 _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
 
 
@@ -33,8 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=integer(1), default=None, help="override the model's sequence")
     p.add_argument("--workers", type=integer(1), default=None,
                    help="simulation processes (default: cores)")
-    p.add_argument("--max-simulations", type=integer(1), default=128,
-                   help="simulation budget (plans simulated at most)")
+    p.add_argument("--max-simulations", type=integer(1), default=None,
+                   help="simulation budget (plans simulated at most; default: none, every "
+                        "candidate the lower bound cannot rule out is simulated)")
+    p.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="where simulations run: local processes (default) or Ray tasks "
+                        "(optional extra [ray])")
+    p.add_argument("--ray-address", type=text, default=None, metavar="ADDRESS",
+                   help="Ray cluster to join (default: a local Ray instance)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print a JSON list of plans")
@@ -70,7 +77,8 @@ def main(args: argparse.Namespace) -> int:
                         global_batch=args.global_batch, top=args.top,
                         objective=args.objective, max_memory_gb=args.max_memory_gb,
                         fix=parse_fix(args.fix), seq_len=args.seq_len, workers=args.workers,
-                        max_simulations=args.max_simulations, progress=not args.quiet).table
+                        max_simulations=args.max_simulations, progress=not args.quiet,
+                        executor=args.executor, ray_address=args.ray_address).table
     if args.json:
         print(json.dumps(to_records(result), indent=2))
     elif args.csv:

@@ -5,8 +5,11 @@ Pipeline: enumerate (`sim.search.space.candidates`) -> drop what cannot run
 or fit, keeping the reason (`screen`) -> order by an analytic lower bound on
 the step time -> simulate with the discrete-event simulator, in parallel over
 cores, best bound first, until no remaining candidate can enter the top
-`top` (its bound is above the top-th simulated time) or `max_simulations`
-plans are simulated -> rank, mark the Pareto fronts.
+`top` (its bound is above the top-th distinct simulated time), or
+`max_simulations` plans are simulated when a budget is given (by default
+none: every candidate is simulated unless its bound proves it cannot enter
+the top) -> rank, fold plans of identical cost into one row (`same_cost`
+counts them), mark the Pareto fronts.
 
 Deterministic: candidate i is simulated exactly when its bound beats the
 top-th result of candidates 0..i-1, whatever the number of workers (they run
@@ -24,9 +27,7 @@ import math
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pandas as pd
@@ -37,6 +38,7 @@ from sandbox.bounds import bound_problems
 from sandbox.errors import SandboxError
 from sandbox.specs import Plan
 from sim.budget import check_search_budget, search_workers
+from sim.search.executors import check_executor, pool
 from sim.search.result import SearchCounts, SearchResult, flatten, summary
 from sim.search.space import (
     SEARCHED,
@@ -44,7 +46,7 @@ from sim.search.space import (
     base_plan,
     candidates,
     check_fix,
-    reason_kind,
+    group_reasons,
     screen,
 )
 
@@ -52,6 +54,8 @@ OBJECTIVES = ("time", "cost")
 MAX_WORKERS = 64  # simulation processes at most (each holds a simulator: 100 MB and more)
 SCREEN_S = 0.00025  # seconds to validate and bound one candidate (6,480 in 1.6 s)
 MAX_CANDIDATES = 50_000  # candidates screened at most (the default space holds about 7,000)
+EXHAUSTIVE_FLOOR = 128  # simulations an unbudgeted search is assumed to need, for the limit
+SAME_COST_DIGITS = 12  # objectives equal to this many significant digits are one cost
 CONTRACT = ("params", "flops_per_step", "step_time_s", "tokens_per_s", "tflops_per_gpu",
             "hw_tflops_per_gpu", "mfu", "hfu", "memory_gb_per_gpu", "fits", "breakdown_s",
             "events", "sim_wall_s")
@@ -98,20 +102,30 @@ def _resolve_workers(workers: int | None, jobs: int, gpus: int) -> int:
     return max(1, min(search_workers(gpus, n), jobs))
 
 
+def cost_key(value: float) -> float:
+    """An objective rounded to SAME_COST_DIGITS significant digits: plans with one key
+    cost the same (ZeRO stages that time alike, to 16 digits)."""
+    return float(f"{value:.{SAME_COST_DIGITS}g}")
+
+
 def _simulate_all(todo: list[Screened], top: int, objective_of: Callable, workers: int,
-                  max_simulations: int, simulator: Callable | None, progress: bool
+                  max_simulations: int | None, simulator: Callable | None, progress: bool,
+                  executor: str = "local", address: str | None = None
                   ) -> tuple[list[tuple[Screened, dict]], int, int]:
     """Simulate `todo` (sorted by bound) until the bound prunes the rest:
-    candidate i is simulated when its bound beats the top-th objective of the
-    results of candidates 0..i-1. With workers > 1 candidates are simulated
-    ahead and their results taken in order, so the outcome is the same.
+    candidate i is simulated when its bound beats the top-th distinct objective
+    of the results of candidates 0..i-1 (plans of one cost fill one row). With
+    workers > 1 candidates are simulated ahead and their results taken in
+    order, so the outcome is the same.
 
     Returns (results in candidate order, index where simulation stopped, how
     many were pruned by the bound rather than by the budget).
     """
     done: list[tuple[Screened, dict]] = []
-    best: list[float] = []  # objective values taken so far, sorted
-    bar = tqdm(total=min(len(todo), max_simulations), desc="simulating", unit="plan",
+    best: list[float] = []  # distinct objective values taken so far, sorted
+    seen: set[float] = set()
+    stop = len(todo) if max_simulations is None else min(len(todo), max_simulations)
+    bar = tqdm(total=stop, desc="simulating", unit="plan",
                file=sys.stderr, disable=not progress, leave=False)
 
     def admits(j: int) -> bool:
@@ -120,25 +134,26 @@ def _simulate_all(todo: list[Screened], top: int, objective_of: Callable, worker
 
     def record(item: Screened, result: dict) -> None:
         done.append((item, result))
-        if result.get("fits", True):
-            best.append(objective_of(item.plan, result["step_time_s"]))
+        key = cost_key(objective_of(item.plan, result["step_time_s"]))
+        if result.get("fits", True) and key not in seen:
+            seen.add(key)
+            best.append(key)
             best.sort()
         bar.update(1)
 
     i, pruned = 0, 0
-    stop = min(len(todo), max_simulations)
-    if workers == 1:
+    if workers == 1 and executor == "local":
         while i < stop and admits(i):
             record(todo[i], _simulate_dict(simulator, todo[i].plan))
             i += 1
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with pool(executor, workers, address) as ex:
             ahead: dict = {}  # candidate index -> future
             nxt = 0
             while True:
                 # the taken results only lower the top-th value: what fails now fails later
                 while nxt < stop and len(ahead) < 2 * workers and admits(nxt):
-                    ahead[nxt] = pool.submit(_simulate_dict, simulator, todo[nxt].plan)
+                    ahead[nxt] = ex.submit(_simulate_dict, simulator, todo[nxt].plan)
                     nxt += 1
                 if i not in ahead:
                     break
@@ -184,8 +199,10 @@ def _with_memory(plan: Plan, result: dict) -> dict:
 def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int = 10,
                objective: str = "time", max_memory_gb: float | None = None,
                fix: dict | None = None, seq_len: int | None = None,
-               workers: int | None = None, progress: bool = True, max_simulations: int = 128,
-               simulator: Callable | None = None, **plan_overrides: Any) -> SearchResult:
+               workers: int | None = None, progress: bool = True,
+               max_simulations: int | None = None,
+               simulator: Callable | None = None, executor: str = "local",
+               ray_address: str | None = None, **plan_overrides: Any) -> SearchResult:
     """Rank feasible plans -> `SearchResult` (see the module docstring).
 
     model, cluster: preset names or section dicts; gpus: world size;
@@ -195,8 +212,11 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
     {field: value or list of values} over dp, tp, pp, vpp, micro_batch, zero,
     recompute, sequence_parallel, schedule; seq_len: overrides the model's;
     workers: simulation processes (default: all cores); max_simulations:
-    simulation budget (a count); simulator: `plan -> result with .to_dict()`
-    (default `sim.simulate`; must be picklable for workers > 1); progress: a
+    simulation budget (a count; default None, no budget: exhaustive up to
+    the sound bound); simulator: `plan -> result with .to_dict()`
+    (default `sim.simulate`; must be picklable for workers > 1); executor:
+    "local" processes or "ray" tasks (`sim.search.executors`; ray_address: a
+    cluster to join, default a local Ray instance); progress: a
     progress bar and the `summary` on stderr; plan_overrides: other plan
     fields (precision="fp8", nic_gbit_per_s=100.0, ...).
     """
@@ -208,10 +228,13 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
         raise SandboxError(f"max_memory_gb: must be a positive number of GB, got {max_memory_gb}")
     if workers is not None and not (isinstance(workers, int) and 0 < workers <= MAX_WORKERS):
         raise SandboxError(f"workers: must be from 1 to {MAX_WORKERS} processes, got {workers!r}")
-    if not isinstance(max_simulations, int) or max_simulations <= 0:
+    if max_simulations is not None and (not isinstance(max_simulations, int)
+                                        or isinstance(max_simulations, bool)
+                                        or max_simulations <= 0):
         raise SandboxError(f"max_simulations: must be a positive integer, got {max_simulations!r}")
     if seq_len is not None and not (isinstance(seq_len, int) and seq_len > 0):
         raise SandboxError(f"seq_len: must be a positive integer, got {seq_len!r}")
+    check_executor(executor, ray_address)
     start = time.perf_counter()
     fix = check_fix(fix)
     for key in [k for k in plan_overrides if k in SEARCHED]:
@@ -220,7 +243,9 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
     problems = bound_problems(base)  # a global batch of 10**12 or a NaN: before any work
     if problems:
         raise SandboxError(problems[0])
-    check_search_budget(base.world_size, max_simulations)
+    # no budget: at least EXHAUSTIVE_FLOOR simulations are likely, refused up front past
+    # the GPUs x simulations limit (65,536 GPUs: use --max-simulations)
+    check_search_budget(base.world_size, max_simulations or EXHAUSTIVE_FLOOR)
     settings = list(itertools.islice(candidates(base, fix), MAX_CANDIDATES + 1))
     if len(settings) > MAX_CANDIDATES:
         raise SandboxError(f"fix: more than {MAX_CANDIDATES:,} candidate plans to screen "
@@ -235,7 +260,7 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
     reps, members = _timing_groups(feasible, simulator)
     done, stopped, pruned = _simulate_all(
         reps, top, objective_of, _resolve_workers(workers, len(reps), base.world_size),
-        max_simulations, simulator, progress)
+        max_simulations, simulator, progress, executor, ray_address)
     simulated = len(done)
     done = [(m, res if m is item else _with_memory(m.plan, res))
             for item, res in done for m in members[id(item)]]
@@ -255,27 +280,33 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
             continue
         rows.append(_row(item.plan, res))
     table = pd.DataFrame(rows)
+    ranked = table
     if len(table):
         key = "step_time_s" if objective == "time" else "usd_per_million_tokens"
         table["pareto_time_memory"] = pareto_front(table["step_time_s"], table["memory_gb"])
         table["pareto_time_cost"] = pareto_front(table["step_time_s"],
                                                  table["usd_per_million_tokens"])
         table = table.sort_values([key, "memory_gb"], kind="stable").reset_index(drop=True)
+        costs = table[key].map(cost_key)
+        table["same_cost"] = costs.map(costs.value_counts())
         table.index = table.index + 1
         table.index.name = "rank"
+        ranked = table[~costs.duplicated().to_numpy()].reset_index(drop=True)  # least memory
+        ranked.index = ranked.index + 1
+        ranked.index.name = "rank"
     rej = pd.DataFrame([{**{k: getattr(p, k) for k in SEARCHED}, "stage": stage,
                          "reason": reason} for p, stage, reason in rejected],
                        columns=[*SEARCHED, "stage", "reason"])
-    by_reason = Counter(reason_kind(r) for _, s, r in rejected
-                        if s in ("invalid", "memory", "sim-memory"))
+    by_reason = group_reasons([r for _, s, r in rejected
+                               if s in ("invalid", "memory", "sim-memory")])
     counts = SearchCounts(
         considered=len(settings),
         rejected=int(rej["stage"].isin(["invalid", "memory", "sim-memory"]).sum()),
         screened_out=int((rej["stage"] == "screened").sum()),
         not_simulated=int((rej["stage"] == "budget").sum()),
         simulated=simulated, timed_by_a_twin=len(done) - simulated,
-        rejected_by_reason=dict(by_reason.most_common()))
-    result = SearchResult(table=table.head(top), all_simulated=table, rejected=rej,
+        rejected_by_reason=by_reason)
+    result = SearchResult(table=ranked.head(top), all_simulated=table, rejected=rej,
                           counts=counts, base_plan=base, objective=objective, top=top,
                           wall_s=time.perf_counter() - start)
     if progress:

@@ -188,6 +188,31 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"\d+(\.\d+)?", "N", reason)
 
 
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+SHOWN_VALUES = 4  # distinct values listed in a grouped reason; more are shown as a range
+
+
+def _values(found: list[str]) -> str:
+    vals = sorted(set(found), key=float)
+    if len(vals) <= SHOWN_VALUES:
+        return "|".join(vals)
+    return f"{vals[0]}..{vals[-1]}"
+
+
+def group_reasons(reasons: list[str]) -> dict[str, int]:
+    """Rejection reasons grouped by kind, each number slot showing the values it took
+    ("pp*vpp = 5..480 does not divide model.layers = 96") -> {text: count}, most first."""
+    groups: dict[str, tuple[str, list[list[str]]]] = {}
+    for r in reasons:
+        example, numbers = groups.setdefault(reason_kind(r), (r, []))
+        numbers.append([m.group(0) for m in _NUMBER.finditer(r)])
+    out = {}
+    for example, numbers in sorted(groups.values(), key=lambda g: -len(g[1])):
+        parts = iter([_values(list(v)) for v in zip(*numbers, strict=True)])
+        out[_NUMBER.sub(lambda _m, it=parts: next(it), example)] = len(numbers)
+    return out
+
+
 def peak_memory_gb(plan: Plan) -> dict:
     """Memory of the most loaded GPU (`sandbox.memory`), GB by component.
 
