@@ -321,8 +321,6 @@ def _unexecutable_fields(plan: Plan) -> list[str]:
         problems.append(f"cluster.slow_link_fraction: {c.slow_link_fraction}: {_SIM_ONLY}")
     if p.cp > 1:
         problems.append("parallel.cp: context parallelism runs in the simulator only")
-    if plan.model.experts:
-        problems.append("model.experts: mixture-of-experts blocks run in the simulator only")
     if plan.model.kind == "mla":
         problems.append("model.attention_kind: multi-head latent attention runs in the "
                         "simulator only")
