@@ -164,9 +164,9 @@ class Parallelized:
         replicas) goes to `aux_loss`; routed experts are reduced over edp.
         """
         n = self.plan.parallel.microbatches
-        for m in self.moe:
+        for m in self.moe:  # pipeline schedules divide every gradient by n themselves
             m.aux_values.clear()
-            m.aux_grad_scale = self.loss_scale / n
+            m.aux_grad_scale = self.loss_scale / (1 if self.pipeline is not None else n)
         loss = self._step(tokens, targets)
         if self.experts:
             reduce_expert_grads(self.experts, self.edp_group, self.plan.parallel.dp)
