@@ -117,7 +117,8 @@ class GroupedExperts(nn.Module):
         if groups is not None and groups.tp_group is not None:
             y = reduce_from_tp(y, groups.tp_group)
         if b:
-            y = y + torch.repeat_interleave(b[self.down], torch.tensor(counts), dim=0)
+            y = y + torch.repeat_interleave(b[self.down], torch.tensor(counts, device=y.device),
+                                            dim=0)
         return y
 
 
@@ -161,7 +162,7 @@ class MoE(nn.Module):
         src = copy_to_tp(x, g.tp_group) if g is not None and g.tp_group is not None else x
         y = dispatch_compute_combine(src[token], counts, self.experts, g)
         weights = gates.reshape(-1)[order].unsqueeze(-1).to(y.dtype)
-        return torch.zeros_like(x).index_add(0, token, y * weights)
+        return torch.zeros_like(x).index_add(0, token, (y * weights).to(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.groups
