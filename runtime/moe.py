@@ -138,6 +138,7 @@ class MoE(nn.Module):
         self.groups: ExpertGroups | None = None  # set by runtime.parallel.expert.apply_ep
         self.aux_grad_scale = 1.0  # d(objective)/d(aux) of one forward (the loop sets it)
         self.aux_values: list[torch.Tensor] = []  # aux losses of the training forwards, for logging
+        self.dense_routing = False  # `route_dense` (export tracing uses it always)
 
     def capacity(self, tokens: int) -> int | None:
         """Most pairs one expert keeps from `tokens` tokens (None: dropless)."""
@@ -164,6 +165,28 @@ class MoE(nn.Module):
         weights = gates.reshape(-1)[order].unsqueeze(-1).to(y.dtype)
         return torch.zeros_like(x).index_add(0, token, (y * weights).to(x.dtype))
 
+    def route_dense(self, x: torch.Tensor, gates: torch.Tensor, idx: torch.Tensor
+                    ) -> torch.Tensor:
+        """`route` for export (static shapes, ONNX TopK / CumSum): every expert
+        on every token, weighted by the sparse top-k gates (0 elsewhere, and
+        for pairs past the capacity: the cumulative count in token order).
+        The same function as `route` on one process."""
+        weights = torch.zeros(x.shape[0], self.n_experts, dtype=gates.dtype,
+                              device=x.device).scatter(1, idx, gates)
+        if self.capacity_factor > 0:
+            chosen = (weights > 0).to(torch.int64)
+            cap = torch.ceil(torch.tensor(self.capacity_factor * self.top_k / self.n_experts)
+                             * x.shape[0])
+            weights = weights * (torch.cumsum(chosen, 0) <= cap).to(weights.dtype)
+        e = self.experts
+        ups = [torch.einsum("th,ehf->etf", x, getattr(e, n))
+               + (getattr(e, f"{n}_bias").unsqueeze(1) if e.bias else 0) for n in e.up]
+        act = F.silu(ups[0]) * ups[1] if e.gated else F.gelu(ups[0], approximate="tanh")
+        y = torch.einsum("etf,efh->eth", act, getattr(e, e.down))
+        if e.bias:
+            y = y + getattr(e, f"{e.down}_bias").unsqueeze(1)
+        return torch.einsum("te,eth->th", weights.to(y.dtype), y)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.groups
         if isinstance(x, DTensor):  # the sequence-parallel norm's Shard(1) output
@@ -176,7 +199,8 @@ class MoE(nn.Module):
         probs = torch.softmax(self.router(flat).float(), dim=-1)
         top, idx = probs.topk(self.top_k, dim=-1)
         gates = top / top.sum(-1, keepdim=True)
-        out = self.route(flat, gates, idx)
+        dense = torch.compiler.is_exporting() or self.dense_routing
+        out = (self.route_dense if dense else self.route)(flat, gates, idx)
         for ffn in self.shared:
             out = out + ffn(flat)
         out = out.view(b, s, h)

@@ -203,3 +203,17 @@ def test_ep2_resume_matches_a_straight_run(tmp_path):
     model = build_model(plan.model, seed=5)
     model.load_state_dict(state, strict=True)
     assert state["layers.1.feed_forward.experts.w1"].shape == (4, 64, 64)
+
+
+@pytest.mark.parametrize("fields", [{}, {"capacity_factor": 1.0},
+                                    {"activation": "gelu", "bias": True, "norm": "layernorm"}])
+def test_dense_routing_for_export_equals_sparse_routing(fields):
+    model = build_model(_spec(**fields), seed=0)
+    x = torch.randint(0, 256, (2, 32))
+    with torch.no_grad():
+        sparse = model(x)
+        for m in model.modules():
+            if isinstance(m, MoE):
+                m.dense_routing = True
+        dense = model(x)
+    assert torch.allclose(sparse, dense, atol=1e-5), (sparse - dense).abs().max()
