@@ -217,3 +217,18 @@ def test_dense_routing_for_export_equals_sparse_routing(fields):
                 m.dense_routing = True
         dense = model(x)
     assert torch.allclose(sparse, dense, atol=1e-5), (sparse - dense).abs().max()
+
+
+def test_export_of_a_moe_run_matches_pytorch(tmp_path):
+    from helpers.export_fixtures import train_run
+
+    from runtime.export.pipeline import export
+    from sandbox.errors import SandboxError
+
+    train_run(tmp_path / "run", "tiny-moe", steps=2)
+    rep = export(tmp_path / "run", tmp_path / "moe.onnx", quantize="none", eval_batches=1,
+                 calib_batches=1, latency_repeats=2, decode_tokens=4, decode_prompts=1)
+    assert rep.max_abs_diff <= 1e-4 and rep.top1_agreement == 1.0
+    assert rep.decode_check["cache_matches_torch"]
+    with pytest.raises(SandboxError, match="--prune"):
+        export(tmp_path / "run", tmp_path / "pruned.onnx", prune=0.25)
