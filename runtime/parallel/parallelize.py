@@ -4,7 +4,7 @@
 (deterministic weights for the plan's seed, identical on every rank), then,
 in torchtitan's order, for each model chunk this rank owns:
 
-    pipeline split -> tensor parallel -> activation recompute
+    pipeline split -> tensor parallel -> expert parallel (MoE) -> activation recompute
     -> (torch.compile, by the training loop) -> DDP / FSDP2 -> pipeline stages
 
 Plain data parallelism with ZeRO 0 (tp = pp = 1) goes through
