@@ -25,6 +25,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from runtime.mla import LatentAttention
+from runtime.moe import MoE
+from sandbox.experts import is_moe_layer
 from sandbox.specs import Model
 
 
@@ -102,10 +104,10 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """GELU MLP (fc1, fc2) or SwiGLU (w1 gate, w3 up, w2 down)."""
 
-    def __init__(self, spec: Model):
+    def __init__(self, spec: Model, width: int | None = None):
         super().__init__()
         self.gated = spec.activation == "swiglu"
-        h, f, bias = spec.hidden, spec.ffn_hidden, spec.bias
+        h, f, bias = spec.hidden, width or spec.ffn_hidden, spec.bias
         if self.gated:
             self.w1, self.w3 = nn.Linear(h, f, bias=bias), nn.Linear(h, f, bias=bias)
             self.w2 = nn.Linear(f, h, bias=bias)
@@ -119,12 +121,13 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, spec: Model):
+    def __init__(self, spec: Model, layer: int = 0):
         super().__init__()
         self.attention_norm = make_norm(spec)
         self.attention = LatentAttention(spec) if spec.kind == "mla" else Attention(spec)
         self.ffn_norm = make_norm(spec)
-        self.feed_forward = FeedForward(spec)
+        # block `layer` (global index) of a MoE model past its dense_layers: runtime.moe
+        self.feed_forward = MoE(spec) if is_moe_layer(spec, layer) else FeedForward(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x))
@@ -141,7 +144,7 @@ class GPT(nn.Module):
         self.tok_embeddings: nn.Embedding | None = nn.Embedding(spec.vocab, spec.hidden)
         self.pos_embeddings: nn.Embedding | None = (
             nn.Embedding(spec.seq_len, spec.hidden) if spec.position == "learned" else None)
-        self.layers = nn.ModuleDict({str(i): Block(spec) for i in range(spec.layers)})
+        self.layers = nn.ModuleDict({str(i): Block(spec, i) for i in range(spec.layers)})
         self.norm: nn.Module | None = make_norm(spec)
         self.output: nn.Linear | None = nn.Linear(spec.hidden, spec.vocab, bias=False)
         if spec.tied_embeddings:
@@ -156,11 +159,11 @@ class GPT(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         std = 0.02
         for name, p in self.named_parameters():
-            if p.dim() == 1:
+            if p.dim() == 1 or name.endswith("_bias"):  # (grouped experts' biases)
                 nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
                 continue
             scale = std / math.sqrt(2 * self.spec.layers) if name.endswith(
-                ("wo.weight", "fc2.weight", "w2.weight")) else std
+                ("wo.weight", "fc2.weight", "w2.weight", "experts.w2", "experts.fc2")) else std
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=gen) * scale)
 

@@ -46,6 +46,7 @@ class StepResult:
     lr: float
     loss_scale: float
     updated: bool
+    aux_loss: float | None = None  # MoE load-balancing loss (logged apart from `loss`)
 
 
 def _no_mark(name: str) -> contextlib.AbstractContextManager:
@@ -86,7 +87,7 @@ def train_step(par: Parallelized, optimizer: torch.optim.Optimizer, tokens: torc
         optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         par.loss_scale = scaler.scale  # for the next step
-    return StepResult(loss, norm, lr, scale, updated)
+    return StepResult(loss, norm, lr, scale, updated, par.aux_loss)
 
 
 class Divergence:

@@ -8,7 +8,8 @@ slice of the layout-free global batch -> `runtime.step.train_step`
 (forward/backward, unscale, clip, optimizer, after-step sync, LR schedule).
 Rank 0 appends one JSON line per step to DIR/metrics.jsonl
 (`step, loss, step_time_s, tokens_per_s, mem_gb, lr, grad_norm`, plus
-`eval_loss` when evaluated and, on plain data parallelism, `dp_comm_bytes`:
+`eval_loss` when evaluated, `aux_loss` for a mixture of experts and, on
+plain data parallelism, `dp_comm_bytes`:
 the bytes rank 0 sent to synchronise replicas in that step), prints
 `@@progress {...}` lines for the launcher's progress bar, and at the end
 writes DIR/summary.json. A problem with the input, a loss that diverged
@@ -327,6 +328,8 @@ class Trainer:
                 times.append(dt)
             if self.scaler is not None:
                 row.update(loss_scale=res.loss_scale, skipped=not res.updated)
+            if res.aux_loss is not None:
+                row["aux_loss"] = res.aux_loss  # MoE load balance, not in `loss`
             if (sent := self.par.comm_bytes()) is not None:
                 row["dp_comm_bytes"] = sent  # sent by this rank for dp sync
             diverged = self.divergence.why(res)

@@ -67,7 +67,7 @@ class TensorBoard:
 
     TAGS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
             "step_time_s": "perf/step_time_s", "tokens_per_s": "perf/tokens_per_s",
-            "mem_gb": "perf/mem_gb", "eval_loss": "eval/loss"}
+            "mem_gb": "perf/mem_gb", "eval_loss": "eval/loss", "aux_loss": "train/aux_loss"}
 
     def __init__(self, out: Path, start: int = 0):
         from torch.utils.tensorboard import SummaryWriter

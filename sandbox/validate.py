@@ -334,8 +334,6 @@ def _unexecutable_fields(plan: Plan) -> list[str]:
         problems.append(f"cluster.slow_link_fraction: {c.slow_link_fraction}: {_SIM_ONLY}")
     if p.cp > 1:
         problems.append("parallel.cp: context parallelism runs in the simulator only")
-    if plan.model.experts:
-        problems.append("model.experts: mixture-of-experts blocks run in the simulator only")
     if len(set(c.node_gpus)) > 1:
         problems.append(f"cluster.node_gpus: mixed GPU kinds {sorted(set(c.node_gpus))}: "
                         f"{_SIM_ONLY}")

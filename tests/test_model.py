@@ -16,7 +16,7 @@ def test_param_count_equals_formula(name):
     assert sum(p.numel() for p in model.parameters()) == counts.param_count(spec)
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-llama"])
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama", "tiny-moe"])
 def test_same_seed_same_weights_and_causal(name):
     spec = sandbox.load({"model": {"preset": name}}).model
     a, b = build_model(spec, seed=3), build_model(spec, seed=3)

@@ -55,12 +55,18 @@ class GraphInfo:
                 "outputs": self.outputs}
 
 
+def _ffn_width(ff: nn.Module) -> int:
+    """An FFN's width (a MoE block's: its experts' width, `runtime.moe`)."""
+    if hasattr(ff, "experts"):
+        return (ff.experts.w1 if ff.experts.gated else ff.experts.fc1).shape[-1]
+    return (ff.w1 if ff.gated else ff.fc1).out_features
+
+
 def shape_of(model: GPT) -> dict[str, int]:
     """The real shape of a (possibly pruned) model, read from its weights."""
     block = model.layers["0"]
     att: Attention = block.attention
-    ff = block.feed_forward
-    hidden_ff = (ff.w1 if ff.gated else ff.fc1).out_features
+    hidden_ff = _ffn_width(block.feed_forward)
     if isinstance(att, LatentAttention):
         return _mla_shape(model, hidden_ff)
     return {
@@ -74,8 +80,7 @@ def shape_of(model: GPT) -> dict[str, int]:
         "seq_len": model.spec.seq_len,
         "heads_per_layer": [b.attention.wq.out_features // att.head_dim
                             for b in model.layers.values()],
-        "ffn_per_layer": [(b.feed_forward.w1 if ff.gated else b.feed_forward.fc1).out_features
-                          for b in model.layers.values()],
+        "ffn_per_layer": [_ffn_width(b.feed_forward) for b in model.layers.values()],
     }
 
 

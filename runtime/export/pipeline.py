@@ -136,6 +136,9 @@ class Exporter:
         of (`distill_batch`, context) tokens; made once per setting."""
         if prune <= 0:
             return Student(self.run.model)
+        if self.run.plan.model.moe:
+            raise SandboxError("--prune: pruning removes heads and dense MLP channels; it does "
+                               "not prune a mixture of experts' routed experts (prune 0)")
         key = (prune, distill_steps, distill_batch, distill_lr, seed)
         if key not in self._students:
             teacher = self.run.model

@@ -2,6 +2,7 @@
 
 mesh.py (the (pp, dp, tp) DeviceMesh), tensor.py (DTensor TP + SP), data.py
 (DDP / FSDP2 ZeRO), pipeline.py (stages and schedules; chunks from
-`sandbox.layout`), recompute.py (activation checkpointing), and
+`sandbox.layout`), recompute.py (activation checkpointing), expert.py
+(expert parallelism: all-to-all dispatch, the MoE block's TP), and
 parallelize.py, which composes them into a `Parallelized`.
 """

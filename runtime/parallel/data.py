@@ -47,9 +47,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 def apply_dp(model: nn.Module, dp_mesh: DeviceMesh, zero: int,
-             pipelined: bool = False, reshard_after_forward: bool = True) -> nn.Module:
+             pipelined: bool = False, reshard_after_forward: bool = True,
+             ignored: set[nn.Parameter] | None = None) -> nn.Module:
     """Wrap or shard `model` (a GPT or a pipeline chunk) for ZeRO `zero`
-    (`reshard_after_forward`: ZeRO-3 only, FSDP2's flag).
+    (`reshard_after_forward`: ZeRO-3 only, FSDP2's flag). `ignored`: parameters
+    left out of data parallelism (expert-parallel experts,
+    `runtime.parallel.expert.reduce_expert_grads` reduces them).
 
     Returns the module to run: the DDP wrapper for ZeRO 0 without tensor or
     pipeline parallelism, otherwise `model` itself (FSDP2 modifies it in place).
@@ -58,16 +61,19 @@ def apply_dp(model: nn.Module, dp_mesh: DeviceMesh, zero: int,
         raise ValueError(f"parallel.zero: must be 0, 1, 2 or 3, got {zero}")
     if zero == 0:
         if not pipelined and not any(isinstance(p, DTensor) for p in model.parameters()):
+            if ignored:
+                DDP._set_params_and_buffers_to_ignore_for_model(
+                    model, [n for n, p in model.named_parameters() if p in ignored])
             return DDP(model, process_group=dp_mesh.get_group())
         for block in model.layers.values():
-            replicate(block, mesh=dp_mesh)
-        replicate(model, mesh=dp_mesh)
+            replicate(block, mesh=dp_mesh, ignored_params=ignored)
+        replicate(model, mesh=dp_mesh, ignored_params=ignored)
         return model
     reshard = zero == 3 and reshard_after_forward
     for block in model.layers.values():
-        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard)
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard, ignored_params=ignored)
     # root: embeddings, final norm and head (the tied weight lives here once)
-    fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard)
+    fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard, ignored_params=ignored)
     return model
 
 

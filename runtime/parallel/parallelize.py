@@ -4,7 +4,7 @@
 (deterministic weights for the plan's seed, identical on every rank), then,
 in torchtitan's order, for each model chunk this rank owns:
 
-    pipeline split -> tensor parallel -> activation recompute
+    pipeline split -> tensor parallel -> expert parallel (MoE) -> activation recompute
     -> (torch.compile, by the training loop) -> DDP / FSDP2 -> pipeline stages
 
 Plain data parallelism with ZeRO 0 (tp = pp = 1) goes through
@@ -28,9 +28,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from runtime.model import build_model
+from runtime.moe import MoE, moe_modules
 from runtime.parallel.data import apply_dp, grad_sync
+from runtime.parallel.expert import apply_ep, expert_mesh, reduce_expert_grads
 from runtime.parallel.mesh import hsdp_mesh, side_group
 from runtime.parallel.pipeline import (
     build_schedule,
@@ -93,6 +96,10 @@ class Parallelized:
     side_groups: dict[str, dist.ProcessGroup | None] = field(default_factory=dict)
     sync: ReplicaSync | None = None
     loss_scale: float = 1.0  # fp16: the loss is multiplied by this before backward
+    moe: list[MoE] = field(default_factory=list)  # this rank's MoE feed-forwards
+    experts: list[nn.Parameter] = field(default_factory=list)  # ep > 1: reduced over edp
+    edp_group: dist.ProcessGroup | None = None  # expert-data-parallel group (None: size 1)
+    aux_loss: float | None = None  # the last step's load-balancing loss (MoE), global mean
 
     def scaled_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The pipeline schedule's loss: cross-entropy times the loss scale."""
@@ -152,7 +159,24 @@ class Parallelized:
         them into plan.parallel.micro_batch-sized microbatches, accumulates
         gradients scaled so they equal the gradient of the mean loss over the
         whole global batch, and returns that mean loss (same on every rank).
+        MoE: the load-balancing loss's gradient enters with the LM loss's scale
+        and its value (summed over blocks, mean over micro-batches and
+        replicas) goes to `aux_loss`; routed experts are reduced over edp.
         """
+        n = self.plan.parallel.microbatches
+        for m in self.moe:  # pipeline schedules divide every gradient by n themselves
+            m.aux_values.clear()
+            m.aux_grad_scale = self.loss_scale / (1 if self.pipeline is not None else n)
+        loss = self._step(tokens, targets)
+        if self.experts:
+            reduce_expert_grads(self.experts, self.edp_group, self.plan.parallel.dp)
+        if self.moe:
+            local = sum((torch.stack(m.aux_values[-n:]).mean() for m in self.moe if m.aux_values),
+                        torch.zeros((), device=self.device))
+            self.aux_loss = self._global_mean(local)
+        return loss
+
+    def _step(self, tokens: torch.Tensor, targets: torch.Tensor) -> float:
         tokens, targets = tokens.to(self.device), targets.to(self.device)
         if self.pipeline is not None:
             local = self._pipeline(tokens, targets, train=True)
@@ -260,12 +284,21 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
         chunks = split_model(model, plan, mesh["pp"].get_local_rank())
     else:
         chunks = [(0, model)]
-    parts, sync, wrapped = [], None, 0
+    parts, sync, wrapped, routed = [], None, 0, []
+    emesh = expert_mesh(plan, device.type) if p.ep > 1 else None
     for _, chunk in chunks:
         if p.tp > 1:
             apply_tp(chunk, mesh["tp"], p.sequence_parallel)
+        if plan.model.moe:
+            experts = apply_ep(chunk, emesh, mesh["tp"] if p.tp > 1 else None,
+                               p.sequence_parallel)
+            routed += experts
         wrapped = apply_recompute(chunk, p.recompute, wrapped)
         if uses_sync_variants(plan):
+            if plan.model.moe and p.ep > 1:  # left to reduce_expert_grads
+                ids = {id(e) for e in experts}
+                DDP._set_params_and_buffers_to_ignore_for_model(
+                    chunk, [n for n, q in chunk.named_parameters() if id(q) in ids])
             chunk, sync = apply_sync(chunk, plan, mesh)
         elif p.dp > 1:
             hsdp = 0 < p.dp_shard < p.dp
@@ -273,10 +306,13 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
             # under pipelining FSDP2 units stay unsharded through the step (as
             # torchtitan sets it, and as the simulator prices it)
             chunk = apply_dp(chunk, dp_mesh, p.zero, pipelined=p.pp > 1,
-                             reshard_after_forward=p.reshard_after_forward and p.pp == 1)
+                             reshard_after_forward=p.reshard_after_forward and p.pp == 1,
+                             ignored=set(experts) if plan.model.moe else None)
         parts.append(chunk)
     par = Parallelized(plan=plan, parts=parts, device=device, mesh=mesh, autocast_dtype=autocast,
-                       sync=sync)
+                       sync=sync, moe=moe_modules(parts), experts=routed,
+                       edp_group=emesh.get_group("edp") if emesh is not None
+                       and p.dp > p.ep else None)
     if mesh is not None:
         par.side_groups = {dim: side_group(mesh, dim) for dim in ("pp", "dp")}
     if p.pp > 1:

@@ -75,7 +75,8 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool) -> 
         model.output.weight = model.tok_embeddings.weight  # both Shard(0) over the vocabulary
 
     for block in model.layers.values():
-        gated = block.feed_forward.gated
+        moe = not hasattr(block.feed_forward, "gated")  # runtime.parallel.expert shards it
+        gated = getattr(block.feed_forward, "gated", False)
         up = ("w1", "w3") if gated else ("fc1",)
         down = "w2" if gated else "fc2"
         plan: dict[str, Any] = {
@@ -83,18 +84,20 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sequence_parallel: bool) -> 
             "attention.wk": ColwiseParallel(),
             "attention.wv": ColwiseParallel(),
             "attention.wo": RowwiseParallel(output_layouts=seq),
-            **{f"feed_forward.{n}": ColwiseParallel() for n in up},
-            f"feed_forward.{down}": RowwiseParallel(output_layouts=seq),
         }
+        if not moe:
+            plan.update({**{f"feed_forward.{n}": ColwiseParallel() for n in up},
+                         f"feed_forward.{down}": RowwiseParallel(output_layouts=seq)})
         if sp:
             plan.update({
                 "attention_norm": SequenceParallel(),
                 "attention": PrepareModuleInput(input_layouts=(Shard(1),),
                                                 desired_input_layouts=(Replicate(),)),
                 "ffn_norm": SequenceParallel(),
-                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),),
-                                                   desired_input_layouts=(Replicate(),)),
             })
+            if not moe:
+                plan["feed_forward"] = PrepareModuleInput(input_layouts=(Shard(1),),
+                                                          desired_input_layouts=(Replicate(),))
         if isinstance(block.attention, LatentAttention):  # MLA: `runtime.parallel.mla_tensor`
             plan = {k: v for k, v in plan.items() if k.partition(".")[0] != "attention"}
             plan.update(mla_plan(block.attention, tp_mesh, sp))

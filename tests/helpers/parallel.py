@@ -39,9 +39,10 @@ def plan_of(model: str = "tiny", train: dict | None = None, model_fields: dict |
 
 
 def single_process(plan: sandbox.specs.Plan) -> sandbox.specs.Plan:
-    """The same plan on one process (schedule, vpp, stage_layers and dp_shard
+    """The same plan on one process (schedule, vpp, ep, stage_layers and dp_shard
     reset to valid values)."""
-    return plan.replace(dp=1, tp=1, pp=1, vpp=1, schedule="1f1b", stage_layers=(), dp_shard=0)
+    return plan.replace(dp=1, tp=1, pp=1, vpp=1, ep=1, schedule="1f1b", stage_layers=(),
+                        dp_shard=0)
 
 
 def batch(step: int, plan: sandbox.specs.Plan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,17 +58,18 @@ def train(plan: sandbox.specs.Plan, mesh=None, steps: int = STEPS) -> dict:
     dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
     share = plan.parallel.global_batch // plan.parallel.dp
     rows = slice(dp_rank * share, (dp_rank + 1) * share)
-    losses, norms, sent = [], [], []
+    losses, norms, sent, aux = [], [], [], []
     for step in range(steps):
         x, y = batch(step, plan)
         res = train_step(par, opt, x[rows], y[rows], step + 1, plan.train.grad_clip,
                          sync=step + 1 == steps)
         losses.append(res.loss)
         norms.append(res.grad_norm)
+        aux.append(res.aux_loss)
         sent.append(par.comm_bytes())
     x, y = batch(steps, plan)
     return {"loss": losses, "grad_norm": norms, "eval": par.evaluate(x[rows], y[rows]),
-            "comm_bytes": sent}
+            "comm_bytes": sent, "aux_loss": aux}
 
 
 def _worker(w: Worker, cases: dict) -> dict:
@@ -77,8 +79,10 @@ def _worker(w: Worker, cases: dict) -> dict:
         if os.environ.get("HARNESS_VERBOSE"):
             print(f"[rank {w.rank}] {name}", flush=True)
         try:
+            overrides = dict(overrides)
+            steps = overrides.pop("steps", STEPS)  # a case may train fewer steps
             plan = plan_of(**overrides)
-            results[name] = train(plan, build_mesh(plan, "cpu"))
+            results[name] = train(plan, build_mesh(plan, "cpu"), steps)
         except Exception:  # reported to the test, which fails on it
             results[name] = {"error": traceback.format_exc()}
         results[name]["wall_s"] = time.perf_counter() - t0
