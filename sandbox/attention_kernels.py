@@ -156,3 +156,31 @@ def occupancy(gpu: str, blocks: float, head_dim: float) -> float:
         return (n / sms) / math.ceil(n / sms)
 
     return min(1.0, fill(blocks) / fill(benchmark_blocks(head_dim)))
+
+
+def kernel_seconds(kernel: str, gpu: str, fwd_flops: float, local_seq: int, head_dim: float,
+                   cp: int, blocks: float, peak_flops: float, glue: float
+                   ) -> tuple[float, float]:
+    """(forward, backward) compute seconds of one block's causal flash attention.
+
+    `fwd_flops`: the FLOPs the forward executes (`sim.block_kernels.FlashWork`; backward
+    2.5x); `local_seq`: the tokens of a kernel call (s / cp); `blocks`: thread blocks of
+    a launch; `peak_flops`: the device's dense BF16 FLOP/s; `glue`: the profile's
+    `attention_kernel_efficiency`. Without context parallelism the kernel is one causal
+    call and takes the benchmark's time for its shape: the benchmark counts half the
+    square, a causal kernel executes `causal_fraction` of it. With cp ranks the ring's
+    (or the gathered keys') work is 1 / cp causal (the diagonal block) and the rest
+    unmasked blocks, each at its curve for `local_seq`."""
+    from sandbox.counts import FLASH_BACKWARD_RATIO, causal_fraction
+
+    rate = peak_flops * glue * occupancy(gpu, blocks, head_dim)
+    out = []
+    for direction, flops in (("fwd", fwd_flops), ("bwd", FLASH_BACKWARD_RATIO * fwd_flops)):
+        causal = efficiency(kernel, local_seq, head_dim, True, direction) \
+            * causal_fraction(local_seq) / 0.5
+        share = 1.0 / cp
+        per_flop = share / causal
+        if cp > 1:
+            per_flop += (1.0 - share) / efficiency(kernel, local_seq, head_dim, False, direction)
+        out.append(flops * per_flop / rate)
+    return out[0], out[1]
