@@ -45,7 +45,7 @@ from sandbox.layout import grad_ranks, local_seq_len
 from sandbox.profile import BlockPoint, Profile
 from sandbox.sections import GPU
 from sandbox.specs import Plan
-from sim import block_kernels, moe_compute
+from sim import block_kernels, flash_kernels, moe_compute
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,7 @@ def flash_times(plan: Plan, d: Device) -> tuple[float, float]:
     if pr.attention_kernel_efficiency > 0 and not pr.attention and \
             attention_kernels.has_curves(gpu):
         blocks = batch * -(-q // counts.FLASH_TILE)  # (batch, head, query tile) per launch
-        t_f, t_b = attention_kernels.kernel_seconds(
+        t_f, t_b = flash_kernels.kernel_seconds(
             plan.train.attention_kernel, gpu, fw.fwd_flops, q, qk, p.cp, blocks,
             d.peak_flops, pr.attention_kernel_efficiency)
     else:

@@ -13,6 +13,7 @@ from sandbox.counts import causal_fraction
 from sandbox.errors import PlanError
 from sandbox.profile import Profile, profile_for
 from sim import compute
+from sim import flash_kernels as fk
 
 SEQS = [256, 512, 768, 1024, 3000, 4096, 8192, 12000, 16384, 65536, 1 << 20]
 
@@ -93,22 +94,22 @@ def test_simulated_flash_rate_grows_with_sequence_and_generation():
 def test_kernel_seconds_is_the_benchmark_time_without_context_parallelism():
     s, hd, heads = 8192, 128, 16
     square = 4.0 * s * s * heads * hd  # QK^T + PV over the full square
-    fwd, bwd = ak.kernel_seconds("cudnn", "h100-sxm", causal_fraction(s) * square, s, hd, 1,
-                                 ak.benchmark_blocks(hd), 989.4e12, 1.0)
+    fwd, bwd = fk.kernel_seconds("cudnn", "h100-sxm", causal_fraction(s) * square, s, hd, 1,
+                                 fk.benchmark_blocks(hd), 989.4e12, 1.0)
     assert fwd == pytest.approx(0.5 * square / (529e12))  # published: 529 TFLOP/s causal
     assert bwd == pytest.approx(2.5 * 0.5 * square / (ak.tflops("cudnn", s, hd, True, "bwd")
                                                       * 1e12))
     # one factor scales both directions
-    f2, b2 = ak.kernel_seconds("cudnn", "h100-sxm", causal_fraction(s) * square, s, hd, 1,
-                               ak.benchmark_blocks(hd), 989.4e12, 0.5)
+    f2, b2 = fk.kernel_seconds("cudnn", "h100-sxm", causal_fraction(s) * square, s, hd, 1,
+                               fk.benchmark_blocks(hd), 989.4e12, 0.5)
     assert (f2, b2) == pytest.approx((2 * fwd, 2 * bwd))
 
 
 def test_context_parallel_blocks_mix_causal_and_unmasked_rates():
     flops, s, hd = 1e15, 16384, 128
-    blocks = ak.benchmark_blocks(hd)
-    f1, _ = ak.kernel_seconds("fa3", "h100-sxm", flops, s, hd, 1, blocks, 989.4e12, 1.0)
-    f4, _ = ak.kernel_seconds("fa3", "h100-sxm", flops, s, hd, 4, blocks, 989.4e12, 1.0)
+    blocks = fk.benchmark_blocks(hd)
+    f1, _ = fk.kernel_seconds("fa3", "h100-sxm", flops, s, hd, 1, blocks, 989.4e12, 1.0)
+    f4, _ = fk.kernel_seconds("fa3", "h100-sxm", flops, s, hd, 4, blocks, 989.4e12, 1.0)
     r_c = ak.efficiency("fa3", s, hd, True, "fwd") * causal_fraction(s) / 0.5
     r_n = ak.efficiency("fa3", s, hd, False, "fwd")
     assert f4 == pytest.approx(flops * (0.25 / r_c + 0.75 / r_n) / 989.4e12)
@@ -116,9 +117,9 @@ def test_context_parallel_blocks_mix_causal_and_unmasked_rates():
 
 
 def test_underfilled_sms_cost_time():
-    assert ak.occupancy("h100-sxm", ak.benchmark_blocks(128), 128) == 1.0
-    assert ak.occupancy("h100-sxm", 66, 128) == pytest.approx(0.5 / (2048 / 132 / 16))
-    assert ak.occupancy("a100-80g", 10, 128) == 1.0  # no SM data: no correction
+    assert fk.occupancy("h100-sxm", fk.benchmark_blocks(128), 128) == 1.0
+    assert fk.occupancy("h100-sxm", 66, 128) == pytest.approx(0.5 / (2048 / 132 / 16))
+    assert fk.occupancy("a100-80g", 10, 128) == 1.0  # no SM data: no correction
     # tp 8 leaves 4 heads x 8 query tiles = 32 thread blocks for 132 SMs at 1K tokens;
     # tp 1 has 256: the same curve point, a quarter of the SMs' fill per FLOP
     few, many = _plan(seq=1024, tp=8, dp=1), _plan(seq=1024)
@@ -126,7 +127,7 @@ def test_underfilled_sms_cost_time():
     (f_few, _), (f_many, _) = compute.flash_times(few, d), compute.flash_times(many, d)
     o = d.profile.kernel_overhead_s  # the launch's fixed cost is no per-FLOP cost
     per_flop = ((f_few - o) / 4) / ((f_many - o) / 32)  # seconds per head
-    want = ak.occupancy("h100-sxm", 256, 128) / ak.occupancy("h100-sxm", 32, 128)
+    want = fk.occupancy("h100-sxm", 256, 128) / fk.occupancy("h100-sxm", 32, 128)
     assert want > 3 and per_flop == pytest.approx(want, rel=1e-6)
 
 
