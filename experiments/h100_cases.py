@@ -8,6 +8,9 @@ Sources (`../shared/validation/`, README there, plus one paper table):
   fine-tuning freezes the base weights, which no plan expresses).
 - Llama 3 (Dubey et al. 2024, Table 4): Llama 3 405B on 8,192 / 16,384 H100s, BF16 MFU.
 
+Each row names the flash-attention kernel its stack ran (`train.attention_kernel`,
+`sandbox.attention_kernels`; `KERNEL_EVIDENCE` says why per source).
+
 Each row's plan is written from what its source states; where it is silent
 (micro-batch, recompute, interleaving depth) `Case.variants` lists the
 choices and the validation takes the simulator's fastest plan that fits, as
@@ -31,6 +34,32 @@ GIB = 2**30
 # its core-attention recompute), and PyTorch-native stacks' (op = per-op SAC)
 MEGATRON_RECOMPUTE = ("none", "selective", "full")
 TORCH_RECOMPUTE = ("none", "op", "full")
+
+
+# The flash kernel of each source's stack, and the evidence.
+KERNEL_EVIDENCE = {
+    "megatron": ("cudnn", "Megatron-Core runs attention in Transformer Engine's "
+                 "DotProductAttention; on H100 TE selects its FusedAttention (cuDNN) backend "
+                 "ahead of flash-attn (TE user guide, attention backends)"),
+    "torchtitan": ("fa2", "torchtitan calls F.scaled_dot_product_attention; PyTorch SDPA's "
+                   "flash backend is FlashAttention-2 (torchtitan models/llama/model.py, "
+                   "PyTorch SDPA docs)"),
+    "automodel": ("cudnn", "NeMo AutoModel runs Transformer Engine attention (its H100 "
+                  "benchmark page: FSDP2 + TE), TE's cuDNN backend on H100"),
+    "llama3": ("fa3", "kernel not stated by Dubey et al. 2024; assumed FlashAttention-3, the "
+               "Hopper kernel co-developed at Meta (Shah et al. 2024) - an assumption"),
+}
+
+
+def kernel_of(source: str) -> str:
+    """`train.attention_kernel` of a source (a KERNEL_EVIDENCE key)."""
+    return KERNEL_EVIDENCE[source][0]
+
+
+def kernel_note(source: str) -> str:
+    """The short row note (the evidence is `KERNEL_EVIDENCE`)."""
+    k, why = KERNEL_EVIDENCE[source]
+    return f"attention kernel {k}" + (" (assumed: not stated)" if "assumption" in why else "")
 
 
 @dataclass
@@ -100,7 +129,8 @@ def megatron_cases(data: Path = VALIDATION, cluster: str = "dgx-h100",
         case = Case("Megatron-Core H100 weak scaling", r["model"], "tflops_per_gpu",
                     float(r["tflops_per_gpu"]), gpus=gpus,
                     notes=["micro-batch, recompute, interleaving: best of the tried ones",
-                           "FFN 4h, GeLU, LayerNorm assumed (not stated)"])
+                           "FFN 4h, GeLU, LayerNorm assumed (not stated)",
+                           kernel_note("megatron")])
         per_replica = gb // dp
         for mb, rec, v in itertools.product((1, 2, 4), MEGATRON_RECOMPUTE,
                                             vpp_choices(layers, pp)):
@@ -114,9 +144,9 @@ def megatron_cases(data: Path = VALIDATION, cluster: str = "dgx-h100",
                    "recompute": rec, "overlap_param_gather": True}
             # Transformer Engine fuses the elementwise chains (norm into the GEMM,
             # bias-GeLU, bias-dropout-add) as torch.compile does: `compile` prices that
-            case.variants.append(_plan(model, cl, par, {"precision": "bf16",
-                                                         "attention": "flash",
-                                                         "compile": True}))
+            case.variants.append(_plan(model, cl, par, {
+                "precision": "bf16", "attention": "flash", "compile": True,
+                "attention_kernel": kernel_of("megatron")}))
         out.append(case)
     return out
 
@@ -180,7 +210,8 @@ def torchtitan_case(r: dict[str, str], profile: str = "") -> Case:
            "reshard_after_forward": pp == 1, "sequence_parallel": tp > 1,
            "tp_comm_overlap": "async" in tech.lower() and tp > 1, "recompute": rec}
     train: dict[str, Any] = {"precision": "bf16", "attention": "flash",
-                             "compile": "compile" in tech}
+                             "compile": "compile" in tech,
+                             "attention_kernel": kernel_of("torchtitan")}
     if prec.startswith("FP8"):
         train["precision"] = "fp8"
         train["fp8_recipe"] = "rowwise" if "rowwise" in prec else "tensorwise"
@@ -222,11 +253,14 @@ def automodel_cases(data: Path = VALIDATION, profile: str = "") -> list[Case]:
                    "micro_batch": int(r["micro_batch"]),
                    "global_batch": int(r["global_batch"]), "zero": 3,
                    "sequence_parallel": tp > 1, "recompute": "none"}
-            case.notes.append("recompute not stated: best of none / op / full")
+            case.notes += ["recompute not stated: best of none / op / full",
+                           kernel_note("automodel")]
             for rec in TORCH_RECOMPUTE:
                 case.variants.append(_plan(
                     {"preset": _AM_DENSE[r["model"]], "seq_len": int(r["seq_len"])}, cl,
-                    {**par, "recompute": rec}, {"precision": "bf16", "attention": "flash"}))
+                    {**par, "recompute": rec},
+                    {"precision": "bf16", "attention": "flash",
+                     "attention_kernel": kernel_of("automodel")}))
         out.append(case)
     return out
 
@@ -251,7 +285,8 @@ def llama3_cases(profile: str = "") -> list[Case]:
         case = Case("Llama 3 (Dubey 2024) Table 4", f"405B {gpus} GPUs cp{cp} seq {seq}",
                     "mfu", mfu, gpus=gpus,
                     notes=[f"published {tflops} TFLOP/s per GPU",
-                           "interleaving depth and recompute: best of the tried ones"])
+                           "interleaving depth and recompute: best of the tried ones",
+                           kernel_note("llama3")])
         cl = {"preset": "dgx-h100", **_nodes(gpus)}
         if profile:
             cl["profile"] = profile
@@ -261,7 +296,8 @@ def llama3_cases(profile: str = "") -> list[Case]:
                    "schedule": "interleaved-1f1b" if v > 1 else "1f1b", "zero": 2,
                    "sequence_parallel": True, "tp_comm_overlap": True, "recompute": rec}
             case.variants.append(_plan({"preset": "llama3-405b", "seq_len": seq}, cl, par,
-                                       {"precision": "bf16", "attention": "flash"}))
+                                       {"precision": "bf16", "attention": "flash",
+                                        "attention_kernel": kernel_of("llama3")}))
         out.append(case)
     return out
 

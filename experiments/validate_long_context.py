@@ -11,7 +11,10 @@ profile `sandbox/profiles/h100.toml` of the `dgx-h100` preset is used as is):
   every row. Not stated: micro-batch (1 assumed: one sequence of up to 1M
   tokens), recompute and TP communication overlap (the fastest fitting of
   the tried ones, as `validate_h100` does), the distributed optimizer (ZeRO 1,
-  NeMo's default), sequence parallelism (on, NeMo's default with TP).
+  NeMo's default), sequence parallelism (on, NeMo's default with TP). Attention:
+  Transformer Engine's cuDNN fused attention (`attention_kernel = "cudnn"`,
+  `h100_cases.KERNEL_EVIDENCE["megatron"]`), in BF16 (TE's FP8 recipe casts the
+  linear layers, not the attention core, unless FP8 attention is asked for).
   The published TFLOP/s count NeMo's model FLOPs; this script converts the
   prediction with NeMo's `llama2` formula (`nemo_llama2_flops_per_token`,
   full s x s attention: the form NeMo's flops_formulas.py had before a
@@ -39,7 +42,7 @@ import sys
 import time
 
 from experiments import provenance
-from experiments.h100_cases import Case, _nodes, _plan, llama3_cases
+from experiments.h100_cases import Case, _nodes, _plan, kernel_note, kernel_of, llama3_cases
 from experiments.validate_h100 import predict
 
 RESULTS = provenance.ROOT / "experiments" / "results"
@@ -77,7 +80,8 @@ def nemo_cases() -> list[Case]:
         case = Case(NEMO, f"Llama 2 7B FP8 seq {k}K tp{tp} dp{dp} cp{cp}",
                     "tokens_per_s_per_gpu", tps, gpus=gpus,
                     notes=[f"published {tflops} TFLOP/s per GPU (NeMo llama2 formula)",
-                           "micro-batch 1; recompute, tp_comm_overlap: best of the tried"])
+                           "micro-batch 1; recompute, tp_comm_overlap: best of the tried",
+                           kernel_note("megatron")])
         for rec, overlap in itertools.product(RECOMPUTE, (False, True)):
             par = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "micro_batch": 1,
                    "global_batch": gb, "zero": 1, "sequence_parallel": True,
@@ -85,7 +89,8 @@ def nemo_cases() -> list[Case]:
                    "cp_method": "ring"}
             case.variants.append(_plan({"preset": "llama2-7b", "seq_len": seq},
                                        {"preset": "dgx-h100", **_nodes(gpus)}, par,
-                                       {"precision": "fp8", "attention": "flash"}))
+                                       {"precision": "fp8", "attention": "flash",
+                                        "attention_kernel": kernel_of("megatron")}))
         out.append(case)
     return out
 
@@ -129,6 +134,7 @@ def flash_rate(plan) -> tuple[float, float]:
     q, batch = m.seq_len // p.cp, p.micro_batch * m.heads // p.tp
     fw = block_kernels.flash_work(plan, prof.padded_gemm_flops(q, m.seq_len, m.head_dim, batch)
                                   + prof.padded_gemm_flops(q, m.head_dim, m.seq_len, batch))
+    # (the rate is in executed FLOPs: the causal fraction of the square the kernel visits)
     lt = compute.layer_times(plan, d)
     return (fw.fwd_flops + fw.bwd_flops) / (f + b) / 1e12, (f + b) / (lt.fwd + lt.bwd)
 
@@ -190,18 +196,19 @@ def report(rows: list[dict], meta: dict) -> str:
     if longest:
         lines += ["", f"At {longest['name']} attention is {longest['attention_share']:.1%} of "
                   "a block's time and cp_comm a fraction of a percent of the step, so the row "
-                  "measures the attention kernel: the H100 profile prices flash attention at "
-                  f"{longest['flash_tflops']:.0f} executed TFLOP/s (`attention_efficiency`, fitted "
-                  "by `calibrate_h100` to Megatron-Core's 4K-token rows, where attention is "
-                  "small, and torchtitan's rows, whose long-sequence ones run PyTorch SDPA flash "
-                  "attention on 500 W H100s), while NeMo's Transformer "
-                  "Engine fused attention on 700 W DGX H100s ran at about "
+                  "measures the attention kernel. The simulator prices it by the kernel's own "
+                  "published H100 curve (`train.attention_kernel = \"cudnn\"`, Transformer "
+                  "Engine's cuDNN fused attention; `sandbox/profiles/flash_kernels.toml`, "
+                  "FlashAttention-3 paper figures 5-6) at the shape of the kernel call "
+                  "(s / cp tokens, head dim 128, causal diagonal block and unmasked ring "
+                  "blocks, forward and backward) times the H100 profile's one "
+                  "`attention_kernel_efficiency` (framework glue, from `calibrate_h100`, "
+                  f"never from these rows): {longest['flash_tflops']:.0f} executed TFLOP/s "
+                  "here, against about "
                   f"{longest['flash_tflops'] * longest['measured'] / longest['predicted']:.0f} "
-                  "under the full-attention FLOP count (twice that under causal counting, beyond "
-                  "what H100 attention kernels are reported to reach, which is why the "
-                  "full-attention reading is the main one). The error shrinks toward short "
-                  "sequences, where GEMMs take a larger share. No constant was changed for these "
-                  "rows: a TE-attention profile would need its own calibration run."]
+                  "that the published throughput implies under the full-attention FLOP count "
+                  "(twice that under causal counting, beyond what H100 attention kernels are "
+                  "reported to reach, which is why the full-attention reading is the main one)."]
     missing = [r for r in rows if "error" not in r]
     if missing:
         lines += ["", "| source | row | reason |", "|---|---|---|"]

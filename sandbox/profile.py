@@ -19,6 +19,7 @@ fp8_matmul_efficiency = 0.0     # FP8 GEMMs (precision "fp8"): fraction of the F
 fp8_matmul_half_flops = 0.0     # FP8 GEMM FLOPs at half efficiency (0: 2 x matmul_half_flops)
 attention_efficiency = 0.55     # batched attention GEMMs (QK^T, PV)
 attention_half_flops = 1.0e9
+attention_kernel_efficiency = 0.0  # flash kernels: fraction of their published curve (0: off)
 memory_efficiency = 0.80        # memory-bound kernels: fraction of HBM bandwidth
 kernel_overhead_s = 4.0e-6      # fixed cost of one kernel launch
 host_op_overhead_s = 0.0        # host (CPU) dispatch per kernel; work takes max(GPU, host)
@@ -67,11 +68,11 @@ Without a measured curve GEMM efficiency follows the saturating curve
 is interpolated in log FLOPs (and scales linearly below its first point).
 Both are keyed by the FLOPs of the GEMM padded to `gemm_tile`: the
 tensor-core tile (128, 128, 32) on GPUs; a CPU BLAS pads nothing, and a CPU
-calibration writes (1, 1, 1). `train.attention` picks the core: "flash" is
-one fused kernel looked up at the FLOPs its forward executes (causal
-fraction of the square), charged 3.5x that per fwd+bwd (a CPU calibration
-writes its SDPA points on that basis); "eager" is two batched GEMMs keyed by
-their square FLOPs plus, unless `attention_fused` (a measured SDPA rate),
+calibration writes (1, 1, 1). `train.attention` picks the core: "flash" is one fused kernel looked
+up at the FLOPs its forward executes (causal fraction of the square), charged 3.5x that per fwd+bwd
+(a CPU calibration writes its SDPA points on that basis), or, with `attention_kernel_efficiency` >
+0, by its kernel's published curve times that factor (`sim.flash_kernels`); "eager" is two batched
+GEMMs keyed by their square FLOPs plus, unless `attention_fused` (a measured SDPA rate),
 Megatron-LM's separate scale-mask-softmax and dropout over the s x s scores.
 FP8 GEMMs (precision "fp8": the linear layers) use a measured `matmul_fp8`
 against the FP8 peak, else `fp8_matmul_efficiency` (default: bf16's, no
@@ -138,6 +139,7 @@ class Profile:
     fp8_matmul_half_flops: float = 0.0  # 0: 2 x matmul_half_flops
     attention_efficiency: float = 0.55
     attention_half_flops: float = 1.0e9
+    attention_kernel_efficiency: float = 0.0  # of a flash kernel's curve (0: not used)
     memory_efficiency: float = 0.80
     kernel_overhead_s: float = 4.0e-6
     # CPU dispatch per kernel in eager mode (sim/host.py); 0 = the host never binds
@@ -272,10 +274,9 @@ def _interp_log(points: Curve, x: float) -> float:
 
 
 _FLOATS = ("matmul_efficiency", "matmul_half_flops", "fp8_matmul_efficiency",
-           "fp8_matmul_half_flops", "attention_efficiency",
-           "attention_half_flops", "memory_efficiency", "kernel_overhead_s",
-           "host_op_overhead_s",
-           "collective_efficiency", "collective_step_latency_s")
+           "fp8_matmul_half_flops", "attention_efficiency", "attention_half_flops",
+           "attention_kernel_efficiency", "memory_efficiency", "kernel_overhead_s",
+           "host_op_overhead_s", "collective_efficiency", "collective_step_latency_s")
 
 
 _KEYS = ("name", "source", *_FLOATS, "compute", "collective", "measurements")

@@ -25,6 +25,7 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 FAILURE_DISTRIBUTIONS = ("exponential", "weibull")
 ATTENTION = ("flash", "eager")
+ATTENTION_KERNELS = ("fa2", "fa3", "cudnn")  # sandbox.attention_kernels
 ATTENTION_KINDS = ("", "mha", "gqa", "mla")
 CP_METHODS = ("ring", "allgather")
 FP8_RECIPES = ("tensorwise", "rowwise")
@@ -343,6 +344,10 @@ class Train:
     # tensor stored; eager: matmul, scale-mask-softmax, dropout, matmul over stored s x s
     # scores (Megatron-LM of 2021-22; Korthikanti et al.'s activation formula)
     attention: str = "flash"
+    # the flash kernel (sandbox.attention_kernels): fa2 (FlashAttention-2 / PyTorch SDPA,
+    # any GPU), fa3 (FlashAttention-3, Hopper), cudnn (cuDNN fused attention as Transformer
+    # Engine runs it, Hopper)
+    attention_kernel: str = "fa2"
     # precision = "fp8" (simulator; torchao Float8Linear / Transformer Engine):
     # dynamic scaling per tensor ("tensorwise") or per row ("rowwise"), and
     # ZeRO-3 all-gathers of the linear weights in fp8 (torchao's

@@ -41,6 +41,18 @@ def _choice(problems: list[str], where: str, value: str, options: tuple[str, ...
                         f"choose one of {', '.join(options)}")
 
 
+def _kernel_problems(plan: Plan) -> list[str]:
+    """A flash kernel the plan's GPU cannot run (FlashAttention-3 and the measured
+    cuDNN curve are Hopper-only, `sandbox.attention_kernels`)."""
+    from sandbox import attention_kernels
+
+    k, gpu = plan.train.attention_kernel, plan.cluster.gpu.name
+    if k not in sections.ATTENTION_KERNELS or attention_kernels.available(k, gpu):
+        return []
+    return [f'train.attention_kernel: "{k}" ({attention_kernels.KERNEL_NAMES[k]}) needs a '
+            f"Hopper GPU (h100-sxm, h100-sxm-96g, h200-sxm); cluster.gpu is {gpu}"]
+
+
 def plan_problems(plan: Plan) -> list[str]:
     """Every rule the plan breaks, one readable line each (empty: valid)."""
     m, c, p, t = plan.model, plan.cluster, plan.parallel, plan.train
@@ -69,6 +81,8 @@ def plan_problems(plan: Plan) -> list[str]:
     _choice(problems, "model.position", m.position, sections.POSITIONS)
     _choice(problems, "cluster.topology", c.topology, sections.TOPOLOGIES)
     _choice(problems, "train.attention", t.attention, sections.ATTENTION)
+    _choice(problems, "train.attention_kernel", t.attention_kernel, sections.ATTENTION_KERNELS)
+    problems += _kernel_problems(plan)
     _choice(problems, "cluster.failure_distribution", c.failure_distribution,
             sections.FAILURE_DISTRIBUTIONS)
     _choice(problems, "parallel.schedule", p.schedule, sections.SCHEDULES)

@@ -40,12 +40,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sandbox import memory, recompute
+from sandbox import attention_kernels, counts, memory, recompute
 from sandbox.layout import grad_ranks, local_seq_len
 from sandbox.profile import BlockPoint, Profile
 from sandbox.sections import GPU
 from sandbox.specs import Plan
-from sim import block_kernels, moe_compute
+from sim import block_kernels, flash_kernels, moe_compute
 
 
 @dataclass(frozen=True)
@@ -283,9 +283,12 @@ def flash_times(plan: Plan, d: Device) -> tuple[float, float]:
     """(forward, backward) seconds of one block's flash attention kernel(s).
 
     Executed FLOPs (`block_kernels.FlashWork`: causal fraction of the padded
-    square forward, 2.5x that backward) at the attention curve's rate for the
-    forward's executed FLOPs, or its HBM bytes if slower; one launch forward,
-    `FLASH_BWD_KERNELS` backward."""
+    square forward, 2.5x that backward) at the published curve of
+    `train.attention_kernel` for its shape times the profile's
+    `attention_kernel_efficiency` (`sandbox.attention_kernels`), or, without
+    that factor or curves for the GPU, at the attention curve's rate for the
+    forward's executed FLOPs; or their HBM bytes if slower; one launch
+    forward, `FLASH_BWD_KERNELS` backward."""
     m, p = plan.model, plan.parallel
     pr, hd, batch = d.profile, m.head_dim, p.micro_batch * (m.heads // p.tp)
     # q.k width and value width (MLA: head_dim + qk_rope_head_dim, v_head_dim)
@@ -293,11 +296,19 @@ def flash_times(plan: Plan, d: Device) -> tuple[float, float]:
     q, s = local_seq_len(plan), m.seq_len  # a cp rank's queries against all keys
     fw = block_kernels.flash_work(plan, pr.padded_gemm_flops(q, s, qk, batch)
                                   + pr.padded_gemm_flops(q, vd, s, batch))
-    rate = fw.fwd_flops / max(pr.attention_seconds(fw.fwd_flops, d.peak_flops), 1e-30)
+    gpu = plan.cluster.gpu.name
+    if pr.attention_kernel_efficiency > 0 and not pr.attention and \
+            attention_kernels.has_curves(gpu):
+        blocks = batch * -(-q // counts.FLASH_TILE)  # (batch, head, query tile) per launch
+        t_f, t_b = flash_kernels.kernel_seconds(
+            plan.train.attention_kernel, gpu, fw.fwd_flops, q, qk, p.cp, blocks,
+            d.peak_flops, pr.attention_kernel_efficiency)
+    else:
+        rate = fw.fwd_flops / max(pr.attention_seconds(fw.fwd_flops, d.peak_flops), 1e-30)
+        t_f, t_b = fw.fwd_flops / rate, fw.bwd_flops / rate
     mem = pr.memory_rate(d.hbm_bytes_per_s)
-    fwd = pr.kernel_overhead_s + max(fw.fwd_flops / rate, fw.fwd_bytes / mem)
-    bwd = (block_kernels.FLASH_BWD_KERNELS * pr.kernel_overhead_s
-           + max(fw.bwd_flops / rate, fw.bwd_bytes / mem))
+    fwd = pr.kernel_overhead_s + max(t_f, fw.fwd_bytes / mem)
+    bwd = block_kernels.FLASH_BWD_KERNELS * pr.kernel_overhead_s + max(t_b, fw.bwd_bytes / mem)
     return fwd, bwd
 
 
