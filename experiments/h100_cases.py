@@ -46,8 +46,10 @@ KERNEL_EVIDENCE = {
                    "PyTorch SDPA docs)"),
     "automodel": ("cudnn", "NeMo AutoModel runs Transformer Engine attention (its H100 "
                   "benchmark page: FSDP2 + TE), TE's cuDNN backend on H100"),
-    "llama3": ("fa3", "kernel not stated by Dubey et al. 2024; assumed FlashAttention-3, the "
-               "Hopper kernel co-developed at Meta (Shah et al. 2024) - an assumption"),
+    "llama3": ("fa2", "kernel not stated by Dubey et al. 2024; assumed FlashAttention-2, the "
+               "open flash kernel of its training period (2023 - early 2024) in PyTorch SDPA; "
+               "FlashAttention-3 (Shah et al., July 2024) appeared after Llama 3's "
+               "pretraining, and Meta's stack is not Transformer Engine - an assumption"),
 }
 
 
