@@ -29,12 +29,14 @@ from runtime.parallel.parallelize import parallelize
 from runtime.spawn import spawn
 from runtime.step import train_step
 from sandbox.sections import Parallel
+from sandbox.validate import runtime_problems
 
 TOL = 1e-4
 STEPS = 6
 SEQ = 32  # tokens of the attention-only check (cp 4: 8 chunks of 4)
 LLAMA = dict(model="tiny-llama")
-CASES_2 = {"cp2 ring": dict(cp=2, **LLAMA)}
+CASES_2 = {"cp2 ring": dict(cp=2, **LLAMA),
+           "tiny (learned positions, tied) cp2": dict(cp=2, model="tiny")}
 if "cp_method" in Parallel.__dataclass_fields__:  # the plan field (issue 19's plan side)
     CASES_2["cp2 allgather"] = dict(cp=2, cp_method="allgather", **LLAMA)
 CASES_4 = {
@@ -183,3 +185,14 @@ def test_cp2_composes_with_dp_zero3_and_tp():
     for name, overrides in CASES_4.items():
         _check(name, overrides, every)
         print(f"{name}: {every[0][name]['wall_s']:.1f} s")
+
+
+def test_run_refuses_what_its_cp_does_not_cover():
+    """One line naming the field for each: MLA attention, HSDP, compressed gradients."""
+    assert runtime_problems(plan_of(cp=2, **LLAMA)) == []
+    mla = runtime_problems(plan_of(cp=2, model="tiny-mla"))
+    assert len(mla) == 1 and mla[0].startswith("parallel.cp: 2:") and "'mla'" in mla[0]
+    hsdp = runtime_problems(plan_of(cp=2, dp=4, zero=3, dp_shard=2, **LLAMA).replace())
+    assert [x.split(":")[0] for x in hsdp] == ["parallel.dp_shard"]
+    packed = runtime_problems(plan_of(cp=2, dp=2, zero=0, grad_compression="fp16", **LLAMA))
+    assert [x.split(":")[0] for x in packed] == ["parallel.grad_compression"]
