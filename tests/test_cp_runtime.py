@@ -163,8 +163,9 @@ def _check(name: str, overrides: dict, every: list[dict]) -> None:
     seen = set()
     for rank in every:  # pipeline stages hold different parameters
         for key, g in rank[name]["grads"].items():
-            err = (g - ref_grads[key]).norm() / ref_grads[key].norm()
-            assert err < TOL, f"{name}: gradient of {key} off by {err:.2e} (relative)"
+            ref_g = ref_grads[key]  # a key bias's gradient is 0 exactly (softmax shift)
+            err = (g - ref_g).norm().item()
+            assert err <= TOL * ref_g.norm() + 1e-6, f"{name}: gradient of {key} off by {err:.1e}"
             seen.add(key)
     assert seen == set(ref_grads), f"{name}: no gradient for {set(ref_grads) - seen}"
 
