@@ -1,14 +1,17 @@
 """Context parallelism in the runtime (issue 19): the same model as one process.
 
-`tiny-llama` (RoPE, GQA), fp32, seed 0, 6 steps of the agreement harness
-(`helpers.parallel`): the per-step losses, gradient norms and the final
-evaluation loss of cp 2 (ring and all-gather), cp 2 x dp 2 (ZeRO-1, and ZeRO-3
-over dp x cp), cp 2 x tp 2 and pp 2 x cp 2 are within 1e-4 (relative) of the
-single-process run; after one step every parameter's full gradient is too
-(a missing gradient reduction over cp would leave the loss close but the
-gradients halved). Also: the ring and all-gather attentions against one
-causal SDPA, forward and backward, at cp 2 and cp 4 with the K/V gradient
-summed back to its owner; a checkpoint resumed under cp continues exactly.
+fp32, seed 0, 6 steps of the agreement harness (`helpers.parallel`): the
+per-step losses, gradient norms and the final evaluation loss of
+`tiny-llama` (RoPE, GQA) with cp 2 (ring; all-gather too where the plan has
+`parallel.cp_method`), cp 2 x dp 2 (ZeRO-3 over dp x cp), cp 2 x tp 2 (sp)
+and pp 2 x cp 2, and of `tiny` (learned positions, tied head) with cp 2, are
+within 1e-4 (relative) of the single-process run; after one step every
+rank's full parameter gradients are too (a missing gradient reduction over
+cp leaves the loss close but the gradients off). Also: the ring and
+all-gather attentions against one causal SDPA, forward and backward, at cp 2
+and cp 4 (dK / dV summed back to their owners); a checkpoint saved and
+loaded under cp continues exactly; run's one-line refusals of what its cp
+does not cover.
 """
 
 from __future__ import annotations
