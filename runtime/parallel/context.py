@@ -25,7 +25,9 @@ key, obtained one of two ways (`parallel.cp_method`):
   gradients back to their owners), then the local queries attend to the
   causally visible keys with one masked SDPA.
 
-The loss of a cp rank is the mean over its tokens; all cp ranks hold equal
+`train.attention` is not consulted under cp (the ring's blocks are explicit
+matmul-softmax-matmul, all-gather one masked SDPA). The loss of a cp rank is
+the mean over its tokens; all cp ranks hold equal
 token counts, so averaging the loss and the gradients over dp x cp
 (`runtime.parallel.mesh.grad_mesh`) gives the single-process mean.
 
