@@ -27,9 +27,9 @@ key, obtained one of two ways (`parallel.cp_method`):
 
 `train.attention` is not consulted under cp (the ring's blocks are explicit
 matmul-softmax-matmul, all-gather one masked SDPA). The loss of a cp rank is
-the mean over its tokens; all cp ranks hold equal
-token counts, so averaging the loss and the gradients over dp x cp
-(`runtime.parallel.mesh.grad_mesh`) gives the single-process mean.
+the mean over its tokens; all cp ranks hold equal token counts, so averaging
+the loss and the gradients over dp x cp (`runtime.parallel.mesh.grad_mesh`)
+gives the single-process mean.
 
 PyTorch's own `torch.distributed.tensor.experimental.context_parallel`
 (torch 2.13) does not run on CPU: it dispatches only the CUDA SDPA kernels
