@@ -67,11 +67,11 @@ def check_world_size(plan: Plan) -> str | None:
                            f"machine only (see README 'Running on a cluster' for torchrun)")
     kind, n = device_capacity()
     if kind == "cuda" and world > n:
-        raise SandboxError(f"the plan needs {world} GPUs (dp*tp*pp) but this machine has {n}")
+        raise SandboxError(f"the plan needs {world} GPUs (dp*cp*tp*pp) but this machine has {n}")
     if kind == "cpu":
         if world > CPU_OVERSUBSCRIPTION * n:
-            raise SandboxError(f"the plan needs {world} processes (dp*tp*pp) but this machine has "
-                               f"{n} CPU cores (at most {CPU_OVERSUBSCRIPTION * n} processes)")
+            raise SandboxError(f"the plan needs {world} processes (dp*cp*tp*pp) but this machine "
+                               f"has {n} CPU cores (at most {CPU_OVERSUBSCRIPTION * n} processes)")
         if world > n:
             return (f"note: {world} CPU processes on {n} cores (oversubscribed: slower, "
                     "same results)")
@@ -105,7 +105,7 @@ def host_memory_gb() -> float:
 
 def cpu_rank_memory_gb(plan: Plan) -> list[float]:
     """`sandbox.memory`'s estimate of each local rank of a CPU run, GB, in rank
-    order of stages (every rank of stage s: dp*tp of them). CPU ranks train in
+    order of stages (every rank of stage s: dp*cp*tp of them). CPU ranks train in
     fp32 whatever `train.precision` says, so the estimate is for fp32."""
     from sandbox.memory import memory_per_gpu
 
@@ -113,7 +113,7 @@ def cpu_rank_memory_gb(plan: Plan) -> list[float]:
         **{"train.precision": "fp32"})
     p = plan.parallel
     return [memory_per_gpu(fp32, stage)["total"] for stage in range(p.pp)
-            for _ in range(p.dp * p.tp)]
+            for _ in range(p.dp * p.cp * p.tp)]
 
 
 def check_memory(plan: Plan, kind: str | None = None,

@@ -74,6 +74,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(spec.q_dim, spec.hidden, bias=spec.bias)
         self.recompute_core = False  # selective recompute: redo softmax(QK^T)V in backward
         self.eager = False  # train.attention = "eager": explicit matmul-mask-softmax-matmul
+        self.context = None  # context parallel (runtime.parallel.context.apply_cp)
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         """(b, s, n*head_dim) -> (b, n, s, head_dim); n is the local head count."""
@@ -81,9 +82,13 @@ class Attention(nn.Module):
         return x.view(b, s, -1, self.head_dim).transpose(1, 2)
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        cp = self.context  # this rank holds two chunks of each sequence: their positions
         if self.rope_theta:
-            cos, sin = rope_cos_sin(q.shape[2], self.head_dim, self.rope_theta, device=q.device)
+            cos, sin = (cp.rope(self.head_dim, self.rope_theta, q.device) if cp is not None else
+                        rope_cos_sin(q.shape[2], self.head_dim, self.rope_theta, device=q.device))
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cp is not None:  # K/V of the other chunks over the cp group
+            return cp.attention(q, k, v)
         if k.shape[1] != q.shape[1]:  # grouped-query attention
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
             v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)

@@ -3,7 +3,7 @@
     torchrun --standalone --nproc-per-node N -m runtime.train --plan DIR/plan.toml --out DIR
 
 Each process: init the process group (NCCL on GPUs, gloo on CPU), build the
-(pp, dp, tp) mesh, `parallelize` the plan, then per step: this dp rank's
+(pp, dp, cp, tp) mesh, `parallelize` the plan, then per step: this dp rank's
 slice of the layout-free global batch -> `runtime.step.train_step`
 (forward/backward, unscale, clip, optimizer, after-step sync, LR schedule).
 Rank 0 appends one JSON line per step to DIR/metrics.jsonl
@@ -158,7 +158,7 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         if self.world != plan.world_size:
             raise SandboxError(f"this job has {self.world} processes but the plan needs "
-                               f"dp*tp*pp = {plan.world_size}")
+                               f"dp*cp*tp*pp = {plan.world_size}")
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
         self.resuming = bool(args.resume or restarted)
         if not self.resuming:  # every rank, before any rank writes anything

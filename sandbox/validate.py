@@ -347,10 +347,30 @@ def _unexecutable_fields(plan: Plan) -> list[str]:
     if c.slow_link_fraction > 0:
         problems.append(f"cluster.slow_link_fraction: {c.slow_link_fraction}: {_SIM_ONLY}")
     if p.cp > 1:
-        problems.append("parallel.cp: context parallelism runs in the simulator only")
+        problems += _context_unexecutable(plan)
     if len(set(c.node_gpus)) > 1:
         problems.append(f"cluster.node_gpus: mixed GPU kinds {sorted(set(c.node_gpus))}: "
                         f"{_SIM_ONLY}")
+    return problems
+
+
+def _context_unexecutable(plan: Plan) -> list[str]:
+    """What run's context parallelism (`runtime.parallel.context`: ring or
+    all-gather attention, gradients over dp x cp) does not cover."""
+    p, problems = plan.parallel, []
+    if plan.model.kind == "mla":
+        problems.append(f"parallel.cp: {p.cp}: run's context parallelism covers mha / gqa "
+                        f"attention, not model.attention_kind = 'mla' ({_SIM_ONLY})")
+    if plan.model.experts:
+        problems.append(f"parallel.cp: {p.cp}: run's context parallelism covers dense blocks, "
+                        f"not mixture-of-experts ones (model.experts = {plan.model.experts}; "
+                        f"{_SIM_ONLY})")
+    if p.dp_shard and p.dp_shard < p.dp:
+        problems.append(f"parallel.dp_shard: {p.dp_shard}: run shards over all of dp x cp "
+                        f"with context parallelism (cp = {p.cp}), not HSDP ({_SIM_ONLY})")
+    if p.grad_compression != "none":
+        problems.append(f"parallel.grad_compression: '{p.grad_compression}': run reduces "
+                        f"uncompressed gradients over dp x cp with cp = {p.cp} ({_SIM_ONLY})")
     return problems
 
 

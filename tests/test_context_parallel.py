@@ -64,9 +64,8 @@ def test_sequence_must_split_into_2cp_chunks_and_cp_needs_allreduce():
         llama8b(cp=0, dp=8)
 
 
-def test_runtime_refuses_cp():
-    assert runtime_problems(llama8b(cp=2)) == [
-        "parallel.cp: context parallelism runs in the simulator only"]
+def test_runtime_runs_cp():  # runtime.parallel.context; tests/test_cp_runtime.py
+    assert runtime_problems(llama8b(cp=2)) == []
     assert runtime_problems(llama8b(cp=1)) == []
 
 

@@ -18,7 +18,7 @@ REFUSED = {
     "parallel.replica_microbatches": {"parallel": {"dp": 2, "replica_microbatches": [1, 3]}},
     "parallel.replica_seq_len": {"parallel": {"dp": 2, "replica_seq_len": [64, 32]}},
     "parallel.tp_overlap": {"parallel": {"tp": 2, "tp_overlap": True}},
-    "parallel.cp": {"parallel": {"cp": 2}},
+    "parallel.cp": {"model": {"preset": "tiny-mla"}, "parallel": {"cp": 2}},  # MLA x cp
     "parallel.ps_servers": {"parallel": {"dp": 2, "zero": 0, "dp_mode": "parameter-server",
                                          "ps_servers": 1}},
     "parallel.dp_shard": {"cluster": {"preset": "localhost", "gpus_per_node": 4},

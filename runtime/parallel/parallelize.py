@@ -4,18 +4,21 @@
 (deterministic weights for the plan's seed, identical on every rank), then,
 in torchtitan's order, for each model chunk this rank owns:
 
-    pipeline split -> tensor parallel -> expert parallel (MoE) -> activation recompute
+    pipeline split -> context parallel -> tensor parallel -> expert parallel (MoE) ->
+    activation recompute
     -> (torch.compile, by the training loop) -> DDP / FSDP2 -> pipeline stages
 
 Plain data parallelism with ZeRO 0 (tp = pp = 1) goes through
 `runtime.sync.variants` instead of `apply_dp`: DDP with a communication hook
 for `grad_compression`, local SGD, or a parameter server (`dp_mode`). The
 training loop calls `after_optimizer_step` after `optimizer.step()` and
-before `zero_grad()`.
+before `zero_grad()`. With context parallelism (`runtime.parallel.context`)
+`step` / `evaluate` cut each sequence to this cp rank's two chunks, and
+gradients are averaged (ZeRO-sharded) over dp x cp.
 
 and returns a `Parallelized` that runs one optimizer step's forward and
 backward, evaluates, clips gradients and builds the optimizer. `mesh` is the
-(pp, dp, tp) DeviceMesh from `runtime.parallel.mesh.build_mesh` (None for one process).
+(pp, dp, cp, tp) DeviceMesh from `runtime.parallel.mesh.build_mesh` (None for one process).
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from runtime.model import build_model
 from runtime.moe import MoE, moe_modules
+from runtime.parallel.context import ContextParallel, apply_cp
 from runtime.parallel.data import apply_dp, grad_sync
 from runtime.parallel.expert import apply_ep, expert_mesh, reduce_expert_grads
-from runtime.parallel.mesh import hsdp_mesh, side_group
+from runtime.parallel.mesh import grad_mesh, hsdp_mesh, side_group
 from runtime.parallel.pipeline import (
     build_schedule,
     split_model,
@@ -80,9 +84,10 @@ class Parallelized:
     """The model parts this rank owns and how to run a step over them.
 
     parts: model chunks on this rank (one, or vpp chunks with interleaving).
-    mesh: the (pp, dp, tp) DeviceMesh, or None in a single process.
+    mesh: the (pp, dp, cp, tp) DeviceMesh, or None in a single process.
     pipeline: this rank's pipeline state (pp > 1), or None.
-    side_groups: per mesh dimension ("pp", "dp"), the process group for the
+    context: this rank's context-parallel attention (cp > 1), or None.
+    side_groups: per mesh dimension ("pp", "dp", "cp"), the process group for the
         loss / norm reductions (None: the dimension has size 1).
     sync: how plain dp replicas synchronise (`runtime.sync.variants`), or None.
     """
@@ -93,6 +98,7 @@ class Parallelized:
     mesh: object | None = None
     autocast_dtype: torch.dtype | None = None
     pipeline: PipelineState | None = None
+    context: ContextParallel | None = None
     side_groups: dict[str, dist.ProcessGroup | None] = field(default_factory=dict)
     sync: ReplicaSync | None = None
     loss_scale: float = 1.0  # fp16: the loss is multiplied by this before backward
@@ -138,6 +144,9 @@ class Parallelized:
         if (dp := self._group("dp")) is not None:
             dist.all_reduce(local, group=dp)
             local = local / self.plan.parallel.dp
+        if (cp := self._group("cp")) is not None:  # equal token counts on every cp rank
+            dist.all_reduce(local, group=cp)
+            local = local / self.plan.parallel.cp
         return local.item()
 
     def _pipeline(self, tokens: torch.Tensor, targets: torch.Tensor, train: bool) -> torch.Tensor:
@@ -151,6 +160,14 @@ class Parallelized:
         if not pipe.last:
             return torch.zeros((), device=self.device)
         return torch.stack([loss.detach().float() for loss in losses]).mean() / self.loss_scale
+
+    def _local(self, tokens: torch.Tensor, targets: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """On this device; with cp, this rank's two chunks of every sequence."""
+        tokens, targets = tokens.to(self.device), targets.to(self.device)
+        if self.context is not None:
+            tokens, targets = self.context.shard(tokens), self.context.shard(targets)
+        return tokens, targets
 
     def step(self, tokens: torch.Tensor, targets: torch.Tensor) -> float:
         """Forward + backward over this replica's share of the global batch.
@@ -177,7 +194,7 @@ class Parallelized:
         return loss
 
     def _step(self, tokens: torch.Tensor, targets: torch.Tensor) -> float:
-        tokens, targets = tokens.to(self.device), targets.to(self.device)
+        tokens, targets = self._local(tokens, targets)
         if self.pipeline is not None:
             local = self._pipeline(tokens, targets, train=True)
             sync_tied_grads(self.pipeline.tied, self.pipeline.tied_group)
@@ -202,7 +219,7 @@ class Parallelized:
         """Mean loss without gradients, averaged over the dp ranks (same on
         every rank). Each dp rank passes its share (or all ranks the same
         batch). With pp the batch is a multiple of the training share."""
-        tokens, targets = tokens.to(self.device), targets.to(self.device)
+        tokens, targets = self._local(tokens, targets)
         if self.pipeline is not None:
             n = self.plan.parallel.microbatches * self.plan.parallel.micro_batch
             if len(tokens) % n:
@@ -284,9 +301,15 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
         chunks = split_model(model, plan, mesh["pp"].get_local_rank())
     else:
         chunks = [(0, model)]
-    parts, sync, wrapped, routed = [], None, 0, []
+    parts, sync, wrapped, routed, context = [], None, 0, [], None
     emesh = expert_mesh(plan, device.type) if p.ep > 1 else None
+    if p.cp > 1:
+        context = ContextParallel(mesh["cp"].get_group(), plan.model.seq_len,
+                                  getattr(p, "cp_method", "ring"))
+    shard_mesh = grad_mesh(mesh) if p.dp * p.cp > 1 else None  # dp, or dp x cp
     for _, chunk in chunks:
+        if context is not None:
+            apply_cp(chunk, context)
         if p.tp > 1:
             apply_tp(chunk, mesh["tp"], p.sequence_parallel)
         if plan.model.moe:
@@ -294,15 +317,15 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
                                p.sequence_parallel)
             routed += experts
         wrapped = apply_recompute(chunk, p.recompute, wrapped)
-        if uses_sync_variants(plan):
+        if uses_sync_variants(plan) and p.cp == 1:
             if plan.model.moe and p.ep > 1:  # left to reduce_expert_grads
                 ids = {id(e) for e in experts}
                 DDP._set_params_and_buffers_to_ignore_for_model(
                     chunk, [n for n, q in chunk.named_parameters() if id(q) in ids])
             chunk, sync = apply_sync(chunk, plan, mesh)
-        elif p.dp > 1:
+        elif shard_mesh is not None:
             hsdp = 0 < p.dp_shard < p.dp
-            dp_mesh = hsdp_mesh(plan, device.type) if hsdp else mesh["dp"]
+            dp_mesh = hsdp_mesh(plan, device.type) if hsdp else shard_mesh
             # under pipelining FSDP2 units stay unsharded through the step (as
             # torchtitan sets it, and as the simulator prices it)
             chunk = apply_dp(chunk, dp_mesh, p.zero, pipelined=p.pp > 1,
@@ -312,9 +335,9 @@ def parallelize(plan: Plan, mesh: object | None, device: torch.device) -> Parall
     par = Parallelized(plan=plan, parts=parts, device=device, mesh=mesh, autocast_dtype=autocast,
                        sync=sync, moe=moe_modules(parts), experts=routed,
                        edp_group=emesh.get_group("edp") if emesh is not None
-                       and p.dp > p.ep else None)
+                       and p.dp > p.ep else None, context=context)
     if mesh is not None:
-        par.side_groups = {dim: side_group(mesh, dim) for dim in ("pp", "dp")}
+        par.side_groups = {dim: side_group(mesh, dim) for dim in ("pp", "dp", "cp")}
     if p.pp > 1:
         n_stages = p.pp * p.vpp
         stages = [s for s, _ in chunks]

@@ -103,12 +103,11 @@ def build_schedule(plan: Plan, modules: list[tuple[int, nn.Module]], pp_mesh: De
 
 
 def tied_group(mesh: DeviceMesh) -> dist.ProcessGroup | None:
-    """Process group of the first and last pipeline rank at this (dp, tp)
+    """Process group of the first and last pipeline rank at this (dp, cp, tp)
     coordinate; None on middle stages. A group of its own, not the pp group
     the stages' send/recv run on. Collective: every rank must call it."""
-    grid = mesh.mesh
-    pairs = [[int(grid[0, d, t]), int(grid[-1, d, t])]
-             for d in range(grid.shape[1]) for t in range(grid.shape[2])]
+    grid = mesh.mesh.flatten(1)  # (pp, dp * cp * tp)
+    pairs = [[int(grid[0, i]), int(grid[-1, i])] for i in range(grid.shape[1])]
     group, _ = dist.new_subgroups_by_enumeration(pairs)
     return group
 
