@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 
 from sandbox import counts, experts
 from sandbox import recompute as rc
+from sandbox.experts import routed_rows
 from sandbox.layout import chunk_ids, chunk_layers, stage_blocks
 from sandbox.sections import Model
 
@@ -199,14 +200,6 @@ def largest_linear_weights(plan: Plan) -> float:
 
 
 # ----------------------------------------------------------------- activations
-def routed_rows(m: Model) -> float:
-    """Routed token copies per token of a MoE block's buffers: top-k, or the
-    capacity-padded E x capacity (`sandbox.experts.expert_capacity`)."""
-    if m.capacity_factor > 0:
-        return m.experts * experts.expert_capacity(m, 1.0)
-    return float(experts.routed_tokens(m, 1.0))
-
-
 def _mlp_factor(m: Model) -> int:
     return 4 if m.activation == "swiglu" else 2
 
