@@ -29,17 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from runtime.layers.attention_core import apply_rope, eager_attention, rope_cos_sin
 from sandbox.specs import Model
-
-# runtime.model imports this module (Block picks LatentAttention), so its RoPE and
-# eager-attention helpers are imported where they are used
 
 
 def rope_at(x: torch.Tensor, theta: float, offset: int = 0) -> torch.Tensor:
-    """RoPE (interleaved pairs, as `runtime.model.apply_rope`) of x (b, heads, s, d)
+    """RoPE (interleaved pairs, as `runtime.model.Attention`) of x (b, heads, s, d)
     at positions offset..offset+s-1."""
-    from runtime.model import apply_rope, rope_cos_sin
-
     cos, sin = rope_cos_sin(x.shape[2], x.shape[3], theta, offset=offset, device=x.device)
     return apply_rope(x, cos, sin)
 
@@ -92,8 +88,6 @@ class LatentAttention(nn.Module):
         """softmax(q k^T / sqrt(d_nope + d_rope)) v over the local heads;
         q (b, n, s, ·) at positions offset.., k_r (b, 1, t, d_rope) already
         rotated; causal (or `mask`, True = attend). Returns (b, n, s, d_v)."""
-        from runtime.model import eager_attention
-
         q_nope, q_r = q.split([self.nope, self.rope_dim], dim=-1)
         q = torch.cat([q_nope, rope_at(q_r, self.rope_theta, offset)], dim=-1)
         k = torch.cat([k_nope, k_r.expand(-1, k_nope.shape[1], -1, -1)], dim=-1)

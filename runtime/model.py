@@ -13,6 +13,8 @@ layers from the ModuleDict) and `forward` skips what is missing. Attention
 infers its local head count from the projection's output width, so the same
 code runs unsharded and under DTensor column/row-wise tensor parallelism.
 `sum(p.numel())` equals `sandbox.counts.param_count(spec)` exactly.
+RoPE, the eager attention core and `FeedForward` live in `runtime.layers`
+(shared with `runtime.mla` and `runtime.moe`) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from runtime.layers.attention_core import apply_rope, eager_attention, rope_cos_sin
+from runtime.layers.feed_forward import FeedForward
 from runtime.mla import LatentAttention
 from runtime.moe import MoE
 from sandbox.experts import is_moe_layer
@@ -34,33 +38,6 @@ def make_norm(spec: Model) -> nn.Module:
     if spec.norm == "rmsnorm":
         return nn.RMSNorm(spec.hidden, eps=spec.norm_eps)
     return nn.LayerNorm(spec.hidden, eps=spec.norm_eps, bias=spec.bias)
-
-
-def rope_cos_sin(seq_len: int, head_dim: int, theta: float, offset: int = 0,
-                 device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables of shape (seq_len, head_dim/2) for positions offset.."""
-    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
-    pos = torch.arange(offset, offset + seq_len, device=device).float()
-    angles = torch.outer(pos, inv)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., 2i], x[..., 2i+1]) of x: (b, heads, s, head_dim)."""
-    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
-
-
-def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal softmax(Q K^T / sqrt(d)) V with the s x s scores materialised, as
-    Megatron-LM's unfused core runs it (scale, mask, softmax in fp32, matmul);
-    the same result as SDPA up to rounding."""
-    s = q.shape[-2]
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-    future = torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1)
-    probs = torch.softmax(scores.masked_fill(future, float("-inf")).float(), dim=-1)
-    return probs.type_as(q) @ v
 
 
 class Attention(nn.Module):
@@ -104,25 +81,6 @@ class Attention(nn.Module):
             y = self.core(q, k, v)
         b, _, s, _ = y.shape
         return self.wo(y.transpose(1, 2).reshape(b, s, -1))
-
-
-class FeedForward(nn.Module):
-    """GELU MLP (fc1, fc2) or SwiGLU (w1 gate, w3 up, w2 down)."""
-
-    def __init__(self, spec: Model, width: int | None = None):
-        super().__init__()
-        self.gated = spec.activation == "swiglu"
-        h, f, bias = spec.hidden, width or spec.ffn_hidden, spec.bias
-        if self.gated:
-            self.w1, self.w3 = nn.Linear(h, f, bias=bias), nn.Linear(h, f, bias=bias)
-            self.w2 = nn.Linear(f, h, bias=bias)
-        else:
-            self.fc1, self.fc2 = nn.Linear(h, f, bias=bias), nn.Linear(f, h, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
 class Block(nn.Module):

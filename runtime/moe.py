@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from runtime.parallel.expert import (
+from runtime.layers.feed_forward import FeedForward
+from runtime.parallel.expert_dispatch import (
     ExpertGroups,
     copy_to_tp,
     dispatch_compute_combine,
@@ -127,8 +128,6 @@ class MoE(nn.Module):
 
     def __init__(self, spec: Model):
         super().__init__()
-        from runtime.model import FeedForward  # model.py builds MoE: import when used
-
         self.n_experts, self.top_k = spec.experts, spec.experts_per_token
         self.capacity_factor, self.aux_coef = spec.capacity_factor, spec.router_aux_loss
         self.router = nn.Linear(spec.hidden, spec.experts, bias=spec.bias)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from sandbox import experts
 from sandbox import recompute as rc
+from sandbox.recompute import mla_projections
 from sandbox.specs import Model
 
 
@@ -40,17 +41,6 @@ def attention_params(m: Model) -> int:
     weights = m.hidden * (m.q_dim + 2 * m.kv_dim) + m.q_dim * m.hidden
     biases = (m.q_dim + 2 * m.kv_dim + m.hidden) if m.bias else 0
     return weights + biases
-
-
-def mla_projections(m: Model) -> list[tuple[int, int]]:
-    """(in, out) widths of MLA's linear layers: query down and up (or one
-    full-rank query projection), the key-value down projection to the latent
-    plus the shared RoPE key, its up projection to keys and values, output."""
-    h, nope, v = m.hidden, m.head_dim, m.v_head_dim
-    q = ([(h, m.q_lora_rank), (m.q_lora_rank, m.q_dim)] if m.q_lora_rank
-         else [(h, m.q_dim)])
-    return q + [(h, m.kv_lora_rank + m.qk_rope_head_dim),
-                (m.kv_lora_rank, m.heads * (nope + v)), (m.heads * v, h)]
 
 
 def mlp_params(m: Model, ffn: int | None = None) -> int:
@@ -94,6 +84,21 @@ def blocks_params(m: Model, layers: range, routed: int | None = None) -> int:
     dense, moe = experts.layer_kinds(m, layers)
     moe_block = 2 * norm_params(m) + attention_params(m) + moe_ffn_params(m, routed)
     return dense * layer_params(m) + moe * moe_block
+
+
+def routed_params_per_gpu(m: Model, tp: int, ep: int, blocks: range) -> float:
+    """Routed-expert parameters one GPU holds of the global blocks `blocks`:
+    per MoE block experts / ep experts, split over tp (expert TP = tp)."""
+    return experts.layer_kinds(m, blocks)[1] * experts.local_experts(m, ep) * expert_params(m) / tp
+
+
+def shared_block_params_per_gpu(m: Model, tp: int, blocks: range) -> float:
+    """Parameters other than the routed experts one GPU holds of `blocks`:
+    dense blocks whole, MoE blocks' attention, router and shared experts; the
+    norms (and row-parallel biases) replicated over tp, the rest split."""
+    replicated = 2 * norm_params(m) + (2 * m.hidden if m.bias else 0)
+    n = len(blocks)
+    return (blocks_params(m, blocks, 0) - n * replicated) / tp + n * replicated
 
 
 def embedding_params(m: Model) -> int:

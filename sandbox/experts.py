@@ -186,23 +186,12 @@ def dropped_fraction(m: Model, tokens: float, ep: int, seed: int = 0) -> float:
                / routed_tokens(m, tokens * ep))
 
 
-def routed_params_per_gpu(m: Model, tp: int, ep: int, blocks: range) -> float:
-    """Routed-expert parameters one GPU holds of the global blocks `blocks`:
-    per MoE block experts / ep experts, split over tp (expert TP = tp)."""
-    from sandbox import counts  # counts imports this module
-
-    return layer_kinds(m, blocks)[1] * local_experts(m, ep) * counts.expert_params(m) / tp
-
-
-def shared_block_params_per_gpu(m: Model, tp: int, blocks: range) -> float:
-    """Parameters other than the routed experts one GPU holds of `blocks`:
-    dense blocks whole, MoE blocks' attention, router and shared experts; the
-    norms (and row-parallel biases) replicated over tp, the rest split."""
-    from sandbox import counts
-
-    replicated = 2 * counts.norm_params(m) + (2 * m.hidden if m.bias else 0)
-    n = len(blocks)
-    return (counts.blocks_params(m, blocks, 0) - n * replicated) / tp + n * replicated
+def routed_rows(m: Model) -> float:
+    """Routed token copies per token of a MoE block's buffers: top-k, or the
+    capacity-padded E x capacity (`expert_capacity`)."""
+    if m.capacity_factor > 0:
+        return m.experts * expert_capacity(m, 1.0)
+    return float(routed_tokens(m, 1.0))
 
 
 def route_nodes(plan: Plan) -> int:

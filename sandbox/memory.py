@@ -50,6 +50,11 @@
   (`fsdp_reduce_bytes`); the loss and a block's backward do not overlap, so
   the larger of the two (`backward_working_bytes`, reported as `other`).
   All bytes from shapes, no allocator factor.
+
+Parameters per GPU (`sandbox.memory_params`), a block's activations
+(`sandbox.memory_activations`) and the peak's working set
+(`sandbox.memory_peak`) are modules of their own; their names are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -58,6 +63,21 @@ from sandbox import counts
 from sandbox import memory_moe as mm
 from sandbox import recompute as rc
 from sandbox.layout import stage_blocks, stage_chunk_sizes
+from sandbox.memory_activations import activation_bytes_per_layer, flash_activation_bytes_per_layer
+from sandbox.memory_params import (
+    layer_params_per_gpu,
+    stage_params_per_gpu,
+    zero3_pipelined,
+)
+from sandbox.memory_peak import (
+    LOSS_BYTES_PER_LOGIT,
+    LOSS_PARALLEL_BYTES_PER_LOGIT,
+    backward_working_bytes,
+    cp_gather_bytes,
+    fsdp_reduce_bytes,
+    loss_bytes,
+    recompute_working_bytes,
+)
 from sandbox.specs import Model, Plan
 
 GB = 1e9
@@ -81,109 +101,9 @@ def optimizer_bytes_per_param(precision: str, optimizer: str = "adamw") -> int:
     return states + {"fp32": 0, "fp16": 8}.get(precision, 4)
 
 
-def layer_params_per_gpu(m: Model, tp: int) -> float:
-    """One block's parameters held by one tensor-parallel rank.
-
-    Weight matrices and column-parallel biases are split over tp; the
-    row-parallel output biases and the norms are replicated (Megatron-LM).
-    """
-    replicated = 2 * counts.norm_params(m) + (2 * m.hidden if m.bias else 0)
-    replicated += mm.mla_replicated_params(m)  # MLA's down-projections (0 without)
-    return (counts.layer_params(m) - replicated) / tp + replicated
-
-
 def stage_layer_count(plan: Plan, stage: int) -> float:
     """Blocks of pipeline stage `stage` (`sandbox.layout.stage_layers`)."""
     return float(stage_blocks(plan, stage))
-
-
-def stage_params_per_gpu(m: Model, tp: int, pp: int, stage: int,
-                         layers: float | None = None) -> float:
-    """Parameters held by one GPU of pipeline stage `stage` (0-based) with
-    `layers` blocks (default: an even split, layers / pp)."""
-    n = (m.layers / pp if layers is None else layers) * layer_params_per_gpu(m, tp)
-    position = m.seq_len * m.hidden if m.position == "learned" else 0
-    if stage == 0:
-        n += m.vocab * m.hidden / tp + position  # vocab-parallel embedding
-    if stage == pp - 1:
-        n += counts.norm_params(m)
-        if not m.tied_embeddings or pp > 1:  # tied + pp > 1: last stage keeps a copy
-            n += m.vocab * m.hidden / tp
-    return n
-
-
-def flash_activation_bytes_per_layer(m: Model, micro_batch: int, tp: int = 1,
-                                     sequence_parallel: bool = False, recompute: str = "none",
-                                     precision: str = "bf16", moe: bool = False,
-                                     ep: int = 1) -> float:
-    """Bytes one block keeps for backward with flash attention, per microbatch, per GPU.
-
-    Per tensor (w = 2 bytes, 4 with fp32; per token unless named):
-    - each norm (RMSNorm / LayerNorm) keeps its input (h w) and fp32 statistics
-      (rstd: 4 bytes; LayerNorm mean and rstd: 8); the QKV and MLP-in linears
-      keep their inputs, the norms' outputs (h w each). These live outside the
-      tensor-parallel region: replicated, or split over tp with SP.
-    - the flash kernel keeps Q and K after RoPE (q_dim w, kv_dim w), V
-      (kv_dim w; GQA: the kv heads, not repeated), its output O (q_dim w,
-      also the out-projection's input: one tensor, as Megatron-Core/TE and
-      FlashAttention lay it out) and the fp32 logsumexp (4 bytes per head per
-      token).
-    - SwiGLU keeps the gate g (silu's input), the up projection u and silu(g)
-      (the product's inputs) and the product (the down projection's input):
-      4 f w; GeLU its input and output: 2 f w.
-    - No dropout masks (the runtime's models have no dropout) and no s x s
-      scores.
-    Selective recompute (Megatron's: the attention core re-run in backward)
-    keeps the core's inputs Q, K, V and its output O, which the out-projection
-    stores anyway: it frees only the logsumexp, at the cost of a second flash
-    forward. Full recompute keeps each layer's input (h w, split with SP);
-    "op" what torchtitan's per-op policy saves (`sandbox.recompute`).
-    A MoE block (`moe`) or MLA: `sandbox.memory_moe.block_bytes`.
-    """
-    s, b, h, f = m.seq_len, micro_batch, m.hidden, m.ffn_hidden
-    sp = sequence_parallel and tp > 1
-    if moe or m.kind == "mla":
-        return mm.block_bytes(m, micro_batch, tp, sp, recompute, precision, moe, ep)
-    w = 4 if precision == "fp32" else 2
-    tokens = s * b
-    if recompute == "op":
-        return rc.op_saved_bytes_per_layer(m, micro_batch, tp, sequence_parallel, precision)
-    if recompute == "full":
-        return w * tokens * h / (tp if sp else 1)
-    stats = 4 if m.norm == "rmsnorm" else 8
-    outside = tokens * (2 * (h * w + stats) + 2 * h * w)
-    core = w * tokens * (m.q_dim + 2 * m.kv_dim + m.q_dim)
-    lse = 4 * tokens * m.heads if recompute == "none" else 0
-    mlp = (4 if m.activation == "swiglu" else 2) * tokens * f * w
-    return (outside / tp if sp else outside) + (core + lse + mlp) / tp
-
-
-def activation_bytes_per_layer(m: Model, micro_batch: int, tp: int = 1,
-                               sequence_parallel: bool = False, recompute: str = "none",
-                               precision: str = "bf16", attention: str = "flash",
-                               moe: bool = False, ep: int = 1) -> float:
-    """Activation bytes one block keeps for its backward, per microbatch, per GPU:
-    `flash_activation_bytes_per_layer`, or with `attention = "eager"`
-    Korthikanti et al.'s tensors (s x s scores, softmax and dropout masks; a
-    MoE block's FFN as `sandbox.memory_moe.eager_moe_delta` says)."""
-    if attention == "flash":
-        return flash_activation_bytes_per_layer(m, micro_batch, tp, sequence_parallel,
-                                                recompute, precision, moe, ep)
-    s, b, h, a, f = m.seq_len, micro_batch, m.hidden, m.heads, m.ffn_hidden
-    sp = sequence_parallel and tp > 1
-    scale = 2.0 if precision == "fp32" else 1.0
-    if recompute == "full":
-        return scale * 2 * s * b * h / (tp if sp else 1)
-    # Outside the tensor-parallel region (replicated unless SP): two norm inputs,
-    # the QKV and MLP inputs (2 bytes each) and two dropout masks (1 byte each).
-    outside = s * b * h * (2 * 2 + 2 + 2 + 1 + 1)
-    # Inside the region (split over tp): Q, K, V, the attention output projection's
-    # input, and the MLP's hidden activations.
-    mlp = 8 * s * b * f if m.activation == "swiglu" else 4 * s * b * f
-    inside = 2 * s * b * (m.q_dim + 2 * m.kv_dim) + 2 * s * b * m.q_dim + mlp
-    core = 5 * a * s * s * b if recompute == "none" else 0.0  # softmax, mask, dropout
-    delta = mm.eager_moe_delta(m, s * b, tp, sp, scale) if moe else 0.0
-    return scale * ((outside / tp if sp else outside) + (inside + core) / tp) + delta
 
 
 def layers_in_flight(plan: Plan, stage: int) -> float:
@@ -202,17 +122,6 @@ def layers_in_flight(plan: Plan, stage: int) -> float:
         sizes = stage_chunk_sizes(plan, stage)
         return float(sum(sizes[(k // p) % v] for k in range(chunks)))
     return layers_per_stage * min(p - stage, m)  # 1f1b, zero-bubble (ZB-H1)
-
-
-def zero3_pipelined(plan: Plan) -> bool:
-    """ZeRO-3 (FSDP2) under pipeline parallelism as torch.distributed.pipelining
-    drives it (`PipelineStage.backward_maybe_with_nosync`: every backward runs
-    without gradient sync or reshard; `perform_reduce_grad` after a chunk's
-    last backward; torchtitan sets reshard_after_forward = False with pp): each
-    chunk gathered once per step and kept unsharded, gradients accumulated
-    unsharded in fp32 and reduce-scattered once per step."""
-    p = plan.parallel
-    return p.zero >= 3 and p.shard_size > 1 and p.pp > 1
 
 
 def zero3_gathered_params(plan: Plan, stage: int, n: float) -> float:
@@ -345,16 +254,8 @@ def fits(plan: Plan) -> bool:
     return memory_per_gpu(plan)["total"] <= plan.cluster.gpu.hbm_gb
 
 
-# The backward's working set at the peak (its own module; re-exported here).
-from sandbox.memory_peak import (  # noqa: E402
-    LOSS_BYTES_PER_LOGIT,
-    LOSS_PARALLEL_BYTES_PER_LOGIT,
-    backward_working_bytes,
-    cp_gather_bytes,
-    fsdp_reduce_bytes,
-    loss_bytes,
-    recompute_working_bytes,
-)
 
-__all__ = ["LOSS_BYTES_PER_LOGIT", "LOSS_PARALLEL_BYTES_PER_LOGIT", "backward_working_bytes",
-           "cp_gather_bytes", "fsdp_reduce_bytes", "loss_bytes", "recompute_working_bytes"]
+__all__ = ["LOSS_BYTES_PER_LOGIT", "LOSS_PARALLEL_BYTES_PER_LOGIT", "activation_bytes_per_layer",
+           "backward_working_bytes", "cp_gather_bytes", "flash_activation_bytes_per_layer",
+           "fsdp_reduce_bytes", "layer_params_per_gpu", "loss_bytes", "recompute_working_bytes",
+           "stage_params_per_gpu", "zero3_pipelined"]

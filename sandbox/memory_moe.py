@@ -47,7 +47,9 @@ from typing import TYPE_CHECKING
 
 from sandbox import counts, experts
 from sandbox import recompute as rc
+from sandbox.experts import routed_rows
 from sandbox.layout import chunk_ids, chunk_layers, stage_blocks
+from sandbox.memory_params import layer_params_per_gpu, mla_replicated_params, stage_params_per_gpu
 from sandbox.sections import Model
 
 if TYPE_CHECKING:
@@ -55,15 +57,6 @@ if TYPE_CHECKING:
 
 
 # ------------------------------------------------------------------ parameters
-def mla_replicated_params(m: Model) -> int:
-    """MLA weights every tensor-parallel rank holds whole: the query and
-    key-value down-projections and the two latent norms (0 without MLA)."""
-    if m.kind != "mla":
-        return 0
-    down = m.hidden * (m.q_lora_rank + m.kv_lora_rank + m.qk_rope_head_dim)
-    return down + m.q_lora_rank + m.kv_lora_rank
-
-
 def _ffn_out_bias(m: Model) -> int:
     return m.hidden if m.bias else 0
 
@@ -113,7 +106,6 @@ def block_params_per_gpu(m: Model, tp: int, ep: int, moe: bool) -> float:
     """One block's parameters on one GPU (the FSDP unit ZeRO-3 gathers): a
     dense block, or a MoE block with its local routed experts."""
     if not moe:
-        from sandbox.memory import layer_params_per_gpu
         return layer_params_per_gpu(m, tp)
     return moe_block_dense_params_per_gpu(m, tp) + routed_params_per_gpu(m, tp, ep)
 
@@ -138,8 +130,7 @@ def block_linear_weights_per_gpu(m: Model, tp: int, ep: int, moe: bool) -> float
 def stage_params_split(plan: Plan, stage: int) -> tuple[float, float]:
     """(dense, routed-expert) parameters one GPU of `stage` holds unsharded:
     embedding / head, dense blocks and MoE blocks' dense parts; the local
-    routed experts. A dense model: (`memory.stage_params_per_gpu`, 0)."""
-    from sandbox.memory import stage_params_per_gpu
+    routed experts. A dense model: (`stage_params_per_gpu`, 0)."""
     m, p = plan.model, plan.parallel
     dense, moe = stage_kinds(plan, stage)
     n = stage_params_per_gpu(m, p.tp, p.pp, stage, float(dense))
@@ -199,14 +190,6 @@ def largest_linear_weights(plan: Plan) -> float:
 
 
 # ----------------------------------------------------------------- activations
-def routed_rows(m: Model) -> float:
-    """Routed token copies per token of a MoE block's buffers: top-k, or the
-    capacity-padded E x capacity (`sandbox.experts.expert_capacity`)."""
-    if m.capacity_factor > 0:
-        return m.experts * experts.expert_capacity(m, 1.0)
-    return float(experts.routed_tokens(m, 1.0))
-
-
 def _mlp_factor(m: Model) -> int:
     return 4 if m.activation == "swiglu" else 2
 
@@ -261,7 +244,8 @@ def op_saved_bytes(m: Model, tokens: float, tp: int, sp: bool, w: int, moe: bool
 def block_bytes(m: Model, micro_batch: int, tp: int, sp: bool, recompute: str,
                 precision: str, moe: bool, ep: int = 1) -> float:
     """Bytes one MoE and / or MLA block keeps for backward per micro-batch
-    per GPU, flash attention (the dense block: `memory.flash_activation_bytes_per_layer`)."""
+    per GPU, flash attention (the dense block:
+    `sandbox.memory_activations.flash_activation_bytes_per_layer`)."""
     tokens = m.seq_len * micro_batch
     w = 4 if precision == "fp32" else 2
     if recompute == "op":

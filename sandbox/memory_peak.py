@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from sandbox import memory_moe as mm
 from sandbox import recompute as rc
+from sandbox.memory_activations import flash_activation_bytes_per_layer
+from sandbox.memory_params import layer_params_per_gpu, zero3_pipelined
 from sandbox.specs import Plan
 
 
@@ -32,7 +34,6 @@ def recompute_working_bytes(plan: Plan) -> float:
         return mm.plan_working_bytes(plan)
     tokens, tp = m.seq_len * p.micro_batch, p.tp
     w = 4 if t.precision == "fp32" else 2
-    from sandbox.memory import flash_activation_bytes_per_layer  # (it imports this module)
     full = flash_activation_bytes_per_layer(m, p.micro_batch, tp, p.sequence_parallel,
                                             "none", t.precision)
     kept = tokens * m.hidden * w / (tp if p.sequence_parallel and tp > 1 else 1)
@@ -85,7 +86,6 @@ def fsdp_reduce_bytes(plan: Plan) -> float:
     if p.zero < 3 or p.shard_size == 1:
         return 0.0
     grad16 = 4 if plan.train.precision == "fp32" else 2
-    from sandbox.memory import layer_params_per_gpu, zero3_pipelined
     unit = mm.unit_params(plan) if plan.model.moe else layer_params_per_gpu(plan.model, p.tp)
     if zero3_pipelined(plan):
         return unit * grad16

@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+from sandbox.experts import routed_rows
 from sandbox.sections import Model
 
 CHECKPOINTING = ("full", "op", "layer")  # modes that re-run forward work in backward
@@ -47,14 +48,25 @@ def block_linears(m: Model) -> tuple[tuple[str, int, int, bool], ...]:
     return attn + (("fc1", f, h, False), ("fc2", h, f, True))
 
 
+def mla_projections(m: Model) -> list[tuple[int, int]]:
+    """(in, out) widths of MLA's linear layers: query down and up (or one
+    full-rank query projection), the key-value down projection to the latent
+    plus the shared RoPE key, its up projection to keys and values, output."""
+    h, nope, v = m.hidden, m.head_dim, m.v_head_dim
+    q = ([(h, m.q_lora_rank), (m.q_lora_rank, m.q_dim)] if m.q_lora_rank
+         else [(h, m.q_dim)])
+    return q + [(h, m.kv_lora_rank + m.qk_rope_head_dim),
+                (m.kv_lora_rank, m.heads * (nope + v)), (m.heads * v, h)]
+
+
 def block_mms(m: Model, moe: bool = False
               ) -> tuple[tuple[str, int, int, str, float], ...]:
     """One block's matmuls in forward order as (name, out, in, split, rows):
     split "col" (column-parallel: out / tp columns per rank), "row"
     (row-parallel: full-width partial sums) or "rep" (replicated over tp:
     MLA's down-projections); rows: token rows per token of the block (the
-    routed copies, `sandbox.memory_moe.routed_rows`, for the grouped expert
-    GEMMs; 1 else). MLA's projections (`counts.mla_projections`: wq_a, wq_b
+    routed copies, `sandbox.experts.routed_rows`, for the grouped expert
+    GEMMs; 1 else). MLA's projections (`mla_projections`: wq_a, wq_b
     (or wq), wkv_a, wkv_b, wo) replace wq, wk, wv, wo; a MoE block's FFN is
     the routed experts' grouped w1, w3, w2, then the shared experts' w1, w3,
     w2 (torchtitan's `MoE.forward` order). The router's gate is left out:
@@ -62,8 +74,7 @@ def block_mms(m: Model, moe: bool = False
     (`force_recompute_mm_shapes_by_fqns = ["moe.router.gate"]`). A dense,
     non-MLA block: `block_linears`."""
     if m.kind == "mla":
-        from sandbox import counts
-        proj = counts.mla_projections(m)
+        proj = mla_projections(m)
         names = (("wq_a", "wq_b") if m.q_lora_rank else ("wq",)) + ("wkv_a", "wkv_b", "wo")
         split = (("rep", "col") if m.q_lora_rank else ("col",)) + ("rep", "col", "row")
         attn = tuple((n, o, i, sp, 1.0) for n, (i, o), sp in zip(names, proj, split, strict=True))
@@ -78,7 +89,6 @@ def block_mms(m: Model, moe: bool = False
         up = ((prefix + "w1", f, h, "col", rows), (prefix + "w3", f, h, "col", rows)) if gated \
             else ((prefix + "fc1", f, h, "col", rows),)
         return up + ((prefix + ("w2" if gated else "fc2"), h, f, "row", rows),)
-    from sandbox.memory_moe import routed_rows
     shared = mlp("shared.", m.shared_experts * m.expert_ffn_hidden, 1.0) if m.shared_experts \
         else ()
     return attn + mlp("experts.", m.expert_ffn_hidden, routed_rows(m)) + shared

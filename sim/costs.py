@@ -18,7 +18,7 @@ Units: seconds, bytes.
 
 from __future__ import annotations
 
-from sandbox import experts, memory, recompute
+from sandbox import counts, experts, memory, recompute
 from sandbox.layout import local_seq_len, rank_chunk_sizes, rank_of
 from sandbox.profile import Profile
 from sandbox.specs import Plan
@@ -147,15 +147,15 @@ def chunk_blocks(plan: Plan, layers: list[int]) -> dict[tuple[int, int], range]:
 
 def stage_param_parts(plan: Plan, layers: list[int], s: int) -> tuple[float, float]:
     """(parameters other than the routed experts, routed-expert parameters)
-    one GPU of stage s holds (`sandbox.experts`; the embedding / head parts
+    one GPU of stage s holds (`sandbox.counts`; the embedding / head parts
     from `sandbox.memory`). Dense models: (all, 0)."""
     m, p = plan.model, plan.parallel
     if not m.moe:
         return memory.stage_params_per_gpu(m, p.tp, p.pp, s, layers[s]), 0.0
     blocks = [r for (st, _c), r in chunk_blocks(plan, layers).items() if st == s]
     ends = memory.stage_params_per_gpu(m, p.tp, p.pp, s, 0)
-    shared = ends + sum(experts.shared_block_params_per_gpu(m, p.tp, r) for r in blocks)
-    routed = sum(experts.routed_params_per_gpu(m, p.tp, p.ep, r) for r in blocks)
+    shared = ends + sum(counts.shared_block_params_per_gpu(m, p.tp, r) for r in blocks)
+    routed = sum(counts.routed_params_per_gpu(m, p.tp, p.ep, r) for r in blocks)
     return shared, routed
 
 

@@ -11,10 +11,10 @@ expert-parallel rank (`sandbox.experts`: under balance every rank is it):
   outputs and the gates, write the weighted sum);
 - the routed experts as a grouped GEMM: each local expert's two (SwiGLU:
   gate-up fused, then down) linears priced on the profile's matmul curve
-  for ITS token count (`sim.compute.gemm_time`; a small per-expert GEMM runs
+  for ITS token count (`sim.roofline.gemm_time`; a small per-expert GEMM runs
   at the curve's lower efficiency: the grouped-GEMM mechanism), forward,
   dgrad and wgrad, FP8 and its casts as the dense FFN's linears
-  (`sim.compute.fp8_cast_times`); expert FFN width split by tp (expert TP =
+  (`sim.roofline.fp8_cast_times`); expert FFN width split by tp (expert TP =
   tp), every tp rank computing all the tokens its local experts receive;
 - the experts' activation (silu, multiply; one fused kernel with
   `train.compile`) over those tokens.
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from sandbox import experts
 from sandbox.layout import local_seq_len
 from sandbox.specs import Plan
-from sim import compute
+from sim import roofline
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def expert_gemms(plan: Plan, n: float) -> list[tuple[int, int, int]]:
     return [(rows, ffn_in, m.hidden), (rows, m.hidden, m.expert_ffn_hidden // t)]
 
 
-def grouped_gemm_times(plan: Plan, d: compute.Device, loads: list[float]
+def grouped_gemm_times(plan: Plan, d: roofline.Device, loads: list[float]
                        ) -> tuple[float, float, float]:
     """(forward, dgrad, wgrad) seconds of the routed experts' GEMMs, each expert
     priced at its own token count `loads[i]` (experts with no tokens skip)."""
@@ -79,11 +79,11 @@ def grouped_gemm_times(plan: Plan, d: compute.Device, loads: list[float]
         if n <= 0:
             continue
         gemms = expert_gemms(plan, n)
-        cf, cd, cw = compute.fp8_cast_times(plan, d, gemms)
-        fwd += sum(compute.gemm_time(d, M, N, K, bytes_per=w, fp8=f8) for M, N, K in gemms) + cf
-        dgrad += sum(compute.gemm_time(d, M, K, N, bytes_per=w, fp8=f8)
+        cf, cd, cw = roofline.fp8_cast_times(plan, d, gemms)
+        fwd += sum(roofline.gemm_time(d, M, N, K, bytes_per=w, fp8=f8) for M, N, K in gemms) + cf
+        dgrad += sum(roofline.gemm_time(d, M, K, N, bytes_per=w, fp8=f8)
                      for M, N, K in gemms) + cd
-        wgrad += sum(compute.gemm_time(d, K, N, M, bytes_per=w, fp8=f8)
+        wgrad += sum(roofline.gemm_time(d, K, N, M, bytes_per=w, fp8=f8)
                      for M, N, K in gemms) + cw
     return fwd, dgrad, wgrad
 
@@ -108,19 +108,19 @@ def routed_kernels(plan: Plan, copies: float) -> tuple[float, ...]:
     return (router, permute, *act, unpermute)
 
 
-def routed_times(plan: Plan, d: compute.Device) -> RoutedTimes:
+def routed_times(plan: Plan, d: roofline.Device) -> RoutedTimes:
     """The routed part of one MoE block (module docstring)."""
     m = plan.model
     w = 4 if plan.train.precision == "fp32" else 2
     tokens = rank_tokens(plan)
     loads = expert_tokens(plan)
     e_f, e_d, e_w = grouped_gemm_times(plan, d, loads)
-    router_f = compute.gemm_time(d, tokens, m.experts, m.hidden, bytes_per=w)
-    router_d = compute.gemm_time(d, tokens, m.hidden, m.experts, bytes_per=w)
-    router_w = compute.gemm_time(d, m.hidden, m.experts, tokens, bytes_per=w)
+    router_f = roofline.gemm_time(d, tokens, m.experts, m.hidden, bytes_per=w)
+    router_d = roofline.gemm_time(d, tokens, m.hidden, m.experts, bytes_per=w)
+    router_w = roofline.gemm_time(d, m.hidden, m.experts, tokens, bytes_per=w)
     elem = routed_kernels(plan, sum(loads))
-    mem_f = sum(compute.memory_time(d, x) for x in elem)
-    mem_b = sum(compute.memory_time(d, 2 * x) for x in elem)
+    mem_f = sum(roofline.memory_time(d, x) for x in elem)
+    mem_b = sum(roofline.memory_time(d, 2 * x) for x in elem)
     return RoutedTimes(fwd=e_f + router_f + mem_f, dgrad=e_d + router_d + mem_b,
                        wgrad=e_w + router_w, expert_fwd=e_f)
 

@@ -7,11 +7,12 @@ with L = experts / ep. The 4-D mesh (pp, edp, ep, tp) (`expert_mesh`) reshapes
 dp into (dp / ep, ep), so its "ep" dimension is an EP group and "edp" the
 expert-data-parallel group holding the same expert shard.
 
-- Dispatch / combine: each rank sorts its token-expert pairs by expert,
-  exchanges the per-expert counts (`all_to_all_single` of E integers), sends
-  every pair's hidden vector to the rank owning its expert and gets the
-  outputs back by the reverse all-to-all (`_AllToAll`, autograd-aware:
-  backward is the all-to-all with the splits swapped). gloo runs it on CPU.
+- Dispatch / combine (`runtime.parallel.expert_dispatch`, what the MoE block
+  calls): each rank sorts its token-expert pairs by expert, exchanges the
+  per-expert counts (`all_to_all_single` of E integers), sends every pair's
+  hidden vector to the rank owning its expert and gets the outputs back by
+  the reverse all-to-all (autograd-aware: backward is the all-to-all with the
+  splits swapped). gloo runs it on CPU.
 - Expert tensor parallelism = tp (like the dense FFN): w1 / w3 (fc1) split
   column-wise and w2 (fc2) row-wise on the expert width, partial outputs
   all-reduced over tp (Megatron's f / g operators `copy_to_tp` /
@@ -34,7 +35,6 @@ expert-data-parallel group holding the same expert shard.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,135 +44,10 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from runtime.moe import MoE
+from runtime.parallel.expert_dispatch import ExpertGroups
 from sandbox.layout import ep_groups
 from sandbox.specs import Plan
-
-
-@dataclass
-class ExpertGroups:
-    """Process groups one MoE block communicates over (None: size 1)."""
-
-    ep_group: dist.ProcessGroup | None
-    ep: int
-    tp_group: dist.ProcessGroup | None
-    sequence_parallel: bool
-
-
-# ------------------------------------------------------------ collectives
-class _AllToAll(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, out_splits: list[int], in_splits: list[int],
-                group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.splits, ctx.group = (in_splits, out_splits), group
-        out = x.new_empty((sum(out_splits), *x.shape[1:]))
-        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        out_splits, in_splits = ctx.splits
-        back = _AllToAll.apply(grad.contiguous(), out_splits, in_splits, ctx.group)
-        return back, None, None, None
-
-
-class _CopyToTP(torch.autograd.Function):  # forward identity, backward all-reduce
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.group = group
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
-
-
-class _ReduceFromTP(torch.autograd.Function):  # forward all-reduce, backward identity
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-        x = x.contiguous().clone()
-        dist.all_reduce(x, group=group)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad, None
-
-
-def _gather(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, x.contiguous(), group=group)
-    return torch.cat(parts, dim=1)
-
-
-def _own(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    n = dist.get_world_size(group)
-    return x.chunk(n, dim=1)[dist.get_rank(group)].contiguous()
-
-
-class _GatherSequence(torch.autograd.Function):
-    """(b, s/tp, h) shards -> (b, s, h) on every tp rank; backward keeps this
-    rank's slice of the (replicated) gradient."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.group = group
-        return _gather(x, group)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return _own(grad, ctx.group), None
-
-
-class _SplitSequence(torch.autograd.Function):
-    """(b, s, h) replicated -> this rank's (b, s/tp, h); backward all-gathers."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.group = group
-        return _own(x, group)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return _gather(grad, ctx.group), None
-
-
-def copy_to_tp(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    return _CopyToTP.apply(x, group)
-
-
-def reduce_from_tp(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    return _ReduceFromTP.apply(x, group)
-
-
-def gather_sequence(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    return _GatherSequence.apply(x, group)
-
-
-def split_sequence(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    return _SplitSequence.apply(x, group)
-
-
-def dispatch_compute_combine(x: torch.Tensor, counts: torch.Tensor, experts: nn.Module,
-                             groups: ExpertGroups | None) -> torch.Tensor:
-    """Outputs of the token-expert pairs `x` (rows sorted by expert, counts[e]
-    rows for global expert e) through `experts` (this rank's local ones)."""
-    if groups is None or groups.ep_group is None:
-        return experts(x, counts.tolist(), groups)
-    group, ranks = groups.ep_group, groups.ep
-    local = counts.numel() // ranks
-    recv = torch.empty_like(counts)
-    dist.all_to_all_single(recv, counts, group=group)  # [source, my local expert]
-    recv = recv.view(ranks, local)
-    send, got = counts.view(ranks, local).sum(1).tolist(), recv.sum(1).tolist()
-    pieces = recv.flatten().tolist()
-    chunks = _AllToAll.apply(x, got, send, group).split(pieces)  # (source, expert) order
-    by_expert = [s * local + e for e in range(local) for s in range(ranks)]
-    y = experts(torch.cat([chunks[i] for i in by_expert]), recv.sum(0).tolist(), groups)
-    back = dict(zip(by_expert, y.split([pieces[i] for i in by_expert]), strict=True))
-    y = torch.cat([back[i] for i in range(ranks * local)])  # (source, expert) order
-    return _AllToAll.apply(y, send, got, group)
 
 
 # ------------------------------------------------------------ apply to a model
@@ -214,8 +89,6 @@ def apply_ep(model: nn.Module, emesh: DeviceMesh | None, tp_mesh: DeviceMesh | N
     (pp, edp, ep, tp) mesh `emesh` (None: ep = 1) and the tp mesh (None:
     tp = 1). Returns the routed-expert parameters when ep > 1 (data
     parallelism must leave them to `reduce_expert_grads`), else []."""
-    from runtime.moe import MoE
-
     if emesh is None and tp_mesh is None:
         return []
     ep = emesh.size(emesh.mesh_dim_names.index("ep")) if emesh is not None else 1
