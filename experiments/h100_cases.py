@@ -214,6 +214,11 @@ def torchtitan_case(r: dict[str, str], profile: str = "") -> Case:
     train: dict[str, Any] = {"precision": "bf16", "attention": "flash",
                              "compile": "compile" in tech,
                              "attention_kernel": kernel_of("torchtitan")}
+    if train["compile"] and "2025" in r["source_file"]:
+        # torchtitan compiles its loss with the model since 2025 (components/loss.py,
+        # build_cross_entropy_loss); the 2024-12 benchmark's train.py did not
+        train["compile_loss"] = True
+        case.notes.append("2025 torchtitan: loss compiled with the model")
     if prec.startswith("FP8"):
         train["precision"] = "fp8"
         train["fp8_recipe"] = "rowwise" if "rowwise" in prec else "tensorwise"

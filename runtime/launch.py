@@ -39,8 +39,8 @@ from runtime.rundir import (
     writing,
 )
 from sandbox.errors import SandboxError
+from sandbox.runtime_rules import validate_runtime
 from sandbox.specs import Plan
-from sandbox.validate import validate_runtime
 
 CPU_OVERSUBSCRIPTION = 4  # at most this many CPU processes per core
 LOG_RESERVE = 1 << 20  # bytes set aside for train.log: a run that fills the disk still logs

@@ -46,6 +46,7 @@ def recompute_working_bytes(plan: Plan) -> float:
 
 LOSS_BYTES_PER_LOGIT = 12  # fp32 log-softmax output, its fp32 incoming gradient, fp32 grad
 LOSS_PARALLEL_BYTES_PER_LOGIT = 16  # saved output, zeros_like, exp(x) / the product, the sum
+COMPILED_LOSS_BYTES_PER_LOGIT = 4  # the bf16 logits and the bf16 gradient the fused kernel writes
 
 
 def loss_bytes(plan: Plan, stage: int) -> float:
@@ -63,12 +64,21 @@ def loss_bytes(plan: Plan, stage: int) -> float:
     targets + exp(x)) * grad` beside the saved fp32 output x: four fp32
     tensors live (`LOSS_PARALLEL_BYTES_PER_LOGIT`).
     Eager (Megatron) plans keep Megatron's fused vocab-parallel cross-entropy,
-    which works in place on one fp32 logits tensor: 4 bytes per logit."""
+    which works in place on one fp32 logits tensor: 4 bytes per logit.
+    With `train.compile_loss` (torchtitan compiling its loss function, tp = 1)
+    inductor fuses the upcast, log-softmax and NLL and their backward: the
+    partitioner saves the bf16 logits and a per-row log-sum-exp, and the
+    backward kernel writes the bf16 gradient directly (no fp32 tensor of the
+    logits' size): `COMPILED_LOSS_BYTES_PER_LOGIT`."""
     m, p, t = plan.model, plan.parallel, plan.train
     if stage != p.pp - 1:
         return 0.0
-    per = 4 if t.attention != "flash" else (
-        LOSS_PARALLEL_BYTES_PER_LOGIT if p.tp > 1 else LOSS_BYTES_PER_LOGIT)
+    if t.attention != "flash":
+        per = 4
+    elif p.tp > 1:
+        per = LOSS_PARALLEL_BYTES_PER_LOGIT
+    else:
+        per = COMPILED_LOSS_BYTES_PER_LOGIT if t.compile_loss else LOSS_BYTES_PER_LOGIT
     return float(per) * m.seq_len * p.micro_batch * m.vocab / p.tp / p.cp
 
 

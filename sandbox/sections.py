@@ -354,3 +354,7 @@ class Train:
     # enable_fsdp_float8_all_gather; tensorwise only)
     fp8_recipe: str = "tensorwise"
     fp8_all_gather: bool = False
+    # torch.compile also wraps the cross-entropy (torchtitan's build_cross_entropy_loss
+    # since 2025): the upcast, log-softmax and its backward fuse, no fp32 logits copy
+    # (simulator's memory; needs compile)
+    compile_loss: bool = False

@@ -49,8 +49,8 @@ from runtime.parallel.pipeline import (
 from runtime.parallel.recompute import apply_recompute
 from runtime.parallel.tensor import apply_tp
 from runtime.sync.variants import ReplicaSync, apply_sync, uses_sync_variants
+from sandbox.runtime_rules import validate_runtime
 from sandbox.specs import Plan
-from sandbox.validate import validate_runtime
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
