@@ -41,9 +41,11 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from runtime import checkpoint as ckpt
-from runtime.data import DataLoader, check_data, dp_slice
+from runtime.data.loader import DataLoader, check_data, dp_slice
 from runtime.loss_scale import DynamicLossScale
 from runtime.lr import build_scheduler, lr_at
+from runtime.observe.summary import max_over_ranks, peak_memory_gb, run_summary
+from runtime.observe.train_log import TensorBoard
 from runtime.rundir import (
     RunLock,
     read_metrics,
@@ -53,9 +55,6 @@ from runtime.rundir import (
     writing,
 )
 from runtime.step import Divergence, _no_mark, train_step
-from runtime.summary import WARMUP_STEPS as WARMUP_STEPS  # noqa: F401  (runtime.measure)
-from runtime.summary import max_over_ranks, peak_memory_gb, run_summary
-from runtime.train_log import TensorBoard
 from sandbox.errors import SandboxError
 
 PROGRESS, ERROR = "@@progress", "@@error"
@@ -123,7 +122,7 @@ def _seed_everything(seed: int) -> None:
 def keep_tokenizer(source: str, out: Path) -> None:
     """Copy a prepared data directory's tokenizer.json into the run (export and
     generate decode with it); byte-level data needs none."""
-    from runtime.shards import TOKENIZER, is_prepared
+    from runtime.data.shards import TOKENIZER, is_prepared
 
     if not is_prepared(source):
         return
@@ -355,15 +354,15 @@ class Trainer:
 
     def _profiling(self, step: int) -> contextlib.AbstractContextManager:
         """Around step `step`: nothing, or with --profile-step that step's
-        torch.profiler trace (`runtime.step_trace`)."""
+        torch.profiler trace (`runtime.observe.step_trace`)."""
         if step != self.args.profile_step:
             return contextlib.nullcontext(_no_mark)
-        from runtime.step_trace import StepTrace
+        from runtime.observe.step_trace import StepTrace
 
         return StepTrace(self.out, step, self.rank, self.device, self.plan, self.base_rss)
 
     def summary(self, times: list[float], last: dict[str, Any], start: int) -> dict[str, Any]:
-        """summary.json (see `runtime.summary.run_summary`); with nothing left to
+        """summary.json (see `runtime.observe.summary.run_summary`); with nothing left to
         train, from the logged steps."""
         if not times:
             rows = read_metrics(self.metrics_path)
