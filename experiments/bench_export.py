@@ -14,9 +14,8 @@ traced fp32 graphs and each pruned, distilled student); it is kept in
 WORK/rows/ so a later call (e.g. `--modes int8`) only does what is
 missing (the heavy steps stay short enough to run one at a time under the
 shared CPU lock), and the table is written from every row of the same run:
-`OUT/export.md` and `OUT/export.json` (`experiments.bench_export_report`), with
-the machine, versions, the
-commands, and the load average around each row.
+`OUT/export.md` and `OUT/export.json` (`experiments.bench_export_report`),
+with the machine, versions, the commands, and the load average around each row.
 
 Latency: median of `--latency-repeats` onnxruntime runs of the full graph
 for `--latency-batch` x `--latency-length` token ids on `--latency-threads`
