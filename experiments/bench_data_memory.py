@@ -3,7 +3,7 @@ without either rank's resident set growing by the file size.
 
     .venv/bin/python -m experiments.bench_data_memory [--gb 1.0] [--steps 20]
 
-Writes two prepared data directories (`runtime.shards` layout, byte
+Writes two prepared data directories (`runtime.data.shards` layout, byte
 tokenizer, uint16 ids, random tokens made by numpy in 64 MiB pieces): a big
 one of `--gb` GB of tokens and a small one of 16 MiB. Trains the same tiny
 plan (dp = 2 CPU processes, `--steps` steps) on each with `sandbox run`
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from experiments import provenance
-from runtime.prepare import ShardWriter
-from runtime.shards import FORMAT, META, TOKENIZER
-from runtime.tokenizer import byte_tokenizer
+from runtime.data.prepare import ShardWriter
+from runtime.data.shards import FORMAT, META, TOKENIZER
+from runtime.data.tokenizer import byte_tokenizer
 
 ROOT = provenance.ROOT
 PIECE = 32 << 20  # tokens written at a time (64 MiB of uint16)

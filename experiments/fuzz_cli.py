@@ -35,7 +35,7 @@ from pathlib import Path
 from experiments import provenance
 from experiments.fuzz import Case, all_cases
 from experiments.fuzz.case import DEFAULT_RSS_MB
-from runtime.train_log import is_step_line
+from runtime.observe.train_log import is_step_line
 
 ROOT = provenance.ROOT
 RESULTS = ROOT / "experiments" / "results"

@@ -11,7 +11,7 @@
 2. Measure each plan (CPU: `tiny` and `gpt-mini` on 1 and 2 processes:
    dp 1, dp 2 with ZeRO 0 / 1 / 3, tp 2 with and without sequence
    parallelism, pp 2 with GPipe / 1F1B / interleaved 1F1B) with
-   `runtime.measure.measure` (`sandbox run` + one profiled step); the
+   `runtime.observe.measure.measure` (`sandbox run` + one profiled step); the
    measurements are cached in `sim_vs_real_measured.json` (--remeasure runs
    them again), then predict each with the cluster naming PROFILE and once
    more without it (preset defaults) for reference, and combine them
@@ -115,7 +115,7 @@ def measure_one(model: str, name: str, overrides: dict, steps: int, work: Path) 
     profiled step's intervals are coarsened (`coarsen`) before caching; the
     breakdown was computed from the exact ones."""
     import sandbox
-    from runtime.measure import measure
+    from runtime.observe.measure import measure
 
     plan = sandbox.load(plan_dict(model, overrides, ""))
     t = time.time()
@@ -161,7 +161,7 @@ def predict_one(model: str, name: str, overrides: dict, profile: str, runs: list
     (the median over the plan's runs, see `representative`); with
     `other_profile` (the first of the two calibrations) predict once more with it."""
     import sandbox
-    from runtime.measure import Measurement
+    from runtime.observe.measure import Measurement
     from sandbox.compare import combine
 
     world = sandbox.load(plan_dict(model, overrides, "")).world_size

@@ -16,7 +16,7 @@ the step-time error of every plan is at most 10%.
    `localhost` cluster naming PROFILE, dp = tp = pp = 1, two micro-batches
    per step (gradient accumulation), bf16. A plan the memory model says
    does not fit is listed as skipped, not run. Each plan runs `--steps`
-   steps through `sandbox run`'s path (`runtime.measure.measure`); the
+   steps through `sandbox run`'s path (`runtime.observe.measure.measure`); the
    measurements are cached in RESULTS/OUT_measured.json, so the list can be
    split over several commands (`--models`).
 3. Predict each with the profile and without it (documented defaults),
@@ -71,7 +71,7 @@ def plan_dict(model: str, shape: str, profile: str, device: str) -> dict:
 def measure_one(model: str, shape: str, device: str, steps: int, work: Path) -> dict:
     """Run one plan (no simulator involved); a JSON-able dict, or why it was skipped."""
     import sandbox
-    from runtime.measure import measure
+    from runtime.observe.measure import measure
     from sandbox.memory import fits, memory_per_gpu
 
     plan = sandbox.load(plan_dict(model, shape, "", device))
@@ -86,7 +86,7 @@ def measure_one(model: str, shape: str, device: str, steps: int, work: Path) -> 
 def predict_one(model: str, shape: str, device: str, profile: Path, meas: dict) -> dict:
     """Simulate with and without the profile and compare with the measurement."""
     import sandbox
-    from runtime.measure import Measurement
+    from runtime.observe.measure import Measurement
     from sandbox.compare import combine
 
     prof = str(profile_for_world(profile, 1))

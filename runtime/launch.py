@@ -14,7 +14,7 @@ and the checkpoint to resume from is complete and intact. Each problem is a
         [--max-restarts K] -m runtime.train --plan out/plan.toml --out out
 
 streaming the workers' output to `out/train.log` with one plain line per
-step (`runtime.train_log`), shown as a progress bar on a terminal and as
+step (`runtime.observe.train_log`), shown as a progress bar on a terminal and as
 the same lines on a stderr that is not one (Slurm, nohup, a pipe). Each
 rank that fails with an exception leaves its error in `out/logs/`
 (torchelastic's `record`).
@@ -254,12 +254,12 @@ def _stream(cmd: list[str], out: Path, steps: int, progress: bool,
             env_extra: dict[str, str]) -> tuple[int, list[str], str]:
     """Run the workers; log their output and one line per step (train.log),
     and show progress on stderr: a bar on a terminal, else the same per-step
-    lines (`runtime.train_log`). Returns (exit code, log lines, what could
+    lines (`runtime.observe.train_log`). Returns (exit code, log lines, what could
     not be written to train.log or "")."""
 
     from tqdm import tqdm
 
-    from runtime.train_log import bar_postfix, step_line
+    from runtime.observe.train_log import bar_postfix, step_line
 
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
@@ -310,7 +310,7 @@ def check_runnable(plan: Plan) -> str | None:
     touches `out` (callers that run later, like `sandbox compare`, make them
     first): what the runtime implements, memory, world size, data. Raises
     SandboxError (one line); returns a note to show (or None)."""
-    from runtime.data import check_data
+    from runtime.data.loader import check_data
 
     validate_runtime(plan)  # what only the simulator models is refused here
     check_memory(plan)
@@ -329,7 +329,7 @@ def run(plan: Plan, out: str | Path, steps: int | None = None, resume: bool = Fa
     checkpoint in `out` (appending to metrics.jsonl). fail_at_step / fail_rank:
     make that rank exit at that step once (failure injection); max_restarts:
     torchrun elastic restarts, each resuming from the newest checkpoint.
-    profile_step: trace that step with torch.profiler (`runtime.step_trace`).
+    profile_step: trace that step with torch.profiler (`runtime.observe.step_trace`).
     Raises SandboxError (one line) on bad input or a failed run; never
     deletes checkpoints or metrics.
     """

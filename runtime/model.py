@@ -2,7 +2,7 @@
 
 GPT-2/3 style (learned positions, LayerNorm, GELU, biases, tied head) and
 Llama style (RoPE, RMSNorm, SwiGLU, GQA, untied head) and DeepSeek's latent
-attention (`runtime.mla`, attention_kind "mla") share one module tree,
+attention (`runtime.layers.mla`, attention_kind "mla") share one module tree,
 shaped the way torchtitan shapes its models so that parallelism can be
 applied from outside:
 
@@ -14,7 +14,7 @@ infers its local head count from the projection's output width, so the same
 code runs unsharded and under DTensor column/row-wise tensor parallelism.
 `sum(p.numel())` equals `sandbox.counts.param_count(spec)` exactly.
 RoPE, the eager attention core and `FeedForward` live in `runtime.layers`
-(shared with `runtime.mla` and `runtime.moe`) and are re-exported here.
+(shared with `runtime.layers.mla` and `runtime.layers.moe`) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from torch.utils.checkpoint import checkpoint
 
 from runtime.layers.attention_core import apply_rope, eager_attention, rope_cos_sin
 from runtime.layers.feed_forward import FeedForward
-from runtime.mla import LatentAttention
-from runtime.moe import MoE
+from runtime.layers.mla import LatentAttention
+from runtime.layers.moe import MoE
 from sandbox.experts import is_moe_layer
 from sandbox.specs import Model
 
@@ -89,7 +89,7 @@ class Block(nn.Module):
         self.attention_norm = make_norm(spec)
         self.attention = LatentAttention(spec) if spec.kind == "mla" else Attention(spec)
         self.ffn_norm = make_norm(spec)
-        # block `layer` (global index) of a MoE model past its dense_layers: runtime.moe
+        # block `layer` (global index) of a MoE model past its dense_layers: runtime.layers.moe
         self.feed_forward = MoE(spec) if is_moe_layer(spec, layer) else FeedForward(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,6 @@ import contextlib
 import faulthandler
 import json
 import os
-import random
 import resource
 import signal
 import sys
@@ -41,9 +40,12 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from runtime import checkpoint as ckpt
-from runtime.data import DataLoader, check_data, dp_slice
+from runtime.data.loader import DataLoader, check_data, dp_slice
 from runtime.loss_scale import DynamicLossScale
 from runtime.lr import build_scheduler, lr_at
+from runtime.observe.summary import max_over_ranks, peak_memory_gb, run_summary
+from runtime.observe.train_log import TensorBoard
+from runtime.process import compile_blocks, init_process_group, seed_everything, setup_device
 from runtime.rundir import (
     RunLock,
     read_metrics,
@@ -53,9 +55,6 @@ from runtime.rundir import (
     writing,
 )
 from runtime.step import Divergence, _no_mark, train_step
-from runtime.summary import WARMUP_STEPS as WARMUP_STEPS  # noqa: F401  (runtime.measure)
-from runtime.summary import max_over_ranks, peak_memory_gb, run_summary
-from runtime.train_log import TensorBoard
 from sandbox.errors import SandboxError
 
 PROGRESS, ERROR = "@@progress", "@@error"
@@ -76,54 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def setup_device() -> tuple[torch.device, str]:
-    """This process's device and the process-group backend for it."""
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank), "nccl"
-    if "OMP_NUM_THREADS" not in os.environ:  # else torch already follows it
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    return torch.device("cpu"), "gloo"
-
-
-def init_process_group(backend: str, device: torch.device) -> None:
-    """The default process group from torchrun's environment. After an elastic
-    restart its store gets a per-attempt prefix: torchrun's store outlives the
-    attempt, and groups created later (`new_group`) would otherwise find the
-    dead attempt's keys under the same names and wait for it forever."""
-    from datetime import timedelta
-
-    device_id = device if device.type == "cuda" else None
-    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-    if restart == 0 or "MASTER_ADDR" not in os.environ:
-        dist.init_process_group(backend, device_id=device_id)
-        return
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                          world_size=world, is_master=rank == 0 and not agent_store,
-                          timeout=timedelta(minutes=10), multi_tenant=not agent_store)
-    dist.init_process_group(backend, store=dist.PrefixStore(f"restart_{restart}", store),
-                            rank=rank, world_size=world, device_id=device_id)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:
-        pass
-
-
 def keep_tokenizer(source: str, out: Path) -> None:
     """Copy a prepared data directory's tokenizer.json into the run (export and
     generate decode with it); byte-level data needs none."""
-    from runtime.shards import TOKENIZER, is_prepared
+    from runtime.data.shards import TOKENIZER, is_prepared
 
     if not is_prepared(source):
         return
@@ -132,14 +87,6 @@ def keep_tokenizer(source: str, out: Path) -> None:
         data = src.read_bytes()
         if not (out / TOKENIZER).is_file() or (out / TOKENIZER).read_bytes() != data:
             (out / TOKENIZER).write_bytes(data)
-
-
-def _compile_blocks(parts: list[torch.nn.Module]) -> None:
-    """torch.compile each transformer block in place (GPU only)."""
-    for part in parts:
-        model = getattr(part, "module", part)  # DDP wraps the GPT
-        for block in model.layers.values():
-            block.compile()
 
 
 class Trainer:
@@ -181,7 +128,7 @@ class Trainer:
                     (self.out / "plan.toml").write_text(plan.to_toml())
             keep_tokenizer(plan.train.data, self.out)
         self.backend = backend
-        _seed_everything(plan.train.seed)
+        seed_everything(plan.train.seed)
         check_data(plan.train.data, plan.model.seq_len, plan.model.vocab)
         self.data = DataLoader.from_plan(plan)
         mesh = None
@@ -193,7 +140,7 @@ class Trainer:
         self.par = parallelize(plan, mesh, self.device)
         self.dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
         if plan.train.compile and self.device.type == "cuda":
-            _compile_blocks(self.par.parts)
+            compile_blocks(self.par.parts)
         self.optimizer = self.par.build_optimizer()
         self.scheduler = build_scheduler(self.optimizer, plan.train)
         self.metrics_path = self.out / "metrics.jsonl"
@@ -355,15 +302,15 @@ class Trainer:
 
     def _profiling(self, step: int) -> contextlib.AbstractContextManager:
         """Around step `step`: nothing, or with --profile-step that step's
-        torch.profiler trace (`runtime.step_trace`)."""
+        torch.profiler trace (`runtime.observe.step_trace`)."""
         if step != self.args.profile_step:
             return contextlib.nullcontext(_no_mark)
-        from runtime.step_trace import StepTrace
+        from runtime.observe.step_trace import StepTrace
 
         return StepTrace(self.out, step, self.rank, self.device, self.plan, self.base_rss)
 
     def summary(self, times: list[float], last: dict[str, Any], start: int) -> dict[str, Any]:
-        """summary.json (see `runtime.summary.run_summary`); with nothing left to
+        """summary.json (see `runtime.observe.summary.run_summary`); with nothing left to
         train, from the logged steps."""
         if not times:
             rows = read_metrics(self.metrics_path)

@@ -5,7 +5,7 @@ The front door that asks both interpreters (each imported lazily, inside
 steps=None)`:
 
 1. simulates the plan (`sandbox.api.simulate`), the prediction;
-2. measures it (`runtime.measure.measure`): a run into `out/run` (step time,
+2. measures it (`runtime.observe.measure.measure`): a run into `out/run` (step time,
    median after warm-up, tokens/s, peak memory, the spread of the per-step
    times) and one more training step under torch.profiler
    (`runtime.calibrate.step_profile`), which splits a step into compute,
@@ -131,7 +131,7 @@ def _row(k: str, p: Any, m: Any, e: Any) -> str:
 def combine(plan: Plan, simres: Any, m: Any, out: str | Path | None = None,
             plot: bool = True) -> Comparison:
     """A prediction (`sim.simulate(plan)`) and a measurement
-    (`runtime.measure.Measurement`) -> Comparison; with `out`, writes
+    (`runtime.observe.measure.Measurement`) -> Comparison; with `out`, writes
     compare.json and timeline.png there."""
     predicted = predicted_fields(simres.to_dict())
     cmp = Comparison(plan, predicted, m.measured, errors(predicted, m.measured), m.noise,
@@ -160,7 +160,7 @@ def compare(plan: Plan, out: str | Path, steps: int | None = None, profile_steps
     sim/ and runtime/ are imported here, lazily: neither imports the other,
     both speak only the sandbox specs."""
     from runtime.launch import check_runnable
-    from runtime.measure import measure
+    from runtime.observe.measure import measure
     from sandbox.outputs import output_dir
     from sim import simulate
 

@@ -15,7 +15,7 @@ pricing it (`sim.compute` prices, `sim.host` counts launches). Units: FLOP, byte
   every op is its own kernel reading its inputs and writing its output: RoPE is
   torchtitan's complex multiply (upcast to fp32, rotate, cast back: three
   kernels per tensor), SwiGLU is silu then a multiply. `torch.compile`
-  (inductor, one graph per block, `runtime.train._compile_blocks`) fuses each
+  (inductor, one graph per block, `runtime.process.compile_blocks`) fuses each
   chain into one kernel that reads and writes each tensor once: RoPE one kernel
   per tensor, silu(gate) * up one kernel, the first residual add with the MLP's
   norm (read x and the branch, write x and the norm). The block's first norm and

@@ -9,7 +9,7 @@ import pytest
 
 import sandbox
 from runtime.calibrate.step_profile import analyse
-from runtime.measure import noise
+from runtime.observe.measure import noise
 from sandbox.compare import errors, predicted_fields, rel_error
 
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 from conftest import run_cli
 
-from runtime import data
-from runtime.prepare import prepare
-from runtime.shards import open_prepared
-from runtime.tokenizer import EOT, Tokenizer, byte_tokenizer
-from runtime.train_log import bar_postfix, step_line
+from runtime.data import loader as data
+from runtime.data.prepare import prepare
+from runtime.data.shards import open_prepared
+from runtime.data.tokenizer import EOT, Tokenizer, byte_tokenizer
+from runtime.observe.train_log import bar_postfix, step_line
 from sandbox.cli import main as cli_main
 from sandbox.errors import SandboxError
 
@@ -274,7 +274,7 @@ def test_generator_slides_past_the_context_alike_with_and_without_cache(exported
 
 def test_device_breakdown_from_kernels():
     import sandbox
-    from runtime.step_trace import analyse_device
+    from runtime.observe.step_trace import analyse_device
 
     plan = sandbox.load({"model": {"preset": "tiny"}, "parallel": {"dp": 2}})
     cpu = [{"name": "fwd_bwd", "start_us": 0, "end_us": 50, "device": "cpu"},
@@ -326,7 +326,7 @@ def test_windows_read_leave_the_resident_set(tmp_path):
 def test_a_long_split_is_windowed_to_its_last_token(tmp_path):
     """5e8 tokens (a sparse 1 GB shard): the evenly spaced evaluation windows,
     computed in float32 (24,999,935 rounds up), stay inside the split."""
-    from runtime.shards import FORMAT
+    from runtime.data.shards import FORMAT
 
     n = 500_000_000
     with open(tmp_path / "tokens_000000.bin", "wb") as f:

@@ -20,8 +20,8 @@ import torch
 from helpers.parallel import plan_of, single_process, spawn_plans, train
 
 import sandbox
+from runtime.layers.moe import MoE, sequence_balance_loss
 from runtime.model import build_model
-from runtime.moe import MoE, sequence_balance_loss
 from sandbox import counts
 
 TOL = 1e-4

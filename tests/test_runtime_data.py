@@ -1,4 +1,4 @@
-"""runtime.data and runtime.lr: layout-free batches, user data, schedules (fast, in-process)."""
+"""runtime.data.loader and runtime.lr: layout-free batches, user data, schedules (in-process)."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sandbox
-from runtime import data
+from runtime.data import loader as data
 from runtime.lr import build_scheduler, lr_at
 from sandbox.errors import SandboxError
 

@@ -16,7 +16,7 @@ import torch
 from helpers.runs import write_plan
 
 import sandbox
-from runtime import data
+from runtime.data import loader as data
 from runtime.launch import _Log, check_memory, cpu_rank_memory_gb, host_memory_gb
 from runtime.loss_scale import DynamicLossScale
 from runtime.rundir import save_error, writing
@@ -37,7 +37,7 @@ def big_cpu_plan() -> sandbox.Plan:
 
 def one_line(r: subprocess.CompletedProcess) -> str:
     """The one error line of a failed command (after a run's progress lines)."""
-    from runtime.train_log import is_step_line
+    from runtime.observe.train_log import is_step_line
 
     lines = [ln for ln in r.stderr.strip().splitlines() if not is_step_line(ln)]
     assert r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr

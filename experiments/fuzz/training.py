@@ -56,7 +56,7 @@ def _stopped_at_the_nan(d: Path, results: list) -> str:
     r, run = results[0], d / "run"
     if r["rc"] in (0, None):
         return f"exit code {r['rc']}: want a refusal"
-    from runtime.train_log import is_step_line  # progress lines, not problems
+    from runtime.observe.train_log import is_step_line  # progress lines, not problems
 
     err = [ln for ln in r["stderr"].splitlines() if ln.strip() and not is_step_line(ln)]
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]

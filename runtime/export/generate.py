@@ -126,9 +126,9 @@ def tokenizer_path(model: str | Path) -> Path:
 
 
 def load_tokenizer(model: str | Path, vocab: int):
-    """The tokenizer next to an exported model (`runtime.tokenizer.Tokenizer`);
+    """The tokenizer next to an exported model (`runtime.data.tokenizer.Tokenizer`);
     without one, the byte tokenizer for a vocab-256 model, else one line."""
-    from runtime.tokenizer import BYTE_VOCAB, Tokenizer, byte_tokenizer
+    from runtime.data.tokenizer import BYTE_VOCAB, Tokenizer, byte_tokenizer
 
     path = tokenizer_path(model)
     if path.is_file():

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.mla import LatentAttention, rope_at
+from runtime.layers.mla import LatentAttention, rope_at
 from runtime.model import GPT, Attention, apply_rope, rope_cos_sin
 
 OPSET = 18  # ONNX default opset of torch.onnx's dynamo exporter in torch 2.x
@@ -56,7 +56,7 @@ class GraphInfo:
 
 
 def _ffn_width(ff: nn.Module) -> int:
-    """An FFN's width (a MoE block's: its experts' width, `runtime.moe`)."""
+    """An FFN's width (a MoE block's: its experts' width, `runtime.layers.moe`)."""
     if hasattr(ff, "experts"):
         return (ff.experts.w1 if ff.experts.gated else ff.experts.fc1).shape[-1]
     return (ff.w1 if ff.gated else ff.fc1).out_features

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from runtime.data.tokenizer import byte_tokenizer
 from runtime.export import evaluate as ev
 from runtime.export.distill import TrainLog, distill
 from runtime.export.generate import tokenizer_path
@@ -51,9 +52,8 @@ from runtime.export.prune import prune as prune_model
 from runtime.export.quantize import COMPARISON_MODES, MODES, decoder_calibration, quantize
 from runtime.export.report import ExportReport, versions
 from runtime.export.source import heldout_batches, load_run, train_batches
-from runtime.mla import LatentAttention
+from runtime.layers.mla import LatentAttention
 from runtime.model import GPT
-from runtime.tokenizer import byte_tokenizer
 from sandbox.errors import SandboxError
 
 

@@ -4,7 +4,7 @@ This is the one adapter between export and the training side of the
 runtime. A run directory holds `plan.toml` and `checkpoints/step_%08d/`
 (torch.distributed.checkpoint files of any parallel layout plus a `COMPLETE`
 marker), read with `runtime.checkpoint`; the token batches come from the
-plan's `train.data` through `runtime.data`.
+plan's `train.data` through `runtime.data.loader`.
 
 Every problem with the user's input becomes a `SandboxError` (one line).
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 import sandbox
-from runtime import checkpoint, data
+from runtime import checkpoint
+from runtime.data import loader as data
 from runtime.model import GPT, build_model
 from sandbox.errors import SandboxError
 from sandbox.specs import Plan

@@ -1,6 +1,6 @@
 """The dense feed-forward of a block: GELU MLP or SwiGLU (`Model.activation`).
 
-Also the width of one expert for a MoE block's shared experts (`runtime.moe`).
+Also the width of one expert for a MoE block's shared experts (`runtime.layers.moe`).
 Re-exported by `runtime.model`.
 """
 

@@ -44,7 +44,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-from runtime.moe import MoE
+from runtime.layers.moe import MoE
 from runtime.parallel.expert_dispatch import ExpertGroups
 from sandbox.layout import ep_groups
 from sandbox.specs import Plan

@@ -10,7 +10,7 @@
   around routing (`gather_sequence`, `split_sequence`).
 
 `runtime.parallel.expert.apply_ep` shards the model and sets the
-`ExpertGroups` these run over; `runtime.moe` imports this module only, so
+`ExpertGroups` these run over; `runtime.layers.moe` imports this module only, so
 the MoE block does not depend on the code that shards it.
 """
 

@@ -1,4 +1,4 @@
-"""Tensor (and sequence) parallelism of multi-head latent attention (`runtime.mla`).
+"""Tensor (and sequence) parallelism of multi-head latent attention (`runtime.layers.mla`).
 
 Megatron-Core's MLA layout, as DTensor parallel styles: the heads are split
 over the tp ranks.
@@ -36,7 +36,7 @@ from torch.distributed.tensor.parallel import (
     RowwiseParallel,
 )
 
-from runtime.mla import LatentAttention
+from runtime.layers.mla import LatentAttention
 
 
 def copy_to_tp(x: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:

@@ -33,8 +33,8 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from runtime.layers.moe import MoE, moe_modules
 from runtime.model import build_model
-from runtime.moe import MoE, moe_modules
 from runtime.parallel.context import ContextParallel, apply_cp
 from runtime.parallel.data import apply_dp, grad_sync
 from runtime.parallel.expert import apply_ep, expert_mesh, reduce_expert_grads

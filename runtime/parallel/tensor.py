@@ -38,7 +38,7 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from runtime.mla import LatentAttention
+from runtime.layers.mla import LatentAttention
 from runtime.parallel.mla_tensor import mla_plan
 
 

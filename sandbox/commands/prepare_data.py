@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
             checked_path(s, "SRC")
     if args.tokenizer == "byte" and args.vocab not in (None, 256):
         raise SandboxError(f"--vocab: the byte tokenizer has 256 ids, got {args.vocab:,}")
-    from runtime.prepare import prepare
+    from runtime.data.prepare import prepare
 
     meta = prepare(args.sources, out, tokenizer=args.tokenizer, vocab=args.vocab,
                    val_fraction=args.val_fraction,

@@ -3,7 +3,7 @@
 `measure(plan, out)` runs the plan (`runtime.launch.run` into out/run):
 step time (median after warm-up), tokens/s, peak memory and the spread of
 the per-step times (metrics.jsonl); the run's one extra last step is traced
-with torch.profiler (`sandbox run --profile-step`, `runtime.step_trace`, on
+with torch.profiler (`sandbox run --profile-step`, `runtime.observe.step_trace`, on
 CPU or GPU), which splits a step into compute, exposed communication by
 class, optimizer and other. The prediction and the comparison are `sandbox.compare`'s; this
 module never asks the simulator. Units: seconds, GB, tokens/s.
@@ -25,9 +25,9 @@ import torch
 
 from runtime.calibrate.kernels import ForeignLoad
 from runtime.launch import run
+from runtime.observe.step_trace import read_breakdowns
+from runtime.observe.summary import WARMUP_STEPS
 from runtime.rundir import read_metrics
-from runtime.step_trace import read_breakdowns
-from runtime.train import WARMUP_STEPS
 from sandbox.compare import FIELDS
 from sandbox.specs import Plan
 

@@ -2,7 +2,7 @@
 
     prepare(["builtin"], "data/py", tokenizer="bpe", vocab=8192) -> meta (dict)
 
-Sources: `builtin` (the builtin corpus, `runtime.data`), .txt files (one
+Sources: `builtin` (the builtin corpus, `runtime.data.loader`), .txt files (one
 document each), .jsonl files (one document per line's "text"), or folders of
 them (sorted paths). Everything is streamed: a source is read in pieces of
 about `PIECE_BYTES` cut at line ends, once to train the tokenizer (BPE) and
@@ -13,7 +13,7 @@ Documents are joined by the tokenizer's separator (EOT for BPE, a newline
 for bytes: the byte stream is then the same as `train.data` pointing at the
 sources).
 
-Layout and meta.json: `runtime.shards`. The folder must be empty or new;
+Layout and meta.json: `runtime.data.shards`. The folder must be empty or new;
 meta.json is written last.
 """
 
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import data as rdata
-from runtime.shards import FORMAT, META, TOKENIZER, dtype_for, shard_name
-from runtime.tokenizer import Tokenizer, byte_tokenizer, train_bpe
+from runtime.data import loader as rdata
+from runtime.data.shards import FORMAT, META, TOKENIZER, dtype_for, shard_name
+from runtime.data.tokenizer import Tokenizer, byte_tokenizer, train_bpe
 from sandbox.errors import SandboxError
 
 PIECE_BYTES = 1 << 20  # text handed to the tokenizer at a time, bytes (about)
@@ -228,7 +228,7 @@ def _batched(it: Iterator[str], n: int) -> Iterator[list[str]]:
 
 def load_tokenizer(source: str) -> Tokenizer:
     """The tokenizer of a prepared directory (or the byte tokenizer otherwise)."""
-    from runtime.shards import is_prepared
+    from runtime.data.shards import is_prepared
 
     if is_prepared(source):
         return Tokenizer.load(Path(source).expanduser() / TOKENIZER)

@@ -15,7 +15,7 @@ bytes in all; `check_data` (the launcher's check) stats .txt files rather
 than reading them. The last `HELDOUT_FRACTION` of the token stream (at
 least one sequence) is held out for evaluation.
 
-Prepared data (`sandbox prepare-data`, `runtime.shards`): `train.data` names
+Prepared data (`sandbox prepare-data`, `runtime.data.shards`): `train.data` names
 a folder holding meta.json, tokenizer.json and token shards that every rank
 memory-maps; its split is the one meta.json records. `split_view` gives
 either kind of split with one interface (`windows`, `read`).
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.shards import TokenRange, check_prepared, is_prepared, open_prepared
+from runtime.data.shards import TokenRange, check_prepared, is_prepared, open_prepared
 from sandbox.errors import SandboxError
 from sandbox.files import regular_file_size
 from sandbox.specs import Plan
@@ -220,7 +220,7 @@ def token_count(source: str) -> int:
 def check_data(source: str, seq_len: int, vocab: int) -> int:
     """Raise SandboxError (one line naming the path) unless the source is
     readable (regular files, at most `DATA_LIMIT` bytes; or an intact prepared
-    directory whose vocabulary fits `vocab`, `runtime.shards.check_prepared`)
+    directory whose vocabulary fits `vocab`, `runtime.data.shards.check_prepared`)
     and long enough for seq_len-token training and held-out windows. Reads no
     more than it must (see `token_count`). Returns the number of tokens."""
     if is_prepared(source):
@@ -240,7 +240,7 @@ def check_data(source: str, seq_len: int, vocab: int) -> int:
 @dataclass(frozen=True)
 class ByteRange:
     """A split of a byte-token stream (uint8, in memory); same interface as
-    `runtime.shards.TokenRange`."""
+    `runtime.data.shards.TokenRange`."""
 
     toks: torch.Tensor
 

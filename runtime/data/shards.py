@@ -1,6 +1,6 @@
 """A prepared data directory (`sandbox prepare-data`): token shards every rank memory-maps.
 
-    DIR/tokenizer.json      the tokenizer (`runtime.tokenizer`)
+    DIR/tokenizer.json      the tokenizer (`runtime.data.tokenizer`)
     DIR/tokens_000000.bin   flat little-endian uint16 (vocab <= 65,536) or uint32 ids,
     DIR/tokens_000001.bin   consecutive pieces of one token stream
     DIR/meta.json           what the files are (written last: a folder without it is
@@ -119,7 +119,7 @@ class Prepared:
 
 @dataclass(frozen=True)
 class TokenRange:
-    """Tokens [lo, hi) of a prepared stream (the interface of `runtime.data`'s splits)."""
+    """Tokens [lo, hi) of a prepared stream (the interface of `runtime.data.loader`'s splits)."""
 
     data: Prepared
     lo: int
