@@ -31,9 +31,11 @@ from __future__ import annotations
 import json
 import os
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -81,11 +83,13 @@ def builtin_bytes(limit: int = BUILTIN_BYTES) -> bytes:
     return b"".join(chunks)[:limit]
 
 
-def _jsonl_bytes(path: Path) -> bytearray:
-    """The "text" fields of a JSONL file joined by newlines, UTF-8."""
-    out = bytearray()
+def jsonl_texts(path: Path, digest: Any = None) -> Iterator[tuple[int, str]]:
+    """(line number, "text" field) of each non-blank line of a JSONL file; one
+    clear error per bad line. `digest` (a hashlib object) sees every raw line."""
     with path.open("rb") as f:
         for n, line in enumerate(f, 1):
+            if digest is not None:
+                digest.update(line)
             if not line.strip():
                 continue
             try:
@@ -94,13 +98,20 @@ def _jsonl_bytes(path: Path) -> bytearray:
                 raise SandboxError(f"{path}:{n}: not valid JSON") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise SandboxError(f"{path}:{n}: expected an object with a \"text\" string")
-            if out:
-                out += b"\n"
-            try:
-                out += obj["text"].encode("utf-8")
-            except UnicodeEncodeError:
-                raise SandboxError(f"{path}:{n}: text is not valid Unicode (a lone "
-                                   "surrogate)") from None
+            yield n, obj["text"]
+
+
+def _jsonl_bytes(path: Path) -> bytearray:
+    """The "text" fields of a JSONL file joined by newlines, UTF-8."""
+    out = bytearray()
+    for n, text in jsonl_texts(path):
+        if out:
+            out += b"\n"
+        try:
+            out += text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SandboxError(f"{path}:{n}: text is not valid Unicode (a lone "
+                               "surrogate)") from None
     return out
 
 

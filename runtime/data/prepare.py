@@ -61,18 +61,8 @@ def _text_pieces(path: Path, digest) -> Iterator[str]:
 
 
 def _jsonl_docs(path: Path, digest) -> Iterator[str]:
-    with path.open("rb") as f:
-        for n, line in enumerate(f, 1):
-            digest.update(line)
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise SandboxError(f"{path}:{n}: not valid JSON") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise SandboxError(f"{path}:{n}: expected an object with a \"text\" string")
-            yield obj["text"].encode("utf-8", errors="replace").decode("utf-8")
+    for _n, text in rdata.jsonl_texts(path, digest):
+        yield text.encode("utf-8", errors="replace").decode("utf-8")
 
 
 def documents(sources: list[str], record: list[dict] | None = None
