@@ -290,8 +290,9 @@ def report(rows: list[dict], summary: dict, meta: dict) -> str:
               "the measured step allows; with recompute none they land within 2% "
               "(the '+ pipeline flushes' column: recompute none), so either the compute "
               "model is pessimistic for them or the published run did not recompute.",
-              "- `fits` reads `sandbox.memory`, which does not yet count routed experts / ep "
-              "(another branch makes it MoE-aware); it does not feed these timings.",
+              "- `fits` is `sandbox.memory`'s MoE-aware estimate (routed experts / ep, "
+              "their ZeRO states over the dp / ep expert-data-parallel ranks) under the "
+              "config's recompute; it does not feed these timings.",
               "- TFLOP/s uses the sandbox's active-parameter FLOPs; AutoModel's own count "
               "differs (compare the two error columns of one row), so tokens/s is "
               "the comparable metric."]
