@@ -47,9 +47,25 @@ def table(topo: Any, name: str) -> dict | None:
     return t
 
 
+_SHARED: dict[str, dict] = {}
+
+
+def shared_table(name: str) -> dict | None:
+    """A memo dict of function `name` for arguments not tied to one topology
+    (keys must pin what they stand for: values, or objects the entry keeps
+    alive); None while memoisation is off."""
+    if not _ON[0]:
+        return None
+    t = _SHARED.get(name)
+    if t is None or len(t) >= MAX_ENTRIES:
+        t = _SHARED[name] = {}
+    return t
+
+
 def clear() -> None:
     """Drop every memo table (tests compare cached and uncached results)."""
     _TABLES.clear()
+    _SHARED.clear()
 
 
 @contextmanager

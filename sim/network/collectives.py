@@ -195,7 +195,21 @@ def collective_time(topo: Topology, coll: Coll, prof: Profile) -> float:
 
 
 def merge_phases(per_coll: list[list[Phase]]) -> list[Phase]:
-    """Phase k of concurrent collectives as one phase of all their flows."""
+    """Phase k of concurrent collectives as one phase of all their flows
+    (memoised by the identity of the phases merged, `sim.memo`: the entry
+    keeps them, so an id stands for one object; memoised phases merge into
+    the same objects, whose paths `sim.search.refine` recognises)."""
+    seen = memo.shared_table("merge_phases")
+    if seen is None:
+        return _merge_phases(per_coll)
+    key = tuple(tuple(map(id, x)) for x in per_coll)
+    got = seen.get(key)
+    if got is None:
+        got = seen[key] = (tuple(map(tuple, per_coll)), tuple(_merge_phases(per_coll)))
+    return list(got[1])
+
+
+def _merge_phases(per_coll: list[list[Phase]]) -> list[Phase]:
     out = []
     for k in range(max((len(x) for x in per_coll), default=0)):
         ph = [x[k] for x in per_coll if len(x) > k]
