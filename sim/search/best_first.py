@@ -98,7 +98,9 @@ def best_first(todo: list[Screened], top: int, objective_of: Callable[[Plan, flo
                simulator: Callable | None = None, progress: bool = False,
                executor: str = "local", address: str | None = None) -> Outcome:
     """Simulate `todo` (sorted by objective_of(plan, analytic bound)) best bound
-    first until no candidate left can enter the top `top` (module docstring)."""
+    first until no candidate left can enter the top `top` (module docstring).
+    Refinements run here (they reuse this process's memo tables, `sim.memo`),
+    simulations on the executor's workers."""
     n = len(todo)
     refine = simulator is None
     first = [objective_of(t.plan, t.lower_bound_s) for t in todo]
@@ -107,13 +109,11 @@ def best_first(todo: list[Screened], top: int, objective_of: Callable[[Plan, flo
     best: list[float] = []  # distinct objectives that fit, sorted
     seen: set[float] = set()
     done: list[tuple[Screened, dict]] = []
-    pending: list[tuple[float, int]] = []  # (objective of the best known bound, index)
-    j = n if not refine else 0  # candidates before j have their best bound in `pending`
-    if not refine:  # nothing to refine: every candidate waits for its simulation
-        pending = [(first[i], i) for i in range(n)]
-    refs: dict[int, Any] = {}  # index -> future of refined_bound
-    sims: dict[int, Any] = {}  # index -> future of simulate_dict
-    next_ref = j
+    # (objective of the best known bound, index) of the candidates before j
+    pending: list[tuple[float, int]] = [] if refine else [(first[i], i) for i in range(n)]
+    j = 0 if refine else n
+    key_of = {i: b for b, i in pending}
+    sims: dict[int, Any] = {}  # index -> future of simulate_dict, computed ahead
     ahead = 2 * workers
     bar = tqdm(total=budget, desc="simulating", unit="plan", file=sys.stderr,
                disable=not progress, leave=False)
@@ -130,37 +130,16 @@ def best_first(todo: list[Screened], top: int, objective_of: Callable[[Plan, flo
             best.sort()
         bar.update(1)
 
-    key_of: dict[int, float] = {}  # index -> its objective bound in `pending`
-    if not refine:
-        key_of = {i: b for b, i in pending}
-
-    def drop_stale(limit: float) -> None:
-        """Forget speculation the loop can no longer ask for (the top-th only falls)."""
-        for i in [i for i in sims if key_of[i] >= limit]:
-            sims.pop(i).cancel()
-        for i in [i for i in refs if first[i] >= limit]:
-            refs.pop(i).cancel()
-
     with _executor(executor, workers, address) as ex:
         while True:
             limit = kth()
-            drop_stale(limit)
-            while len(refs) + len(sims) < ahead:  # compute ahead: what the loop will ask
-                sim_next = next(((b, i) for b, i in heapq.nsmallest(ahead + 1, pending)
-                                 if i not in sims), None)
-                if sim_next is not None and (sim_next[0] >= limit
-                                             or len(done) + len(sims) >= budget):
-                    sim_next = None
-                ref_next = (first[next_ref], next_ref) if (
-                    next_ref < n and first[next_ref] < limit) else None
-                if sim_next is None and ref_next is None:
+            for i in [i for i in sims if key_of[i] >= limit]:  # never asked for again
+                sims.pop(i).cancel()
+            for b, i in heapq.nsmallest(ahead, pending):  # simulate ahead what comes next
+                if len(sims) >= ahead or b >= limit or len(done) + len(sims) >= budget:
                     break
-                if ref_next is None or sim_next is not None and sim_next < ref_next:
-                    i = sim_next[1]
+                if i not in sims:
                     sims[i] = ex.submit(simulate_dict, simulator, todo[i].plan)
-                else:
-                    refs[next_ref] = ex.submit(refined_bound, todo[next_ref].plan)
-                    next_ref += 1
             top1 = first[j] if j < n else float("inf")
             top2 = pending[0][0] if pending else float("inf")
             if min(top1, top2) >= limit:
@@ -172,15 +151,13 @@ def best_first(todo: list[Screened], top: int, objective_of: Callable[[Plan, flo
                 fut = sims.pop(i, None) or ex.submit(simulate_dict, simulator, todo[i].plan)
                 record(i, fut.result())
             else:  # refine the best analytic one and put it back
-                fut = refs.pop(j, None) or ex.submit(refined_bound, todo[j].plan)
-                r = fut.result()
+                r = refined_bound(todo[j].plan)
                 if r is not None:
                     bound_s[j] = r
                 key_of[j] = objective_of(todo[j].plan, bound_s[j])
                 heapq.heappush(pending, (key_of[j], j))
                 j += 1
-                next_ref = max(next_ref, j)
-        for f in (*refs.values(), *sims.values()):
+        for f in sims.values():
             f.cancel()
     bar.close()
     limit = kth()
