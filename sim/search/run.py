@@ -234,7 +234,7 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
         screened_out=int((rej["stage"] == "screened").sum()),
         not_simulated=int((rej["stage"] == "budget").sum()),
         simulated=simulated, timed_by_a_twin=len(done) - simulated,
-        rejected_by_reason=by_reason)
+        rejected_by_reason=by_reason, refined=out.refined)
     result = SearchResult(table=ranked.head(top), all_simulated=table, rejected=rej,
                           counts=counts, base_plan=base, objective=objective, top=top,
                           wall_s=time.perf_counter() - start)
