@@ -2,9 +2,11 @@
 
 The simulator's network costs are pure functions of (topology, arguments):
 `sim.network.shared` hands out one `Topology` per cluster and never changes
-it, so a result computed once for a collective or a stage is valid for every
-later plan on that topology. `table(topo, name)` is a dict for one function's
-results on `topo`, dropped when the topology is garbage-collected; keys are
+it (it `register`s it here), so a result computed once for a collective or a
+stage is valid for every later plan on that topology. `table(topo, name)` is
+a dict for one function's results on a registered `topo` (None for any other
+topology: one built by hand may be changed, so nothing is memoised for it),
+dropped when the topology is garbage-collected; keys are
 the function's other arguments (frozen dataclasses, tuples), never an
 approximation of them, so a hit returns exactly what the call would compute.
 A table is emptied when it reaches `MAX_ENTRIES` (memory, not correctness).
@@ -30,16 +32,23 @@ def _forget(ref: weakref.ref, key: int) -> None:
         del _TABLES[key]
 
 
-def table(topo: Any, name: str) -> dict | None:
-    """The memo dict of function `name` on `topo` (created empty); None while
-    memoisation is off (`disabled`)."""
-    if not _ON[0]:
-        return None
+def register(topo: Any) -> Any:
+    """Mark `topo` as never changed again (memo tables may hold its results)."""
     key = id(topo)
     got = _TABLES.get(key)
     if got is None or got[0]() is not topo:
-        ref = weakref.ref(topo, functools.partial(_forget, key=key))
-        got = _TABLES[key] = (ref, {})
+        _TABLES[key] = (weakref.ref(topo, functools.partial(_forget, key=key)), {})
+    return topo
+
+
+def table(topo: Any, name: str) -> dict | None:
+    """The memo dict of function `name` on a registered `topo` (created empty);
+    None for a topology not registered, or while memoisation is off (`disabled`)."""
+    if not _ON[0]:
+        return None
+    got = _TABLES.get(id(topo))
+    if got is None or got[0]() is not topo:
+        return None
     tables = got[1]
     t = tables.get(name)
     if t is None or len(t) >= MAX_ENTRIES:
@@ -63,8 +72,9 @@ def shared_table(name: str) -> dict | None:
 
 
 def clear() -> None:
-    """Drop every memo table (tests compare cached and uncached results)."""
-    _TABLES.clear()
+    """Empty every memo table (tests compare cached and uncached results)."""
+    for _ref, tables in _TABLES.values():
+        tables.clear()
     _SHARED.clear()
 
 
