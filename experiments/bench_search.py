@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -30,15 +31,22 @@ TABLE = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute", "sequence_
          "schedule", "step_time_s", "tokens_per_s", "mfu", "memory_gb_per_gpu")
 
 
-def run_search() -> tuple[float, list[dict], str, float]:
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_search() -> tuple[float, float, list[dict], str, float]:
+    """(wall s, CPU s of the command and its workers, top rows, stderr, load before)."""
     cmd = [sys.executable, "-m", "sandbox", "search", *ARGS, "--json"]
     load = provenance.load_average()[0]
+    cpu0 = _children_cpu_s()
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode:
         sys.exit(f"search failed: {r.stderr.strip()}")
-    return wall, json.loads(r.stdout), r.stderr, load
+    return wall, _children_cpu_s() - cpu0, json.loads(r.stdout), r.stderr, load
 
 
 def megatron_variants() -> list[dict]:
@@ -72,8 +80,12 @@ def counts_from(stderr: str) -> dict:
                   r"screened out by the lower bound; ([\d,]+) left unsimulated \(budget\); "
                   r"([\d,]+) simulated", stderr)
     keys = ("considered", "rejected", "screened_out", "not_simulated", "simulated")
-    return {k: int(v.replace(",", "")) for k, v in zip(keys, m.groups(), strict=True)} if m \
+    out = {k: int(v.replace(",", "")) for k, v in zip(keys, m.groups(), strict=True)} if m \
         else {}
+    r = re.search(r"([\d,]+) bounds tightened", stderr)
+    if r:
+        out["refined"] = int(r.group(1).replace(",", ""))
+    return out
 
 
 def markdown(res: dict) -> str:
@@ -94,6 +106,7 @@ def markdown(res: dict) -> str:
                f"{m['fits']} |" for m in meg]
     c, mc = res["counts"], res["machine"]
     walls = ", ".join(f"{w:.1f}" for w in res["wall_s_all"])
+    cpus = ", ".join(f"{w:.1f}" for w in res["cpu_s_all"])
     return "\n".join([
         "# `sandbox search`: GPT-3 175B on 1,024 A100s, global batch 1,536",
         "",
@@ -105,13 +118,18 @@ def markdown(res: dict) -> str:
         f"average before each run: {', '.join(f'{x:.1f}' for x in res['load_before'])}).",
         "",
         f"- Wall time of the command (median of {len(res['wall_s_all'])}): "
-        f"**{res['wall_s']:.1f} s** (runs: {walls} s; target < 30 s on 2 quiet cores)",
-        "- Exhaustive: no simulation budget; a candidate is left out only when its sound "
-        "lower bound on the step time is above the 10th best distinct simulated time",
+        f"**{res['wall_s']:.1f} s** (runs: {walls} s; target < 30 s on 2 quiet cores); CPU "
+        f"time (user + sys, the command and its worker processes): {cpus} s",
+        "- Exhaustive: no simulation budget; a candidate is left out only when a sound "
+        "lower bound on its step time is above the 10th best distinct simulated time: "
+        "the analytic bound (every candidate) or, tighter, the bound from its lowered "
+        "work (critical path of its ops, data-parallel tail, busiest link; "
+        "`sim.search.refine`), taken best bound first (`sim.search.best_first`)",
         f"- Candidates considered: **{c.get('considered', '?'):,}**; rejected (cannot run or "
         f"does not fit): {c.get('rejected', '?'):,}; screened out by the lower bound: "
         f"{c.get('screened_out', '?'):,}; left unsimulated by the budget: "
-        f"{c.get('not_simulated', '?'):,}; simulated: **{c.get('simulated', '?'):,}**",
+        f"{c.get('not_simulated', '?'):,}; simulated: **{c.get('simulated', '?'):,}**; "
+        f"bounds tightened from the lowered work: {c.get('refined', '?'):,}",
         "",
         "## Top 10 (predicted by the simulator)",
         "",
@@ -132,10 +150,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1, help="timed runs of the CLI")
     a = ap.parse_args()
-    walls, loads = [], []
+    walls, cpus, loads = [], [], []
     for _ in range(a.repeats):
-        wall, top, stderr, load = run_search()
+        wall, cpu, top, stderr, load = run_search()
         walls.append(wall)
+        cpus.append(cpu)
         loads.append(load)
     meg = megatron_variants()
     meg_best = max((m for m in meg if m["fits"]), key=lambda m: m["tokens_per_s"])
@@ -143,7 +162,7 @@ def main() -> int:
     walls_sorted = sorted(walls)
     res = {"command": "sandbox search " + " ".join(ARGS),
            "machine": provenance.machine(("simpy", "networkx", "pandas", "numpy")),
-           "wall_s": walls_sorted[len(walls) // 2], "wall_s_all": walls,
+           "wall_s": walls_sorted[len(walls) // 2], "wall_s_all": walls, "cpu_s_all": cpus,
            "load_before": loads, "counts": counts_from(stderr), "top": top,
            "megatron": meg, "megatron_best": meg_best, "best_tokens_per_s": best,
            "megatron_best_tokens_per_s": meg_best["tokens_per_s"],
@@ -152,7 +171,7 @@ def main() -> int:
     (RESULTS / "search_175b.json").write_text(json.dumps(res, indent=2) + "\n")
     (RESULTS / "search_175b.md").write_text(markdown(res))
     print(markdown(res))
-    return 0 if res["ratio"] >= 1 and res["wall_s"] < 60 else 1
+    return 0 if res["ratio"] >= 1 and res["wall_s"] < 30 else 1
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from sandbox import counts, experts, memory, recompute
 from sandbox.layout import local_seq_len, rank_chunk_sizes, rank_of
 from sandbox.profile import Profile
 from sandbox.specs import Plan
-from sim import compute
+from sim import compute, memo
 from sim.context_parallel import cp_times
 from sim.expert_parallel import ep_times
 from sim.host import host_ops
@@ -171,7 +171,26 @@ def stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.De
                 ) -> tuple[dict[tuple[int, int, str], OpCost], list[float]]:
     """Op costs of replica d's stages and their optimizer seconds: stage s runs
     on `devs[s]` with its kernels `slow[s]` times slower, `layers[s]` blocks
-    (`cache` keeps kernel times per device and sequence length between calls)."""
+    (`cache` keeps kernel times per device and sequence length between calls).
+
+    Memoised per topology (`sim.memo`) by exactly these arguments: the plan
+    (frozen), the profile, the devices, slowdowns, layers and replica; a
+    search lowers a plan twice (its bound, then its simulation) and the
+    simulator's replicas share stages. The OpCosts are shared, never changed;
+    the dict and list are copies."""
+    seen = memo.table(topo, "stage_costs")
+    if seen is None:
+        return _stage_costs(plan, topo, prof, devs, slow, layers, d, cache)
+    key = (plan, prof, tuple(devs), tuple(slow), tuple(layers), d)
+    got = seen.get(key)
+    if got is None:
+        got = seen[key] = _stage_costs(plan, topo, prof, devs, slow, layers, d, cache)
+    return dict(got[0]), list(got[1])
+
+
+def _stage_costs(plan: Plan, topo: Topology, prof: Profile, devs: list[compute.Device],
+                 slow: list[float], layers: list[int], d: int = 0, cache: dict | None = None
+                 ) -> tuple[dict[tuple[int, int, str], OpCost], list[float]]:
     p, tr = plan.parallel, plan.train
     P, v = p.pp, virtual_stages(plan)
     zb = p.schedule == "zero-bubble"

@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass
 
 from sandbox.profile import Profile, bus_factor
+from sim import memo
 from sim.network.flows import fluid_finish
 from sim.network.topology import Topology
 
@@ -111,7 +112,19 @@ def _all_to_all(topo: Topology, ranks: tuple[int, ...], nbytes: float,
 
 
 def phases(topo: Topology, coll: Coll, prof: Profile) -> list[Phase]:
-    """The collective as sequential phases of concurrent flows."""
+    """The collective as sequential phases of concurrent flows (memoised per
+    topology, `sim.memo`: the phases are frozen, the list a copy)."""
+    seen = memo.table(topo, "phases")
+    if seen is None:
+        return _phases(topo, coll, prof)
+    key = (coll, prof)
+    got = seen.get(key)
+    if got is None:
+        got = seen[key] = tuple(_phases(topo, coll, prof))
+    return list(got)
+
+
+def _phases(topo: Topology, coll: Coll, prof: Profile) -> list[Phase]:
     ranks, op = coll.ranks, coll.op
     if len(ranks) <= 1 or coll.nbytes <= 0:
         return []
@@ -146,9 +159,21 @@ def _merge(ps: list[Phase]) -> Phase:
 
 def concurrent_time(topo: Topology, colls: list[Coll], prof: Profile) -> float:
     """Seconds until all of `colls`, started together on an idle network, finish
-    (flows of the same phase index share links max-min fairly)."""
+    (flows of the same phase index share links max-min fairly; memoised per
+    topology, `sim.memo`)."""
     if not colls:
         return 0.0
+    seen = memo.table(topo, "concurrent_time")
+    if seen is None:
+        return _concurrent_time(topo, colls, prof)
+    key = (tuple(colls), prof)
+    got = seen.get(key)
+    if got is None:
+        got = seen[key] = _concurrent_time(topo, colls, prof)
+    return got
+
+
+def _concurrent_time(topo: Topology, colls: list[Coll], prof: Profile) -> float:
     measured = [prof.collective_point(c.op, len(c.ranks)) for c in colls]
     if all(m is not None for m in measured):
         return max(m.latency_s + bus_factor(c.op, len(c.ranks)) * c.nbytes / m.busbw_bytes_per_s
@@ -170,7 +195,21 @@ def collective_time(topo: Topology, coll: Coll, prof: Profile) -> float:
 
 
 def merge_phases(per_coll: list[list[Phase]]) -> list[Phase]:
-    """Phase k of concurrent collectives as one phase of all their flows."""
+    """Phase k of concurrent collectives as one phase of all their flows
+    (memoised by the identity of the phases merged, `sim.memo`: the entry
+    keeps them, so an id stands for one object; memoised phases merge into
+    the same objects, whose paths `sim.search.refine` recognises)."""
+    seen = memo.shared_table("merge_phases")
+    if seen is None:
+        return _merge_phases(per_coll)
+    key = tuple(tuple(map(id, x)) for x in per_coll)
+    got = seen.get(key)
+    if got is None:
+        got = seen[key] = (tuple(map(tuple, per_coll)), tuple(_merge_phases(per_coll)))
+    return list(got[1])
+
+
+def _merge_phases(per_coll: list[list[Phase]]) -> list[Phase]:
     out = []
     for k in range(max((len(x) for x in per_coll), default=0)):
         ph = [x[k] for x in per_coll if len(x) > k]

@@ -7,7 +7,8 @@ of node N to the network) or `node:N` (every NIC of node N); a random
 `numpy.random.default_rng(variation_seed + 1)`, so a plan always means the
 same cluster. `shared` memoises the result per (cluster, topology kind): the
 graphs it returns are never changed afterwards, so routes and latencies
-computed once are reused. Units: bytes/s.
+computed once are reused, and so are collective and stage costs
+(`sim.memo.register`). Units: bytes/s.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import dataclasses
 import numpy as np
 
 from sandbox.specs import Cluster
+from sim import memo
 from sim.network.topology import Topology, build
 
 _SHARED: dict = {}
@@ -85,5 +87,5 @@ def shared(cluster: Cluster, kind: str | None = None) -> Topology:
     if topo is None:
         if len(_SHARED) >= _SHARED_MAX:
             _SHARED.pop(next(iter(_SHARED)))
-        topo = _SHARED[key] = with_slow_links(build(cluster, kind))
+        topo = _SHARED[key] = memo.register(with_slow_links(build(cluster, kind)))
     return topo

@@ -34,6 +34,7 @@ class SearchCounts:
     simulated: int
     timed_by_a_twin: int  # ranked with the timing of an identical twin (ZeRO 1 / 2)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    refined: int = 0  # candidates whose bound was tightened from their lowered work
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ def summary(result: SearchResult) -> str:
     lines = [f"search: {c.considered:,} candidates considered; {c.rejected:,} "
              f"rejected; {c.screened_out:,} screened out by the lower bound; "
              f"{c.not_simulated:,} left unsimulated (budget); {c.simulated:,} simulated "
-             f"(+{c.timed_by_a_twin:,} timed by an identical twin) "
-             f"in {result.wall_s:.1f} s"]
+             f"(+{c.timed_by_a_twin:,} timed by an identical twin; {c.refined:,} bounds "
+             f"tightened from the lowered work) in {result.wall_s:.1f} s"]
     lines += [f"  rejected {n:,}: {why}" for why, n in c.rejected_by_reason.items()]
     return "\n".join(lines)
 

@@ -4,17 +4,19 @@ a GPU budget by simulated step time or cost per token.
 Pipeline: enumerate (`sim.search.space.candidates`) -> drop what cannot run
 or fit, keeping the reason (`screen`) -> order by an analytic lower bound on
 the step time -> simulate with the discrete-event simulator, in parallel over
-cores, best bound first, until no remaining candidate can enter the top
-`top` (its bound is above the top-th distinct simulated time), or
-`max_simulations` plans are simulated when a budget is given (by default
-none: every candidate is simulated unless its bound proves it cannot enter
-the top) -> rank, fold plans of identical cost into one row (`same_cost`
-counts them), mark the Pareto fronts.
+cores, best bound first (`sim.search.best_first`: a candidate's bound is
+tightened from its lowered work, `sim.search.refine`, before it is
+simulated), until no remaining candidate can enter the top `top` (its bound
+is above the top-th distinct simulated time), or `max_simulations` plans
+are simulated when a budget is given (by default none: every candidate is
+simulated unless its bound proves it cannot enter the top) -> rank, fold
+plans of identical cost into one row (`same_cost` counts them), mark the
+Pareto fronts.
 
-Deterministic: candidate i is simulated exactly when its bound beats the
-top-th result of candidates 0..i-1, whatever the number of workers (they run
-ahead speculatively; results are taken in candidate order), and the budget is
-a count of simulations, never a time. `run_search` returns a
+Deterministic: the candidates simulated and the ranking are the same
+whatever the number of workers (they run ahead speculatively; results are
+taken in the order one process would ask for them), and the budget is a
+count of simulations, never a time. `run_search` returns a
 `sim.search.result.SearchResult`; `search` its table (the DESIGN.md
 contract: a pandas DataFrame, one row per simulated plan, sorted by the
 objective). Times in seconds.
@@ -31,14 +33,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
 import sim
 from sandbox.bounds import bound_problems
 from sandbox.errors import SandboxError
 from sandbox.specs import Plan
 from sim.budget import check_search_budget, search_workers
-from sim.search.executors import check_executor, pool
+from sim.search.best_first import SAME_COST_DIGITS, best_first, cost_key
+from sim.search.executors import check_executor
 from sim.search.result import SearchCounts, SearchResult, flatten, summary
 from sim.search.space import (
     SEARCHED,
@@ -55,16 +57,11 @@ MAX_WORKERS = 64  # simulation processes at most (each holds a simulator: 100 MB
 SCREEN_S = 0.00025  # seconds to validate and bound one candidate (6,480 in 1.6 s)
 MAX_CANDIDATES = 50_000  # candidates screened at most (the default space holds about 7,000)
 EXHAUSTIVE_FLOOR = 128  # simulations an unbudgeted search is assumed to need, for the limit
-SAME_COST_DIGITS = 12  # objectives equal to this many significant digits are one cost
+__all__ = ["SAME_COST_DIGITS", "cost_key", "pareto_front", "run_search", "search",
+           "usd_per_million_tokens"]
 CONTRACT = ("params", "flops_per_step", "step_time_s", "tokens_per_s", "tflops_per_gpu",
             "hw_tflops_per_gpu", "mfu", "hfu", "memory_gb_per_gpu", "fits", "breakdown_s",
             "events", "sim_wall_s")
-
-
-def _simulate_dict(simulator: Callable | None, plan: Plan) -> dict:
-    """Simulate one plan -> the `simulate` contract as a dict (runs in a worker)."""
-    result = (simulator or sim.simulate)(plan)
-    return result.to_dict() if hasattr(result, "to_dict") else dict(result)
 
 
 def pareto_front(x: list[float], y: list[float]) -> list[bool]:
@@ -100,74 +97,6 @@ def _resolve_workers(workers: int | None, jobs: int, gpus: int) -> int:
     jobs, nor than fit together in `sim.budget.search_workers`'s memory."""
     n = workers if workers is not None else (os.cpu_count() or 1)
     return max(1, min(search_workers(gpus, n), jobs))
-
-
-def cost_key(value: float) -> float:
-    """An objective rounded to SAME_COST_DIGITS significant digits: plans with one key
-    cost the same (ZeRO stages that time alike, to 16 digits)."""
-    return float(f"{value:.{SAME_COST_DIGITS}g}")
-
-
-def _simulate_all(todo: list[Screened], top: int, objective_of: Callable, workers: int,
-                  max_simulations: int | None, simulator: Callable | None, progress: bool,
-                  executor: str = "local", address: str | None = None
-                  ) -> tuple[list[tuple[Screened, dict]], int, int]:
-    """Simulate `todo` (sorted by bound) until the bound prunes the rest:
-    candidate i is simulated when its bound beats the top-th distinct objective
-    of the results of candidates 0..i-1 (plans of one cost fill one row). With
-    workers > 1 candidates are simulated ahead and their results taken in
-    order, so the outcome is the same.
-
-    Returns (results in candidate order, index where simulation stopped, how
-    many were pruned by the bound rather than by the budget).
-    """
-    done: list[tuple[Screened, dict]] = []
-    best: list[float] = []  # distinct objective values taken so far, sorted
-    seen: set[float] = set()
-    stop = len(todo) if max_simulations is None else min(len(todo), max_simulations)
-    bar = tqdm(total=stop, desc="simulating", unit="plan",
-               file=sys.stderr, disable=not progress, leave=False)
-
-    def admits(j: int) -> bool:
-        kth = best[top - 1] if len(best) >= top else float("inf")
-        return objective_of(todo[j].plan, todo[j].lower_bound_s) < kth
-
-    def record(item: Screened, result: dict) -> None:
-        done.append((item, result))
-        key = cost_key(objective_of(item.plan, result["step_time_s"]))
-        if result.get("fits", True) and key not in seen:
-            seen.add(key)
-            best.append(key)
-            best.sort()
-        bar.update(1)
-
-    i, pruned = 0, 0
-    if workers == 1 and executor == "local":
-        while i < stop and admits(i):
-            record(todo[i], _simulate_dict(simulator, todo[i].plan))
-            i += 1
-    else:
-        with pool(executor, workers, address) as ex:
-            ahead: dict = {}  # candidate index -> future
-            nxt = 0
-            while True:
-                # the taken results only lower the top-th value: what fails now fails later
-                while nxt < stop and len(ahead) < 2 * workers and admits(nxt):
-                    ahead[nxt] = ex.submit(_simulate_dict, simulator, todo[nxt].plan)
-                    nxt += 1
-                if i not in ahead:
-                    break
-                result = ahead.pop(i).result()
-                if not admits(i):
-                    break
-                record(todo[i], result)
-                i += 1
-            for f in ahead.values():
-                f.cancel()
-    bar.close()
-    if i < len(todo) and not admits(i):
-        pruned = len(todo) - i
-    return done, i, pruned
 
 
 def _timing_groups(feasible: list[Screened], simulator: Callable | None
@@ -258,17 +187,17 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
 
     feasible.sort(key=lambda s: (objective_of(s.plan, s.lower_bound_s), s.memory_gb))
     reps, members = _timing_groups(feasible, simulator)
-    done, stopped, pruned = _simulate_all(
-        reps, top, objective_of, _resolve_workers(workers, len(reps), base.world_size),
-        max_simulations, simulator, progress, executor, ray_address)
-    simulated = len(done)
+    out = best_first(reps, top, objective_of,
+                     _resolve_workers(workers, len(reps), base.world_size), max_simulations,
+                     simulator, progress, executor, ray_address)
+    simulated = len(out.done)
     done = [(m, res if m is item else _with_memory(m.plan, res))
-            for item, res in done for m in members[id(item)]]
-    for item in [m for rep in reps[stopped:] for m in members[id(rep)]]:
-        stage = "screened" if pruned else "budget"
-        why = (f"screened: lower bound {item.lower_bound_s:.3g} s cannot beat the top {top}"
-               if pruned else f"not simulated: simulation budget ({max_simulations}) spent")
-        rejected.append((item.plan.parallel, stage, why))
+            for item, res in out.done for m in members[id(item)]]
+    for rep, bound, stage in out.left:
+        why = (f"screened: lower bound {bound:.3g} s cannot beat the top {top}"
+               if stage == "screened" else
+               f"not simulated: simulation budget ({max_simulations}) spent")
+        rejected += [(m.plan.parallel, stage, why) for m in members[id(rep)]]
     rows = []
     for item, res in done:
         if not res.get("fits", True):
@@ -305,7 +234,7 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
         screened_out=int((rej["stage"] == "screened").sum()),
         not_simulated=int((rej["stage"] == "budget").sum()),
         simulated=simulated, timed_by_a_twin=len(done) - simulated,
-        rejected_by_reason=by_reason)
+        rejected_by_reason=by_reason, refined=out.refined)
     result = SearchResult(table=ranked.head(top), all_simulated=table, rejected=rej,
                           counts=counts, base_plan=base, objective=objective, top=top,
                           wall_s=time.perf_counter() - start)

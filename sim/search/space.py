@@ -325,8 +325,10 @@ def _microbatch_s(plan: Plan) -> float:
                * memory.weight_bytes_per_param(t.precision))
         one = 2 * (p.tp - 1) / p.tp * act / (c.intra_node_gb_per_s * 1e9)
         gpu += (2 if p.tp_overlap else 4) * one * layers
-    ho = host.host_ops(plan)
-    ops = layers * (2 * ho.block_fwd + ho.block_bwd_input + ho.block_bwd_weight)
+    ho = host.host_ops(plan)  # kernels per block as `sim.costs` charges the host for them
+    rerun = {"full": ho.block_fwd, "selective": ho.attn_core, "op": ho.op_recompute}.get(
+        p.recompute, 0)  # "layer": a share of the blocks, at least none
+    ops = layers * (ho.block_fwd + ho.block_bwd_input + ho.block_bwd_weight + rerun)
     return max(gpu, ops * prof.host_op_overhead_s)
 
 
