@@ -34,6 +34,7 @@ from sandbox.profile import profile_for
 from sandbox.specs import Plan
 from sim import engine, lowering, memo
 from sim.network.collectives import Phase
+from sim.network.flows import LinkIndex
 from sim.network.shared import shared
 from sim.network.topology import Topology
 from sim.work import Work
@@ -49,11 +50,11 @@ class _Net:
 
     def __init__(self, topo: Topology):
         self.topo = topo
-        self.ids = memo.table(topo, "link_ids")
+        indices = memo.table(topo, "link_index")
         self.groups = memo.table(topo, "group_links")
-        if self.ids is None or self.groups is None:
-            self.ids, self.groups = {}, {}
-        self.cap = self.ids.setdefault("capacity", [])  # by link id
+        if indices is None or self.groups is None:
+            indices, self.groups = {}, {}
+        self.index = indices.setdefault("index", LinkIndex(topo.capacity))
 
     def links(self, paths: tuple) -> tuple[np.ndarray, np.ndarray, float]:
         """(link ids, flows of the group on each, the group's per-flow rate)."""
@@ -63,15 +64,8 @@ class _Net:
             for path in paths:
                 for e in path:
                     load[e] = load.get(e, 0) + 1
-            idx = np.empty(len(load), dtype=np.int64)
-            for j, e in enumerate(load):
-                i = self.ids.get(e)
-                if i is None:
-                    i = self.ids[e] = len(self.cap)
-                    self.cap.append(float(self.topo.capacity(e)))
-                idx[j] = i
-            n = np.fromiter(load.values(), dtype=float, count=len(load))
-            rate = float(np.min(np.asarray(self.cap)[idx] / n))
+            idx, n = self.index.load(load)
+            rate = float(np.min(self.index.cap[idx] / n))
             got = self.groups[id(paths)] = (paths, idx, n, rate)
         return got[1], got[2], got[3]
 
@@ -94,8 +88,9 @@ class _Net:
         idx = np.concatenate([p[0] for p in parts])
         w = np.concatenate([p[1] * nbytes for p, (_, nbytes) in zip(parts, sent.values(),
                                                                     strict=True)])
-        link_bytes = np.bincount(idx, weights=w, minlength=len(self.cap))
-        return float(np.max(link_bytes / np.asarray(self.cap)))
+        cap = self.index.cap
+        link_bytes = np.bincount(idx, weights=w, minlength=len(cap))
+        return float(np.max(link_bytes / cap))
 
 
 def _add_load(sent: dict, phases: list[Phase], times: int = 1) -> None:
