@@ -27,6 +27,8 @@ _ON = [True]
 
 
 def _forget(ref: weakref.ref, key: int) -> None:
+    if _TABLES is None:  # interpreter teardown: module globals already cleared
+        return
     got = _TABLES.get(key)
     if got is not None and got[0] is ref:
         del _TABLES[key]
