@@ -176,7 +176,8 @@ def markdown(o: dict, r) -> str:
         f"std {r.time_to_train_std_h:.1f} h; {r.runs} runs) |",
         f"| of which lost work / downtime / checkpoints | {r.lost_work_h:.1f} h / "
         f"{r.downtime_h:.1f} h / {r.checkpoint_time_h:.1f} h |",
-        f"| interruptions | {r.expected_interruptions:.0f} per run, "
+        f"| interruptions | {r.expected_interruptions:.0f} per run (p10 "
+        f"{r.interruptions_p10:.0f}, p90 {r.interruptions_p90:.0f}), "
         f"{o['interruptions_per_day']:.2f} per day |",
         f"| expected cost | ${r.expected_cost_usd / 1e6:.1f}M (p10 ${r.cost_p10_usd / 1e6:.1f}M, "
         f"p90 ${r.cost_p90_usd / 1e6:.1f}M) at $2.99/GPU-h |", "",

@@ -75,3 +75,21 @@ def text(value: str) -> str:
             f"not valid text (position {e.start}: {value[e.start:e.end]!a}, bytes that are "
             "not UTF-8)") from None
     return value
+
+
+_SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+
+
+def count(value: str) -> float:
+    """An argparse type: a positive finite count such as 15T, 300B, 1M, 2.5e12
+    (suffixes K, M, B or G, T: 1e3, 1e6, 1e9, 1e12; any case)."""
+    s = value.strip()
+    scale = _SUFFIXES.get(s[-1:].upper(), 1.0)
+    try:
+        v = float(s[:-1] if scale != 1.0 else s) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a count like 15T, 300B, 1M or 2.5e12, got '{value}'") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got '{value}'")
+    return v

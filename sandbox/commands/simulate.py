@@ -1,12 +1,12 @@
 """sandbox simulate PLAN [--json] [--trace FILE] [--plot FILE] [--failures]
-[--failures-plot FILE]"""
+[--failures-plot FILE] [--tokens N | --days D]"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from sandbox.commands._args import SEED_MAX, integer
+from sandbox.commands._args import SEED_MAX, count, integer, number
 from sandbox.errors import SandboxError
 
 HELP = "predict a plan's step time, breakdown and memory with the discrete-event simulator"
@@ -24,15 +24,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "checkpoint interval as a PNG")
     p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
                    help="seed of the failure simulation (0 .. 2**32-1)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--tokens", type=count, metavar="N",
+                        help="with --failures implied: the run's budget in tokens (15T, 300B, "
+                             "2.5e12; default: the plan's train.steps)")
+    budget.add_argument("--days", type=number(0.0, 1e6, low_open=True), metavar="D",
+                        help="with --failures implied: the run's budget in days of "
+                             "failure-free compute")
 
 
-def _failures(plan, step_time_s: float, seed: int):
+def _budget(args: argparse.Namespace) -> dict:
+    """The failure report's budget keywords from --tokens / --days."""
+    if args.tokens is not None:
+        return {"tokens": args.tokens}
+    if args.days is not None:
+        return {"work_s": args.days * 86400.0}
+    return {}
+
+
+def _failures(plan, step_time_s: float, seed: int, budget: dict | None = None):
     try:
         from sim.failures import failure_report
     except ImportError:
         raise SandboxError("--failures: the failure model (sim/failures/) is not "
                            "available in this installation") from None
-    return failure_report(plan, step_time_s, seed=seed)
+    return failure_report(plan, step_time_s, seed=seed, **(budget or {}))
 
 
 # Contract fields format_result prints under its own labels; every other
@@ -90,18 +106,20 @@ def main(args: argparse.Namespace) -> int:
 
     check_outputs(args)
     plan = sandbox.load(args.plan)
-    args.failures = args.failures or args.failures_plot is not None
+    args.failures = (args.failures or args.failures_plot is not None
+                     or args.tokens is not None or args.days is not None)
     if args.failures:  # fail early, before simulating, if the module is missing
         try:
             from sim.failures import check_failure_inputs
         except ImportError:
             _failures(plan, 0.0, args.seed)
-        check_failure_inputs(plan, args.seed)
+        check_failure_inputs(plan, args.seed, **_budget(args))
     result = sandbox.simulate(plan, timeline=args.trace is not None or args.plot is not None)
-    d = result.to_dict()
+    d, failures = result.to_dict(), {}
     if args.failures:
-        report = _failures(plan, result.step_time_s, args.seed)
-        d.update(report.to_dict())
+        report = _failures(plan, result.step_time_s, args.seed, _budget(args))
+        failures = report.to_dict()
+        d.update(failures)
         if args.failures_plot is not None:
             from sandbox.failures_view import plot_interval_sweep
 
@@ -112,5 +130,12 @@ def main(args: argparse.Namespace) -> int:
             result.chrome_trace(args.trace)
     if args.plot is not None:
         save_figure(result.plot(), args.plot, "--plot")
-    print(json.dumps(d, indent=2) if args.json else format_result(d))
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:  # the failure report as its own table, not field by field
+        print(format_result({k: v for k, v in d.items() if k not in failures}))
+        if failures:
+            from sandbox.failures_view import format_failures
+
+            print(format_failures(failures))
     return 0

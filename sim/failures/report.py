@@ -1,7 +1,9 @@
 """A whole training run with failures: Monte Carlo of checkpoints, restarts and lost work.
 
 Model (all times in seconds of wall clock):
-- The job needs `W = train.steps * step_time_s` of failure-free compute.
+- The job needs `W` of failure-free compute, its budget: `steps * step_time_s`
+  (default `train.steps`; `tokens` are whole steps of `plan.tokens_per_step`)
+  or `work_s` seconds given directly (see `budget`).
   It stops for `C` (checkpoint cost) after every `T` of compute, except at
   the end. An interruption loses the compute since the last *completed*
   checkpoint (a checkpoint being written when hit is lost too), then the
@@ -168,22 +170,57 @@ def check_seed(seed: int) -> None:
         raise SandboxError(f"--seed: must be an integer from 0 to 2**63 - 1, got {seed!r}")
 
 
-def check_failure_inputs(plan: Plan, seed: int = 0, step_time_s: float | None = None) -> None:
-    """Refuse (one line), before the step is simulated, a bad seed or a run that
-    fails more than MAX_FAILURES_PER_RUN times even at the step time's lower
-    bound (`sim.search.space.step_time_lower_bound`, s) when `step_time_s` is
-    not known yet. The Monte Carlo checks its own horizon again."""
-    check_seed(seed)
-    if step_time_s is None:
-        from sim.search.space import step_time_lower_bound
+def budget(plan: Plan, *, steps: float | None = None, tokens: float | None = None,
+           work_s: float | None = None) -> tuple[float | None, str]:
+    """The work of a run -> (steps, source), or (None, source) for `work_s`
+    seconds of failure-free compute, whose steps depend on the step time.
 
-        try:
-            step_time_s = step_time_lower_bound(plan)
-        except Exception:  # best effort: simulate_intervals still refuses in time
-            return
+    At most one of `steps`, `tokens` (rounded up to whole steps of
+    `plan.tokens_per_step`) and `work_s` (s); none: `plan.train.steps`.
+    Refuses (one line) a value that is not finite and > 0.
+    """
+    given = {k: v for k, v in (("steps", steps), ("tokens", tokens), ("work_s", work_s))
+             if v is not None}
+    if len(given) > 1:
+        raise SandboxError(f"failures: give one budget, not {' and '.join(given)}")
+    for k, v in given.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                or v <= 0:
+            raise SandboxError(f"failures: the budget's {k} must be a finite number > 0, "
+                               f"got {v!r}")
+    if tokens is not None:
+        return float(max(math.ceil(tokens / plan.tokens_per_step), 1)), "tokens"
+    if work_s is not None:
+        return None, "failure-free time"
+    if steps is not None:
+        return float(steps), "steps"
+    return float(plan.train.steps), "plan's train.steps"
+
+
+def check_failure_inputs(plan: Plan, seed: int = 0, step_time_s: float | None = None, *,
+                         steps: float | None = None, tokens: float | None = None,
+                         work_s: float | None = None) -> None:
+    """Refuse (one line), before the step is simulated, a bad seed or budget
+    (see `budget`) or a run that fails more than MAX_FAILURES_PER_RUN times
+    even at the step time's lower bound (`sim.search.space.
+    step_time_lower_bound`, s) when `step_time_s` is not known yet. The Monte
+    Carlo checks its own horizon again."""
+    check_seed(seed)
+    n, _ = budget(plan, steps=steps, tokens=tokens, work_s=work_s)
+    if n is None:
+        work = float(work_s)
+    else:
+        if step_time_s is None:
+            from sim.search.space import step_time_lower_bound
+
+            try:
+                step_time_s = step_time_lower_bound(plan)
+            except Exception:  # best effort: simulate_intervals still refuses in time
+                return
+        work = n * step_time_s
     m_s = cc.job_mtbf_h(plan.cluster) * HOUR
     if math.isfinite(m_s) and m_s > 0:
-        wall = 1.5 * plan.train.steps * step_time_s  # the horizon is at least this
+        wall = 1.5 * work  # the horizon is at least this
         _check_failures(wall / m_s, wall)
 
 
@@ -192,7 +229,8 @@ def _check_failures(expected: float, horizon_s: float) -> None:
     if expected > MAX_FAILURES_PER_RUN:
         raise SandboxError(f"failures: about {expected:,.0f} failures per simulated run "
                            f"({horizon_s / HOUR:,.0f} h of wall clock), more than the limit "
-                           f"of {MAX_FAILURES_PER_RUN:,}; train fewer steps or on fewer GPUs")
+                           f"of {MAX_FAILURES_PER_RUN:,}; give a smaller budget (steps, --tokens, "
+                           "--days) or fewer GPUs")
 
 
 def best_interval(intervals_s: np.ndarray, mean_wall_s: np.ndarray) -> float:
@@ -228,8 +266,13 @@ class FailureReport:
     young_daly_interval_s: float
     first_order_goodput: float
     failure_free_time_h: float
+    budget_steps: float  # steps of the budget (fractional for a budget in time)
+    budget_tokens: float  # budget_steps * plan.tokens_per_step
+    budget_source: str  # "plan's train.steps" | "steps" | "tokens" | "failure-free time"
     checkpoint_bytes: float
-    expected_interruptions: float
+    expected_interruptions: float  # mean per run
+    interruptions_p10: float  # over the runs
+    interruptions_p90: float
     interruptions_by_cause: dict[str, float]  # mean count per run
     interruption_share: dict[str, float]
     component_counts: dict[str, int]
@@ -257,8 +300,12 @@ class FailureReport:
 
 
 def failure_report(plan: Plan, step_time_s: float, *, seed: int = 0, runs: int = 100,
-                   interval_s: float | None = None, grid: int = 25) -> FailureReport:
-    """Price `plan.train.steps` steps of `step_time_s` seconds with failures.
+                   interval_s: float | None = None, grid: int = 25,
+                   steps: float | None = None, tokens: float | None = None,
+                   work_s: float | None = None) -> FailureReport:
+    """Price a run of `step_time_s`-second steps with failures over `runs`
+    simulated runs. Its budget: `steps`, `tokens` or `work_s` seconds of
+    failure-free compute (see `budget`; default `plan.train.steps`).
 
     The interval is `interval_s` if given, else `train.checkpoint_every *
     step_time_s`, else (checkpoint_every = 0) the best interval found by
@@ -266,9 +313,12 @@ def failure_report(plan: Plan, step_time_s: float, *, seed: int = 0, runs: int =
     """
     if step_time_s <= 0:
         raise ValueError("step_time_s must be > 0")
-    check_failure_inputs(plan, seed, step_time_s)
+    check_failure_inputs(plan, seed, step_time_s, steps=steps, tokens=tokens, work_s=work_s)
+    n_steps, origin = budget(plan, steps=steps, tokens=tokens, work_s=work_s)
+    if n_steps is None:
+        n_steps = float(work_s) / step_time_s
     cl = plan.cluster
-    work = plan.train.steps * step_time_s
+    work = float(work_s) if work_s is not None else n_steps * step_time_s
     C, D = cc.checkpoint_cost_s(plan), cc.downtime_s(plan)
     n_comp = cc.component_counts(cl)
     mtbf_h = cc.component_mtbf_h(cl)
@@ -281,7 +331,7 @@ def failure_report(plan: Plan, step_time_s: float, *, seed: int = 0, runs: int =
           "runs": runs, "seed": seed}
 
     def snap(t: float) -> float:  # whole steps, within [1 step, whole run]
-        return min(max(round(t / step_time_s), 1), plan.train.steps) * step_time_s
+        return min(max(round(t / step_time_s), 1) * step_time_s, work)
 
     centre = yd if math.isfinite(yd) else work
     lo, hi = max(centre / 8, step_time_s), min(centre * 8, work)
@@ -300,6 +350,7 @@ def failure_report(plan: Plan, step_time_s: float, *, seed: int = 0, runs: int =
     wall = at["wall_s"][:, 0]
     by_cause = at["by_cause"][:, 0, :].mean(axis=0)
     n_int = float(by_cause.sum())
+    per_run = at["interruptions"][:, 0]
     usd = cl.world_size * cl.usd_per_gpu_hour / HOUR
     q = np.percentile
     return FailureReport(
@@ -314,8 +365,10 @@ def failure_report(plan: Plan, step_time_s: float, *, seed: int = 0, runs: int =
         interval_source=source, job_mtbf_h=m_h, young_daly_interval_s=yd,
         first_order_goodput=(cc.first_order_goodput(chosen, C, D, m_s)
                              if math.isfinite(m_s) else 1.0),
-        failure_free_time_h=work / HOUR, checkpoint_bytes=cc.checkpoint_bytes(plan),
-        expected_interruptions=n_int,
+        failure_free_time_h=work / HOUR, budget_steps=n_steps,
+        budget_tokens=n_steps * plan.tokens_per_step, budget_source=origin,
+        checkpoint_bytes=cc.checkpoint_bytes(plan), expected_interruptions=n_int,
+        interruptions_p10=float(q(per_run, 10)), interruptions_p90=float(q(per_run, 90)),
         interruptions_by_cause={c: float(v) for c, v in zip(cc.CAUSES, by_cause, strict=True)},
         interruption_share={c: (float(v) / n_int if n_int else 0.0)
                             for c, v in zip(cc.CAUSES, by_cause, strict=True)},
