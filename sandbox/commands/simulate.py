@@ -111,6 +111,8 @@ def main(args: argparse.Namespace) -> int:
         with writing(args.trace, "--trace"):
             result.chrome_trace(args.trace)
     if args.plot is not None:
-        save_figure(result.plot(), args.plot, "--plot")
+        from sandbox.plots import plan_title
+
+        save_figure(result.plot(title=plan_title(plan)), args.plot, "--plot")
     print(json.dumps(d, indent=2) if args.json else format_result(d))
     return 0
