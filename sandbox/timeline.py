@@ -260,7 +260,7 @@ def gantt_panels(panels: Sequence[tuple[str, Sequence[dict]]], title: str = "",
     heads = bool(title) + bool(subtitle)
     heights = _heights(ps, heads, legend_rows)
     for p, h in zip(ps, heights, strict=True):  # room to name each rank's sub-rows?
-        p.label_rows = h * DPI / p.units * 0.4 >= 9
+        p.label_rows = h * DPI / p.units * 0.4 >= 8.5
     heights = _heights(ps, heads, legend_rows)
     height = sum(heights) + _overhead(ps, heads, legend_rows)
     fig = Figure(figsize=(WIDTH_IN, min(MAX_HEIGHT_IN, height)),
@@ -298,39 +298,60 @@ def gantt(spans: Sequence[dict], title: str = "", subtitle: str = "",
     return gantt_panels([("", spans)], title, subtitle, max_ranks)
 
 
+THREADS = ("compute", "tp", "cp", "ep", "pp send fwd", "pp send bwd", "dp grad reduce",
+           "dp param all-gather", "comm")  # Chrome-trace threads (tid: index), per rank
+
+
+def _metadata(spans: Sequence[dict]) -> list[dict]:
+    """Process (rank) and thread (track) names and their order."""
+    used: dict[int, set] = {}
+    for s in spans:
+        used.setdefault(int(s["rank"]), set()).add(THREADS.index(thread(s)))
+    meta: list[dict] = []
+    for r in sorted(used):
+        meta += [{"ph": "M", "name": "process_name", "pid": r, "args": {"name": f"rank {r}"}},
+                 {"ph": "M", "name": "process_sort_index", "pid": r, "args": {"sort_index": r}}]
+        for t in sorted(used[r]):
+            meta += [{"ph": "M", "name": "thread_name", "pid": r, "tid": t,
+                      "args": {"name": THREADS[t]}},
+                     {"ph": "M", "name": "thread_sort_index", "pid": r, "tid": t,
+                      "args": {"sort_index": t}}]
+    return meta
+
+
+def _event(s: dict) -> dict:
+    return {"ph": "X", "name": str(s["kind"]), "cat": track(s), "pid": int(s["rank"]),
+            "tid": THREADS.index(thread(s)), "ts": float(s["start_s"]) * 1e6,
+            "dur": (float(s["end_s"]) - float(s["start_s"])) * 1e6,
+            "args": {"microbatch": int(s.get("microbatch", -1)),
+                     "chunk": int(s.get("chunk", -1))}}
+
+
+def _other(spans: Sequence[dict], note: str) -> dict:
+    ranks = sorted({int(s["rank"]) for s in spans})
+    return {"ranks": ranks, "note": note or f"ranks present: {', '.join(map(str, ranks))}"}
+
+
 def chrome_trace(spans: Sequence[dict], note: str = "") -> dict:
     """Chrome-trace JSON (Perfetto, chrome://tracing) of the spans: one process
     per rank, one named thread per track; ts and dur in microseconds; args carry
     microbatch and chunk; `otherData` lists the ranks present (and `note`)."""
-    ranks = sorted({int(s["rank"]) for s in spans})
-    names = ["compute", "tp", "cp", "ep", "pp send fwd", "pp send bwd", "dp grad reduce",
-             "dp param all-gather", "comm"]
-    tid = {n: i for i, n in enumerate(names)}
-    used: dict[int, set] = {r: set() for r in ranks}
-    events: list[dict] = []
-    for s in spans:
-        th = thread(s)
-        used[int(s["rank"])].add(th)
-        events.append({"ph": "X", "name": str(s["kind"]), "cat": track(s), "pid": int(s["rank"]),
-                       "tid": tid[th], "ts": float(s["start_s"]) * 1e6,
-                       "dur": (float(s["end_s"]) - float(s["start_s"])) * 1e6,
-                       "args": {"microbatch": int(s.get("microbatch", -1)),
-                                "chunk": int(s.get("chunk", -1)),
-                                "stream": str(s.get("stream", ""))}})
-    meta: list[dict] = []
-    for r in ranks:
-        meta += [{"ph": "M", "name": "process_name", "pid": r, "args": {"name": f"rank {r}"}},
-                 {"ph": "M", "name": "process_sort_index", "pid": r, "args": {"sort_index": r}}]
-        for th in sorted(used[r], key=tid.__getitem__):
-            meta += [{"ph": "M", "name": "thread_name", "pid": r, "tid": tid[th],
-                      "args": {"name": th}},
-                     {"ph": "M", "name": "thread_sort_index", "pid": r, "tid": tid[th],
-                      "args": {"sort_index": tid[th]}}]
-    other = {"ranks": ranks, "note": note or f"ranks present: {', '.join(map(str, ranks))}"}
-    return {"traceEvents": meta + events, "displayTimeUnit": "ms", "otherData": other}
+    return {"traceEvents": _metadata(spans) + [_event(s) for s in spans],
+            "displayTimeUnit": "ms", "otherData": _other(spans, note)}
 
 
 def write_chrome_trace(spans: Sequence[dict], path: str | Path, note: str = "") -> str:
-    """Write `chrome_trace(spans, note)` to `path`; returns the path."""
-    Path(path).write_text(json.dumps(chrome_trace(spans, note)))
+    """Write `chrome_trace(spans, note)` to `path`, one event at a time (a
+    million spans need no second copy in memory); returns the path."""
+    with open(path, "w") as f:
+        f.write('{"displayTimeUnit": "ms", "otherData": ' + json.dumps(_other(spans, note))
+                + ', "traceEvents": [')
+        sep = ""
+        for e in _metadata(spans):
+            f.write(sep + json.dumps(e))
+            sep = ", "
+        for s in spans:
+            f.write(sep + json.dumps(_event(s)))
+            sep = ", "
+        f.write("]}")
     return str(path)
