@@ -63,7 +63,7 @@ def test_events_on_one_thread_do_not_overlap(interleaved, tmp_path):
     assert len(by) >= 6  # compute, tp, pp send fwd / bwd on each of 2 ranks
     for evs in by.values():
         evs.sort()
-        assert all(b <= c + 1e-6 for (_, b), (c, _) in zip(evs, evs[1:]))
+        assert all(b <= c + 1e-6 for (_, b), (c, _) in zip(evs, evs[1:], strict=False))
 
 
 def test_interleaved_events_carry_their_chunk(interleaved, tmp_path):
@@ -101,7 +101,7 @@ def test_sample_ranks_spreads_evenly_and_keeps_the_ends():
     got = tl.sample_ranks(range(0, 128 * 8, 8), 16)
     assert len(got) == 16 == len(set(got)) and got == sorted(got)
     assert got[0] == 0 and got[-1] == 127 * 8
-    gaps = {b - a for a, b in zip(got, got[1:])}
+    gaps = {b - a for a, b in zip(got, got[1:], strict=False)}
     assert max(gaps) - min(gaps) <= 8
     assert tl.sample_ranks([3, 1, 2], 16) == [1, 2, 3]
     assert tl.sampling_note([1, 2, 3], [1, 2, 3]) == ""
