@@ -19,10 +19,6 @@ BREAKDOWN = ("compute", "tp_comm", "pp_comm", "dp_comm", "bubble", "optimizer", 
 MEMORY = ("params", "grads", "optimizer", "activations", "other")
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "legend.fontsize": 9,
          "xtick.labelsize": 9, "ytick.labelsize": 10, "axes.grid": True, "grid.alpha": 0.3}
-KIND_COLORS = {"fwd": "#4C72B0", "forward": "#4C72B0", "bwd": "#DD8452", "backward": "#DD8452",
-               "wgrad": "#C44E52", "recompute": "#8172B3", "tp_comm": "#55A868",
-               "pp_comm": "#2CA02C", "dp_comm": "#937860", "param_allgather": "#DA8BC3",
-               "optimizer": "#8C8C8C", "other": "#CCB974", "cp_comm": "#8c8c00"}
 
 
 def _figure(width: float, height: float, ncols: int = 1):
@@ -46,6 +42,20 @@ def plan_label(plan: Any) -> str:
     return (f"TP{get('tp')} PP{get('pp')}{v} DP{get('dp')} mb{get('micro_batch')} "
             f"Z{get('zero')} rc-{RECOMPUTE_SHORT.get(get('recompute'), get('recompute'))}"
             f"{sched}")
+
+
+def _gpu_name(name: str) -> str:
+    """`a100-80g` -> `A100 80GB`, `h100-sxm` -> `H100 SXM`."""
+    return " ".join(w[:-1] + "GB" if w[:-1].isdigit() and w.endswith("g") else w.upper()
+                    for w in name.split("-"))
+
+
+def plan_title(plan: Any) -> str:
+    """Model, cluster (GPU count and kind) and layout of a plan, e.g.
+    `gpt3-175b on 1,024 x A100 80GB (dgx-a100-80g): TP8 PP16 v3 DP8 mb1 Z1 rc-sel`."""
+    c = plan.cluster
+    gpu = "mixed GPUs" if getattr(c, "node_gpus", None) else _gpu_name(c.gpu.name)
+    return f"{plan.model.name} on {plan.world_size:,} x {gpu} ({c.name}): {plan_label(plan)}"
 
 
 def _wrap(label: str, width: int = 16) -> str:
@@ -106,45 +116,13 @@ def memory_bars(names: Sequence[str], memories: Sequence[dict], capacity_gb: flo
 
 
 def timeline(spans: Sequence[dict], title: str = "", max_ranks: int = 16):
-    """Gantt chart of one step: spans are `{rank, stream, kind, start_s, end_s}`.
+    """Gantt chart of one step: spans are `{rank, stream, kind, start_s, end_s}`
+    (with `microbatch`, `chunk`), drawn by `sandbox.timeline.gantt`: each rank's
+    compute with its bubbles, its communication on thin sub-rows, at most
+    `max_ranks` ranks (evenly spread, first and last kept, noted when sampled)."""
+    from sandbox.timeline import gantt
 
-    One row per (rank, stream); colours by kind. At most `max_ranks` ranks
-    are drawn (evenly spread pipeline ranks when there are more).
-    """
-    import matplotlib
-    from matplotlib.patches import Patch
-
-    ranks = sorted({s["rank"] for s in spans})
-    if len(ranks) > max_ranks:
-        step = len(ranks) / max_ranks
-        ranks = [ranks[int(i * step)] for i in range(max_ranks)]
-    keep = set(ranks)
-    rows = sorted({(s["rank"], s.get("stream", "compute")) for s in spans if s["rank"] in keep},
-                  key=lambda r: (r[0], r[1] != "compute", r[1]))
-    index = {r: i for i, r in enumerate(rows)}
-    with matplotlib.rc_context(STYLE):
-        fig, ax = _figure(11.0, max(3.0, 0.32 * len(rows) + 1.6))
-        by_kind: dict[str, dict[int, list]] = {}
-        for s in spans:
-            key = (s["rank"], s.get("stream", "compute"))
-            if key in index:
-                by_kind.setdefault(s["kind"], {}).setdefault(index[key], []).append(
-                    (s["start_s"], s["end_s"] - s["start_s"]))
-        other = matplotlib.colormaps["tab20"]
-        for j, (kind, per_row) in enumerate(sorted(by_kind.items())):
-            color = KIND_COLORS.get(kind, other(j % 20))
-            for y, bars in per_row.items():
-                ax.broken_barh(bars, (y - 0.4, 0.8), facecolors=color, edgecolor="white",
-                               linewidth=0.3)
-        ax.set_yticks(range(len(rows)), [f"rank {r} {st}" for r, st in rows], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel("time within the step (s)")
-        ax.set_title(title or "Pipeline timeline of one step")
-        ax.grid(axis="y", visible=False)
-        handles = [Patch(color=KIND_COLORS.get(k, other(j % 20)), label=k.replace("_", " "))
-                   for j, k in enumerate(sorted(by_kind))]
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        return fig
+    return gantt(spans, title or "Pipeline timeline of one step", max_ranks=max_ranks)
 
 
 def scaling_curves(curves: dict, title: str = ""):

@@ -89,7 +89,8 @@ def compare_table(plans: Sequence[Plan], results: Sequence[Any], names: Sequence
 
 
 def timeline_spans(result: Any) -> list[dict]:
-    """The simulator's per-rank timeline as `{rank, stream, kind, start_s, end_s}` dicts."""
+    """The simulator's per-rank timeline as `{rank, stream, kind, start_s, end_s,
+    microbatch, chunk}` dicts (-1: no micro-batch / chunk)."""
     raw = None
     for attr in ("timeline", "spans", "trace"):
         raw = getattr(result, attr, None)
@@ -111,7 +112,8 @@ def timeline_spans(result: Any) -> list[dict]:
             end = start + s["duration_s"]
         spans.append({"rank": s.get("rank", 0), "stream": s.get("stream", "compute"),
                       "kind": s.get("kind", s.get("name", "work")), "start_s": float(start),
-                      "end_s": float(end)})
+                      "end_s": float(end), "microbatch": int(s.get("microbatch", -1)),
+                      "chunk": int(s.get("chunk", -1))})
     return spans
 
 
@@ -239,11 +241,13 @@ def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = 
          plots.memory_bars(labels, [_memory(d) for d in dicts],
                            max(p.cluster.gpu.hbm_gb for p in loaded))),
     ]
-    for i, (label, r) in enumerate(zip(labels, results, strict=True)):
+    for i, (label, p, r) in enumerate(zip(labels, loaded, results, strict=True)):
         spans = timeline_spans(r)
         if spans:
+            head = plots.plan_title(p)
+            head = head if label == plots.plan_label(p) else f"{label}: {head}"
             figures.append((f"timeline_{i + 1}.png", f"Pipeline timeline: {label}",
-                            plots.timeline(spans, f"One simulated step: {label}")))
+                            plots.timeline(spans, head)))
     if scaling:
         curves = {label: scaling_curve(p, scaling, simulate)
                   for label, p in zip(labels, loaded, strict=True)}

@@ -22,7 +22,12 @@ inflates the wall time):
 The network graph takes about 18.2 KB per GPU (MB_PER_GPU), the simulation
 about 0.08 KB per estimated event and the timeline (`--trace`, `--plot`,
 reports) about 0.45 KB per estimated event more, so a timeline has its own,
-lower limit. Before the
+lower limit. Since the timeline holds TP and bubble spans and chunk ids (issue
+22) it has more spans (tiny, pp 4, 30,000 micro-batches: 510,010 instead of
+420,004; with tp 2: 750,010), but `--trace` writes them one event at a time:
+the "same with --trace" row above, re-measured, peaks at 540 MB instead of
+1,068 MB (43 s wall, 18.9 s user, against 40 s and 16.5 s before on the same
+loaded machine), under its estimate (1,090 MB). Before the
 leaf-switch uplinks were counted once (`sim.network.topology.build`), building
 the graph was quadratic in the nodes: 65,536 GPUs took 98 s.
 """

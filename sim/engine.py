@@ -12,42 +12,18 @@ Units: seconds.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import simpy
 
 from sandbox.layout import rank_of
 from sandbox.memory import zero3_pipelined
+from sim.engine_result import EngineResult, RankStats
 from sim.network.collectives import Phase
 from sim.network.flows import FlowNetwork
 from sim.network.topology import Topology
 from sim.work import Work
 
-
-@dataclass
-class RankStats:
-    """Where one simulated rank's step went (seconds)."""
-
-    compute: float = 0.0
-    tp_comm: float = 0.0
-    cp_comm: float = 0.0  # exposed context-parallel ring transfers
-    ep_comm: float = 0.0  # exposed expert-parallel all-to-alls
-    pp_comm: float = 0.0
-    bubble: float = 0.0
-    dp_comm: float = 0.0
-    optimizer: float = 0.0
-    host: float = 0.0  # ops' time beyond their GPU work: the host dispatching them
-    finish: float = 0.0
-
-
-@dataclass
-class EngineResult:
-    """One simulated step: its seconds, per-rank stats, spans and event count."""
-
-    step_time_s: float
-    stats: dict[tuple[int, int], RankStats]  # (replica, stage) -> stats
-    spans: list[dict] = field(default_factory=list)
-    events: int = 0
+OP_KINDS = {"F": "fwd", "B": "bwd", "W": "wgrad"}  # span kinds of the schedule's ops
 
 
 class Engine:
@@ -134,10 +110,19 @@ class Engine:
         return e
 
     def _span(self, rank: int, stream: str, kind: str, t0: float, t1: float,
-              mb: int = -1) -> None:
+              mb: int = -1, chunk: int = -1) -> None:
         if self.timeline and t1 > t0:
             self.spans.append({"rank": rank, "stream": stream, "kind": kind, "start_s": t0,
-                               "end_s": t1, "microbatch": mb})
+                               "end_s": t1, "microbatch": mb, "chunk": chunk})
+
+    def _op_spans(self, rank: int, kind: str, mb: int, c: int, t0: float, cost) -> None:
+        """An op's compute span and its blocking tensor-, context- and
+        expert-parallel time, each drawn as the op's last seconds on its stream."""
+        now = self.env.now
+        self._span(rank, "compute", OP_KINDS[kind], t0, now, mb, c)
+        for secs, stream, what in ((cost.tp_s, "tp", "tp_comm"), (cost.cp_s, "cp_ring", "cp_comm"),
+                                   (cost.ep_s, "ep_a2a", "ep_comm")):
+            self._span(rank, stream, what, now - secs, now, mb, c)
 
     def _send(self, r: int, s: int, key: tuple, direction: str) -> None:
         env = self.env
@@ -148,7 +133,7 @@ class Engine:
         target = self._ev(key)
         target.sent_at = env.now
         self._span(rank_of(self.plan, r, s, 0), f"pp_send_{direction}", "pp_comm", start, end,
-                   key[2])
+                   key[2], key[3] // self.P)
         env.timeout(end - env.now).callbacks.append(lambda _e: target.succeed())
 
     def _bucket_ready(self, s: int, k: int) -> None:
@@ -292,6 +277,7 @@ class Engine:
                 exposed_pp = env.now - max(t_wait, sent)
                 st.pp_comm += exposed_pp
                 st.bubble += env.now - t_wait - exposed_pp
+                self._span(rank, "compute", "bubble", t_wait, max(t_wait, sent), mb, c)
             done = None
             if gath[i]:  # wait for the op's first FSDP unit's parameters
                 if kind == "F":  # FSDP2's root pre-forward: gathers wait for the compute
@@ -326,12 +312,7 @@ class Engine:
             st.cp_comm += cost.cp_s
             st.ep_comm += cost.ep_s
             st.host += cost.total - cost.compute_s - cost.tp_s - cost.cp_s - cost.ep_s
-            self._span(rank, "compute", {"F": "fwd", "B": "bwd", "W": "wgrad"}[kind], t0,
-                       env.now, mb)
-            if cost.cp_s:  # the op's exposed context-parallel ring transfers, drawn at its end
-                self._span(rank, "cp_ring", "cp_comm", env.now - cost.cp_s, env.now, mb)
-            if cost.ep_s:  # the op's exposed expert all-to-alls, drawn at its end
-                self._span(rank, "ep_a2a", "ep_comm", env.now - cost.ep_s, env.now, mb)
+            self._op_spans(rank, kind, mb, c, t0, cost)
             if done is not None:  # the last unit computes once its parameters are in
                 yield from self._last_unit(st, done, cost.total / work.zero3_units[s])
             if kind == "F" and vs < P * v - 1:

@@ -21,7 +21,8 @@ class SimResult:
     optimizer, and `other` (what is left: mostly ops bound by the host's
     kernel dispatch, given in `extra["host_bound_s"]`); it adds up to
     `step_time_s`.
-    `timeline` holds `{rank, stream, kind, start_s, end_s, microbatch}` spans.
+    `timeline` holds `{rank, stream, kind, start_s, end_s, microbatch, chunk}`
+    spans (`sim.engine`; drawn by `sandbox.timeline`).
     """
 
     params: int

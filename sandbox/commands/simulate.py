@@ -129,7 +129,9 @@ def main(args: argparse.Namespace) -> int:
         with writing(args.trace, "--trace"):
             result.chrome_trace(args.trace)
     if args.plot is not None:
-        save_figure(result.plot(), args.plot, "--plot")
+        from sandbox.plots import plan_title
+
+        save_figure(result.plot(title=plan_title(plan)), args.plot, "--plot")
     if args.json:
         print(json.dumps(d, indent=2))
     else:  # the failure report as its own table, not field by field
