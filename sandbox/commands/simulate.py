@@ -1,12 +1,12 @@
 """sandbox simulate PLAN [--json] [--trace FILE] [--plot FILE] [--failures]
-[--failures-plot FILE]"""
+[--failures-plot FILE] [--set SECTION.KEY=VALUE ...]"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from sandbox.commands._args import SEED_MAX, integer
+from sandbox.commands._args import SEED_MAX, add_set, integer
 from sandbox.errors import SandboxError
 
 HELP = "predict a plan's step time, breakdown and memory with the discrete-event simulator"
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "checkpoint interval as a PNG")
     p.add_argument("--seed", type=integer(0, SEED_MAX), default=0,
                    help="seed of the failure simulation (0 .. 2**32-1)")
+    add_set(p)
 
 
 def _failures(plan, step_time_s: float, seed: int):
@@ -86,10 +87,11 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import sandbox
+    from sandbox.calibration import warn_uncalibrated
     from sandbox.outputs import save_figure, writing
 
     check_outputs(args)
-    plan = sandbox.load(args.plan)
+    plan = sandbox.load(args.plan, overrides=args.set)
     args.failures = args.failures or args.failures_plot is not None
     if args.failures:  # fail early, before simulating, if the module is missing
         try:
@@ -112,5 +114,17 @@ def main(args: argparse.Namespace) -> int:
             result.chrome_trace(args.trace)
     if args.plot is not None:
         save_figure(result.plot(), args.plot, "--plot")
+    warn_uncalibrated([plan.cluster])
     print(json.dumps(d, indent=2) if args.json else format_result(d))
+    wrote(args, [args.trace, args.plot, args.failures_plot])
     return 0
+
+
+def wrote(args: argparse.Namespace, paths: list) -> None:
+    """A "wrote FILE" line per file written: stdout, or stderr under --json
+    (which keeps stdout pure JSON)."""
+    import sys
+
+    for path in paths:
+        if path is not None:
+            print(f"wrote {path}", file=sys.stderr if getattr(args, "json", False) else sys.stdout)
