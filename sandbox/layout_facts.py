@@ -46,9 +46,10 @@ def group_shape(plan: Plan, kind: str) -> tuple[int, int]:
 
 
 def layout_facts(plan: Plan) -> dict[str, Any]:
-    """order (outermost first), sizes, gpus_per_node, and per kind of group
-    (size > 1): size, stride, count, rank 0's ranks (`rank0`) and how many
-    groups cross node boundaries (`cross_node`)."""
+    """order (outermost first), sizes, gpus_per_node, nodes, and per kind of
+    group (size > 1): size, stride (rank 0's group is ranks 0, stride, ...,
+    (size - 1) * stride), count, and how many groups cross node boundaries
+    (`cross_node`)."""
     p, per_node = plan.parallel, plan.cluster.gpus_per_node
     order = ["pp", "dp", *(["cp"] if p.cp > 1 else []), "tp"]
     groups = {}
@@ -59,11 +60,15 @@ def layout_facts(plan: Plan) -> dict[str, Any]:
         starts = list(_starts(plan, kind))
         last = (size - 1) * stride
         groups[kind] = {"size": size, "stride": stride, "count": len(starts),
-                        "rank0": [k * stride for k in range(size)],
                         "cross_node": sum(s // per_node != (s + last) // per_node
                                           for s in starts)}
     return {"order": order, "sizes": {k: getattr(p, k) for k in order},
             "gpus_per_node": per_node, "nodes": plan.cluster.nodes, "groups": groups}
+
+
+def rank0_group(group: dict[str, int]) -> list[int]:
+    """Rank 0's group of one kind of `layout_facts`' groups."""
+    return [k * group["stride"] for k in range(group["size"])]
 
 
 def _ranks(ranks: list[int]) -> str:
@@ -85,7 +90,7 @@ def format_layout(facts: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("layout", f"{mesh} ({where}{nodes:,} node{'s' * (nodes > 1)} x {per_node} "
                        f"GPU{'s' * (per_node > 1)})")]
     for kind, g in groups.items():
-        r0, name, n = g["rank0"], kind.upper(), g["count"]
+        r0, name, n = rank0_group(g), kind.upper(), g["count"]
         nodes = sorted({r // per_node for r in r0})
         on = f"node {nodes[0]}" if len(nodes) == 1 else f"{len(nodes)} nodes"
         cross = (f"none of the {n:,} {name} groups crosses nodes" if not g["cross_node"] else

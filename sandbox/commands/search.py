@@ -126,15 +126,14 @@ def main(args: argparse.Namespace) -> int:
     result = found.table
     note = None
     if plan is not None:
-        from sim.search.around import describe, dropped_fields, locate
-        from sim.search.run import parallel_fields
+        from sim.search.around import describe, dropped_fields, locate, search_key
 
         if _same_space(args, plan):
             dropped = dropped_fields(plan)
             note = describe(locate(found, plan, exact=not dropped))
             if dropped:
                 note += f" ({', '.join(dropped)}: kept in your plan, not in the search)"
-            mine = parallel_fields(plan)
+            mine = search_key(plan, found.base_plan)
             result = result.assign(your_plan=[
                 not dropped and all(row[k] == v for k, v in mine.items())
                 for _, row in result.iterrows()])

@@ -73,6 +73,18 @@ def _objective(result: SearchResult) -> str:
     return "step_time_s" if result.objective == "time" else "usd_per_million_tokens"
 
 
+def search_key(plan: Plan, base: Plan) -> dict[str, Any]:
+    """The plan's searched fields as the search names that setting: with tp = 1
+    sequence parallelism off, with cp = 1 the base's cp_method (neither has
+    an effect there; `sim.search.space.candidates`)."""
+    fields = parallel_fields(plan)
+    if fields["tp"] == 1:
+        fields["sequence_parallel"] = False
+    if fields["cp"] == 1:
+        fields["cp_method"] = base.parallel.cp_method
+    return fields
+
+
 def locate(result: SearchResult, plan: Plan, simulate: Callable | None = None,
            exact: bool = True) -> PlanRank:
     """The plan's rank: its row among `result.all_simulated` when the search
@@ -80,7 +92,7 @@ def locate(result: SearchResult, plan: Plan, simulate: Callable | None = None,
     simulation of the plan (`simulate`, default `sim.simulate`) ranked
     against the simulated plans."""
     table, key = result.all_simulated, _objective(result)
-    fields = parallel_fields(plan)
+    fields = search_key(plan, result.base_plan)
     if exact and len(table):
         mask = (table[list(SEARCHED)] == pd.Series(fields)).all(axis=1)
         if mask.any():
