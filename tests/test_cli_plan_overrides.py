@@ -133,6 +133,18 @@ def test_search_around_a_plan(capsys, plan):
     assert re.search(r"your plan: \S+ s, .*rank \d+ of \d+", err), err
 
 
+def test_search_options_come_from_the_plan():
+    from sim.search.around import search_options
+
+    plan = sandbox.load(PLAN, overrides=["parallel.dp=2", "parallel.zero=3", "train.lr=1e-3",
+                                         "parallel.tp_overlap=true"])
+    o = search_options(plan)
+    assert (o["gpus"], o["global_batch"], o["model"]["layers"]) == (2, 8, plan.model.layers)
+    assert o["train"] == {"lr": 1e-3, "steps": 2}  # fp32 is CPU's default, not carried
+    assert o["parallel"] == {"tp_overlap": True}  # searched fields (dp, zero) left to search
+    assert search_options(plan, gpus=4)["cluster"] == "localhost"  # re-sized for 4 processes
+
+
 def test_search_marks_the_plan_when_it_ranks(capsys, tmp_path):
     path = tmp_path / "best.toml"  # the usual winner of the space below
     path.write_text(PLAN + "[parallel]\ndp = 2\nmicro_batch = 4\nzero = 3\nrecompute = "

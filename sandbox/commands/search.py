@@ -15,7 +15,8 @@ import sys
 from sandbox.commands._args import add_set, integer, text
 from sandbox.errors import SandboxError
 
-HELP = "rank feasible parallel plans by simulated step time or cost per token"
+HELP = ("rank feasible parallel plans by simulated step time or cost per token (for a model, "
+        "cluster and GPU budget, or around a plan file)")
 
 COLUMNS = ("dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute", "sequence_parallel",
            "schedule", "step_time_s", "tokens_per_s", "mfu", "memory_gb",

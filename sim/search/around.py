@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from sandbox.specs import Parallel, Plan
+from sandbox.specs import Parallel, Plan, Train
 from sim.search.result import SearchResult, why
 from sim.search.run import parallel_fields, usd_per_million_tokens
 from sim.search.space import SEARCHED
@@ -40,17 +40,23 @@ def dropped_fields(plan: Plan) -> list[str]:
 def search_options(plan: Plan, gpus: int | None = None) -> dict[str, Any]:
     """Keyword arguments of `run_search` for a search around `plan`: model,
     cluster (section dicts), gpus, global_batch, and the `train` and `parallel`
-    sections (plan overrides; parallel without the searched and layout-bound
-    fields, and only where they differ from the defaults)."""
+    sections (plan overrides, the fields that differ from the defaults; parallel
+    without the searched and layout-bound fields)."""
     d = plan.to_dict()
     default = dataclasses.asdict(Parallel())
     keep = {k: v for k, v in d["parallel"].items()
             if k not in SEARCHED and k not in LAYOUT_BOUND and v != default[k]}
+    train_default = dataclasses.asdict(Train())
+    train = {k: v for k, v in d["train"].items() if v != train_default[k]}
+    if plan.cluster.gpu.name == "cpu" and train.get("precision") == "fp32":
+        del train["precision"]  # CPU's default, not a choice: another --cluster keeps its own
     cluster: Any = d["cluster"]
     if cluster["name"] == "localhost" and gpus not in (None, plan.world_size):
         cluster = "localhost"  # the processes' share of the machine changes with their number
     options = {"model": d["model"], "cluster": cluster, "gpus": gpus or plan.world_size,
-               "global_batch": plan.parallel.global_batch, "train": d["train"]}
+               "global_batch": plan.parallel.global_batch}
+    if train:
+        options["train"] = train
     if keep:
         options["parallel"] = keep
     return options
