@@ -31,6 +31,38 @@ def _modules() -> dict:
     return found
 
 
+def version_text() -> str:
+    """"sandbox 0.1.0 (torch 2.13.0, python 3.12.3)", read from the installed
+    packages' metadata: torch is not imported (that takes seconds)."""
+    import platform
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    from sandbox import __version__
+
+    torch = version("torch")
+    return (f"sandbox {version('llm-sandbox') or __version__} "
+            f"({'torch ' + torch if torch else 'torch not installed'}, "
+            f"python {platform.python_version()})")
+
+
+class _Version(argparse.Action):
+    """--version: print `version_text()` and exit 0 (computed only when asked)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the versions of sandbox, torch and python, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore
+        print(version_text())
+        parser.exit()
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the CLI's error rule: a bad argument is one line and exit 1."""
 
@@ -42,6 +74,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = Parser(
         prog="sandbox", description="Plan, simulate, run and export distributed LLM training.")
+    parser.add_argument("-V", "--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = _modules()
     for name, mod in modules.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sandbox import counts, memory
+from sandbox.layout_facts import format_layout, layout_facts
 from sandbox.specs import Plan
 
 
@@ -24,7 +25,9 @@ class Facts(dict):
 
 
 def info(plan: Plan) -> Facts:
-    """params, flops_per_step, hw_flops_per_step, world_size, memory_gb_per_gpu, fits."""
+    """params, flops_per_step, hw_flops_per_step, world_size, memory_gb_per_gpu, fits;
+    also active_params, microbatches, tokens_per_step, most_loaded_stage,
+    gpu_memory_gb and `layout` (`sandbox.layout_facts`: mesh order, groups)."""
     m, p = plan.model, plan.parallel
     mem = memory.memory_per_gpu(plan)
     return Facts(
@@ -43,6 +46,7 @@ def info(plan: Plan) -> Facts:
         most_loaded_stage=mem["stage"],
         gpu_memory_gb=plan.cluster.gpu.hbm_gb,
         fits=mem["total"] <= plan.cluster.gpu.hbm_gb,
+        layout=layout_facts(plan),
     )
 
 
@@ -61,5 +65,7 @@ def format_facts(f: dict) -> str:
     rows += [("most loaded stage", f["most_loaded_stage"]),
              ("fits", f"{'yes' if f['fits'] else 'NO'} ({mem['total']:.1f} of "
                       f"{f['gpu_memory_gb']:.1f} GB)")]
+    if "layout" in f:
+        rows += format_layout(f["layout"])
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -214,20 +214,23 @@ def _img(path: Path, alt: str) -> str:
 
 def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = None,
            scaling: Sequence[float] = SCALING, simulate: Callable = _simulate,
-           results: Sequence[Any] | None = None) -> Report:
+           results: Sequence[Any] | None = None, overrides: Sequence[str] = ()) -> Report:
     """Simulate `plans` (paths, dicts or Plans) and write `out/report.html` + PNGs.
 
     `results` may pass simulations already made (same order as `plans`);
     `scaling` lists the data-parallel sizes, relative to each plan's, of the
-    scaling curves (empty: no scaling plot).
+    scaling curves (empty: no scaling plot); `overrides`: `--set` items applied
+    to every plan (`sandbox.overrides`). A plan on a cluster without a
+    calibrated profile gets `calibration_warning` above the table.
     """
     from sandbox import plots
+    from sandbox.calibration import calibration_warnings
     from sandbox.outputs import output_dir, save_figure, writing
 
     if not plans:
         raise SandboxError("report: give at least one plan")
     out = output_dir(out, "out")
-    loaded = [load(p) for p in plans]
+    loaded = [load(p, overrides) for p in plans]
     labels = _names(plans, loaded, names)
     with writing(out, "out"):
         out.mkdir(exist_ok=True)
@@ -266,11 +269,13 @@ def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = 
         pngs.append(out / fname)
     path = out / "report.html"
     with writing(path, "out"):
-        path.write_text(_html(table, figures, out, measured))
+        path.write_text(_html(table, figures, out, measured,
+                              calibration_warnings(p.cluster for p in loaded)))
     return Report(path=path, pngs=pngs, table=table, measured=measured)
 
 
-def _html(table: Any, figures: list, out: Path, measured: Any) -> str:
+def _html(table: Any, figures: list, out: Path, measured: Any,
+          notes: Sequence[str] = ()) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Plan comparison</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1300px}"
              "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
@@ -279,6 +284,8 @@ def _html(table: Any, figures: list, out: Path, measured: Any) -> str:
              "<h1>Plan comparison</h1>",
              "<p>Predictions of the discrete-event simulator (<code>sim/</code>); "
              "times in seconds, memory in GB (1e9 bytes) per GPU.</p>",
+             *(f"<p class='warning' style='color:#a40;font-weight:bold'>{html.escape(n)}</p>"
+               for n in notes),
              "<h2>Plans side by side</h2>",
              table.to_html(float_format=lambda v: f"{v:.4g}", na_rep="")]
     if measured is not None:

@@ -4,6 +4,7 @@
     p.add_argument("--steps", type=integer(1))      # 1, 2, ...
     p.add_argument("--seed", type=integer(0, SEED_MAX))
     p.add_argument("--prune", type=number(0.0, 1.0, high_open=True))
+    add_set(p)                                      # --set SECTION.KEY=VALUE ...
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+
+from sandbox.errors import SandboxError
+from sandbox.overrides import FLAG, parse_override
 
 SEED_MAX = 2**32 - 1  # numpy's and onnxruntime's seeds are 32-bit
 
@@ -93,3 +97,23 @@ def count(value: str) -> float:
     if not math.isfinite(v) or v <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got '{value}'")
     return v
+
+
+def override(value: str) -> str:
+    """An argparse type: one `--set SECTION.KEY=VALUE` (`sandbox.overrides`),
+    its syntax, section and key checked at parse time."""
+    try:
+        parse_override(text(value))
+    except SandboxError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"{FLAG} ")) from None
+    return value
+
+
+def add_set(p: argparse.ArgumentParser) -> None:
+    """`--set SECTION.KEY=VALUE` (repeatable) on a command that reads plan files:
+    `sandbox.load(path, overrides=args.set)`."""
+    p.add_argument("--set", action="append", default=[], type=override,
+                   metavar="SECTION.KEY=VALUE",
+                   help="change one plan field, e.g. parallel.micro_batch=4 or "
+                        "train.attention_kernel=fa3 (a TOML value; bare words are strings; "
+                        "beats the file and its presets; repeatable)")

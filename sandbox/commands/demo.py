@@ -43,6 +43,7 @@ def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     import sandbox
+    from sandbox.calibration import warn_uncalibrated
     from sandbox.outputs import output_dir
     from sandbox.plots import plan_label
     from sandbox.report import report
@@ -70,4 +71,5 @@ def main(args: argparse.Namespace) -> int:
     rep = report(plans, args.out, names=names, scaling=(0.5, 1.0, 2.0))
     print(f"== report: {rep.path} ({len(rep.pngs)} figures: "
           f"{', '.join(p.name for p in rep.pngs)})")
+    warn_uncalibrated([found.base_plan.cluster, *(p.cluster for p in plans)])  # once each
     return 0

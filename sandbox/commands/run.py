@@ -1,12 +1,14 @@
 """sandbox run PLAN --out DIR [--steps N] [--resume] [--fail-at-step N --fail-rank R
---max-restarts K] [--profile-step N] [--json]"""
+--max-restarts K] [--profile-step N] [--json] [--set SECTION.KEY=VALUE ...]
+
+With --set, DIR/plan.toml is the plan with the overrides (what was trained)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from sandbox.commands._args import integer
+from sandbox.commands._args import add_set, integer
 
 HELP = "train a plan for real with torchrun on this machine (GPUs with NCCL, or CPU with gloo)"
 
@@ -26,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="trace step N with torch.profiler: Chrome-trace JSON and the measured "
                         "breakdown in DIR/profile/")
     p.add_argument("--json", action="store_true", help="print summary.json")
+    add_set(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -33,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     from sandbox.outputs import check_input_paths, output_dir
 
     output_dir(args.out, "--out")
-    plan = sandbox.load(args.plan)
+    plan = sandbox.load(args.plan, overrides=args.set)  # DIR/plan.toml: with them
     check_input_paths(plan)
     result = sandbox.run(plan, args.out, steps=args.steps,
                          resume=args.resume, fail_at_step=args.fail_at_step,

@@ -1,12 +1,12 @@
 """sandbox simulate PLAN [--json] [--trace FILE] [--plot FILE] [--failures]
-[--failures-plot FILE] [--tokens N | --days D]"""
+[--failures-plot FILE] [--tokens N | --days D] [--set SECTION.KEY=VALUE ...]"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from sandbox.commands._args import SEED_MAX, count, integer, number
+from sandbox.commands._args import SEED_MAX, add_set, count, integer, number
 from sandbox.errors import SandboxError
 
 HELP = "predict a plan's step time, breakdown and memory with the discrete-event simulator"
@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--days", type=number(0.0, 1e6, low_open=True), metavar="D",
                         help="with --failures implied: the run's budget in days of "
                              "failure-free compute")
+    add_set(p)
 
 
 def _budget(args: argparse.Namespace) -> dict:
@@ -102,10 +103,11 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import sandbox
+    from sandbox.calibration import warn_uncalibrated
     from sandbox.outputs import save_figure, writing
 
     check_outputs(args)
-    plan = sandbox.load(args.plan)
+    plan = sandbox.load(args.plan, overrides=args.set)
     args.failures = (args.failures or args.failures_plot is not None
                      or args.tokens is not None or args.days is not None)
     if args.failures:  # fail early, before simulating, if the module is missing
@@ -132,6 +134,7 @@ def main(args: argparse.Namespace) -> int:
         from sandbox.plots import plan_title
 
         save_figure(result.plot(title=plan_title(plan)), args.plot, "--plot")
+    warn_uncalibrated([plan.cluster])
     if args.json:
         print(json.dumps(d, indent=2))
     else:  # the failure report as its own table, not field by field
@@ -140,4 +143,15 @@ def main(args: argparse.Namespace) -> int:
             from sandbox.failures_view import format_failures
 
             print(format_failures(failures))
+    wrote(args, [args.trace, args.plot, args.failures_plot])
     return 0
+
+
+def wrote(args: argparse.Namespace, paths: list) -> None:
+    """A "wrote FILE" line per file written: stdout, or stderr under --json
+    (which keeps stdout pure JSON)."""
+    import sys
+
+    for path in paths:
+        if path is not None:
+            print(f"wrote {path}", file=sys.stderr if getattr(args, "json", False) else sys.stdout)
