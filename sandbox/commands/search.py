@@ -88,10 +88,12 @@ def main(args: argparse.Namespace) -> int:
     else:
         import pandas as pd
 
+        from sandbox.report import shown_columns
+
         cols = list(COLUMNS)
         if "cp" in result and (result["cp"] > 1).any():  # long context: its degree and traffic
             cols[cols.index("schedule") + 1:cols.index("schedule") + 1] = [
                 "cp", "cp_method", *[c for c in ("breakdown_s.cp_comm",) if c in result]]
         with pd.option_context("display.width", 200, "display.max_columns", 40):
-            print(result[cols].to_string(float_format=lambda v: f"{v:.4g}"))
+            print(shown_columns(result, cols).to_string())
     return 0
