@@ -124,7 +124,7 @@ def check_memory(plan: Plan, kind: str | None = None,
     memory; "cpu": the ranks are processes sharing this host's RAM, so their
     sum (fp32, `cpu_rank_memory_gb`) is checked against `available_gb`
     (default `host_memory_gb()`)."""
-    from sandbox.memory import fits, memory_per_gpu
+    from sandbox.memory import fits, memory_per_gpu, usable_gb
 
     if (kind or device_capacity()[0]) == "cpu":
         ranks = cpu_rank_memory_gb(plan)
@@ -138,9 +138,11 @@ def check_memory(plan: Plan, kind: str | None = None,
                                "available")
         return
     if not fits(plan):
-        need = memory_per_gpu(plan)["total"]
+        need, c = memory_per_gpu(plan)["total"], plan.cluster
         raise SandboxError(f"the plan does not fit in memory: {need:.3g} GB per device > "
-                           f"{plan.cluster.gpu.hbm_gb:g} GB ({plan.cluster.gpu.name})")
+                           f"{usable_gb(c.gpu.hbm_gb, c.memory_reserve):.3g} GB "
+                           f"({c.gpu.hbm_gb:g} GB {c.gpu.name} less the "
+                           f"{c.memory_reserve:.0%} cluster.memory_reserve)")
 
 
 def check_out_dir(plan: Plan, out: Path, resume: bool) -> Path | None:

@@ -89,7 +89,7 @@ class Comparison:
                 "plot": self.plot}
 
     def __str__(self) -> str:
-        lines = [f"{'field':<18}{'predicted':>12}{'measured':>12}{'error':>9}"]
+        lines = [f"{'field':<18}{'predicted':>14}{'measured':>14}{'error':>9}"]
         for k in FIELDS:
             lines.append(_row(k, self.predicted.get(k), self.measured.get(k), self.error.get(k)))
         for k, e in self.error.get("breakdown_s", {}).items():
@@ -109,15 +109,29 @@ class Comparison:
         for k, e in self.error.get("breakdown_s", {}).items():
             rows.append((f"breakdown {k}", self.predicted["breakdown_s"].get(k),
                          self.measured["breakdown_s"].get(k), e))
-        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{_fmt(p)}</td>"
-                       f"<td>{_fmt(m)}</td><td>{_pct(e)}</td></tr>" for k, p, m, e in rows)
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+                       f"<td>{_fmt(p, k.removeprefix('breakdown '))}</td>"
+                       f"<td>{_fmt(m, k.removeprefix('breakdown '))}</td><td>{_pct(e)}</td></tr>"
+                       for k, p, m, e in rows)
         return (f"<table><caption>{html.escape(self.plan.model.name)}: predicted vs measured"
                 f"</caption><tr><th></th><th>predicted</th><th>measured</th><th>error</th></tr>"
                 f"{body}</table>")
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, (int, float)) and v is not None else "-"
+def _fmt(v: Any, field: str = "") -> str:
+    """A predicted or measured value as shown (`sandbox.units`): memory in GiB,
+    times SI-scaled, rates with prefixes; the field names the unit."""
+    from sandbox import units as u
+
+    if not isinstance(v, (int, float)) or v is None:
+        return "-"
+    if field.endswith("_gb"):
+        return u.gib(v)
+    if field == "tokens_per_s":
+        return u.rate(v, "tok/s")
+    if field.endswith("_s") or field in BREAKDOWN:
+        return u.seconds(v)
+    return f"{v:.4g}"
 
 
 def _pct(e: float | None) -> str:
@@ -125,7 +139,7 @@ def _pct(e: float | None) -> str:
 
 
 def _row(k: str, p: Any, m: Any, e: Any) -> str:
-    return f"{k:<18}{_fmt(p):>12}{_fmt(m):>12}{_pct(e):>9}"
+    return f"{k:<18}{_fmt(p, k):>14}{_fmt(m, k):>14}{_pct(e):>9}"
 
 
 def combine(plan: Plan, simres: Any, m: Any, out: str | Path | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sandbox import counts, memory
+from sandbox import units as u
 from sandbox.layout_facts import format_layout, layout_facts
 from sandbox.specs import Plan
 
@@ -18,7 +19,7 @@ class Facts(dict):
     def _repr_html_(self) -> str:
         from sandbox.report_html import facts_html
 
-        return facts_html(self)
+        return facts_html(facts_rows(self))
 
     def __str__(self) -> str:
         return format_facts(self)
@@ -45,27 +46,41 @@ def info(plan: Plan) -> Facts:
                                                "activations", "other", "total")},
         most_loaded_stage=mem["stage"],
         gpu_memory_gb=plan.cluster.gpu.hbm_gb,
-        fits=mem["total"] <= plan.cluster.gpu.hbm_gb,
+        memory_reserve=plan.cluster.memory_reserve,
+        fits=memory.fits_in(mem["total"], plan.cluster.gpu.hbm_gb, plan.cluster.memory_reserve),
         layout=layout_facts(plan),
     )
 
 
-def format_facts(f: dict) -> str:
+def fits_line(f: dict) -> str:
+    """The "fits" cell of `info` or `simulate`: memory against the GPU's, GiB."""
+    total = f["memory_gb_per_gpu"]["total"]
+    if not f.get("gpu_memory_gb"):
+        return "yes" if f["fits"] else "NO (does not fit in GPU memory)"
+    return u.memory_fit(total, f["gpu_memory_gb"], f.get("memory_reserve", 0.0), f["fits"])
+
+
+def facts_rows(f: dict) -> list[tuple[str, Any]]:
+    """(label, shown value) of `info`: counts with SI prefixes, memory in GiB."""
     mem = f["memory_gb_per_gpu"]
     rows = [
         ("model", f["model"]), ("cluster", f["cluster"]),
-        ("parameters", f"{f['params'] / 1e9:.3f} B ({f['params']:,})"),
-        ("active parameters", f"{f['active_params'] / 1e9:.3f} B per token"),
-        ("model FLOPs / step", f"{f['flops_per_step']:.4g}"),
-        ("hardware FLOPs / step", f"{f['hw_flops_per_step']:.4g}"),
+        ("parameters", f"{u.params(f['params'])} ({f['params']:,})"),
+        ("active parameters", f"{u.params(f['active_params'])} per token"),
+        ("model FLOPs / step", u.flops(f["flops_per_step"])),
+        ("hardware FLOPs / step", u.flops(f["hw_flops_per_step"])),
         ("world size", f["world_size"]), ("microbatches / replica", f["microbatches"]),
         ("tokens / step", f"{f['tokens_per_step']:,}"),
     ]
-    rows += [(f"memory {k} (GB/GPU)", f"{v:.3f}") for k, v in mem.items()]
-    rows += [("most loaded stage", f["most_loaded_stage"]),
-             ("fits", f"{'yes' if f['fits'] else 'NO'} ({mem['total']:.1f} of "
-                      f"{f['gpu_memory_gb']:.1f} GB)")]
+    rows += [(f"memory {k} per GPU", u.gib(v)) for k, v in mem.items()]
+    rows += [("most loaded stage", f["most_loaded_stage"]), ("fits", fits_line(f))]
     if "layout" in f:
         rows += format_layout(f["layout"])
+    return rows
+
+
+def format_facts(f: dict) -> str:
+    """`info` as aligned text (`facts_rows`)."""
+    rows = facts_rows(f)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -250,9 +250,20 @@ def stored_bytes_per_layer(plan: Plan, stage: int) -> float:
     return f * per("full") + (1 - f) * per("none")
 
 
-def fits(plan: Plan) -> bool:
-    return memory_per_gpu(plan)["total"] <= plan.cluster.gpu.hbm_gb
+def usable_gb(capacity_gb: float, reserve: float) -> float:
+    """GB of a `capacity_gb` GPU a plan may fill: all but the `reserve` fraction."""
+    return (1.0 - reserve) * capacity_gb
 
+
+def fits_in(total_gb: float, capacity_gb: float, reserve: float) -> bool:
+    """Whether `total_gb` per GPU leaves the `reserve` fraction of `capacity_gb` free."""
+    return total_gb <= usable_gb(capacity_gb, reserve)
+
+
+def fits(plan: Plan) -> bool:
+    """The most loaded GPU within (1 - cluster.memory_reserve) of its memory."""
+    c = plan.cluster
+    return fits_in(memory_per_gpu(plan)["total"], c.gpu.hbm_gb, c.memory_reserve)
 
 
 __all__ = ["LOSS_BYTES_PER_LOGIT", "LOSS_PARALLEL_BYTES_PER_LOGIT", "activation_bytes_per_layer",

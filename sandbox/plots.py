@@ -1,8 +1,9 @@
 """Matplotlib figures for reports and notebooks.
 
 Every function returns a `matplotlib.figure.Figure` built without pyplot (no
-global state, any backend; Jupyter shows a returned Figure inline). Times in
-seconds, memory in GB (1e9 bytes), throughput in tokens per second.
+global state, any backend; Jupyter shows a returned Figure inline). Inputs in
+the contract's units (seconds, GB = 1e9 bytes, tokens per second); memory
+axes drawn in GiB (`sandbox.units`).
 matplotlib is imported inside the functions so that `import sandbox` stays
 light.
 """
@@ -90,26 +91,39 @@ def breakdown_bars(names: Sequence[str], breakdowns: Sequence[dict], title: str 
 
 
 def memory_bars(names: Sequence[str], memories: Sequence[dict], capacity_gb: float,
-                title: str = ""):
-    """Stacked bars of memory per GPU by component, GB, against the GPU's capacity."""
+                title: str = "", reserve: float = 0.0):
+    """Stacked bars of memory per GPU by component against the GPU's capacity.
+
+    `memories` and `capacity_gb` in GB (1e9 bytes, the contract's unit); the
+    axis in GiB, the capacity line labelled with the GPU's nominal GiB (85.9 GB:
+    80 GiB) and, when `reserve` > 0, a second line where the reserved fraction
+    (`cluster.memory_reserve`) begins: a plan fits below it.
+    """
     import matplotlib
 
+    from sandbox.units import gib, share, to_gib
+
+    cap = to_gib(capacity_gb)
     with matplotlib.rc_context(STYLE):
         fig, ax = _figure(max(6.0, 1.3 * len(names) + 3), 4.8)
         x = range(len(names))
         bottom = [0.0] * len(names)
         colors = matplotlib.colormaps["Set2"]
         for i, part in enumerate(MEMORY):
-            vals = [float(m.get(part, 0.0)) for m in memories]
+            vals = [to_gib(float(m.get(part, 0.0))) for m in memories]
             if not any(vals):
                 continue
             ax.bar(x, vals, bottom=bottom, label=part, color=colors(i))
             bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-        ax.axhline(capacity_gb, color="crimson", linestyle="--", linewidth=1.5,
-                   label=f"GPU capacity {capacity_gb:.0f} GB")
+        ax.axhline(cap, color="crimson", linestyle="--", linewidth=1.5,
+                   label=f"GPU capacity {gib(capacity_gb)}")
+        if reserve > 0:
+            ax.axhline(cap * (1 - reserve), color="darkorange", linestyle=":", linewidth=1.5,
+                       label=f"fits below {gib(capacity_gb * (1 - reserve))} "
+                             f"({share(reserve)} reserved)")
         ax.set_xticks(list(x), [_wrap(n) for n in names])
-        ax.set_ylabel("memory per GPU (GB)")
-        ax.set_ylim(0, max(bottom + [capacity_gb]) * 1.15)
+        ax.set_ylabel("memory per GPU (GiB)")
+        ax.set_ylim(0, max(bottom + [cap]) * 1.15)
         ax.set_title(title or "Memory per GPU (most loaded stage)")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return fig
@@ -181,20 +195,23 @@ def search_scatter(result, title: str = ""):
     """
     import matplotlib
 
+    from sandbox.units import to_gib
+
     result = getattr(result, "all_simulated", result)
 
     with matplotlib.rc_context(STYLE):
         fig, ax = _figure(8.5, 5.0)
         front = result[result["pareto_time_memory"]].sort_values("memory_gb")
-        ax.scatter(result["memory_gb"], result["step_time_s"], s=28, alpha=0.7,
+        ax.scatter(to_gib(result["memory_gb"]), result["step_time_s"], s=28, alpha=0.7,
                    label="simulated plans")
-        ax.step(front["memory_gb"], front["step_time_s"], where="post", color="crimson",
-                marker="o", label="Pareto front (time vs memory)")
+        ax.step(to_gib(front["memory_gb"]), front["step_time_s"], where="post",
+                color="crimson", marker="o", label="Pareto front (time vs memory)")
         best = result.iloc[0]
-        ax.annotate(f"best: {plan_label(best)}", (best["memory_gb"], best["step_time_s"]),
+        ax.annotate(f"best: {plan_label(best)}", (to_gib(best["memory_gb"]),
+                                                  best["step_time_s"]),
                     xytext=(12, 18), textcoords="offset points", fontsize=9,
                     arrowprops={"arrowstyle": "->", "color": "0.3"})
-        ax.set_xlabel("memory per GPU (GB)")
+        ax.set_xlabel("memory per GPU (GiB)")
         ax.set_ylabel("predicted step time (s)")
         ax.set_title(title or "Search: step time vs memory")
         ax.legend(loc="upper right")

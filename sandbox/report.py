@@ -4,7 +4,7 @@
 - `report.html`: a table of the plans (pandas), and every figure below,
   embedded (base64), so the one file can be shared;
 - `breakdown.png` (step time by component, s), `memory.png` (memory per GPU
-  by component against the GPU's capacity, GB), `timeline_<i>.png` (the
+  by component against the GPU's capacity and its reserve, GiB), `timeline_<i>.png` (the
   simulated pipeline timeline of each plan), `scaling.png` (GPUs vs tokens/s
   and MFU, each plan re-simulated at several data-parallel sizes with the
   microbatches per replica kept), and, when measurements lie under `out/`
@@ -44,7 +44,7 @@ class Report:
 
     def _repr_html_(self) -> str:
         return (f"<p>report written to <code>{html.escape(str(self.path))}</code> "
-                f"({len(self.pngs)} figures)</p>" + self.table.to_html())
+                f"({len(self.pngs)} figures)</p>" + shown_table(self.table).to_html())
 
 
 def _simulate(plan: Plan) -> Any:
@@ -78,6 +78,53 @@ def plan_row(plan: Plan, sim: dict) -> dict:
            "memory_gb": _memory(sim).get("total"), "usd_per_million_tokens": usd}
     row.update({f"{k} (s)": v for k, v in sim.get("breakdown_s", {}).items()})
     return row
+
+
+def shown_cell(field: str, v: Any, step_s: Any = None) -> Any:
+    """A table cell of `field` as shown (`sandbox.units`); `step_s`: the step
+    time a breakdown part belongs to (parts below 1e-12 of it show as 0)."""
+    from sandbox import units as u
+
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != v:  # NaN: no value
+        return "" if v is None or v != v else v
+    if field in ("mfu", "hfu"):
+        return u.percent(v)
+    if field == "memory_gb":
+        return u.gib(v)
+    if field == "tokens_per_s":
+        return u.rate(v)
+    if field == "tflops_per_gpu":
+        return u.flops_rate(v * 1e12)
+    if field == "step_time_s" or field.endswith(" (s)") or field.startswith("breakdown_s."):
+        return u.seconds(v, of=step_s if isinstance(step_s, int | float) else None)
+    return f"{v:.4g}" if isinstance(v, float) else v
+
+
+def shown_table(table: Any) -> Any:
+    """`Report.table` (numbers, contract units) as text to show: MFU / HFU in
+    percent, memory in GiB, times SI-scaled seconds; rows renamed by unit."""
+    shown = table.copy().astype(object)
+    for col in table.columns:
+        step = table[col].get("step_time_s")
+        for field in table.index:
+            shown.at[field, col] = shown_cell(str(field), table.at[field, col], step)
+    names = {"step_time_s": "step time", "tokens_per_s": "throughput", "mfu": "MFU",
+             "hfu": "HFU", "tflops_per_gpu": "FLOP/s per GPU (model)",
+             "memory_gb": "memory per GPU", "usd_per_million_tokens": "USD per M tokens"}
+    return shown.rename(index=lambda f: names.get(f, f"time: {f[:-4]}" if f.endswith(" (s)")
+                                                   else f))
+
+
+def shown_columns(table: Any, columns: Sequence[str]) -> Any:
+    """Columns of a search result table (one plan per row) as shown
+    (`shown_cell`: MFU in percent, memory in GiB, times in seconds)."""
+    shown = table[list(columns)].copy().astype(object)
+    for c in columns:
+        shown[c] = [shown_cell(c, v) for v in table[c]]
+    return shown.rename(columns={"step_time_s": "step time", "tokens_per_s": "throughput",
+                                 "mfu": "MFU", "memory_gb": "memory",
+                                 "usd_per_million_tokens": "USD/M tokens",
+                                 "breakdown_s.cp_comm": "cp_comm"})
 
 
 def compare_table(plans: Sequence[Plan], results: Sequence[Any], names: Sequence[str]):
@@ -237,12 +284,13 @@ def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = 
     results = list(results) if results is not None else [simulate(p) for p in loaded]
     dicts = [_as_dict(r) for r in results]
     table = compare_table(loaded, results, labels)
+    biggest = max(loaded, key=lambda p: p.cluster.gpu.hbm_gb).cluster  # the capacity line's GPU
     figures: list[tuple[str, str, Any]] = [
         ("breakdown.png", "Step time by component",
          plots.breakdown_bars(labels, [d.get("breakdown_s", {}) for d in dicts])),
         ("memory.png", "Memory per GPU by component",
-         plots.memory_bars(labels, [_memory(d) for d in dicts],
-                           max(p.cluster.gpu.hbm_gb for p in loaded))),
+         plots.memory_bars(labels, [_memory(d) for d in dicts], biggest.gpu.hbm_gb,
+                           reserve=biggest.memory_reserve)),
     ]
     for i, (label, p, r) in enumerate(zip(labels, loaded, results, strict=True)):
         spans = timeline_spans(r)
@@ -283,11 +331,11 @@ def _html(table: Any, figures: list, out: Path, measured: Any,
              "</style></head><body>",
              "<h1>Plan comparison</h1>",
              "<p>Predictions of the discrete-event simulator (<code>sim/</code>); "
-             "times in seconds, memory in GB (1e9 bytes) per GPU.</p>",
+             "memory per GPU in GiB (2<sup>30</sup> bytes), MFU and HFU in percent.</p>",
              *(f"<p class='warning' style='color:#a40;font-weight:bold'>{html.escape(n)}</p>"
                for n in notes),
              "<h2>Plans side by side</h2>",
-             table.to_html(float_format=lambda v: f"{v:.4g}", na_rep="")]
+             shown_table(table).to_html(na_rep="")]
     if measured is not None:
         parts += ["<h2>Predicted vs measured</h2>",
                   measured.to_html(index=False, float_format=lambda v: f"{v:.4g}")]

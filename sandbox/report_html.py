@@ -25,8 +25,6 @@ def plan_html(plan: Any) -> str:
     return "<div style='display:flex;gap:2em;align-items:flex-start'>" + "".join(parts) + "</div>"
 
 
-def facts_html(facts: dict) -> str:
-    rows = [(k, v) for k, v in facts.items() if not isinstance(v, dict)]
-    rows += [(f"memory {k} (GB/GPU)", f"{v:.3f}")
-             for k, v in facts["memory_gb_per_gpu"].items()]
+def facts_html(rows: list[tuple[str, Any]]) -> str:
+    """`sandbox.info`'s facts as shown (`sandbox.info.facts_rows`: SI counts, GiB)."""
     return table_html(rows, "plan facts")

@@ -196,6 +196,10 @@ class Cluster:
     storage_gb_per_s: float = 10.0  # checkpoint write/read bandwidth per node, GB/s
     storage_total_gb_per_s: float = 0.0  # the shared filesystem's cap, GB/s (0: none)
     usd_per_gpu_hour: float = 0.0
+    # fraction of each GPU's memory a plan must leave free to "fit": the CUDA
+    # context, NCCL buffers and the caching allocator's fragmentation, which the
+    # memory model (allocated tensors only) does not count; in [0, 0.5)
+    memory_reserve: float = 0.05
     profile: str = ""  # calibration profile TOML (see `sandbox calibrate`)
     # Stragglers and heterogeneity (simulator): GPUs given by global rank, and a
     # random fraction of all GPUs drawn with `variation_seed`, run their kernels

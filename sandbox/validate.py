@@ -71,6 +71,9 @@ def plan_problems(plan: Plan) -> list[str]:
                                            "gpu_mtbf_h", "node_mtbf_h", "link_mtbf_h",
                                            "switch_mtbf_h", "restart_s", "usd_per_gpu_hour",
                                            "storage_total_gb_per_s"))
+    if not 0 <= c.memory_reserve < 0.5:
+        problems.append("cluster.memory_reserve: must be a fraction in [0, 0.5) of GPU "
+                        f"memory (0.05 = 5% kept free), got {c.memory_reserve}")
     _positive(problems, "cluster.gpu", c.gpu, ("tflops_fp32", "hbm_gb", "hbm_gb_per_s"))
     _non_negative(problems, "cluster.gpu", c.gpu, ("tflops_tf32", "tflops_fp16", "tflops_bf16",
                                                    "tflops_fp8", "tdp_w", "power_limit_w"))

@@ -69,10 +69,12 @@ def simulate(plan: Plan, *, profile: Profile | None = None, replicas: str = "aut
 
 def memory_fields(plan: Plan) -> tuple[dict[str, float], bool]:
     """`memory_gb_per_gpu` of the contract (the most loaded GPU, GB) and `fits`
-    (against the smallest GPU of a mixed cluster)."""
+    (against the smallest GPU of a mixed cluster, less `cluster.memory_reserve`)."""
     mem = memory.memory_per_gpu(plan)
     keep = ("params", "grads", "optimizer", "activations", "other", "total")
-    return {k: mem[k] for k in keep}, mem["total"] <= variation.min_hbm_gb(plan.cluster)
+    fits = memory.fits_in(mem["total"], variation.min_hbm_gb(plan.cluster),
+                          plan.cluster.memory_reserve)
+    return {k: mem[k] for k in keep}, fits
 
 
 def same_timing(plan: Plan) -> Any:
@@ -123,5 +125,7 @@ def _result(plan: Plan, res: EngineResult, wall: float, extra: dict | None = Non
         breakdown_s={k: parts[k] for k in (*BREAKDOWN[:2], "cp_comm", "ep_comm",
                                            *BREAKDOWN[2:]) if k in parts},
         events=res.events, sim_wall_s=wall,
-        world_size=n, critical_rank=rank_of(plan, key[0], key[1], 0), extra=extra or {},
+        gpu_memory_gb=variation.min_hbm_gb(plan.cluster),
+        memory_reserve=plan.cluster.memory_reserve, world_size=n,
+        critical_rank=rank_of(plan, key[0], key[1], 0), extra=extra or {},
         timeline=res.spans)

@@ -6,6 +6,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox import units as u
 from sim.trace import gantt, write_chrome_trace
 
 BREAKDOWN = ("compute", "tp_comm", "pp_comm", "dp_comm", "bubble", "optimizer", "other")
@@ -41,6 +42,8 @@ class SimResult:
     sim_wall_s: float
     world_size: int = 0
     critical_rank: int = 0
+    gpu_memory_gb: float = 0.0  # the (smallest) GPU's memory `fits` is checked against, GB
+    memory_reserve: float = 0.0  # the fraction of it a plan must leave free to fit
     extra: dict[str, Any] = field(default_factory=dict)
     timeline: list[dict] = field(default_factory=list, repr=False)
 
@@ -49,15 +52,19 @@ class SimResult:
         d = {k: getattr(self, k) for k in (
             "params", "flops_per_step", "hw_flops_per_step", "step_time_s", "tokens_per_s",
             "tflops_per_gpu", "hw_tflops_per_gpu", "mfu", "hfu", "memory_gb_per_gpu", "fits",
-            "breakdown_s", "events", "sim_wall_s", "world_size", "critical_rank")}
+            "breakdown_s", "events", "sim_wall_s", "world_size", "critical_rank",
+            "gpu_memory_gb", "memory_reserve")}
         d.update(self.extra)
         return d
 
     def _repr_html_(self) -> str:
-        rows = [(k, v) for k, v in self.to_dict().items() if not isinstance(v, dict)]
-        rows += [(f"breakdown {k} (s)", v) for k, v in self.breakdown_s.items()]
-        rows += [(f"memory {k} (GB)", v) for k, v in self.memory_gb_per_gpu.items()]
-        body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>"
+        """The contract as a table, shown in `sandbox.units` (percent, s, GiB)."""
+        rows = [(k, _shown(k, v, self.step_time_s)) for k, v in self.to_dict().items()
+                if not isinstance(v, dict)]
+        rows += [(f"breakdown {k}", u.seconds(v, of=self.step_time_s))
+                 for k, v in self.breakdown_s.items()]
+        rows += [(f"memory {k}", u.gib(v)) for k, v in self.memory_gb_per_gpu.items()]
+        body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(v)}</td></tr>"
                        for k, v in rows)
         return f"<table>{body}</table>"
 
@@ -70,5 +77,24 @@ class SimResult:
         return write_chrome_trace(self, path)
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+def _shown(key: str, v: Any, step_s: float) -> str:
+    """One contract scalar as text, by its name's unit."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    if key in ("mfu", "hfu") or key.startswith("mfu_"):
+        return u.percent(v)
+    if key == "params":
+        return u.params(v)
+    if key in ("flops_per_step", "hw_flops_per_step"):
+        return u.flops(v)
+    if key in ("tflops_per_gpu", "hw_tflops_per_gpu"):
+        return u.flops_rate(v * 1e12)
+    if key == "tokens_per_s":
+        return u.rate(v)
+    if key.endswith("_gb"):
+        return u.gib(v)
+    if key.endswith("_s"):
+        return u.seconds(v, of=step_s if key != "sim_wall_s" else None)
+    if key == "memory_reserve":
+        return u.share(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

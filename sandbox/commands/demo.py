@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     from sandbox.calibration import warn_uncalibrated
     from sandbox.outputs import output_dir
     from sandbox.plots import plan_label
-    from sandbox.report import report
+    from sandbox.report import report, shown_columns
     from sim.search import plan_of, run_search
 
     output_dir(args.out, "--out")
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     cols = ["dp", "tp", "pp", "vpp", "micro_batch", "zero", "recompute", "schedule",
             "step_time_s", "tokens_per_s", "mfu", "memory_gb"]
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(result[cols].to_string(float_format=lambda v: f"{v:.4g}"))
+        print(shown_columns(result, cols).to_string())
     print()
 
     plans = [plan_of(found, r) for r in result.index[:3]] + [sandbox.load(HAND_WRITTEN)]

@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from sandbox import counts, presets
+    from sandbox import units as u
     from sandbox.planfile import load
 
     if args.json:
@@ -26,13 +27,13 @@ def main(args: argparse.Namespace) -> int:
     for name in presets.MODELS:
         m = load({"model": {"preset": name}}).model
         moe = (f"  {m.experts} experts top-{m.experts_per_token}, "
-               f"{counts.active_params(m) / 1e9:.1f} B active" if m.experts else "")
-        print(f"  {name:<15} {counts.param_count(m) / 1e9:9.3f} B params  layers {m.layers:>3}"
+               f"{u.params(counts.active_params(m))} active" if m.experts else "")
+        print(f"  {name:<15} {u.params(counts.param_count(m)):>7} params  layers {m.layers:>3}"
               f"  hidden {m.hidden:>6}  heads {m.heads:>3}/{m.kv_heads:<3} vocab {m.vocab:>6}"
               f"  seq {m.seq_len:>5}  {m.activation} {m.kind}{moe}")
     print("gpus:")
     for name, g in presets.GPUS.items():
-        print(f"  {name:<12} bf16 {g['tflops_bf16']:7.1f} TFLOP/s  {g['hbm_gb']:6.1f} GB  "
+        print(f"  {name:<12} bf16 {g['tflops_bf16']:7.1f} TFLOP/s  {u.gib(g['hbm_gb']):>9}  "
               f"{g['hbm_gb_per_s']:6.0f} GB/s")
     print("clusters:")
     for name, c in presets.CLUSTERS.items():

@@ -151,16 +151,18 @@ def main(args: argparse.Namespace) -> int:
     else:
         import pandas as pd
 
+        from sandbox.report import shown_columns
+
         cols = list(COLUMNS)
         if "cp" in result and (result["cp"] > 1).any():  # long context: its degree and traffic
             cols[cols.index("schedule") + 1:cols.index("schedule") + 1] = [
                 "cp", "cp_method", *[c for c in ("breakdown_s.cp_comm",) if c in result]]
-        shown = result[cols]
+        shown = shown_columns(result, cols)
         if "your_plan" in result and result["your_plan"].any():
             shown = shown.assign(**{"": result["your_plan"].map({True: "<- your plan",
                                                                  False: ""})})
         with pd.option_context("display.width", 200, "display.max_columns", 40):
-            print(shown.to_string(float_format=lambda v: f"{v:.4g}"))
+            print(shown.to_string())
     if note is not None:
         print(note, file=sys.stderr if args.json or args.csv else sys.stdout)
     return 0

@@ -57,7 +57,7 @@ def _failures(plan, step_time_s: float, seed: int, budget: dict | None = None):
 # balancing) follows under its JSON name.
 SHOWN = {"params", "flops_per_step", "hw_flops_per_step", "step_time_s", "tokens_per_s",
          "tflops_per_gpu", "hw_tflops_per_gpu", "mfu", "hfu", "memory_gb_per_gpu", "fits",
-         "breakdown_s", "events", "sim_wall_s"}
+         "breakdown_s", "events", "sim_wall_s", "gpu_memory_gb", "memory_reserve"}
 
 
 def _short(v: object) -> bool:
@@ -74,17 +74,23 @@ def _value(v: object) -> str:
 
 
 def format_result(d: dict) -> str:
-    bd, mem = d["breakdown_s"], d["memory_gb_per_gpu"]
-    rows = [("parameters", f"{d['params'] / 1e9:.3f} B"),
-            ("step time", f"{d['step_time_s']:.4f} s"),
-            ("tokens / s", f"{d['tokens_per_s']:,.0f}"),
-            ("TFLOP/s per GPU (model / hw)",
-             f"{d['tflops_per_gpu']:.1f} / {d['hw_tflops_per_gpu']:.1f}"),
-            ("MFU / HFU", f"{d['mfu']:.1%} / {d['hfu']:.1%}")]
-    rows += [(f"  {k} (s)", f"{v:.4f}  ({v / d['step_time_s']:.1%})") for k, v in bd.items()]
-    rows += [("memory per GPU", f"{mem['total']:.2f} GB"),
-             ("fits", "yes" if d["fits"] else "NO (does not fit in GPU memory)"),
-             ("events / simulator wall", f"{d['events']:,} / {d['sim_wall_s']:.3f} s")]
+    """The contract as aligned text (`sandbox.units`: percent, SI-scaled seconds, GiB)."""
+    from sandbox import units as u
+    from sandbox.info import fits_line
+
+    bd, mem, step = d["breakdown_s"], d["memory_gb_per_gpu"], d["step_time_s"]
+    rows = [("parameters", u.params(d["params"])),
+            ("step time", u.seconds(step)),
+            ("throughput", u.rate(d["tokens_per_s"])),
+            ("FLOP/s per GPU (model / hw)",
+             f"{u.flops_rate(d['tflops_per_gpu'] * 1e12)} / "
+             f"{u.flops_rate(d['hw_tflops_per_gpu'] * 1e12)}"),
+            ("MFU / HFU", f"{u.percent(d['mfu'])} / {u.percent(d['hfu'])}")]
+    rows += [(f"  {k}", f"{u.seconds(v, of=step)}  ({u.percent(v / step)})")
+             for k, v in bd.items()]
+    rows += [("memory per GPU", u.gib(mem["total"])),
+             ("fits", fits_line(d)),
+             ("events / simulator wall", f"{d['events']:,} / {u.seconds(d['sim_wall_s'])}")]
     rows += [(k, _value(v)) for k, v in d.items() if k not in SHOWN and _short(v)]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

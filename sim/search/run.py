@@ -205,7 +205,8 @@ def run_search(model: Any, cluster: Any, gpus: int, global_batch: int, top: int 
             total = mem["total"] if isinstance(mem, dict) else mem
             rejected.append((item.plan.parallel, "sim-memory",
                              f"memory: the simulator finds {total:.1f} GB per GPU, > "
-                             f"{base.cluster.gpu.hbm_gb:.1f} GB"))
+                             f"{base.cluster.gpu.hbm_gb:.1f} GB less its "
+                             f"{base.cluster.memory_reserve:.0%} reserve"))
             continue
         rows.append(_row(item.plan, res))
     table = pd.DataFrame(rows)

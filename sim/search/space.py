@@ -241,7 +241,8 @@ def screen(base: Plan, settings: Iterable[Parallel], max_memory_gb: float | None
     (the validator's first reason) or "memory" (does not fit the GPU or
     `max_memory_gb`).
     """
-    cap = base.cluster.gpu.hbm_gb
+    c = base.cluster
+    cap = memory.usable_gb(c.gpu.hbm_gb, c.memory_reserve)  # the reserve left free
     limit = min(cap, max_memory_gb) if max_memory_gb else cap
     feasible: list[Screened] = []
     rejected: list[tuple[Parallel, str, str]] = []
@@ -253,7 +254,8 @@ def screen(base: Plan, settings: Iterable[Parallel], max_memory_gb: float | None
             continue
         mem = peak_memory_gb(plan)["total"]
         if mem > limit:
-            what = (f"GPU memory {cap:.1f} GB" if limit == cap
+            what = (f"GPU memory {c.gpu.hbm_gb:.1f} GB less its "
+                    f"{c.memory_reserve:.0%} reserve ({cap:.1f} GB)" if limit == cap
                     else f"max_memory_gb {limit:.1f} GB")
             rejected.append((par, "memory", f"memory: needs {mem:.1f} GB per GPU > {what}"))
             continue
