@@ -85,7 +85,8 @@ def _read(name: str, data: Path) -> list[dict[str, str]]:
 
 
 def _plan(model: dict, cluster: dict, parallel: dict, train: dict) -> dict:
-    return {"model": model, "cluster": cluster, "parallel": parallel, "train": train}
+    return {"model": model, "cluster": {**provenance.AS_PUBLISHED, **cluster}, "parallel": parallel,
+            "train": train}
 
 
 def _nodes(gpus: int, per_node: int = 8) -> dict:

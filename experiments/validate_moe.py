@@ -153,7 +153,7 @@ def _row_plan(r: dict[str, str]) -> tuple[dict, list[str], str]:
     plan = {"model": {"preset": PRESETS[r["model"]], "seq_len": int(r["seq_len"]),
                       "router_skew": 0.0, "routing": "round-robin"},
             "cluster": {"preset": "dgx-h100", "nodes": max(1, gpus // 8),
-                        "gpus_per_node": min(8, gpus)},
+                        "gpus_per_node": min(8, gpus), **provenance.AS_PUBLISHED},
             "parallel": par, "train": {"precision": "bf16", "attention": "flash"}}
     return plan, notes, ""
 

@@ -64,7 +64,7 @@ def plan(heads: int, hidden: int, layers: int, tp: int, pp: int, gpus: int, batc
                   "seq_len": 2048, "activation": "gelu", "norm": "layernorm",
                   "position": "learned", "bias": True, "tied_embeddings": True},
         "cluster": {"preset": "dgx-a100-80g", "nodes": max(1, gpus // 8),
-                    "gpus_per_node": min(8, gpus)},
+                    "gpus_per_node": min(8, gpus), **provenance.AS_PUBLISHED},
         "parallel": {"tp": tp, "pp": pp, "vpp": vpp, "schedule": schedule, "micro_batch": 1,
                      "global_batch": batch, "zero": 0 if sp is False else 1,
                      "sequence_parallel": sp, "recompute": recompute, "tp_overlap": True},

@@ -65,7 +65,7 @@ def plan_of(row: dict, profile: str = ""):
 
     multi = row["gpus"] > 8
     cluster = {"preset": "vtrain-a100", "nodes": row["gpus"] // 8 if multi else 1,
-               "gpus_per_node": 8 if multi else row["gpus"]}
+               "gpus_per_node": 8 if multi else row["gpus"], **provenance.AS_PUBLISHED}
     if profile:
         cluster["profile"] = profile
     return sandbox.load({
