@@ -13,11 +13,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sandbox.timeline import OKABE_ITO
+from sandbox.units import seconds
+
 # the parts of `breakdown_s`, stacked in this order (context- and expert-parallel
 # traffic last, drawn only when a plan has it, so other plans keep their colours)
 BREAKDOWN = ("compute", "tp_comm", "pp_comm", "dp_comm", "bubble", "optimizer", "other",
              "cp_comm", "ep_comm")
 MEMORY = ("params", "grads", "optimizer", "activations", "other")
+# (colour, hatch, legend label) of each breakdown part: the timeline's Okabe-Ito styles
+_C = OKABE_ITO
+BREAKDOWN_STYLES = {"compute": (_C["blue"], "", "compute"),
+                    "tp_comm": (_C["vermillion"], "", "TP comm"),
+                    "pp_comm": (_C["black"], "", "PP comm"),
+                    "dp_comm": (_C["purple"], "", "DP comm"),
+                    "bubble": ("#BBBBBB", "", "pipeline bubble"),
+                    "optimizer": (_C["yellow"], "", "optimizer"),
+                    "other": ("#777777", "//", "host overhead"),
+                    "cp_comm": (_C["sky"], "//", "CP comm"),
+                    "ep_comm": (_C["green"], "//", "EP comm")}
+_DARK = ("compute", "tp_comm", "pp_comm", "other")  # white labels on these
+SERIES = (("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"))
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "legend.fontsize": 9,
          "xtick.labelsize": 9, "ytick.labelsize": 10, "axes.grid": True, "grid.alpha": 0.3}
 
@@ -73,19 +89,25 @@ def breakdown_bars(names: Sequence[str], breakdowns: Sequence[dict], title: str 
         fig, ax = _figure(max(6.0, 1.3 * len(names) + 3), 4.8)
         x = range(len(names))
         bottom = [0.0] * len(names)
-        colors = matplotlib.colormaps["tab10"]
-        for i, part in enumerate(BREAKDOWN):
+        totals = [sum(float(v) for v in b.values()) or 1e-12 for b in breakdowns]
+        for part in BREAKDOWN:
             vals = [float(b.get(part, 0.0)) for b in breakdowns]
             if not any(vals):
                 continue
-            ax.bar(x, vals, bottom=bottom, label=part.replace("_", " "), color=colors(i))
+            style = BREAKDOWN_STYLES[part]
+            ax.bar(x, vals, bottom=bottom, label=style[2], color=style[0], hatch=style[1],
+                   edgecolor="white", linewidth=0.5)
+            for xi, v, b0, t in zip(x, vals, bottom, totals, strict=True):
+                if v / t >= 0.06:  # the share of a visible part, inside its segment
+                    ax.annotate(f"{v / t:.0%}", (xi, b0 + v / 2), ha="center", va="center",
+                                fontsize=8, color="white" if part in _DARK else "black")
             bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
         for xi, total in zip(x, bottom, strict=True):
-            ax.annotate(f"{total:.3g} s", (xi, total), ha="center", va="bottom", fontsize=9)
+            ax.annotate(seconds(total), (xi, total), ha="center", va="bottom", fontsize=9)
         ax.set_xticks(list(x), [_wrap(n) for n in names])
         ax.set_ylabel("time per step (s)")
         ax.set_ylim(0, max(bottom + [1e-9]) * 1.12)
-        ax.set_title(title or "Where the step time goes")
+        ax.set_title(_wrap(title or "Where the step time goes", 70), fontsize=11)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return fig
 
@@ -145,20 +167,29 @@ def scaling_curves(curves: dict, title: str = ""):
     import matplotlib
 
     with matplotlib.rc_context(STYLE):
-        fig, (left, right) = _figure(12.0, 4.6, ncols=2)
-        for name, df in curves.items():
-            left.plot(df["gpus"], df["tokens_per_s"], marker="o", label=name)
-            right.plot(df["gpus"], 100 * df["mfu"], marker="o", label=name)
+        fig, (left, right) = _figure(12.0, 5.2, ncols=2)
+        top = 0.0
+        for i, (name, df) in enumerate(curves.items()):
+            marker, line = SERIES[i % len(SERIES)]
+            kw = {"marker": marker, "linestyle": line, "markersize": 7, "label": name,
+                  "markerfacecolor": "none", "color": f"C{i % 10}"}
+            left.plot(df["gpus"], df["tokens_per_s"] / df["gpus"], **kw)
+            right.plot(df["gpus"], 100 * df["mfu"], **kw)
+            top = max([top, *(100 * df["mfu"])])
+        gpus = sorted({int(g) for df in curves.values() for g in df["gpus"]})
         for ax in (left, right):
             ax.set_xscale("log", base=2)
+            ax.set_xticks(gpus, [f"{g:,}" for g in gpus])
+            ax.minorticks_off()
             ax.set_xlabel("GPUs (data-parallel size varied)")
-        left.set_yscale("log")
-        left.set_ylabel("throughput (tokens/s)")
-        left.set_title("Throughput")
+        left.set_ylabel("throughput per GPU (tokens/s)")
+        left.set_ylim(bottom=0)
+        left.set_title("Throughput per GPU (flat = perfect scaling)", fontsize=11)
         right.set_ylabel("MFU (%)")
-        right.set_ylim(bottom=0)
-        right.set_title("Model FLOPs utilisation")
-        right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        right.set_ylim(0, min(100.0, top * 1.2 + 1.0))
+        right.set_title("Model FLOPs utilisation", fontsize=11)
+        fig.legend(*left.get_legend_handles_labels(), loc="outside lower center",
+                   ncol=min(3, len(curves)), frameon=False)
         fig.suptitle(title or "Scaling with data parallelism (microbatches per replica fixed)")
         return fig
 

@@ -41,6 +41,7 @@ class Report:
     pngs: list[Path]
     table: Any  # pandas.DataFrame, one column per plan
     measured: Any = None  # pandas.DataFrame of predicted vs measured, or None
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)  # PNG name -> its "why"
 
     def _repr_html_(self) -> str:
         return (f"<p>report written to <code>{html.escape(str(self.path))}</code> "
@@ -253,10 +254,25 @@ def _names(sources: Sequence[Any], plans: Sequence[Plan], names: Sequence[str] |
     return out
 
 
-def _img(path: Path, alt: str) -> str:
+def _img(path: Path, alt: str, note: str = "") -> str:
     data = base64.b64encode(path.read_bytes()).decode()
+    why = f"<p class='why'>{html.escape(note)}</p>" if note else ""
     return (f"<figure><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'/>"
-            f"<figcaption>{html.escape(alt)} ({html.escape(path.name)})</figcaption></figure>")
+            f"<figcaption>{html.escape(alt)} ({html.escape(path.name)})</figcaption>{why}"
+            "</figure>")
+
+
+def context_title(plans: Sequence[Plan]) -> str:
+    """What the plans of a report share: `llama2-13b on 32 x A100 80GB (dgx-a100-80g)`,
+    or the models and clusters listed when they differ."""
+    from sandbox.plots import plan_title
+
+    heads = {plan_title(p).split(": ")[0] for p in plans}
+    if len(heads) == 1:
+        return heads.pop()
+    models = sorted({p.model.name for p in plans})
+    clusters = sorted({f"{p.world_size:,} GPUs of {p.cluster.name}" for p in plans})
+    return f"{', '.join(models)} on {'; '.join(clusters)}"
 
 
 def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = None,
@@ -271,6 +287,7 @@ def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = 
     calibrated profile gets `calibration_warning` above the table.
     """
     from sandbox import plots
+    from sandbox import report_notes as notes
     from sandbox.calibration import calibration_warnings
     from sandbox.outputs import output_dir, save_figure, writing
 
@@ -285,41 +302,51 @@ def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = 
     dicts = [_as_dict(r) for r in results]
     table = compare_table(loaded, results, labels)
     biggest = max(loaded, key=lambda p: p.cluster.gpu.hbm_gb).cluster  # the capacity line's GPU
-    figures: list[tuple[str, str, Any]] = [
+    where = context_title(loaded)
+    mems = [_memory(d) for d in dicts]
+    figures: list[tuple[str, str, Any, str]] = [
         ("breakdown.png", "Step time by component",
-         plots.breakdown_bars(labels, [d.get("breakdown_s", {}) for d in dicts])),
+         plots.breakdown_bars(labels, [d.get("breakdown_s", {}) for d in dicts],
+                              f"Where the step time goes: {where}"),
+         notes.breakdown_note(labels, dicts)),
         ("memory.png", "Memory per GPU by component",
-         plots.memory_bars(labels, [_memory(d) for d in dicts], biggest.gpu.hbm_gb,
-                           reserve=biggest.memory_reserve)),
+         plots.memory_bars(labels, mems, biggest.gpu.hbm_gb, f"Memory per GPU: {where}",
+                           reserve=biggest.memory_reserve),
+         notes.memory_note(labels, mems, [bool(d.get("fits", True)) for d in dicts])),
     ]
-    for i, (label, p, r) in enumerate(zip(labels, loaded, results, strict=True)):
+    for i, (label, p, r, d) in enumerate(zip(labels, loaded, results, dicts, strict=True)):
         spans = timeline_spans(r)
         if spans:
-            head = plots.plan_title(p)
-            head = head if label == plots.plan_label(p) else f"{label}: {head}"
+            name = label.replace(plots.plan_label(p), "").strip(" :")  # the layout is in the title
+            head = f"{name}: {plots.plan_title(p)}" if name else plots.plan_title(p)
             figures.append((f"timeline_{i + 1}.png", f"Pipeline timeline: {label}",
-                            plots.timeline(spans, head)))
+                            plots.timeline(spans, head), notes.timeline_note(d)))
     if scaling:
         curves = {label: scaling_curve(p, scaling, simulate)
                   for label, p in zip(labels, loaded, strict=True)}
         if any(len(c) for c in curves.values()):
             figures.append(("scaling.png", "Scaling with data parallelism",
-                            plots.scaling_curves(curves)))
+                            plots.scaling_curves(curves, "Scaling with data parallelism: "
+                                                 + where.split(" on ")[0] + " on "
+                                                 + ", ".join(sorted({p.cluster.name
+                                                                     for p in loaded}))),
+                            notes.scaling_note(curves)))
     measured = find_measurements(out, simulate)
     if measured is not None:
         figures.append(("measured.png", "Predicted vs measured step time",
                         plots.predicted_vs_measured(list(measured["label"]),
                                                     list(measured["predicted"]),
-                                                    list(measured["measured"]))))
+                                                    list(measured["measured"])), ""))
     pngs = []
-    for fname, _, fig in figures:
+    for fname, _, fig, _ in figures:
         save_figure(fig, out / fname, "out")
         pngs.append(out / fname)
     path = out / "report.html"
     with writing(path, "out"):
         path.write_text(_html(table, figures, out, measured,
                               calibration_warnings(p.cluster for p in loaded)))
-    return Report(path=path, pngs=pngs, table=table, measured=measured)
+    return Report(path=path, pngs=pngs, table=table, measured=measured,
+                  notes={fname: note for fname, _, _, note in figures if note})
 
 
 def _html(table: Any, figures: list, out: Path, measured: Any,
@@ -340,6 +367,6 @@ def _html(table: Any, figures: list, out: Path, measured: Any,
         parts += ["<h2>Predicted vs measured</h2>",
                   measured.to_html(index=False, float_format=lambda v: f"{v:.4g}")]
     parts.append("<h2>Figures</h2>")
-    parts += [_img(out / fname, alt) for fname, alt, _ in figures]
+    parts += [_img(out / fname, alt, note) for fname, alt, _, note in figures]
     parts.append("</body></html>")
     return "\n".join(parts)
