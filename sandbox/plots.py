@@ -107,7 +107,7 @@ def breakdown_bars(names: Sequence[str], breakdowns: Sequence[dict], title: str 
         ax.set_xticks(list(x), [_wrap(n) for n in names])
         ax.set_ylabel("time per step (s)")
         ax.set_ylim(0, max(bottom + [1e-9]) * 1.12)
-        ax.set_title(_wrap(title or "Where the step time goes", 70), fontsize=11)
+        fig.suptitle(_wrap(title or "Where the step time goes", 50), fontsize=12)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return fig
 
@@ -146,7 +146,7 @@ def memory_bars(names: Sequence[str], memories: Sequence[dict], capacity_gb: flo
         ax.set_xticks(list(x), [_wrap(n) for n in names])
         ax.set_ylabel("memory per GPU (GiB)")
         ax.set_ylim(0, max(bottom + [cap]) * 1.15)
-        ax.set_title(title or "Memory per GPU (most loaded stage)")
+        fig.suptitle(_wrap(title or "Memory per GPU (most loaded stage)", 50), fontsize=12)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return fig
 
@@ -183,7 +183,8 @@ def scaling_curves(curves: dict, title: str = ""):
             ax.minorticks_off()
             ax.set_xlabel("GPUs (data-parallel size varied)")
         left.set_ylabel("throughput per GPU (tokens/s)")
-        left.set_ylim(bottom=0)
+        left.set_ylim(0, max([1.0, *(float((df["tokens_per_s"] / df["gpus"]).max())
+                                     for df in curves.values() if len(df))]) * 1.15)
         left.set_title("Throughput per GPU (flat = perfect scaling)", fontsize=11)
         right.set_ylabel("MFU (%)")
         right.set_ylim(0, min(100.0, top * 1.2 + 1.0))

@@ -318,6 +318,7 @@ def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = 
         spans = timeline_spans(r)
         if spans:
             name = label.replace(plots.plan_label(p), "").strip(" :")  # the layout is in the title
+            name = "" if name == p.model.name else name  # and so is the model
             head = f"{name}: {plots.plan_title(p)}" if name else plots.plan_title(p)
             figures.append((f"timeline_{i + 1}.png", f"Pipeline timeline: {label}",
                             plots.timeline(spans, head), notes.timeline_note(d)))
