@@ -151,14 +151,14 @@ def memory_bars(names: Sequence[str], memories: Sequence[dict], capacity_gb: flo
         return fig
 
 
-def timeline(spans: Sequence[dict], title: str = "", max_ranks: int = 16):
+def timeline(spans: Sequence[dict], title: str = "", max_ranks: int = 16, subtitle: str = ""):
     """Gantt chart of one step: spans are `{rank, stream, kind, start_s, end_s}`
     (with `microbatch`, `chunk`), drawn by `sandbox.timeline.gantt`: each rank's
     compute with its bubbles, its communication on thin sub-rows, at most
     `max_ranks` ranks (evenly spread, first and last kept, noted when sampled)."""
     from sandbox.timeline import gantt
 
-    return gantt(spans, title or "Pipeline timeline of one step", max_ranks=max_ranks)
+    return gantt(spans, title or "Pipeline timeline of one step", subtitle, max_ranks=max_ranks)
 
 
 def scaling_curves(curves: dict, title: str = ""):

@@ -290,6 +290,7 @@ def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = 
     from sandbox import report_notes as notes
     from sandbox.calibration import calibration_warnings
     from sandbox.outputs import output_dir, save_figure, writing
+    from sandbox.timeline import simulated_note
 
     if not plans:
         raise SandboxError("report: give at least one plan")
@@ -321,7 +322,8 @@ def report(plans: Sequence[Any], out: str | Path, names: Sequence[str] | None = 
             name = "" if name == p.model.name else name  # and so is the model
             head = f"{name}: {plots.plan_title(p)}" if name else plots.plan_title(p)
             figures.append((f"timeline_{i + 1}.png", f"Pipeline timeline: {label}",
-                            plots.timeline(spans, head), notes.timeline_note(d)))
+                            plots.timeline(spans, head, subtitle=simulated_note(
+                                spans, p.world_size)), notes.timeline_note(d)))
     if scaling:
         curves = {label: scaling_curve(p, scaling, simulate)
                   for label, p in zip(labels, loaded, strict=True)}

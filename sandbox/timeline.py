@@ -257,7 +257,8 @@ def gantt_panels(panels: Sequence[tuple[str, Sequence[dict]]], title: str = "",
     cats = {category(str(s["kind"])) for p in ps for s in p.spans}
     ncol = 6
     legend_rows = math.ceil(len(cats) / ncol)
-    heads = bool(title) + bool(subtitle)
+    sub = textwrap.wrap(subtitle, 150)  # fits the figure's width at the title's size
+    heads = bool(title) + len(sub)
     heights = _heights(ps, heads, legend_rows)
     for p, h in zip(ps, heights, strict=True):  # room to name each rank's sub-rows?
         p.label_rows = h * DPI / p.units * 0.4 >= 8.5
@@ -280,9 +281,8 @@ def gantt_panels(panels: Sequence[tuple[str, Sequence[dict]]], title: str = "",
             ax.text(0.5, 0.5, "no timeline", transform=ax.transAxes, ha="center")
     axes[-1].set_xlabel("time within the step (s)" + (
         "; numbers in bars: micro-batch" + (".chunk" if chunked(ps) else "") if labelled else ""))
-    if title or subtitle:
-        head = title + (f"\n{subtitle}" if subtitle else "") if title else subtitle
-        fig.suptitle(head, fontsize=11)
+    if title or sub:
+        fig.suptitle("\n".join([title] * bool(title) + sub), fontsize=11)
     handles = [Patch(facecolor=st.color, hatch=st.hatch or None,
                      edgecolor="white" if st.hatch else st.color, label=st.label)
                for c, st in STYLES.items() if c in used]
@@ -290,6 +290,15 @@ def gantt_panels(panels: Sequence[tuple[str, Sequence[dict]]], title: str = "",
         fig.legend(handles=handles, loc="outside lower center", ncol=min(ncol, len(handles)),
                    fontsize=8, frameon=False)
     return fig
+
+
+def simulated_note(spans: Sequence[dict], world_size: int) -> str:
+    """'8 of 32 ranks simulated: ...' when the spans hold fewer ranks than the plan has."""
+    n = len({int(s["rank"]) for s in spans})
+    if not world_size or n >= world_size:
+        return ""
+    return (f"{n:,} of {world_size:,} ranks simulated: one per pipeline stage of each simulated "
+            "data-parallel replica (tensor-parallel peers and the other replicas run the same)")
 
 
 def gantt(spans: Sequence[dict], title: str = "", subtitle: str = "",

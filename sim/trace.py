@@ -21,8 +21,10 @@ def write_chrome_trace(result: Any, path: str | Path) -> str:
 def gantt(result: Any, path: str | Path | None = None, title: str | None = None,
           max_ranks: int = 16) -> Any:
     """Gantt figure of the simulated step (matplotlib Figure; saved when `path`)."""
+    head = f"step {result.step_time_s:.4g} s, MFU {result.mfu:.1%}"
+    note = tl.simulated_note(result.timeline, result.world_size)
     fig = tl.gantt(result.timeline, title or "Simulated step",
-                   f"step {result.step_time_s:.4g} s, MFU {result.mfu:.1%}", max_ranks)
+                   f"{head}; {note}" if note else head, max_ranks)
     if path:
         fig.savefig(path, dpi=tl.DPI)
     return fig

@@ -83,3 +83,13 @@ def test_figure_titles_name_model_and_cluster(ways) -> None:
     fig = plots.breakdown_bars(["pp"], [d["breakdown_s"]], title)
     assert "llama2-13b" in fig._suptitle.get_text()
     assert "dgx-a100-80g" in fig._suptitle.get_text()
+
+
+def test_timeline_says_which_ranks_were_simulated(ways) -> None:
+    from sandbox.report import timeline_spans
+    from sandbox.timeline import simulated_note
+
+    plan, _ = ways["pipeline parallel"]
+    spans = timeline_spans(sandbox.simulate(plan))
+    assert simulated_note(spans, plan.world_size).startswith("8 of 32 ranks simulated")
+    assert simulated_note(spans, 8) == ""
