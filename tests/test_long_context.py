@@ -232,6 +232,6 @@ def test_reports_show_cp_traffic():
     assert table["dense"].isna()[["cp", "cp_comm (s)"]].all()
     fig = plots.breakdown_bars(["cp8", "dense"], [r.breakdown_s for r in results])
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert "cp comm" in labels
+    assert "CP comm" in labels
     dense_fig = plots.breakdown_bars(["dense"], [results[1].breakdown_s])
     assert "cp comm" not in [t.get_text() for t in dense_fig.axes[0].get_legend().get_texts()]

@@ -204,6 +204,14 @@ def test_flushed_schedule_numbers_micro_batches_on():
     assert schedule("1f1b", 1, 8, 0, flushes=4) == schedule("1f1b", 1, 8, 0)  # no pipeline
 
 
+def _validation_csvs() -> bool:
+    from experiments.h100_cases import VALIDATION
+
+    return (VALIDATION / "h100_automodel.csv").exists()
+
+
+# the public CSVs live beside the checkout (../shared/validation/), not in it
+@pytest.mark.skipif(not _validation_csvs(), reason="no published tables beside the checkout")
 def test_validate_moe_rows_follow_their_benchmark_configs():
     from experiments import moe_published, validate_moe
 
