@@ -22,10 +22,14 @@ def info(plan: Plan | str | dict) -> Facts:
 
 
 def simulate(plan: Plan | str | dict, **options: Any) -> Any:
-    """Predict a plan's step time, breakdown and memory -> `sim.SimResult`."""
+    """Predict a plan's step time, breakdown and memory -> `sim.SimResult`;
+    warns (`CalibrationWarning`) when the cluster has no calibrated profile."""
+    from sandbox.calibration import warn_api
     from sim import simulate as _simulate
 
-    return _simulate(load(plan), **options)
+    plan = load(plan)
+    warn_api(plan.cluster)
+    return _simulate(plan, **options)
 
 
 def run(plan: Plan | str | dict, out: str, **options: Any) -> Any:

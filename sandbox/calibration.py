@@ -18,6 +18,11 @@ from typing import IO, Any
 from sandbox.profile import Profile, profile_for
 
 DEFAULTS_SOURCE = Profile().source  # "documented defaults (not calibrated)"
+
+
+class CalibrationWarning(UserWarning):
+    """`sandbox.simulate` on a cluster without a calibrated profile (the command
+    line prints the same line itself and silences this category)."""
 EXAMPLE = "my-profile.toml"
 
 
@@ -63,3 +68,12 @@ def warn_uncalibrated(clusters: Iterable[Any], file: IO[str] | None = None) -> N
     """Print each distinct warning of `clusters` once (stderr by default)."""
     for w in calibration_warnings(clusters):
         print(w, file=file or sys.stderr)
+
+
+def warn_api(cluster: Any) -> None:
+    """`warnings.warn` the cluster's calibration warning (Python API, Jupyter)."""
+    import warnings
+
+    w = calibration_warning(cluster)
+    if w is not None:
+        warnings.warn(w.removeprefix("warning: "), CalibrationWarning, stacklevel=3)

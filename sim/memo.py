@@ -75,7 +75,9 @@ def shared_table(name: str) -> dict | None:
 
 def clear() -> None:
     """Empty every memo table (tests compare cached and uncached results)."""
-    for _ref, tables in _TABLES.values():
+    # a copy: clearing drops cached values that may hold the last reference to a
+    # topology, whose weakref callback then removes its entry from _TABLES
+    for _ref, tables in list(_TABLES.values()):
         tables.clear()
     _SHARED.clear()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import ROOT
 
 import sandbox
 from sandbox import report_notes as notes
@@ -93,3 +94,21 @@ def test_timeline_says_which_ranks_were_simulated(ways) -> None:
     spans = timeline_spans(sandbox.simulate(plan))
     assert simulated_note(spans, plan.world_size).startswith("8 of 32 ranks simulated")
     assert simulated_note(spans, 8) == ""
+
+
+def test_the_python_api_warns_on_an_uncalibrated_cluster(recwarn) -> None:
+    from sandbox.calibration import CalibrationWarning
+
+    with pytest.warns(CalibrationWarning, match="cluster 'localhost' has no calibrated"):
+        sandbox.simulate({"model": {"preset": "tiny"}}, timeline=False)
+    recwarn.clear()
+    sandbox.simulate({"model": {"preset": "tiny"}, "cluster": {"preset": "dgx-a100-80g", "gpus_per_node": 1}},
+                     timeline=False)
+    assert not [w for w in recwarn if issubclass(w.category, CalibrationWarning)]
+
+
+def test_the_cli_prints_the_warning_once(capsys) -> None:
+    from sandbox.cli import main
+
+    assert main(["simulate", str(ROOT / "experiments/plans/gpt-mini.toml")]) == 0
+    assert capsys.readouterr().err.count("has no calibrated profile") == 1
