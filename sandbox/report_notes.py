@@ -54,6 +54,8 @@ def breakdown_note(names: Sequence[str], results: Sequence[Mapping[str, Any]]) -
         else:
             clauses.append(f"{name} loses {u.percent(share)} to {LABEL.get(part, part)} "
                            f"({MECHANISM.get(part, part)})")
+    if len(results) == 1:
+        return f"{u.seconds(steps[0])} per step: {clauses[0]}."
     return (f"Fastest: {names[best]} at {u.seconds(steps[best])} per step; "
             + "; ".join(clauses) + ".")
 
@@ -69,7 +71,11 @@ def memory_note(names: Sequence[str], memories: Sequence[Mapping[str, float]],
     parts = {k: float(v) for k, v in memories[hi].items() if k != "total"}
     big = max(parts, key=parts.get, default="")
     text = f"{names[lo]} needs the least memory per GPU ({u.gib(totals[lo])})"
-    if hi != lo and big:
+    if len(memories) == 1:
+        text = f"{names[0]} needs {u.gib(totals[0])} per GPU"
+        if big:
+            text += f", {u.percent(parts[big] / totals[0])} of it {MEMORY_LABEL.get(big, big)}"
+    elif hi != lo and big:
         text += (f"; {names[hi]} the most ({u.gib(totals[hi])}), "
                  f"{u.percent(parts[big] / totals[hi])} of it {MEMORY_LABEL.get(big, big)}")
     out = [n for n, f in zip(names, fits, strict=True) if not f]

@@ -102,8 +102,8 @@ def test_the_python_api_warns_on_an_uncalibrated_cluster(recwarn) -> None:
     with pytest.warns(CalibrationWarning, match="cluster 'localhost' has no calibrated"):
         sandbox.simulate({"model": {"preset": "tiny"}}, timeline=False)
     recwarn.clear()
-    sandbox.simulate({"model": {"preset": "tiny"}, "cluster": {"preset": "dgx-a100-80g", "gpus_per_node": 1}},
-                     timeline=False)
+    a100 = {"preset": "dgx-a100-80g", "gpus_per_node": 1}
+    sandbox.simulate({"model": {"preset": "tiny"}, "cluster": a100}, timeline=False)
     assert not [w for w in recwarn if issubclass(w.category, CalibrationWarning)]
 
 
@@ -112,3 +112,12 @@ def test_the_cli_prints_the_warning_once(capsys) -> None:
 
     assert main(["simulate", str(ROOT / "experiments/plans/gpt-mini.toml")]) == 0
     assert capsys.readouterr().err.count("has no calibrated profile") == 1
+
+
+def test_one_plan_notes_read_as_one_plan() -> None:
+    d = {"step_time_s": 2.0, "breakdown_s": {"compute": 1.5, "bubble": 0.5}}
+    assert notes.breakdown_note(["p"], [d]) == (
+        "2.00 s per step: p loses 25.0% to the bubble (the pipeline's fill and drain, "
+        "stages idle until micro-batches reach them).")
+    text = notes.memory_note(["p"], [{"params": 1.0, "activations": 3.0, "total": 4.0}], [True])
+    assert text == "p needs 3.7 GiB per GPU, 75.0% of it activations."
