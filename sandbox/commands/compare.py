@@ -29,4 +29,7 @@ def main(args: argparse.Namespace) -> int:
     check_input_paths(plan)
     result = sandbox.compare(plan, out=args.out, steps=args.steps)
     print(json.dumps(result.to_dict(), indent=2) if args.json else str(result))
+    from sandbox.calibration import warn_uncalibrated
+
+    warn_uncalibrated([plan.cluster])  # the prediction beside the measurement rests on it
     return 0
