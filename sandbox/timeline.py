@@ -55,12 +55,14 @@ STYLES: dict[str, Style] = {  # legend order
     "comm": Style("#999999", "////", "comm (TP or DP)"),
     "other": Style("#999999", "", "other"),
 }
-TRACKS = ("compute", "tp", "cp", "ep", "pp", "dp", "comm")  # top to bottom within a rank
-TRACK_LABELS = {"tp": "TP", "cp": "CP", "ep": "EP", "pp": "PP", "dp": "DP", "comm": "comm"}
+# top to bottom within a rank; DP reductions and parameter gathers apart (they may overlap)
+TRACKS = ("compute", "tp", "cp", "ep", "pp", "dp", "ag", "comm")
+TRACK_LABELS = {"tp": "TP", "cp": "CP", "ep": "EP", "pp": "PP", "dp": "DP", "ag": "DP AG",
+                "comm": "comm"}
 STREAM_TRACKS = {"compute": "compute", "tp": "tp", "cp_ring": "cp", "ep_a2a": "ep",
                  "pp_send_fwd": "pp", "pp_send_bwd": "pp", "dp_comm": "dp"}
 CATEGORY_TRACKS = {"tp_comm": "tp", "cp_comm": "cp", "ep_comm": "ep", "pp_comm": "pp",
-                   "dp_comm": "dp", "param_allgather": "dp", "comm": "comm", "other": "comm"}
+                   "dp_comm": "dp", "param_allgather": "ag", "comm": "comm", "other": "comm"}
 ALIASES = {"forward": "fwd", "backward": "bwd", "clip": "optimizer", "pp_comm+bubble": "pp_comm",
            "tp+dp": "comm", "idle": "bubble"}
 OPS = ("fwd", "recompute", "bwd", "wgrad")  # compute spans labelled micro-batch[.chunk]
@@ -93,9 +95,11 @@ def category(kind: str) -> str:
 def track(span: dict) -> str:
     """The rank's track a span is drawn on (one of TRACKS)."""
     stream = str(span.get("stream", "compute"))
+    cat = category(str(span.get("kind", "")))
     if stream in STREAM_TRACKS:
-        return STREAM_TRACKS[stream]
-    return CATEGORY_TRACKS.get(category(str(span.get("kind", ""))), "compute")
+        t = STREAM_TRACKS[stream]
+        return "ag" if t == "dp" and cat == "param_allgather" else t
+    return CATEGORY_TRACKS.get(cat, "compute")
 
 
 def thread(span: dict) -> str:
@@ -105,10 +109,7 @@ def thread(span: dict) -> str:
     stream = str(span.get("stream", ""))
     if t == "pp":
         return "pp send bwd" if stream.endswith("bwd") else "pp send fwd"
-    if t == "dp":
-        return "dp param all-gather" if category(str(span["kind"])) == "param_allgather" \
-            else "dp grad reduce"
-    return t
+    return {"dp": "dp grad reduce", "ag": "dp param all-gather"}.get(t, t)
 
 
 def sample_ranks(ranks: Sequence[int], max_ranks: int = 16) -> list[int]:
