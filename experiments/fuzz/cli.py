@@ -217,9 +217,23 @@ BAD_FLAGS = [
     ("generate --max-new-tokens -1", [*GEN, "a", "--max-new-tokens", "-1"]),
     ("generate lone-surrogate prompt", [*GEN, "a\udc80b"]),
     ("simulate no such flag", [*SIM, "--no-such-flag"]),
+    ("simulate --set without '='", [*SIM, "--set", "parallel.tp"]),
+    ("simulate --set unknown section", [*SIM, "--set", "nosuch.tp=2"]),
+    ("simulate --set unknown key", [*SIM, "--set", "parallel.nosuch=2"]),
+    ("simulate --set parallel.tp=nan", [*SIM, "--set", "parallel.tp=nan"]),
+    ("info --set not UTF-8", ["info", "{dir}/plan.toml", "--set", "model.name=a\udcffb"]),
+    ("search PLAN --set a section", ["search", "{dir}/plan.toml", "--set", "parallel=2"]),
+    ("simulate --tokens abc", [*SIM, "--tokens", "abc"]),
+    ("simulate --tokens -1", [*SIM, "--tokens", "-1"]),
+    ("simulate --days inf", [*SIM, "--days", "inf"]),
+    ("simulate --tokens with --days", [*SIM, "--tokens", "1T", "--days", "1"]),
 ]
 
 
 def cases() -> list[Case]:
-    return [*output_cases(), *input_cases(), *(_c(n, a) for n, a in BAD_FLAGS)]
+    # a budget far past any Monte Carlo on a cluster that never fails (localhost): priced at
+    # once, no failure drawn (the guard's refusal of a failing cluster: tests/test_failures_budget)
+    huge = _c("simulate --tokens 1e18 on localhost (nothing fails)", [*SIM, "--tokens", "1e18"],
+              expect="ok")
+    return [*output_cases(), *input_cases(), *(_c(n, a) for n, a in BAD_FLAGS), huge]
 
