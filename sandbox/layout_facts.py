@@ -41,8 +41,9 @@ def _starts(plan: Plan, kind: str) -> Iterator[int]:
 def group_shape(plan: Plan, kind: str) -> tuple[int, int]:
     """(size, stride) of the groups of `kind`: ranks first + k * stride, k < size."""
     p = plan.parallel
-    return {"tp": (p.tp, 1), "cp": (p.cp, p.tp), "dp": (p.dp, p.cp * p.tp),
-            "ep": (p.ep, p.cp * p.tp), "pp": (p.pp, p.dp * p.cp * p.tp)}[kind]
+    step = {"tp": (0, 0, 1, 0), "cp": (0, 0, 0, 1), "dp": (1, 0, 0, 0), "ep": (1, 0, 0, 0),
+            "pp": (0, 1, 0, 0)}[kind]  # one step along the kind's mesh axis, in rank_of
+    return getattr(p, kind), rank_of(plan, *step)
 
 
 def layout_facts(plan: Plan) -> dict[str, Any]:

@@ -118,6 +118,8 @@ class Engine:
     def _op_spans(self, rank: int, kind: str, mb: int, c: int, t0: float, cost) -> None:
         """An op's compute span and its blocking tensor-, context- and
         expert-parallel time, each drawn as the op's last seconds on its stream."""
+        if not self.timeline:  # the event loop's common case: nothing to record
+            return
         now = self.env.now
         self._span(rank, "compute", OP_KINDS[kind], t0, now, mb, c)
         for secs, stream, what in ((cost.tp_s, "tp", "tp_comm"), (cost.cp_s, "cp_ring", "cp_comm"),
