@@ -82,23 +82,13 @@ def plan_row(plan: Plan, sim: dict) -> dict:
 
 
 def shown_cell(field: str, v: Any, step_s: Any = None) -> Any:
-    """A table cell of `field` as shown (`sandbox.units`); `step_s`: the step
-    time a breakdown part belongs to (parts below 1e-12 of it show as 0)."""
+    """A table cell of `field` as shown (`sandbox.units.by_name`); `step_s`: the step
+    time a breakdown part belongs to (parts below 1e-12 of it show as 0); NaN: empty."""
     from sandbox import units as u
 
-    if isinstance(v, bool) or not isinstance(v, int | float) or v != v:  # NaN: no value
-        return "" if v is None or v != v else v
-    if field in ("mfu", "hfu"):
-        return u.percent(v)
-    if field == "memory_gb":
-        return u.gib(v)
-    if field == "tokens_per_s":
-        return u.rate(v)
-    if field == "tflops_per_gpu":
-        return u.flops_rate(v * 1e12)
-    if field == "step_time_s" or field.endswith(" (s)") or field.startswith("breakdown_s."):
-        return u.seconds(v, of=step_s if isinstance(step_s, int | float) else None)
-    return f"{v:.4g}" if isinstance(v, float) else v
+    if v is None or isinstance(v, float) and v != v:  # no value
+        return ""
+    return u.by_name(field, v, step_s if isinstance(step_s, int | float) else None)
 
 
 def shown_table(table: Any) -> Any:

@@ -14,6 +14,7 @@ Three significant digits unless said otherwise.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 GIB = 2**30  # bytes
 GB = 1e9  # bytes: the unit of every `*_gb` contract field
@@ -137,5 +138,31 @@ def memory_fit(total_gb: float, capacity_gb: float, reserve: float, fits: bool) 
     return f"NO (does not fit: {used} needed > {cap}; {share(reserve)} reserved)"
 
 
-__all__ = ["GB", "GIB", "NOISE", "flops", "flops_rate", "gib", "memory_fit", "params",
-           "percent", "rate", "seconds", "share", "to_gib"]
+def by_name(key: str, v: Any, step_s: float | None = None) -> Any:
+    """A contract or table value shown by its field name's unit: mfu / hfu in percent,
+    params, FLOPs and FLOP/s with SI prefixes, tokens/s, `*_gb` in GiB, `*_s`,
+    `* (s)` and `breakdown_s.*` in seconds (below 1e-12 of `step_s`: 0), the
+    memory reserve as a share; other numbers to 4 digits, the rest unchanged."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return v
+    if key in ("mfu", "hfu") or key.startswith("mfu_"):
+        return percent(v)
+    if key == "params":
+        return params(v)
+    if key in ("flops_per_step", "hw_flops_per_step"):
+        return flops(v)
+    if key in ("tflops_per_gpu", "hw_tflops_per_gpu"):
+        return flops_rate(v * 1e12)
+    if key == "tokens_per_s":
+        return rate(v)
+    if key.endswith("_gb"):
+        return gib(v)
+    if key.endswith(("_s", " (s)")) or key.startswith("breakdown_s."):
+        return seconds(v, of=step_s if key != "sim_wall_s" else None)
+    if key == "memory_reserve":
+        return share(v)
+    return f"{v:.4g}" if isinstance(v, float) else v
+
+
+__all__ = ["GB", "GIB", "NOISE", "by_name", "flops", "flops_rate", "gib", "memory_fit",
+           "params", "percent", "rate", "seconds", "share", "to_gib"]

@@ -79,22 +79,4 @@ class SimResult:
 
 def _shown(key: str, v: Any, step_s: float) -> str:
     """One contract scalar as text, by its name's unit."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return str(v)
-    if key in ("mfu", "hfu") or key.startswith("mfu_"):
-        return u.percent(v)
-    if key == "params":
-        return u.params(v)
-    if key in ("flops_per_step", "hw_flops_per_step"):
-        return u.flops(v)
-    if key in ("tflops_per_gpu", "hw_tflops_per_gpu"):
-        return u.flops_rate(v * 1e12)
-    if key == "tokens_per_s":
-        return u.rate(v)
-    if key.endswith("_gb"):
-        return u.gib(v)
-    if key.endswith("_s"):
-        return u.seconds(v, of=step_s if key != "sim_wall_s" else None)
-    if key == "memory_reserve":
-        return u.share(v)
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return str(u.by_name(key, v, step_s))
