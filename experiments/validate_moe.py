@@ -51,8 +51,10 @@ How a row becomes a plan (each assumption also in the row's notes):
   the chosen ep is reported.
 - router_skew 0: the benchmark forces a balanced gate ("fake balanced
   gate"); dropless routing (capacity_factor 0).
-- attention flash; bf16; no torch.compile (TE modules, eager elsewhere);
-  ep_overlap off (the source states no all-to-all overlap).
+- attention flash, Transformer Engine's cuDNN kernel (the `automodel` entry of
+  `experiments.h100_cases.KERNEL_EVIDENCE`, as the dense AutoModel row); bf16; no
+  torch.compile (TE modules, eager elsewhere); ep_overlap off (the source states no
+  all-to-all overlap).
 - metrics: tokens/s per GPU and model TFLOP/s per GPU (active-parameter
   FLOPs, `sandbox.counts`; AutoModel's own FLOP formula may differ, so the
   TFLOP/s error is the less reliable one).
@@ -73,6 +75,7 @@ import time
 from typing import Any
 
 from experiments import provenance
+from experiments.h100_cases import kernel_of
 from experiments.moe_published import EXTERNAL, predict_external
 
 VALIDATION = provenance.ROOT.parent / "shared" / "validation"
@@ -154,7 +157,8 @@ def _row_plan(r: dict[str, str]) -> tuple[dict, list[str], str]:
                       "router_skew": 0.0, "routing": "round-robin"},
             "cluster": {"preset": "dgx-h100", "nodes": max(1, gpus // 8),
                         "gpus_per_node": min(8, gpus), **provenance.AS_PUBLISHED},
-            "parallel": par, "train": {"precision": "bf16", "attention": "flash"}}
+            "parallel": par, "train": {"precision": "bf16", "attention": "flash",
+                                       "attention_kernel": kernel_of("automodel")}}
     return plan, notes, ""
 
 
@@ -271,6 +275,9 @@ def report(rows: list[dict], summary: dict, meta: dict) -> str:
         if "mechanisms" in r:
             lines.append(f"| {r['model']} | {r['gpus']} | "
                          + " | ".join(_pct(r["mechanisms"][a]) for a in ABLATIONS) + " |")
+    one_node = [r for r in rows if r["gpus"] == 8 and "mechanisms" in r]
+    single = " / ".join(_pct(r["error_tokens"]) for r in one_node)
+    single_none = " / ".join(_pct(r["mechanisms"]["+ pipeline flushes"]) for r in one_node)
     lines += ["", "Where the error comes from (nothing tuned):",
               "- The dispatch: the rows run DeepEP under AutoModel's FakeBalancedGate, "
               "whose consecutive-expert routing puts a token's k experts on "
@@ -278,16 +285,17 @@ def report(rows: list[dict], summary: dict, meta: dict) -> str:
               "network at most once and NVLink once or twice, where the first pass sent k "
               "copies: at equal recompute `ep_comm` falls 4-8x on the multi-node rows.",
               "- Host launch overhead of the MoE kernels (`sim.host` counts dense blocks "
-              "only): even 30 more launches per MoE block and micro-batch at the profile's "
-              "37 us make the host 3.3-3.5 ms per block against 29-55 ms of GPU work; an op "
-              "takes the larger of the two, so it is not material here and not modelled.",
+              "only): even 30 more launches per MoE block and micro-batch at 40 us each "
+              "(above the profile's `host_op_overhead_s`) make the host 1.2 ms per block "
+              "against 29-55 ms of GPU work; an op takes the larger of the two, so it is not "
+              "material here and not modelled.",
               "- Full activation recompute (the configs' `activation_checkpointing: true`) "
               "re-runs every block's forward (and its dispatch); the ga pipeline flushes "
               "add a fill / drain each on the pp rows.",
               "- The two single-node rows (Qwen3 30B, GPT-OSS 20B) are compute-bound "
-              "(ep_comm under 1 s) and still 20-25% slow: the per-block compute model of "
+              f"(ep_comm under 1 s) and still {single}: the per-block compute model of "
               "these narrow models (hidden 2048 / 2880) with full recompute exceeds what "
-              "the measured step allows; with recompute none they land within 2% "
+              f"the measured step allows; with recompute none they land at {single_none} "
               "(the '+ pipeline flushes' column: recompute none), so either the compute "
               "model is pessimistic for them or the published run did not recompute.",
               "- `fits` is `sandbox.memory`'s MoE-aware estimate (routed experts / ep, "

@@ -1,6 +1,6 @@
 """The public H100 rows (experiments/h100_cases.py) become valid plans: every
 torchtitan, Megatron-Core and Llama 3 row is expressed (CP, FP8, 126 layers on
-8 stages included), and only MoE and LoRA rows are listed with a reason."""
+8 stages included), and only hybrid Mamba and LoRA rows are listed with a reason."""
 
 import pytest
 
@@ -40,8 +40,9 @@ def test_every_dense_pretraining_row_has_a_plan_that_loads():
             plans = [sandbox.load(v) for v in c.variants]
             assert plans and all(p.world_size == c.gpus for p in plans), c.name
     reasons = [c.reason for c in by_source["NeMo AutoModel"]]
-    assert sum(not r for r in reasons) == 1  # the dense Llama 3 70B pretraining row
-    assert all("issue 18" in r or "LoRA" in r for r in reasons if r)
+    # the dense Llama 3 70B and the six MoE pretraining rows (experiments.validate_moe)
+    assert sum(not r for r in reasons) == 7
+    assert all("Mamba" in r or "LoRA" in r for r in reasons if r)
 
 
 @needs_csvs
