@@ -51,6 +51,12 @@ def tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
     row-parallel ones (attention-out, MLP-out) feed the reduce-scatters;
     backward the all-gathers feed the row-parallel dgrads and the
     column-parallel dgrads feed the reduce-scatters.
+
+    FP8 linears: with the tensorwise recipe the all-gathers carry fp8
+    (`tp_gather_bytes`); with torchao's rowwise recipe async TP fuses only
+    the matmul-reduce-scatters: its all-gather-matmuls stay unfused
+    (pytorch/pytorch#149990, torchtitan#866), so those gathers are exposed
+    whole.
     """
     m, p = plan.model, plan.parallel
     if p.tp == 1:
@@ -61,20 +67,41 @@ def tp_times(plan: Plan, topo: Topology, prof: Profile, stage: int,
     if not p.sequence_parallel:
         one = collective_time(topo, Coll("all_reduce", group, nbytes), prof)
     else:
-        ag = collective_time(topo, Coll("all_gather", group, nbytes), prof)
+        ag = collective_time(topo, Coll("all_gather", group, tp_gather_bytes(plan, nbytes)),
+                             prof)
         rs = collective_time(topo, Coll("reduce_scatter", group, nbytes), prof)
         one = ag + rs
     if p.tp_comm_overlap and p.sequence_parallel and lt.gemm_fwd:
         qkv, out, fc1, fc2 = lt.gemm_fwd
         d_qkv, d_out, d_fc1, d_fc2 = lt.gemm_dgrad
-        fwd = sum(pipelined_exposed(ag, g, p.tp) for g in (qkv, fc1)) + sum(
+        rowwise = plan.train.precision == "fp8" and plan.train.fp8_recipe == "rowwise"
+
+        def gathered(g: float) -> float:  # exposed seconds of the all-gather feeding g
+            return ag if rowwise else pipelined_exposed(ag, g, p.tp)
+        fwd = sum(gathered(g) for g in (qkv, fc1)) + sum(
             pipelined_exposed(rs, g, p.tp) for g in (out, fc2))
-        bwd = sum(pipelined_exposed(ag, g, p.tp) for g in (d_out, d_fc2)) + sum(
+        bwd = sum(gathered(g) for g in (d_out, d_fc2)) + sum(
             pipelined_exposed(rs, g, p.tp) for g in (d_qkv, d_fc1))
         return fwd, bwd
     if p.tp_overlap and p.schedule != "zero-bubble":
         return 2 * one, sum(max(0.0, one - w) for w in lt.wgrad_column)
     return 2 * one, 2 * one  # attention and MLP, forward; the conjugates backward
+
+
+def tp_gather_bytes(plan: Plan, nbytes: float) -> float:
+    """Bytes of a sequence-parallel all-gather of an `nbytes` 16-bit activation.
+
+    FP8 with the tensorwise recipe gathers the fp8 cast, 1 byte per element:
+    torchao's Float8ColwiseParallel / PrepareFloat8ModuleInput cast the
+    forward input before the gather and Float8RowwiseParallel casts the
+    incoming gradient before the backward's gather (torchao
+    float8/float8_tensor_parallel.py; torchtitan uses them for tensorwise
+    only). Reduce-scatters stay 16-bit, and so does everything with the
+    rowwise recipe (plain Colwise/RowwiseParallel)."""
+    t = plan.train
+    if t.precision == "fp8" and t.fp8_recipe == "tensorwise":
+        return nbytes / 2
+    return nbytes
 
 
 def pipelined_exposed(comm_s: float, gemm_s: float, chunks: int) -> float:
@@ -98,8 +125,10 @@ def op_tp_recompute_s(plan: Plan, topo: Topology, prof: Profile, stage: int,
     w = 4 if plan.train.precision == "fp32" else 2
     nbytes = p.micro_batch * local_seq_len(plan) * m.hidden * w
     group = tuple(rank_of(plan, d, stage, t) for t in range(p.tp))
-    kind = "all_gather" if p.sequence_parallel else "all_reduce"
-    return 2 * collective_time(topo, Coll(kind, group, nbytes), prof)
+    if p.sequence_parallel:
+        return 2 * collective_time(topo, Coll("all_gather", group,
+                                              tp_gather_bytes(plan, nbytes)), prof)
+    return 2 * collective_time(topo, Coll("all_reduce", group, nbytes), prof)
 
 
 def send_time(plan: Plan, topo: Topology, prof: Profile, d: int = 0, a: int = 0,

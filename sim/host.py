@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sandbox import recompute
 from sandbox.specs import Plan
 from sim.block_kernels import FLASH_BWD_KERNELS, FLASH_FWD_KERNELS, elementwise_kernels
-from sim.compute import CAST_KERNELS, FP8_CASTS
+from sim.roofline import fp8_cast_kernels
 
 BLOCK_GEMMS = 4  # QKV, attention output, MLP in, MLP out
 ATTENTION_GEMMS = 2  # QK^T, PV
@@ -49,12 +49,11 @@ def host_ops(plan: Plan) -> HostOps:
     cf, cd, cw = (0, 0, 0)
     if plan.train.precision == "fp8":
         # per linear GEMM, the casts of its (forward, dgrad, wgrad) operands
-        cf, cd, cw = (BLOCK_GEMMS * CAST_KERNELS * len(ph)
-                      for ph in FP8_CASTS[plan.train.fp8_recipe])
+        cf, cd, cw = (BLOCK_GEMMS * k for k in fp8_cast_kernels(plan.train.fp8_recipe))
     if plan.train.attention == "flash":
         elem = len(elementwise_kernels(plan))
         redo = recompute.op_recomputed_linears(plan.model, plan.train.precision)
-        casts = len(redo) * CAST_KERNELS * len(FP8_CASTS[plan.train.fp8_recipe][0]) \
+        casts = len(redo) * fp8_cast_kernels(plan.train.fp8_recipe)[0] \
             if plan.train.precision == "fp8" else 0
         op = len(redo) + casts + elem + (2 if p.tp > 1 else 0)  # re-run AG / AR
         return HostOps(block_fwd=BLOCK_GEMMS + FLASH_FWD_KERNELS + elem + tp_colls + cf,

@@ -72,20 +72,39 @@ FP8_CASTS = {"tensorwise": (("input", "weight"), ("grad_output", "weight"), ("in
              "rowwise": (("input", "weight"), ("grad_output", "weight"),
                          ("grad_output", "input"))}
 CAST_KERNELS = 2  # amax (reads bf16), then scale + cast (reads bf16, writes fp8)
+# torchao's rowwise recipe runs its backward GEMMs without fast accumulation, and
+# the rowwise CUTLASS kernel is so slow there that it calls cuBLAS's tensorwise
+# GEMM with unit scales and rescales the output in a separate kernel (reads and
+# writes the 16-bit output: torchao float8_ops.addmm_float8_unwrapped,
+# pytorch/ao#1325; one extra kernel per GEMM under torch.compile, pytorch/ao#2184)
+RESCALE_BYTES = 4
+
+
+def fp8_cast_kernels(recipe: str) -> tuple[int, int, int]:
+    """Kernels the casts (and rowwise rescales) of one FP8 linear launch in
+    (forward, dgrad, wgrad)."""
+    rescale = 1 if recipe == "rowwise" else 0
+    f, d, w = (len(phase) * CAST_KERNELS for phase in FP8_CASTS[recipe])
+    return f, d + rescale, w + rescale
 
 
 def fp8_casts(plan: Plan, M: int, N: int, K: int) -> tuple[float, float, float]:
     """Bytes moved by the dynamic-scaling casts of one FP8 linear (M tokens,
     N outputs, K inputs) in (forward, dgrad, wgrad): 2 + 2 + 1 bytes per
-    element cast. With `fp8_all_gather` ZeRO-3 gathers the weight already
-    cast (FSDP casts the local shard before the gather), so its casts move
-    only 1/shard of it."""
+    element cast, and with the rowwise recipe the backward GEMMs' output
+    rescales (`RESCALE_BYTES` per output element). With `fp8_all_gather`
+    ZeRO-3 gathers the weight already cast (FSDP casts the local shard before
+    the gather), so its casts move only 1/shard of it."""
     t, p = plan.train, plan.parallel
     weight = float(K * N)
     if t.fp8_all_gather and p.zero >= 3 and p.shard_size > 1:
         weight /= p.shard_size
     size = {"input": float(M * K), "weight": weight, "grad_output": float(M * N)}
-    return tuple(sum(5 * size[x] for x in phase) for phase in FP8_CASTS[t.fp8_recipe])
+    casts = [sum(5 * size[x] for x in phase) for phase in FP8_CASTS[t.fp8_recipe]]
+    if t.fp8_recipe == "rowwise":  # the backward GEMMs' output rescales
+        casts[1] += RESCALE_BYTES * M * K  # dgrad: grad_input, M x K
+        casts[2] += RESCALE_BYTES * K * N  # wgrad: grad_weight, N x K
+    return casts[0], casts[1], casts[2]
 
 
 def fp8_cast_times(plan: Plan, d: Device, gemms: list[tuple[int, int, int]]
@@ -94,11 +113,11 @@ def fp8_cast_times(plan: Plan, d: Device, gemms: list[tuple[int, int, int]]
     if plan.train.precision != "fp8" or d.fp8_peak_flops <= 0:
         return 0.0, 0.0, 0.0
     out = [0.0, 0.0, 0.0]
+    kernels = fp8_cast_kernels(plan.train.fp8_recipe)
     for M, N, K in gemms:
         for i, nbytes in enumerate(fp8_casts(plan, M, N, K)):
-            casts = len(FP8_CASTS[plan.train.fp8_recipe][i])
-            # one cast = CAST_KERNELS kernels sharing its bytes
-            out[i] += casts * CAST_KERNELS * d.profile.kernel_overhead_s + nbytes / \
+            # the kernels of a phase share its bytes
+            out[i] += kernels[i] * d.profile.kernel_overhead_s + nbytes / \
                 d.profile.memory_rate(d.hbm_bytes_per_s)
     return out[0], out[1], out[2]
 

@@ -72,12 +72,17 @@ def test_cast_bytes_and_kernel_counts():
     assert compute.fp8_casts(plan(), M, N, K) == (5 * (M * K + K * N), 5 * (M * N + K * N),
                                                   5 * M * K)
     row = plan(fp8_recipe="rowwise")
-    assert compute.fp8_casts(row, M, N, K)[2] == 5 * (M * N + M * K)  # 2nd grad_output cast
+    # rowwise: a 2nd grad_output cast for wgrad, and each backward GEMM's output
+    # rescaled (read + write, 16-bit: grad_input M x K, grad_weight N x K)
+    assert compute.fp8_casts(row, M, N, K) == (5 * (M * K + K * N),
+                                               5 * (M * N + K * N) + 4 * M * K,
+                                               5 * (M * N + M * K) + 4 * K * N)
     h8, h16, hr = host_ops(plan()), host_ops(plan("bf16")), host_ops(row)
     assert h8.block_fwd - h16.block_fwd == 4 * 2 * 2  # 4 GEMMs x 2 casts x 2 kernels
     assert h8.block_bwd_input - h16.block_bwd_input == 4 * 2 * 2
+    assert hr.block_bwd_input - h16.block_bwd_input == 4 * (2 * 2 + 1)  # + the rescale
     assert (h8.block_bwd_weight - h16.block_bwd_weight,
-            hr.block_bwd_weight - h16.block_bwd_weight) == (4 * 2, 4 * 2 * 2)
+            hr.block_bwd_weight - h16.block_bwd_weight) == (4 * 2, 4 * (2 * 2 + 1))
 
 
 def test_memory_adds_the_fp8_weight_copy():
@@ -128,3 +133,42 @@ def test_fp8_curve_in_the_profile():
     assert bf.fp8_matmul_seconds(2e10, 2e15, 1e15) == pytest.approx(2e10 / 4e14)
     assert Profile(fp8_matmul_efficiency=0.5).fp8_matmul_seconds(1e20, 2e15, 1e15) == \
         pytest.approx(1e20 / (2e15 * 0.5))
+
+
+def tp_plan(recipe: str, overlap: bool, precision: str = "fp8"):
+    return sandbox.load({"model": {"preset": "llama3-8b"},
+                         "cluster": {"preset": "dgx-h100", "nodes": 1},
+                         "parallel": {"dp": 1, "tp": 8, "micro_batch": 1, "global_batch": 4,
+                                      "sequence_parallel": True, "tp_comm_overlap": overlap},
+                         "train": {"precision": precision, "fp8_recipe": recipe}})
+
+
+def test_tp_gathers_carry_fp8_with_tensorwise_only():
+    """torchao's Float8ColwiseParallel / Float8RowwiseParallel gather the fp8
+    cast (tensorwise): an all-gather moves half the bytes; reduce-scatters and
+    the rowwise recipe stay 16-bit. Async TP with rowwise scales leaves the
+    all-gather-matmuls unfused: the gathers are exposed whole."""
+    from sim.costs import tp_gather_bytes, tp_times
+    from sim.network.topology import build
+
+    tw, rw, bf = (tp_plan(r, False, pr) for r, pr in
+                  (("tensorwise", "fp8"), ("rowwise", "fp8"), ("tensorwise", "bf16")))
+    assert tp_gather_bytes(tw, 1000.0) == 500.0
+    assert tp_gather_bytes(rw, 1000.0) == tp_gather_bytes(bf, 1000.0) == 1000.0
+    prof = Profile()
+    times = {}
+    for name, p in (("tw", tw), ("rw", rw), ("bf", bf)):
+        lt = compute.layer_times(p, compute.device_of(p, prof))
+        times[name] = tp_times(p, build(p.cluster), prof, 0, lt)
+    assert times["rw"] == pytest.approx(times["bf"])
+    assert times["tw"][0] < times["bf"][0] and times["tw"][1] < times["bf"][1]
+    # async TP: rowwise exposes its four all-gathers per direction in full
+    rwo, two = tp_plan("rowwise", True), tp_plan("tensorwise", True)
+    topo = build(rwo.cluster)
+    lt_r = compute.layer_times(rwo, compute.device_of(rwo, prof))
+    fwd_r, bwd_r = tp_times(rwo, topo, prof, 0, lt_r)
+    fwd_plain, _ = times["rw"]
+    # vanilla forward = 2 x (AG + RS); with async TP the RS hide, both AGs stay
+    assert fwd_plain / 2 < fwd_r < fwd_plain
+    fwd_t, _ = tp_times(two, topo, prof, 0, compute.layer_times(two, compute.device_of(two, prof)))
+    assert fwd_t < fwd_r
