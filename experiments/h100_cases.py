@@ -177,8 +177,11 @@ def torchtitan_recompute(ac: str) -> str:
 
 def torchtitan_case(r: dict[str, str], profile: str = "") -> Case:
     """One torchtitan benchmark row: FSDP2 (ZeRO 3) over `fsdp` ranks, TP with
-    sequence parallelism, PP (micro-batch 1, torchtitan's default), CP; the
-    row's `local_batch` sequences per data-parallel rank; torch.compile and
+    sequence parallelism, PP, CP; the row's `local_batch` sequences per
+    data-parallel rank, split under PP into pp micro-batches (torchtitan at
+    the benchmark's commit 9dec370: `experimental.pipeline_parallel_microbatches`
+    defaults to the pp degree, parallelisms/pipelining_utils.py), with the
+    interleaved schedule 2 stages per rank (`generate_split_points`); torch.compile and
     Float8 as the techniques column says. FSDP reshards after forward except
     with PP (torchtitan's default policy)."""
     gpus = int(r["num_gpus"])
@@ -207,8 +210,10 @@ def torchtitan_case(r: dict[str, str], profile: str = "") -> Case:
     vpp = 1
     if "Interleaved" in (r["schedule"] or ""):
         sched, vpp = "interleaved-1f1b", 2
-        case.notes.append("interleaved 1F1B: 2 stages per rank assumed")
-    mb = 1 if pp > 1 else local
+        case.notes.append("interleaved 1F1B: 2 stages per rank (torchtitan 9dec370)")
+    mb = local // pp if pp > 1 else local
+    if pp > 1:
+        case.notes.append(f"{pp} micro-batches of {mb} (torchtitan 9dec370's default: pp)")
     par = {"dp": fsdp, "tp": tp, "pp": pp, "cp": cp, "vpp": vpp, "micro_batch": mb,
            "global_batch": local * fsdp, "schedule": sched, "zero": 3,
            "reshard_after_forward": pp == 1, "sequence_parallel": tp > 1,
