@@ -123,8 +123,24 @@ def fit_sets() -> dict[str, list[Case]]:
 _POOL: list = []  # a ProcessPoolExecutor when --jobs > 1
 
 
+_MEMO_FOR: list = [None]  # the constants the worker's memo tables were filled under
+
+
+def _fresh_memo(values: dict[str, float]) -> None:
+    """Empty `sim.memo` when the fit moves to new constants: its entries are
+    keyed by the profile, so the old point's are dead weight (kept, they grew
+    a worker past 12 GB in one fit and the OOM killer ended it)."""
+    from sim import memo
+
+    key = tuple(sorted(values.items()))
+    if _MEMO_FOR[0] != key:
+        memo.clear()
+        _MEMO_FOR[0] = key
+
+
 def _predict(job: tuple) -> dict:
     case, values = job
+    _fresh_memo(values)
     return predict(case, profile(values))
 
 
@@ -144,6 +160,7 @@ def _row_error(job: tuple) -> float:
     from sim import simulate
 
     plan, metric, measured, values = job
+    _fresh_memo(values)
     res = simulate(plan, profile=profile(values), timeline=False)
     return abs(math.log(metric_of(res, metric, plan) / measured))
 
