@@ -30,7 +30,7 @@ PLAN = ('[model]\npreset = "gpt3-1.3b"\n[cluster]\npreset = "dgx-a100-80g"\nnode
 def llama3_15t():
     """The Llama-3-405B plan of experiments/failures_llama3.py at the step time its
     result records, priced with a 15T-token budget (50 runs: 0.2 s)."""
-    _, plan = build_plan()
+    plan, _ = build_plan()
     step_s = json.loads((RESULTS / "failures_llama3.json").read_text())["step_time_s"]
     return plan, failure_report(plan, step_s, tokens=15e12, runs=50)
 
