@@ -102,11 +102,11 @@ def vpp_choices(layers: int, pp: int, most: int = 4) -> list[int]:
 
 
 def llama3_vpp_choices(layers: int, pp: int) -> list[int]:
-    """Llama 3's depths: 1, 2, 4, 8 where every chunk has a block except the
-    first and the last, which may hold the embedding / the head alone (126
-    layers on 16 x 8 chunks: Dubey et al.'s one layer fewer on the first and
-    last stage)."""
-    return [v for v in (1, 2, 4, 8) if layers >= pp * v - 2]
+    """Llama 3's interleaving depths to try: 2, 4, 8 where every chunk has a
+    block except the first and the last, which may hold the embedding / the
+    head alone (126 layers on 16 x 8 chunks: Dubey et al.'s one layer fewer
+    on the first and last stage)."""
+    return [v for v in (2, 4, 8) if layers >= pp * v - 2]
 
 
 # ------------------------------------------------------------- Megatron-Core
@@ -321,10 +321,9 @@ def llama3_cases(profile: str = "") -> list[Case]:
         cl = {"preset": "dgx-h100", **_nodes(gpus)}
         if profile:
             cl["profile"] = profile
-        for v in llama3_vpp_choices(126, pp)[1:]:  # interleaved: stated
+        for v in llama3_vpp_choices(126, pp):
             par = {"dp": dp, "tp": tp, "pp": pp, "cp": cp, "vpp": v, "micro_batch": 1,
-                   "global_batch": per_dp * dp,
-                   "schedule": "interleaved-1f1b" if v > 1 else "1f1b", "zero": 2,
+                   "global_batch": per_dp * dp, "schedule": "interleaved-1f1b", "zero": 2,
                    "sequence_parallel": True, "tp_comm_overlap": True, "recompute": "none"}
             if cp > 1:
                 par["cp_method"] = "allgather"

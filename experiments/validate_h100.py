@@ -39,8 +39,10 @@ def metric_of(res: Any, metric: str, plan: Any) -> float:
     raise ValueError(metric)
 
 
-def predict(case: Case, profile: Any = None, plans: list | None = None) -> dict:
-    """The fastest fitting variant of `case`, simulated: a result row."""
+def predict(case: Case, profile: Any = None, plans: list | None = None,
+            tried: list | None = None) -> dict:
+    """The fastest fitting variant of `case`, simulated: a result row.
+    `tried`, if given, receives (plan, SimResult) of every variant simulated."""
     import sandbox
     from sandbox.errors import SandboxError
     from sim import simulate
@@ -58,6 +60,8 @@ def predict(case: Case, profile: Any = None, plans: list | None = None) -> dict:
         except SandboxError as e:
             problems.append(str(e))
             continue
+        if tried is not None:
+            tried.append((plan, res))
         value = metric_of(res, case.metric, plan)
         key = (res.fits, value)
         if best is None or key > best[0]:

@@ -12,7 +12,7 @@ import re
 import pytest
 
 import sandbox
-from experiments.failures_llama3 import PAPER, PAPER_DAYS, RESULTS, build_plan
+from experiments.failures_llama3 import PAPER, PAPER_DAYS, RESULTS, table4_plan
 from sandbox.cli import main as cli_main
 from sandbox.commands._args import count
 from sandbox.errors import SandboxError
@@ -30,8 +30,8 @@ PLAN = ('[model]\npreset = "gpt3-1.3b"\n[cluster]\npreset = "dgx-a100-80g"\nnode
 def llama3_15t():
     """The Llama-3-405B plan of experiments/failures_llama3.py at the step time its
     result records, priced with a 15T-token budget (50 runs: 0.2 s)."""
-    plan, _ = build_plan()
-    step_s = json.loads((RESULTS / "failures_llama3.json").read_text())["step_time_s"]
+    recorded = json.loads((RESULTS / "failures_llama3.json").read_text())
+    plan, step_s = table4_plan(recorded["plan"]["vpp"]), recorded["step_time_s"]
     return plan, failure_report(plan, step_s, tokens=15e12, runs=50)
 
 
